@@ -1,0 +1,1 @@
+//! Tape-based reverse-mode differentiation.

@@ -1,0 +1,150 @@
+//! The contract between the op layer (`ops`, which checks arguments) and a backend (which computes).
+//! Both `CpuStorage` and `CudaStorage` implement it; the op layer has already validated shapes,
+//! dtypes and devices, so a backend may assume them and only reports its own failures (a dtype it
+//! has no kernel for, a launch or allocation error).
+//!
+//! All storages are contiguous row-major. Sizes are passed already flattened to the view the op
+//! walks, e.g. a last-dim op sees `(rows, cols)` and a per-dim reduction sees `(outer, size, inner)`.
+
+use crate::{DType, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Recip,
+    Sqr,
+    Abs,
+    Tanh,
+    Relu,
+    /// GeLU, tanh approximation (GPT-2 / fairseq).
+    Gelu,
+    Silu,
+    Sigmoid,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Maximum,
+    Minimum,
+    /// `rhs * gelu'(lhs)`: the GeLU backward, with lhs = the forward input and rhs = the upstream gradient.
+    GeluGrad,
+    /// `rhs * silu'(lhs)`.
+    SiluGrad,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScalarOp {
+    /// x + s
+    Add,
+    /// x * s
+    Mul,
+    /// x ^ s
+    Pow,
+    /// max(x, s)
+    Max,
+    /// 1 where x > s, else 0 (a mask in the input's dtype; not differentiable)
+    Gt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    Sum,
+    Mean,
+    Max,
+    Min,
+}
+
+/// A (possibly batched) matrix product `C[b] = op(A[b]) · op(B[b])`, where op transposes when the
+/// flag is set. `A[b]` is stored `m x k` (`k x m` when `trans_a`), `B[b]` is `k x n` (`n x k` when
+/// `trans_b`), `C[b]` is `m x n`. A batch stride of 0 reuses one matrix for every batch entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatmulLayout {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub a_batch_stride: usize,
+    pub b_batch_stride: usize,
+}
+
+/// AdamW hyper-parameters for one step (`step` counts from 1; bias correction uses it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamW {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub step: u64,
+}
+
+pub trait BackendStorage: Sized {
+    fn dtype(&self) -> DType;
+
+    /// Element-wise `op(x)`; output has x's dtype.
+    fn unary(&self, op: UnaryOp) -> Result<Self>;
+
+    /// Element-wise `op(x, s)` with a scalar.
+    fn scalar(&self, op: ScalarOp, s: f64) -> Result<Self>;
+
+    /// Element-wise `op(a, b)` over `out_dims`. `a_strides` / `b_strides` (one per out dim, in
+    /// elements, 0 where that operand is broadcast) say where each operand's element lives.
+    fn binary(&self, a_strides: &[usize], rhs: &Self, b_strides: &[usize], out_dims: &[usize], op: BinaryOp) -> Result<Self>;
+
+    fn matmul(&self, rhs: &Self, layout: &MatmulLayout) -> Result<Self>;
+
+    /// Reduces the middle axis of an `(outer, size, inner)` view: output `(outer, inner)`.
+    fn reduce(&self, outer: usize, size: usize, inner: usize, op: ReduceOp) -> Result<Self>;
+
+    /// Index (as u32) of the largest element along the middle axis; the first one on ties.
+    fn argmax(&self, outer: usize, size: usize, inner: usize) -> Result<Self>;
+
+    /// Softmax (or log-softmax) of each row of a `rows x cols` matrix.
+    fn softmax(&self, rows: usize, cols: usize, log: bool) -> Result<Self>;
+
+    /// `out[i, :] = self[idx[i], :]` for a `src_rows x row_len` source; `idx` is u32 of length n_idx
+    /// and every index is < src_rows (checked by the op layer).
+    fn index_select(&self, idx: &Self, n_idx: usize, row_len: usize) -> Result<Self>;
+
+    /// `out[idx[i], :] += self[i, :]` into a zeroed `out_rows x row_len` output. The CPU sums in
+    /// index order; a CUDA kernel may use atomics (documented per kernel).
+    fn scatter_add_rows(&self, idx: &Self, n_idx: usize, row_len: usize, out_rows: usize) -> Result<Self>;
+
+    /// `out[r, j] = self[r, idx[r, j]]` for `rows` rows of `n` source and `k` index columns.
+    fn gather_last(&self, idx: &Self, rows: usize, n: usize, k: usize) -> Result<Self>;
+
+    /// `out[r, idx[r, j]] += self[r, j]` into a zeroed `rows x n` output (deterministic: per row, in j order).
+    fn scatter_add_last(&self, idx: &Self, rows: usize, k: usize, n: usize) -> Result<Self>;
+
+    /// The k largest of each row, in descending order, with their u32 indices; ties go to the lower
+    /// index. Returns (values, indices).
+    fn topk(&self, rows: usize, n: usize, k: usize) -> Result<(Self, Self)>;
+
+    fn cast(&self, dtype: DType) -> Result<Self>;
+
+    /// Concatenates, for each of `outer` blocks, the `block_lens[i]` elements of each part in order.
+    fn concat(parts: &[&Self], outer: usize, block_lens: &[usize]) -> Result<Self>;
+
+    /// For each of `outer` blocks of `block` elements, the `len` elements starting at `start`.
+    fn narrow(&self, outer: usize, block: usize, start: usize, len: usize) -> Result<Self>;
+
+    /// Reorders the axes of a tensor of shape `dims`: output axis i is input axis `perm[i]`.
+    fn permute(&self, dims: &[usize], perm: &[usize]) -> Result<Self>;
+
+    /// Rotary embedding on `x` of shape (b, t, h, d), rotating the pairs (j, j + d/2) by the angle
+    /// whose cos / sin are `cos[t, j]` / `sin[t, j]` (shape (t, d/2)); `inverse` rotates by the
+    /// negative angle (the backward).
+    fn rope(&self, cos: &Self, sin: &Self, b: usize, t: usize, h: usize, d: usize, inverse: bool) -> Result<Self>;
+
+    /// One AdamW step in place on f32 `param`, `m`, `v` with an f32 gradient (`self` is the parameter).
+    fn adamw(&mut self, grad: &Self, m: &mut Self, v: &mut Self, hp: &AdamW) -> Result<()>;
+}
