@@ -1,0 +1,54 @@
+//! CPU-vs-CUDA backward parity: every gradient-check case, run in f32 on both devices, must give
+//! the same gradients. Skips, saying so in one line, on a machine without a CUDA device.
+
+mod common;
+
+use autograd::{relative_error, Tape};
+use engine::{ops, DType, Device};
+
+/// Gradients of the case's projected-sum loss with respect to each input, on `device`.
+fn gradients(case: &common::Case, device: &Device) -> autograd::Result<Vec<Vec<f64>>> {
+    let tape = Tape::new();
+    let (vars, ids): (Vec<_>, Vec<_>) = case
+        .inputs
+        .iter()
+        .map(|t| -> autograd::Result<_> { Ok(tape.watch(ops::cast(t, DType::F32)?.to_device(device)?)) })
+        .collect::<autograd::Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
+    let loss = (case.f)(&vars)?.sum_all()?;
+    let grads = tape.backward(&loss)?;
+    ids.iter()
+        .zip(&case.inputs)
+        .map(|(id, input)| match grads.get(*id) {
+            Some(g) => g.to_f64_vec(),
+            None => Ok(vec![0.0; input.elem_count()]),
+        })
+        .collect()
+}
+
+#[test]
+fn backward_matches_between_cpu_and_cuda() {
+    if engine::cuda::device_count() == 0 {
+        println!("skipped: no CUDA device ({})", engine::cuda::unavailable_reason().unwrap_or_default());
+        return;
+    }
+    let gpu = Device::Cuda(0);
+    let mut failures = Vec::new();
+    for case in common::all_cases() {
+        let (cpu, cuda) = match (gradients(&case, &Device::Cpu), gradients(&case, &gpu)) {
+            (Ok(c), Ok(g)) => (c, g),
+            (c, g) => {
+                failures.push(format!("{}: cpu {:?} / cuda {:?}", case.name, c.err(), g.err()));
+                continue;
+            }
+        };
+        for (i, (c, g)) in cpu.iter().zip(&cuda).enumerate() {
+            let err = relative_error(g, c);
+            if err >= 1e-4 {
+                failures.push(format!("{} input {i}: relative error {err:e}", case.name));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "CPU and CUDA gradients differ:\n{}", failures.join("\n"));
+}
