@@ -218,7 +218,15 @@ impl Gradients {
     pub fn iter(&self) -> impl Iterator<Item = (&LeafId, &Tensor)> {
         self.0.iter()
     }
-    pub(crate) fn accumulate(&mut self, id: LeafId, g: Tensor) -> Result<()> {
+    /// Adds every gradient of `other` into `self`.
+    pub fn merge(&mut self, other: Gradients) -> Result<()> {
+        for (id, g) in other.0 {
+            self.accumulate(id, g)?;
+        }
+        Ok(())
+    }
+    /// Adds `g` to the gradient held for `id` (gradient accumulation over micro-batches).
+    pub fn accumulate(&mut self, id: LeafId, g: Tensor) -> Result<()> {
         let summed = match self.0.remove(&id) {
             Some(prev) => ops::add(&prev, &g)?,
             None => g,

@@ -1,8 +1,27 @@
-//! DS-MoE, dense and sparse-MoE transformers on the dsmoe engine.
+//! DS-MoE, dense and sparse-MoE transformers on the dsmoe engine: configs, layers, losses,
+//! training, sparse inference, checkpoints and data.
 
+mod attention;
 pub mod checkpoint;
+pub mod config;
+mod ctx;
 pub mod data;
 mod error;
+pub mod eval;
+pub mod generate;
+mod losses;
+pub mod optim;
+pub mod train;
 pub mod metrics;
+mod mlp;
+mod params;
+pub mod router;
+mod transformer;
 
+pub use config::{Config, Family, ModelConfig, TrainConfig};
+pub use ctx::Ctx;
 pub use error::{Error, Result};
+pub use mlp::Routing;
+pub use params::{ParamId, Params};
+pub use router::Selection;
+pub use transformer::{Forward, InferenceMode, LayerStats, Model, ParamCounts};

@@ -1,0 +1,33 @@
+//! What a forward pass runs under: a tape when training (None when evaluating, so nothing is
+//! recorded), and the compute dtype. Parameters are f32 master weights; when the compute dtype is
+//! narrower (bf16 on a GPU) each is cast on use, and the cast's backward brings the gradient back
+//! to f32.
+
+use autograd::{Param, Tape, Var};
+use engine::DType;
+
+use crate::Result;
+
+pub struct Ctx<'a> {
+    pub tape: Option<&'a Tape>,
+    pub dtype: DType,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn train(tape: &'a Tape, dtype: DType) -> Ctx<'a> {
+        Ctx { tape: Some(tape), dtype }
+    }
+
+    pub fn eval(dtype: DType) -> Ctx<'static> {
+        Ctx { tape: None, dtype }
+    }
+
+    /// The parameter as a value in the compute dtype, tracked when training.
+    pub fn p(&self, param: &Param) -> Result<Var> {
+        let v = match self.tape {
+            Some(t) => t.param(param),
+            None => Var::constant(param.value.clone()),
+        };
+        Ok(if v.dtype() == self.dtype { v } else { v.cast(self.dtype)? })
+    }
+}

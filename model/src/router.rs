@@ -1,0 +1,123 @@
+//! Routers: a softmax over experts of a linear (or two-layer MLP) map of the token, and the ways
+//! of turning router probabilities into a selection of experts at inference.
+
+use autograd::Var;
+use engine::{ops, Device, Rng, ScalarOp, Tensor};
+
+use crate::config::RouterKind;
+use crate::params::{Init, ParamId, Params};
+use crate::{Ctx, Error, Result};
+
+pub struct Router {
+    layers: Vec<ParamId>,
+    pub n_experts: usize,
+}
+
+/// A router's output for a batch of tokens `[T, N]`.
+pub struct RouterOut {
+    pub logits: Var,
+    pub probs: Var,
+}
+
+impl Router {
+    pub fn new(params: &mut Params, prefix: &str, kind: RouterKind, d: usize, n: usize, device: &Device, rng: &mut Rng) -> Result<Router> {
+        let std = 0.02;
+        let layers = match kind {
+            RouterKind::Linear => vec![params.add(format!("{prefix}.router.w"), &[d, n], Init::Normal(std), device, rng)?],
+            RouterKind::Mlp { hidden } => vec![
+                params.add(format!("{prefix}.router.w1"), &[d, hidden], Init::Normal(std), device, rng)?,
+                params.add(format!("{prefix}.router.w2"), &[hidden, n], Init::Normal(std), device, rng)?,
+            ],
+        };
+        Ok(Router { layers, n_experts: n })
+    }
+
+    pub fn forward(&self, ctx: &Ctx, params: &Params, x: &Var) -> Result<RouterOut> {
+        let mut h = x.matmul(&ctx.p(params.get(self.layers[0]))?)?;
+        if let Some(&w2) = self.layers.get(1) {
+            h = h.gelu()?.matmul(&ctx.p(params.get(w2))?)?;
+        }
+        let probs = h.softmax()?;
+        Ok(RouterOut { logits: h, probs })
+    }
+
+    /// Parameters in the router.
+    pub fn param_count(&self, params: &Params) -> usize {
+        self.layers.iter().map(|&id| params.get(id).value.elem_count()).sum()
+    }
+}
+
+/// How many experts each token uses at inference.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Selection {
+    /// Every expert, weighted by its probability (how DS-MoE trains).
+    Dense,
+    /// The K most probable experts.
+    TopK(usize),
+    /// Experts whose normalised probability N·p exceeds ε (at least the top one).
+    Threshold(f64),
+    /// The threshold rule's batch-average expert count, used as a fixed K.
+    ThresholdK(f64),
+}
+
+impl Selection {
+    /// Parses `dense`, `top-k:K`, `threshold:EPS` or `threshold-k:EPS`.
+    pub fn parse(s: &str) -> Result<Selection> {
+        let bad = |msg: &str| Error::Invalid { what: "mode", value: s.to_string(), msg: msg.to_string() };
+        let (kind, arg) = s.split_once(':').unwrap_or((s, ""));
+        let num = |what: &str| arg.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).ok_or_else(|| bad(what));
+        match kind {
+            "dense" if arg.is_empty() => Ok(Selection::Dense),
+            "top-k" => {
+                let k = arg.parse::<usize>().ok().filter(|&k| k > 0).ok_or_else(|| bad("top-k needs a positive integer, e.g. top-k:4"))?;
+                Ok(Selection::TopK(k))
+            }
+            "threshold" => Ok(Selection::Threshold(num("threshold needs a non-negative number, e.g. threshold:0.5")?)),
+            "threshold-k" => Ok(Selection::ThresholdK(num("threshold-k needs a non-negative number, e.g. threshold-k:0.5")?)),
+            _ => Err(bad("expected dense, top-k:K, threshold:EPS or threshold-k:EPS")),
+        }
+    }
+
+    /// The 0/1 mask `[T, N]` of selected experts for router probabilities `probs`, or None for
+    /// `Dense`. Ties in top-K go to the lower expert index.
+    pub fn mask(&self, probs: &Tensor) -> Result<Option<Tensor>> {
+        let n = probs.shape().last();
+        match *self {
+            Selection::Dense => Ok(None),
+            Selection::TopK(k) => {
+                if k > n {
+                    return Err(Error::Invalid { what: "mode", value: format!("top-k:{k}"), msg: format!("only {n} experts") });
+                }
+                Ok(Some(top_k_mask(probs, k)?))
+            }
+            Selection::Threshold(eps) => Ok(Some(threshold_mask(probs, eps)?)),
+            Selection::ThresholdK(eps) => {
+                let mask = threshold_mask(probs, eps)?;
+                let mean_k = ops::sum_all(&mask)?.to_scalar()? / probs.shape().rows() as f64;
+                Ok(Some(top_k_mask(probs, (mean_k.round() as usize).clamp(1, n))?))
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Selection::Dense => "dense".into(),
+            Selection::TopK(k) => format!("top-k:{k}"),
+            Selection::Threshold(e) => format!("threshold:{e}"),
+            Selection::ThresholdK(e) => format!("threshold-k:{e}"),
+        }
+    }
+}
+
+fn top_k_mask(probs: &Tensor, k: usize) -> Result<Tensor> {
+    let (_, idx) = ops::topk(probs, k)?;
+    let ones = Tensor::ones(idx.shape().clone(), probs.dtype(), &probs.device())?;
+    Ok(ops::scatter_add_last(&ones, &idx, probs.shape().last())?)
+}
+
+fn threshold_mask(probs: &Tensor, eps: f64) -> Result<Tensor> {
+    let n = probs.shape().last() as f64;
+    let above = ops::scalar(&ops::mul_scalar(probs, n)?, ScalarOp::Gt, eps)?;
+    // At least one expert per token: the most probable one always counts.
+    Ok(ops::maximum(&above, &top_k_mask(probs, 1)?)?)
+}

@@ -1,0 +1,97 @@
+//! One training step and the loop around it. A step draws `grad_accum` micro-batches, runs each
+//! forward and backward on its own tape (so activations of one micro-batch are freed before the
+//! next), averages the gradients, and applies one AdamW update. A non-finite loss stops training
+//! with an error before any update is applied, so no checkpoint is ever written from a diverged
+//! model.
+
+use autograd::{Gradients, Tape};
+use engine::{DType, Rng, Tensor};
+
+use crate::config::Config;
+use crate::optim::{learning_rate, Optimizer};
+use crate::transformer::{InferenceMode, Model};
+use crate::{Ctx, Error, Result};
+
+/// Where training batches come from.
+pub trait BatchSource {
+    /// `batch` random windows of `seq` tokens and their next-token targets, drawn with `rng`.
+    fn sample_batch(&self, rng: &mut Rng, batch: usize, seq: usize) -> Result<(Vec<u32>, Vec<u32>)>;
+}
+
+pub struct Trainer {
+    pub config: Config,
+    pub model: Model,
+    pub optimizer: Optimizer,
+    /// Draws the training batches; saved in checkpoints so a resumed run sees the same data.
+    pub data_rng: Rng,
+    pub dtype: DType,
+}
+
+/// What one step measured.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    pub step: u64,
+    /// Cross-entropy, nats per token, averaged over the micro-batches.
+    pub loss: f64,
+    /// The weighted auxiliary router loss.
+    pub aux_loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens: usize,
+}
+
+impl Trainer {
+    pub fn new(config: Config, device: &engine::Device, dtype: DType) -> Result<Trainer> {
+        config.validate(&config.model.name)?;
+        let model = Model::new(&config.model, device, config.train.seed)?;
+        let optimizer = Optimizer::new(&model.params)?;
+        let data_rng = Rng::new(config.train.seed ^ 0x5eed_da7a);
+        Ok(Trainer { config, model, optimizer, data_rng, dtype })
+    }
+
+    pub fn step(&mut self, data: &dyn BatchSource) -> Result<StepReport> {
+        let t = &self.config.train;
+        let (batch, seq, accum) = (t.batch_size, t.seq_len, t.grad_accum);
+        let device = self.model.device();
+        let (mut loss_sum, mut aux_sum) = (0.0, 0.0);
+        let mut total: Option<Gradients> = None;
+        let next_step = self.optimizer.step + 1;
+        for _ in 0..accum {
+            let (inputs, targets) = data.sample_batch(&mut self.data_rng, batch, seq)?;
+            let input = Tensor::from_slice(&inputs, [inputs.len()], &device)?;
+            let target = Tensor::from_slice(&targets, [targets.len()], &device)?;
+            let tape = Tape::new();
+            let ctx = Ctx::train(&tape, self.dtype);
+            let out = self.model.forward(&ctx, &input, batch, seq, InferenceMode::DENSE)?;
+            let ce = out.logits.cross_entropy(&target)?.cast(DType::F32)?.mean_all()?;
+            let ce_value = ce.value().to_scalar()?;
+            let mut loss = ce;
+            if let Some(aux) = &out.aux_loss {
+                let aux = aux.cast(DType::F32)?;
+                aux_sum += aux.value().to_scalar()?;
+                loss = loss.add(&aux)?;
+            }
+            if !ce_value.is_finite() {
+                return Err(Error::NonFiniteLoss { step: next_step, loss: ce_value });
+            }
+            loss_sum += ce_value;
+            let loss = if accum > 1 { loss.mul_scalar(1.0 / accum as f64)? } else { loss };
+            let grads = tape.backward(&loss)?;
+            match total.as_mut() {
+                None => total = Some(grads),
+                Some(acc) => acc.merge(grads)?,
+            }
+        }
+        let lr = learning_rate(&self.config.train, next_step);
+        let grads = total.expect("grad_accum >= 1");
+        let update = self.optimizer.update(&mut self.model.params, &grads, &self.config.train, lr)?;
+        Ok(StepReport {
+            step: self.optimizer.step,
+            loss: loss_sum / accum as f64,
+            aux_loss: aux_sum / accum as f64,
+            lr,
+            grad_norm: update.grad_norm,
+            tokens: batch * seq * accum,
+        })
+    }
+}
