@@ -1,1 +1,206 @@
-//! Kernels.
+//! dsmoe's hand-written CUDA C++ kernels, embedded as source.
+//!
+//! The `.cu` files in `src/kernels/` are compiled at run time by NVRTC for the exact GPU the process
+//! finds (see `engine::cuda::nvrtc`), so this crate only carries text: no CUDA toolkit is needed to
+//! build it, and one binary serves every GPU generation. Each [`KernelSource`] is one NVRTC program
+//! (one CUDA module) and lists its `extern "C"` entry points, so the engine and the compile check
+//! in `engine/tests/kernels_compile.rs` can iterate over all of them without parsing C++.
+//!
+//! The sources include no toolkit header: `common.cuh` (handed to NVRTC in memory, see [`HEADERS`])
+//! defines the bf16 / f16 storage types and their conversions itself.
+
+/// A header the kernels `#include "name"`; given to NVRTC in memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Header {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+/// One `.cu` file: one NVRTC program, loaded as one CUDA module.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelSource {
+    /// Module name (the file name without `.cu`); also names the program in NVRTC messages.
+    pub name: &'static str,
+    pub source: &'static str,
+    /// Every `extern "C" __global__` function the file defines.
+    pub entry_points: &'static [&'static str],
+    /// SASS mnemonics (e.g. `"HGMMA"`) that must appear in the sm_90a machine code of this module:
+    /// the compile check disassembles it and fails if one is missing, which catches a tensor-core
+    /// kernel silently compiled to a slower path.
+    pub expect_sass: &'static [&'static str],
+}
+
+/// The headers every kernel may include.
+pub const HEADERS: &[Header] = &[Header { name: "common.cuh", source: include_str!("kernels/common.cuh") }];
+
+pub const ELEMENTWISE: KernelSource = KernelSource {
+    name: "elementwise",
+    source: include_str!("kernels/elementwise.cu"),
+    entry_points: &["unary_f32", "unary_bf16", "unary_f16", "scalar_f32", "scalar_bf16", "scalar_f16"],
+    expect_sass: &[],
+};
+
+pub const BINARY: KernelSource = KernelSource {
+    name: "binary",
+    source: include_str!("kernels/binary.cu"),
+    entry_points: &[
+        "binary_f32",
+        "binary_bf16",
+        "binary_f16",
+        "binary_bcast_f32",
+        "binary_bcast_bf16",
+        "binary_bcast_f16",
+        "binary_bcast64_f32",
+        "binary_bcast64_bf16",
+        "binary_bcast64_f16",
+    ],
+    expect_sass: &[],
+};
+
+pub const REDUCE: KernelSource = KernelSource {
+    name: "reduce",
+    source: include_str!("kernels/reduce.cu"),
+    entry_points: &[
+        "reduce_rows_f32",
+        "reduce_rows_bf16",
+        "reduce_rows_f16",
+        "reduce_cols_f32",
+        "reduce_cols_bf16",
+        "reduce_cols_f16",
+        "argmax_rows_f32",
+        "argmax_rows_bf16",
+        "argmax_rows_f16",
+        "argmax_cols_f32",
+        "argmax_cols_bf16",
+        "argmax_cols_f16",
+    ],
+    expect_sass: &[],
+};
+
+pub const SOFTMAX: KernelSource = KernelSource {
+    name: "softmax",
+    source: include_str!("kernels/softmax.cu"),
+    entry_points: &["softmax_f32", "softmax_bf16", "softmax_f16"],
+    expect_sass: &[],
+};
+
+pub const INDEX: KernelSource = KernelSource {
+    name: "index",
+    source: include_str!("kernels/index.cu"),
+    entry_points: &[
+        "index_select_w2",
+        "index_select_w4",
+        "index_select_w8",
+        "index_select_w16",
+        "gather_last_w2",
+        "gather_last_w4",
+        "gather_last_w8",
+        "scatter_add_rows_f32",
+        "scatter_add_rows_bf16",
+        "scatter_add_rows_f16",
+        "scatter_add_last_f32",
+        "scatter_add_last_bf16",
+        "scatter_add_last_f16",
+    ],
+    expect_sass: &[],
+};
+
+pub const TOPK: KernelSource = KernelSource {
+    name: "topk",
+    source: include_str!("kernels/topk.cu"),
+    entry_points: &["topk_f32", "topk_bf16", "topk_f16"],
+    expect_sass: &[],
+};
+
+pub const LAYOUT: KernelSource = KernelSource {
+    name: "layout",
+    source: include_str!("kernels/layout.cu"),
+    entry_points: &[
+        "cast_f32_f64",
+        "cast_f32_bf16",
+        "cast_f32_f16",
+        "cast_f32_u32",
+        "cast_f64_f32",
+        "cast_f64_bf16",
+        "cast_f64_f16",
+        "cast_f64_u32",
+        "cast_bf16_f32",
+        "cast_bf16_f64",
+        "cast_bf16_f16",
+        "cast_bf16_u32",
+        "cast_f16_f32",
+        "cast_f16_f64",
+        "cast_f16_bf16",
+        "cast_f16_u32",
+        "cast_u32_f32",
+        "cast_u32_f64",
+        "cast_u32_bf16",
+        "cast_u32_f16",
+        "copy2d_w2",
+        "copy2d_w4",
+        "copy2d_w8",
+        "copy2d_w16",
+        "copy_strided_w2",
+        "copy_strided_w4",
+        "copy_strided_w8",
+        "copy_strided64_w2",
+        "copy_strided64_w4",
+        "copy_strided64_w8",
+    ],
+    expect_sass: &[],
+};
+
+pub const ROPE: KernelSource = KernelSource {
+    name: "rope",
+    source: include_str!("kernels/rope.cu"),
+    entry_points: &["rope_f32", "rope_bf16", "rope_f16"],
+    expect_sass: &[],
+};
+
+pub const ADAMW: KernelSource = KernelSource {
+    name: "adamw",
+    source: include_str!("kernels/adamw.cu"),
+    entry_points: &["adamw_f32"],
+    expect_sass: &[],
+};
+
+pub const GEMM: KernelSource = KernelSource {
+    name: "gemm",
+    source: include_str!("kernels/gemm.cu"),
+    entry_points: &["gemm_f32", "gemm_bf16", "gemm_f16"],
+    expect_sass: &[],
+};
+
+/// Every kernel module, for whole-set iteration (compile checks, warm-up).
+pub const ALL: &[KernelSource] = &[ELEMENTWISE, BINARY, REDUCE, SOFTMAX, INDEX, TOPK, LAYOUT, ROPE, ADAMW, GEMM];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_entry_points_are_unique() {
+        let mut names: Vec<&str> = ALL.iter().map(|k| k.name).collect();
+        let mut entries: Vec<&str> = ALL.iter().flat_map(|k| k.entry_points.iter().copied()).collect();
+        let (n, e) = (names.len(), entries.len());
+        names.sort_unstable();
+        names.dedup();
+        entries.sort_unstable();
+        entries.dedup();
+        assert_eq!(names.len(), n, "duplicate module name");
+        assert_eq!(entries.len(), e, "an entry point is listed twice (entries must be unique across modules)");
+    }
+
+    #[test]
+    fn every_module_includes_only_known_headers() {
+        for k in ALL {
+            for line in k.source.lines().filter(|l| l.trim_start().starts_with("#include")) {
+                assert!(
+                    HEADERS.iter().any(|h| line.contains(&format!("\"{}\"", h.name))),
+                    "{}: {line:?} is neither common.cuh nor any header in HEADERS (no toolkit headers: see common.cuh)",
+                    k.name
+                );
+            }
+        }
+    }
+}

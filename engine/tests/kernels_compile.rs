@@ -1,0 +1,198 @@
+//! Compiles every kernel module with NVRTC for sm_80 (Ampere) and sm_90a (Hopper) through the
+//! engine's own pipeline (`engine::cuda::nvrtc`), with no GPU: what CI can check about kernels on a
+//! machine without one.
+//!
+//! - Every module must compile for both architectures, and every entry point it declares must be
+//!   a symbol of the CUBIN (a renamed or missing `extern "C"` kernel fails here, not at launch).
+//! - Compile logs (ptxas warnings about spills or local memory) are printed: run with
+//!   `-- --nocapture` to read them.
+//! - With `cuobjdump` on PATH (or `DSMOE_CUOBJDUMP` naming it; it needs `nvdisasm` on PATH), the
+//!   sm_90a SASS of each module must show every entry point and every instruction the module's
+//!   `expect_sass` lists (e.g. `HGMMA` for a wgmma GEMM).
+//! - The disk cache returns what was compiled.
+//!
+//! Without libnvrtc each test prints one `skipped:` line, unless `DSMOE_REQUIRE_NVRTC=1` (CI), which
+//! turns a missing NVRTC into a failure; `DSMOE_REQUIRE_CUOBJDUMP=1` does the same for cuobjdump.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use engine::cuda::{kernel_cache, nvrtc};
+use kernels_cuda::{KernelSource, ALL};
+
+const ARCHS: [&str; 2] = ["sm_80", "sm_90a"];
+
+fn required(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+fn nvrtc_or_skip() -> bool {
+    match nvrtc::unavailable_reason() {
+        None => true,
+        Some(why) if required("DSMOE_REQUIRE_NVRTC") => panic!("DSMOE_REQUIRE_NVRTC=1 but NVRTC is unavailable: {why}"),
+        Some(why) => {
+            println!("skipped: NVRTC not available ({why})");
+            false
+        }
+    }
+}
+
+struct Build {
+    src: &'static KernelSource,
+    arch: &'static str,
+    result: Result<nvrtc::Compiled, String>,
+}
+
+/// Every module for every architecture, compiled once per test process on all cores.
+fn builds() -> &'static [Build] {
+    static BUILDS: OnceLock<Vec<Build>> = OnceLock::new();
+    BUILDS.get_or_init(|| {
+        let jobs: Vec<(&'static KernelSource, &'static str)> = ALL.iter().flat_map(|s| ARCHS.iter().map(move |a| (s, *a))).collect();
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(jobs.len());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let mut out: Vec<Build> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(&(src, arch)) = jobs.get(i) else { break done };
+                            done.push((i, Build { src, arch, result: nvrtc::compile(src, arch).map_err(|e| e.to_string()) }));
+                        }
+                    })
+                })
+                .collect();
+            let mut all: Vec<(usize, Build)> = workers.into_iter().flat_map(|w| w.join().expect("compile worker panicked")).collect();
+            all.sort_by_key(|(i, _)| *i);
+            all.into_iter().map(|(_, b)| b).collect()
+        });
+        out.shrink_to_fit();
+        out
+    })
+}
+
+/// Whether `name` is a NUL-terminated string in the image (ELF string tables hold symbol names so).
+fn has_symbol(cubin: &[u8], name: &str) -> bool {
+    let mut needle = Vec::with_capacity(name.len() + 2);
+    needle.push(0);
+    needle.extend_from_slice(name.as_bytes());
+    needle.push(0);
+    cubin.windows(needle.len()).any(|w| w == needle.as_slice())
+}
+
+#[test]
+fn every_kernel_compiles_for_sm80_and_sm90a() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let (major, minor) = nvrtc::version().expect("nvrtcVersion");
+    println!("NVRTC {major}.{minor}");
+    let mut failures = Vec::new();
+    for b in builds() {
+        match &b.result {
+            Err(e) => failures.push(format!("{} ({}): {e}", b.src.name, b.arch)),
+            Ok(c) => {
+                if !c.log.is_empty() {
+                    println!("compile log of {} ({}):\n{}", b.src.name, b.arch, c.log);
+                }
+                for entry in b.src.entry_points {
+                    if !has_symbol(&c.cubin, entry) {
+                        failures.push(format!("{} ({}): entry point {entry} is declared but not in the CUBIN", b.src.name, b.arch));
+                    }
+                }
+                println!("{:<12} {:<7} {:>8} bytes, {} entry points", b.src.name, b.arch, c.cubin.len(), b.src.entry_points.len());
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn cuobjdump() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("DSMOE_CUOBJDUMP").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join("cuobjdump")).find(|p| p.is_file())
+}
+
+#[test]
+fn sm90a_sass_has_every_entry_point_and_expected_instructions() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let Some(tool) = cuobjdump() else {
+        assert!(!required("DSMOE_REQUIRE_CUOBJDUMP"), "DSMOE_REQUIRE_CUOBJDUMP=1 but cuobjdump is neither on PATH nor in DSMOE_CUOBJDUMP");
+        println!("skipped: cuobjdump not found (put it on PATH or set DSMOE_CUOBJDUMP)");
+        return;
+    };
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("sass-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    let mut failures = Vec::new();
+    for b in builds().iter().filter(|b| b.arch == "sm_90a") {
+        let Ok(c) = &b.result else { continue }; // reported by the compile test
+        let path = dir.join(format!("{}.cubin", b.src.name));
+        std::fs::write(&path, &c.cubin).expect("write cubin");
+        let out = std::process::Command::new(&tool).arg("-sass").arg(&path).output().expect("run cuobjdump");
+        assert!(out.status.success(), "cuobjdump -sass {} failed: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        let sass = String::from_utf8_lossy(&out.stdout);
+        for entry in b.src.entry_points {
+            if !sass.contains(&format!("Function : {entry}\n")) {
+                failures.push(format!("{}: no SASS for entry point {entry}", b.src.name));
+            }
+        }
+        for insn in b.src.expect_sass {
+            if !sass.contains(insn) {
+                failures.push(format!("{}: sm_90a SASS lacks {insn} (expected by the module's expect_sass)", b.src.name));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn disk_cache_returns_what_was_compiled() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kernel-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let src = &kernels_cuda::ADAMW;
+    let (first, cached) = kernel_cache::load_or_compile(Some(&dir), src, "sm_80").expect("compile");
+    assert!(!cached, "a fresh cache directory cannot hit");
+    let (second, cached) = kernel_cache::load_or_compile(Some(&dir), src, "sm_80").expect("load");
+    assert!(cached, "the second lookup must come from the cache");
+    assert_eq!(first.cubin, second.cubin);
+    assert_eq!(first.log, second.log);
+    let names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.contains(".tmp.")), "temporary files left behind: {names:?}");
+    assert_ne!(kernel_cache::cache_key(src, "sm_80").unwrap(), kernel_cache::cache_key(src, "sm_90a").unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn arch_follows_compute_capability() {
+    assert_eq!(nvrtc::arch_for((9, 0)), "sm_90a");
+    assert_eq!(nvrtc::arch_for((8, 0)), "sm_80");
+    assert_eq!(nvrtc::arch_for((8, 9)), "sm_89");
+}
+
+#[test]
+fn a_compile_error_carries_the_nvrtc_log() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let broken = KernelSource {
+        name: "broken",
+        source: "#include \"common.cuh\"\nextern \"C\" __global__ void broken(float* x) { x[0] = undefined_name; }\n",
+        entry_points: &["broken"],
+        expect_sass: &[],
+    };
+    match nvrtc::compile(&broken, "sm_80") {
+        Err(engine::Error::Compile { kernel, arch, log }) => {
+            assert_eq!((kernel.as_str(), arch.as_str()), ("broken", "sm_80"));
+            assert!(log.contains("undefined_name"), "log should name the error: {log}");
+        }
+        other => panic!("expected a compile error, got {other:?}"),
+    }
+}
