@@ -27,7 +27,7 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<
         if trans_a && ad.len() != 2 {
             return Err(Error::shape(OP, format!("a transposed must be rank 2, got {:?}", a.shape())));
         }
-        let (m, k) = if trans_a { (ad[1], ad[0]) } else { (a.elem_count() / ad[ad.len() - 1], ad[ad.len() - 1]) };
+        let (m, k) = if trans_a { (ad[1], ad[0]) } else { (ad[..ad.len() - 1].iter().product(), ad[ad.len() - 1]) };
         if k != bk {
             return Err(Error::shape(OP, format!("inner sizes differ: {:?}{} · {:?}{}", a.shape(), if trans_a { "ᵀ" } else { "" }, b.shape(), if trans_b { "ᵀ" } else { "" })));
         }

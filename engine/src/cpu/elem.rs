@@ -1,0 +1,229 @@
+//! The dtype plumbing of the CPU backend, written once so that every op is a single generic function.
+//!
+//! - `Elem` is any type a `CpuStorage` can hold (the floats and u32): it gets its typed slice out of
+//!   a storage and wraps a vector back into one. Ops that only move data (gather, concat, permute)
+//!   are generic over it.
+//! - `Float` is a storable float with an arithmetic type `Acc`: f64 computes in f64, f32 in f32, and
+//!   bf16 / f16 widen to f32 on load and narrow on store. That is what a CUDA kernel does, so the CPU
+//!   result is the reference for every dtype.
+//! - `with_float!` / `with_any!` turn a `CpuStorage` into a typed slice and run a generic body on it;
+//!   a second operand is fetched with `Elem::view`, which reports a dtype mismatch instead of panicking.
+
+use std::borrow::Cow;
+use std::ops::{AddAssign, MulAssign};
+
+use half::{bf16, f16, slice::HalfFloatSliceExt};
+
+use crate::{CpuStorage, Error, Result, WithDType};
+
+/// A type a `CpuStorage` can hold.
+pub(crate) trait Elem: WithDType {
+    fn slice(s: &CpuStorage) -> Option<&[Self]>;
+    fn wrap(v: Vec<Self>) -> CpuStorage;
+
+    /// `s` as a slice of this type, or a dtype-mismatch error naming `op`.
+    fn view<'a>(op: &'static str, s: &'a CpuStorage) -> Result<&'a [Self]> {
+        Self::slice(s).ok_or(Error::DTypeMismatch { op, lhs: Self::DTYPE, rhs: s.dtype() })
+    }
+}
+
+/// The type arithmetic runs in: f32 or f64 (both have a `gemm` kernel).
+pub(crate) trait Acc: num_traits::Float + AddAssign + MulAssign + Send + Sync + std::fmt::Debug + 'static {
+    /// A constant or hyper-parameter given in f64, rounded to this type.
+    fn of(x: f64) -> Self;
+}
+
+impl Acc for f32 {
+    fn of(x: f64) -> f32 {
+        x as f32
+    }
+}
+impl Acc for f64 {
+    fn of(x: f64) -> f64 {
+        x
+    }
+}
+
+/// A float a storage holds, with the type it computes in.
+pub(crate) trait Float: Elem {
+    type Acc: Acc;
+    fn widen(self) -> Self::Acc;
+    fn narrow(x: Self::Acc) -> Self;
+    /// The whole slice in the arithmetic type: borrowed when that is the storage type already.
+    fn widen_slice(x: &[Self]) -> Cow<'_, [Self::Acc]>;
+    /// A vector of results in the storage type (no copy when the types agree).
+    fn narrow_vec(x: Vec<Self::Acc>) -> Vec<Self>;
+}
+
+macro_rules! elem {
+    ($t:ty, $variant:ident) => {
+        impl Elem for $t {
+            fn slice(s: &CpuStorage) -> Option<&[Self]> {
+                match s {
+                    CpuStorage::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn wrap(v: Vec<Self>) -> CpuStorage {
+                CpuStorage::$variant(v)
+            }
+        }
+    };
+}
+elem!(f32, F32);
+elem!(f64, F64);
+elem!(bf16, BF16);
+elem!(f16, F16);
+elem!(u32, U32);
+
+/// f32 and f64 compute in themselves.
+macro_rules! native_float {
+    ($t:ty) => {
+        impl Float for $t {
+            type Acc = $t;
+            #[inline(always)]
+            fn widen(self) -> $t {
+                self
+            }
+            #[inline(always)]
+            fn narrow(x: $t) -> $t {
+                x
+            }
+            fn widen_slice(x: &[$t]) -> Cow<'_, [$t]> {
+                Cow::Borrowed(x)
+            }
+            fn narrow_vec(x: Vec<$t>) -> Vec<$t> {
+                x
+            }
+        }
+    };
+}
+native_float!(f32);
+native_float!(f64);
+
+/// bf16 and f16 compute in f32; the slice conversions use `half`'s vectorised routines.
+macro_rules! half_float {
+    ($t:ty) => {
+        impl Float for $t {
+            type Acc = f32;
+            #[inline(always)]
+            fn widen(self) -> f32 {
+                self.to_f32()
+            }
+            #[inline(always)]
+            fn narrow(x: f32) -> $t {
+                <$t>::from_f32(x)
+            }
+            fn widen_slice(x: &[$t]) -> Cow<'_, [f32]> {
+                Cow::Owned(x.to_f32_vec())
+            }
+            fn narrow_vec(x: Vec<f32>) -> Vec<$t> {
+                let mut out = vec![<$t>::ZERO; x.len()];
+                out.convert_from_f32_slice(&x);
+                out
+            }
+        }
+    };
+}
+half_float!(bf16);
+half_float!(f16);
+
+/// Runs `$body` with `$v` bound to the typed slice of a float storage; u32 is an `Error::DType`
+/// naming `$op`. `$body` is generic code and must evaluate to a `Result`.
+macro_rules! with_float {
+    ($op:expr, $s:expr, |$v:ident| $body:expr) => {
+        match $s {
+            $crate::CpuStorage::F32($v) => {
+                let $v: &[f32] = $v;
+                $body
+            }
+            $crate::CpuStorage::F64($v) => {
+                let $v: &[f64] = $v;
+                $body
+            }
+            $crate::CpuStorage::BF16($v) => {
+                let $v: &[half::bf16] = $v;
+                $body
+            }
+            $crate::CpuStorage::F16($v) => {
+                let $v: &[half::f16] = $v;
+                $body
+            }
+            other => Err($crate::Error::dtype($op, other.dtype())),
+        }
+    };
+}
+
+/// Like `with_float!` for ops that only move elements, so u32 is accepted too.
+macro_rules! with_any {
+    ($s:expr, |$v:ident| $body:expr) => {
+        match $s {
+            $crate::CpuStorage::F32($v) => {
+                let $v: &[f32] = $v;
+                $body
+            }
+            $crate::CpuStorage::F64($v) => {
+                let $v: &[f64] = $v;
+                $body
+            }
+            $crate::CpuStorage::BF16($v) => {
+                let $v: &[half::bf16] = $v;
+                $body
+            }
+            $crate::CpuStorage::F16($v) => {
+                let $v: &[half::f16] = $v;
+                $body
+            }
+            $crate::CpuStorage::U32($v) => {
+                let $v: &[u32] = $v;
+                $body
+            }
+        }
+    };
+}
+
+pub(crate) use {with_any, with_float};
+
+/// The num-traits methods that `Acc` values are used through (`exp`, `zero`, ...): an associated
+/// type's bounds do not bring them into scope, so op files `use elem::prelude::*`.
+pub(crate) mod prelude {
+    pub(crate) use num_traits::{Float as _, One as _, Zero as _};
+}
+
+/// The u32 indices of an index operand, or an `Error::DType` naming `op`.
+pub(crate) fn indices<'a>(op: &'static str, s: &'a CpuStorage) -> Result<&'a [u32]> {
+    match s {
+        CpuStorage::U32(v) => Ok(v),
+        other => Err(Error::DType { op, dtype: other.dtype(), detail: ": indices must be u32".into() }),
+    }
+}
+
+/// Checks every index is below `bound`. The op layer checks too, but `_unchecked` callers skip it,
+/// and a bad index must be an error here rather than a panic inside a worker thread.
+pub(crate) fn check_bounds(op: &'static str, idx: &[u32], bound: usize) -> Result<()> {
+    match idx.iter().find(|&&i| i as usize >= bound) {
+        Some(&bad) => Err(Error::IndexOutOfRange { op, index: bad as usize, size: bound }),
+        None => Ok(()),
+    }
+}
+
+/// Max that lets a NaN through (`f32::max` would drop it), so a NaN anywhere reaches the loss and
+/// is reported rather than trained on.
+#[inline(always)]
+pub(crate) fn max_nan<A: Acc>(a: A, b: A) -> A {
+    if b > a || b.is_nan() {
+        b
+    } else {
+        a
+    }
+}
+
+/// Min counterpart of `max_nan`.
+#[inline(always)]
+pub(crate) fn min_nan<A: Acc>(a: A, b: A) -> A {
+    if b < a || b.is_nan() {
+        b
+    } else {
+        a
+    }
+}

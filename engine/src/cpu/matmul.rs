@@ -1,0 +1,99 @@
+//! Batched matrix products through the `gemm` crate (blocked, SIMD, optionally multi-threaded).
+//!
+//! `gemm` takes a row stride and a column stride per operand, so a transpose is only swapped
+//! strides and no operand is ever copied for f32 / f64. bf16 and f16 widen both operands to f32,
+//! multiply there and narrow the result, as a tensor-core kernel accumulates in f32.
+//!
+//! Threads: a product big enough on its own uses `gemm`'s rayon parallelism; a batch of small
+//! products runs one product per task instead (gemm's own splitting does not pay below a few
+//! hundred thousand multiply-adds); tiny work stays on the calling thread.
+
+use gemm::Parallelism;
+
+use super::elem::prelude::*;
+use super::elem::{with_float, Acc, Elem, Float};
+use super::par::{chunks, worth_it};
+use crate::backend::MatmulLayout;
+use crate::{CpuStorage, Error, Result};
+
+/// Multiply-adds in one product above which `gemm` splits it across threads.
+const GEMM_PAR_MIN: usize = 1 << 18;
+
+pub(super) fn matmul(a: &CpuStorage, b: &CpuStorage, l: &MatmulLayout) -> Result<CpuStorage> {
+    with_float!("matmul", a, |a| {
+        let b = Elem::view("matmul", b)?;
+        check_extents(a.len(), b.len(), l)?;
+        Ok(Elem::wrap(matmul_typed(a, b, l)))
+    })
+}
+
+fn matmul_typed<T: Float>(a: &[T], b: &[T], l: &MatmulLayout) -> Vec<T> {
+    let (a, b) = (T::widen_slice(a), T::widen_slice(b));
+    let mut out = vec![T::Acc::zero(); l.batch * l.m * l.n];
+    let per_product = l.m * l.n * l.k;
+    if per_product == 0 {
+        // k == 0 is an empty sum: the zeros are the answer; m or n == 0 is an empty output.
+        return T::narrow_vec(out);
+    }
+    if per_product >= GEMM_PAR_MIN || l.batch == 1 {
+        let par = if per_product >= GEMM_PAR_MIN { Parallelism::Rayon(0) } else { Parallelism::None };
+        for (i, c) in out.chunks_mut(l.m * l.n).enumerate() {
+            gemm_one(c, &a[i * l.a_batch_stride..], &b[i * l.b_batch_stride..], l, par);
+        }
+    } else {
+        chunks(&mut out, l.m * l.n, worth_it(l.batch * per_product), |i, c| {
+            gemm_one(c, &a[i * l.a_batch_stride..], &b[i * l.b_batch_stride..], l, Parallelism::None);
+        });
+    }
+    T::narrow_vec(out)
+}
+
+/// The backend is public, so the slice bounds the unsafe `gemm` call relies on are checked here
+/// rather than trusted from the op layer.
+fn check_extents(a_len: usize, b_len: usize, l: &MatmulLayout) -> Result<()> {
+    let need = |stride: usize, size: usize| if l.batch == 0 || size == 0 { 0 } else { (l.batch - 1) * stride + size };
+    let (need_a, need_b) = (need(l.a_batch_stride, l.m * l.k), need(l.b_batch_stride, l.k * l.n));
+    if a_len < need_a || b_len < need_b {
+        return Err(Error::shape(
+            "matmul",
+            format!("layout {l:?} needs {need_a} and {need_b} elements, operands hold {a_len} and {b_len}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `dst (m x n, row-major) = op(a) · op(b)` for one batch entry; `a` and `b` start at its matrices.
+fn gemm_one<F: Acc>(dst: &mut [F], a: &[F], b: &[F], l: &MatmulLayout, par: Parallelism) {
+    let (m, n, k) = (l.m, l.n, l.k);
+    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "matmul extents checked by check_extents");
+    // (row stride, column stride) of op(A) (m x k) and op(B) (k x n) in the row-major storage.
+    let (a_rs, a_cs) = if l.trans_a { (1, m) } else { (k, 1) };
+    let (b_rs, b_cs) = if l.trans_b { (1, k) } else { (n, 1) };
+    // SAFETY: `dst` holds m·n elements and is written as a row-major m x n matrix; `a` holds m·k
+    // and `b` k·n elements (asserted above), and the strides address exactly those elements for
+    // either transpose flag. `read_dst = false`, so `dst` is only written; the three slices do not
+    // overlap because `dst` is borrowed mutably. `gemm` supports f32 and f64, the only `Acc` types.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            F::zero(),
+            F::one(),
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}

@@ -1,0 +1,50 @@
+//! When and how the CPU backend goes parallel. Every op writes its output in disjoint chunks (rows,
+//! row blocks, batch entries), so one helper covers them all: it hands each chunk, with its index
+//! and a per-worker scratch value, to a closure, on rayon's pool when the op is big enough and on
+//! the calling thread otherwise. Small tensors stay serial because a rayon dispatch costs a few
+//! microseconds, more than a tiny op itself; the threshold is counted in elements touched.
+
+use rayon::prelude::*;
+
+/// Elements of work below which an op runs on the calling thread.
+pub(crate) const PAR_MIN_WORK: usize = 1 << 15;
+
+/// True when `work` elements are worth spreading over the pool.
+pub(crate) fn worth_it(work: usize) -> bool {
+    work >= PAR_MIN_WORK && rayon::current_num_threads() > 1
+}
+
+/// Calls `f(scratch, i, chunk)` for the `i`-th `chunk`-sized piece of `out` (the last may be
+/// shorter), in parallel when `parallel`. `init` makes one scratch value per worker, so per-row
+/// buffers are allocated once per thread, not once per row.
+pub(crate) fn for_each_chunk<T, S, I, F>(out: &mut [T], chunk: usize, parallel: bool, init: I, f: F)
+where
+    T: Send,
+    I: Fn() -> S + Sync + Send,
+    F: Fn(&mut S, usize, &mut [T]) + Sync + Send,
+{
+    if out.is_empty() || chunk == 0 {
+        return;
+    }
+    if parallel {
+        out.par_chunks_mut(chunk).enumerate().for_each_init(&init, |s, (i, c)| f(s, i, c));
+    } else {
+        let mut s = init();
+        for (i, c) in out.chunks_mut(chunk).enumerate() {
+            f(&mut s, i, c);
+        }
+    }
+}
+
+/// `for_each_chunk` without scratch.
+pub(crate) fn chunks<T, F>(out: &mut [T], chunk: usize, parallel: bool, f: F)
+where
+    T: Send,
+    F: Fn(usize, &mut [T]) + Sync + Send,
+{
+    for_each_chunk(out, chunk, parallel, || (), |_, i, c| f(i, c));
+}
+
+/// A chunk length for splitting `len` elements of a flat map: big enough to amortise a task,
+/// small enough to balance.
+pub(crate) const FLAT_CHUNK: usize = 1 << 13;

@@ -1,0 +1,50 @@
+//! Rotary position embedding in the "rotate half" form (GPT-NeoX, Llama): in each head of `x`
+//! (`[b, t, h, d]`), the pair (j, j + d/2) at position p turns by the angle with cosine `cos[p, j]`
+//! and sine `sin[p, j]`. The inverse turns by the negative angle; as the rotation is orthogonal that
+//! is also its backward. One task per (batch, position) row block, computed in the arithmetic type.
+
+use super::elem::prelude::*;
+use super::elem::{with_float, Elem, Float};
+use super::par::{chunks, worth_it};
+use crate::{CpuStorage, Error, Result};
+
+pub(super) fn rope(
+    x: &CpuStorage,
+    cos: &CpuStorage,
+    sin: &CpuStorage,
+    (b, t, h, d): (usize, usize, usize, usize),
+    inverse: bool,
+) -> Result<CpuStorage> {
+    const OP: &str = "rope";
+    if !d.is_multiple_of(2) || x.len() != b * t * h * d || cos.len() != t * d / 2 || sin.len() != t * d / 2 {
+        return Err(Error::shape(
+            OP,
+            format!("x of {} elements, cos of {} and sin of {} for [b, t, h, d] = [{b}, {t}, {h}, {d}]", x.len(), cos.len(), sin.len()),
+        ));
+    }
+    with_float!(OP, x, |x| {
+        let (cos, sin) = (Elem::view(OP, cos)?, Elem::view(OP, sin)?);
+        Ok(Elem::wrap(rope_typed(x, cos, sin, t, h, d, inverse)))
+    })
+}
+
+fn rope_typed<T: Float>(x: &[T], cos: &[T], sin: &[T], t: usize, h: usize, d: usize, inverse: bool) -> Vec<T> {
+    let half = d / 2;
+    let mut out = vec![T::narrow(T::Acc::zero()); x.len()];
+    // Chunk r is position r % t of batch entry r / t: all its heads share one row of cos / sin.
+    chunks(&mut out, h * d, worth_it(x.len()), |r, o| {
+        let p = r % t;
+        let (c, s) = (&cos[p * half..][..half], &sin[p * half..][..half]);
+        for (src, dst) in x[r * h * d..][..h * d].chunks_exact(d).zip(o.chunks_exact_mut(d)) {
+            let (x1, x2) = src.split_at(half);
+            let (o1, o2) = dst.split_at_mut(half);
+            for j in 0..half {
+                let (cj, sj) = (c[j].widen(), if inverse { -s[j].widen() } else { s[j].widen() });
+                let (a, b) = (x1[j].widen(), x2[j].widen());
+                o1[j] = T::narrow(a * cj - b * sj);
+                o2[j] = T::narrow(b * cj + a * sj);
+            }
+        }
+    });
+    out
+}
