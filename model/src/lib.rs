@@ -4,6 +4,7 @@
 mod attention;
 pub mod checkpoint;
 pub mod config;
+pub mod count;
 mod ctx;
 pub mod data;
 mod error;

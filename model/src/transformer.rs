@@ -144,9 +144,8 @@ impl Model {
         let d = self.config.d_model;
         let embedding: usize = self.params.iter().filter(|p| p.name.starts_with("embed.") || p.name.starts_with("lm_head.")).map(|p| p.value.elem_count()).sum();
         let total = self.params.count() - embedding;
-        let (mut active, mut mlp_expert_total, mut mlp_expert_active) = (0.0, 0usize, 0.0);
+        let (mut idle_total, mut mlp_expert_total, mut mlp_expert_active) = (0.0, 0usize, 0.0);
         for (i, b) in self.blocks.iter().enumerate() {
-            let layer_total: usize = self.params.iter().filter(|p| p.name.starts_with(&format!("layers.{i}."))).map(|p| p.value.elem_count()).sum();
             let s = stats.and_then(|s| s.get(i));
             let att_experts = b.attn.router.as_ref().map_or(0, |r| r.n_experts);
             let mlp_experts = b.mlp.router.as_ref().map_or(0, |r| r.n_experts);
@@ -154,13 +153,13 @@ impl Model {
             let mlp_used = s.map_or(mlp_experts as f64, |s| s.mlp_experts_per_token);
             let idle = (att_experts as f64 - att_used) * b.attn.expert_param_count(d) as f64 * (att_experts > 0) as u8 as f64
                 + (mlp_experts as f64 - mlp_used) * b.mlp.expert_param_count(d) as f64 * (mlp_experts > 0) as u8 as f64;
-            active += layer_total as f64 - idle;
+            idle_total += idle;
             if mlp_experts > 0 {
                 mlp_expert_total += mlp_experts * b.mlp.expert_param_count(d);
                 mlp_expert_active += mlp_used * b.mlp.expert_param_count(d) as f64;
             }
         }
-        ParamCounts { total, embedding, active, mlp_expert_total, mlp_expert_active }
+        ParamCounts { total, embedding, active: total as f64 - idle_total, mlp_expert_total, mlp_expert_active }
     }
 }
 

@@ -67,6 +67,11 @@ impl CudaStorage {
         Ok(CpuStorage::from_bytes(self.dtype, &bytes))
     }
 
+    /// `len` zeros of `dtype` on device `ordinal`, made on the device (no host buffer).
+    pub fn zeros_on(ordinal: usize, dtype: DType, len: usize) -> Result<Self> {
+        CudaStorage::zeros(device(ordinal)?, dtype, len)
+    }
+
     /// A device-side copy.
     pub fn try_clone(&self) -> Result<Self> {
         let dev = self.buf.device();

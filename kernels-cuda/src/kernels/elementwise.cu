@@ -38,7 +38,7 @@ __device__ __forceinline__ float unary_op(int op, float x) {
         case U_SQR: return x * x;
         case U_ABS: return fabsf(x);
         case U_TANH: return tanhf(x);
-        case U_RELU: return x > 0.0f ? x : 0.0f;
+        case U_RELU: return x < 0.0f ? 0.0f : x;  // NaN stays NaN
         case U_GELU: return gelu(x);
         case U_SILU: return x * sigmoid(x);
         case U_SIGMOID: return sigmoid(x);
