@@ -1,1 +1,20 @@
-fn main() {}
+//! The `dsmoe` command line: train a model, evaluate it densely and sparsely, sample from it, and
+//! inspect configs. `dsmoe train` with no arguments is the README's main job: the tiny DS-MoE on
+//! the bundled Shakespeare corpus, on a GPU when one is present.
+
+mod cli;
+mod commands;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let args = cli::Args::parse();
+    // With DSMOE_PROFILE=1 the engine prints its per-kernel table when the process exits.
+    match commands::run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -17,6 +17,7 @@ pub mod metrics;
 mod mlp;
 mod params;
 pub mod router;
+pub mod run;
 mod transformer;
 
 pub use config::{Config, Family, ModelConfig, TrainConfig};

@@ -1,0 +1,232 @@
+//! A training run: a `Trainer`, its data, and its run directory (checkpoints, metrics log, loss plot).
+//!
+//! Everything a resumed run needs to continue exactly is in the checkpoint: the weights, AdamW's
+//! moments and step, the config (with the step count it was started for), the data RNG's state and
+//! the data file. Because batches are drawn from that RNG alone and every CPU op is deterministic, a
+//! run stopped at step s and resumed produces the same losses, bit for bit, as one that never
+//! stopped (`model/tests/resume.rs` checks it).
+//!
+//! A run never overwrites another run's checkpoints: starting in a directory that already holds one
+//! is an error unless the caller asks to resume.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use engine::{DType, Device, Tensor};
+use serde_json::{json, Value};
+
+use crate::checkpoint::{self, rng_from_hex, rng_to_hex, Checkpoint, Snapshot};
+use crate::data::{default_corpus_path, Corpus};
+use crate::eval::{evaluate, EvalReport};
+use crate::metrics::{write_loss_plot, MetricsLog, TRAIN_LOSS, VAL_LOSS};
+use crate::train::{StepReport, Trainer};
+use crate::transformer::InferenceMode;
+use crate::{Config, Error, Result};
+
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const PLOT_FILE: &str = "loss.svg";
+/// Step directories kept on disk: the newest and one before it.
+const KEEP_CHECKPOINTS: usize = 2;
+
+pub struct TrainingRun {
+    pub trainer: Trainer,
+    pub corpus: Corpus,
+    out: PathBuf,
+    metrics: MetricsLog,
+}
+
+/// What one `TrainingRun::step` did besides the update.
+pub struct StepOutcome {
+    pub report: StepReport,
+    /// Validation loss (nats per token), when this step was an evaluation step.
+    pub val_loss: Option<f64>,
+    /// The checkpoint directory, when this step wrote one.
+    pub checkpoint: Option<PathBuf>,
+}
+
+fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::F64 => "f64",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        DType::U32 => "u32",
+    }
+}
+
+/// Parses a compute dtype name: f32, f64, bf16 or f16.
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "f64" => Ok(DType::F64),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        _ => Err(Error::Invalid { what: "dtype", value: s.into(), msg: "expected f32, f64, bf16 or f16".into() }),
+    }
+}
+
+/// Opens a data path, or the bundled corpus (checked against its checksum) when none is given.
+pub fn open_corpus(path: Option<&Path>) -> Result<Corpus> {
+    match path {
+        None => Corpus::open_default(),
+        Some(p) if p == default_corpus_path() => Corpus::open_default(),
+        Some(p) => Corpus::open(p),
+    }
+}
+
+/// The validation windows of an evaluation: `limit` windows (0 = all) of the model's training length.
+pub fn validation_windows(corpus: &Corpus, seq: usize, limit: usize) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
+    corpus.val_windows(seq, (limit > 0).then_some(limit))?.collect()
+}
+
+impl TrainingRun {
+    /// Starts a fresh run of `config` on `corpus`, writing into `out`.
+    pub fn start(config: Config, corpus: Corpus, out: &Path, device: &Device, dtype: DType) -> Result<TrainingRun> {
+        if out.join(checkpoint::LATEST_FILE).exists() {
+            return Err(Error::checkpoint(
+                out.display().to_string(),
+                "already holds a run's checkpoints; resume it (--resume) or choose another output directory",
+            ));
+        }
+        check_vocab(&config, &corpus)?;
+        let trainer = Trainer::new(config, device, dtype)?;
+        std::fs::create_dir_all(out).map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
+        let metrics_path = out.join(METRICS_FILE);
+        // A fresh run in a directory with a stale log (from a run that never checkpointed) starts it over.
+        let metrics = MetricsLog::open_resumed(&metrics_path, 0)?;
+        Ok(TrainingRun { trainer, corpus, out: out.to_path_buf(), metrics })
+    }
+
+    /// Resumes the run in `out` from its latest checkpoint. `steps` extends (or shortens) the
+    /// schedule's length; the data is the run's own unless `corpus` is given.
+    pub fn resume(out: &Path, corpus: Option<Corpus>, steps: Option<u64>, device: &Device, dtype: DType) -> Result<TrainingRun> {
+        let ckpt = Checkpoint::open(out)?;
+        let origin = ckpt.dir().display().to_string();
+        let mut config: Config = serde_json::from_value(ckpt.config()?).map_err(|e| Error::checkpoint(&origin, format!("config.json: {e}")))?;
+        if let Some(s) = steps {
+            config.train.steps = s;
+        }
+        let state = ckpt.state();
+        let field = |name: &str| state.get(name).and_then(Value::as_str).ok_or_else(|| Error::checkpoint(&origin, format!("state.json has no `{name}`")));
+        let corpus = match corpus {
+            Some(c) => c,
+            None => open_corpus(Some(Path::new(field("data")?)))?,
+        };
+        check_vocab(&config, &corpus)?;
+        let mut trainer = Trainer::new(config, device, dtype)?;
+        let mut weights = ckpt.model()?.load_all(device)?;
+        trainer.model.params.load(&mut weights, &origin)?;
+        let mut moments = ckpt.optimizer()?.load_all(device)?;
+        let names: Vec<String> = trainer.model.params.iter().map(|p| p.name.clone()).collect();
+        for (i, name) in names.iter().enumerate() {
+            let shape = trainer.model.params.iter().nth(i).map(|p| p.value.shape().clone()).expect("index in range");
+            for (key, slot) in [(format!("m.{name}"), &mut trainer.optimizer.m[i]), (format!("v.{name}"), &mut trainer.optimizer.v[i])] {
+                let t = moments.remove(&key).ok_or_else(|| Error::checkpoint(&origin, format!("optimizer state lacks {key}")))?;
+                if t.shape() != &shape || t.dtype() != DType::F32 {
+                    return Err(Error::checkpoint(&origin, format!("optimizer tensor {key} is {:?} {}, expected {shape:?} f32", t.shape(), t.dtype())));
+                }
+                *slot = t;
+            }
+        }
+        trainer.optimizer.step = ckpt.step();
+        trainer.data_rng = rng_from_hex(field("data_rng")?)?;
+        let metrics = MetricsLog::open_resumed(&out.join(METRICS_FILE), ckpt.step())?;
+        Ok(TrainingRun { trainer, corpus, out: out.to_path_buf(), metrics })
+    }
+
+    pub fn out(&self) -> &Path {
+        &self.out
+    }
+
+    pub fn step_count(&self) -> u64 {
+        self.trainer.optimizer.step
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.step_count() >= self.trainer.config.train.steps
+    }
+
+    /// One optimizer step, logged; evaluates and checkpoints on their intervals and at the last step.
+    pub fn step(&mut self) -> Result<StepOutcome> {
+        let report = self.trainer.step(&self.corpus)?;
+        let t = &self.trainer.config.train;
+        let last = report.step >= t.steps;
+        let mut record = json!({
+            "step": report.step,
+            TRAIN_LOSS: report.loss,
+            "aux_loss": report.aux_loss,
+            "lr": report.lr,
+            "grad_norm": report.grad_norm,
+            "tokens": report.tokens,
+        });
+        let mut val_loss = None;
+        if (t.eval_interval > 0 && report.step % t.eval_interval == 0) || last {
+            let r = self.evaluate(InferenceMode::DENSE, self.trainer.config.train.eval_windows)?;
+            record[VAL_LOSS] = json!(r.loss);
+            val_loss = Some(r.loss);
+        }
+        self.metrics.append(&record)?;
+        let t = &self.trainer.config.train;
+        let checkpoint = if (t.checkpoint_interval > 0 && report.step % t.checkpoint_interval == 0) || last { Some(self.save()?) } else { None };
+        Ok(StepOutcome { report, val_loss, checkpoint })
+    }
+
+    /// Validation loss under `mode` over `windows` windows (0 = the whole split).
+    pub fn evaluate(&self, mode: InferenceMode, windows: usize) -> Result<EvalReport> {
+        let t = &self.trainer.config.train;
+        let data = validation_windows(&self.corpus, t.seq_len, windows)?;
+        evaluate(&self.trainer.model, &data, t.batch_size, mode, self.trainer.dtype, self.corpus.bytes_per_token())
+    }
+
+    /// Writes a checkpoint of the current step and refreshes the loss plot; returns its directory.
+    pub fn save(&self) -> Result<PathBuf> {
+        let tr = &self.trainer;
+        let model: Vec<(String, Tensor)> = tr.model.params.iter().map(|p| (p.name.clone(), p.value.clone())).collect();
+        let mut optimizer = Vec::with_capacity(2 * model.len());
+        for (i, (name, _)) in model.iter().enumerate() {
+            optimizer.push((format!("m.{name}"), tr.optimizer.m[i].clone()));
+            optimizer.push((format!("v.{name}"), tr.optimizer.v[i].clone()));
+        }
+        let config = serde_json::to_value(&tr.config).map_err(|e| Error::checkpoint(self.out.display().to_string(), e.to_string()))?;
+        let state = json!({
+            "data": self.corpus.path().display().to_string(),
+            "data_rng": rng_to_hex(&tr.data_rng),
+            "dtype": dtype_name(tr.dtype),
+        });
+        let snap = Snapshot { step: tr.optimizer.step, model: &model, optimizer: &optimizer, config: &config, state: &state };
+        let dir = checkpoint::save(&self.out, &snap, KEEP_CHECKPOINTS)?;
+        write_loss_plot(&self.out.join(METRICS_FILE), &self.out.join(PLOT_FILE), &format!("{}: loss per token", tr.config.model.name))?;
+        Ok(dir)
+    }
+}
+
+fn check_vocab(config: &Config, corpus: &Corpus) -> Result<()> {
+    if corpus.vocab_size() > config.model.vocab_size {
+        return Err(Error::data(
+            corpus.path().display().to_string(),
+            format!("has a vocabulary of {} tokens, but config {} embeds only {}", corpus.vocab_size(), config.model.name, config.model.vocab_size),
+        ));
+    }
+    Ok(())
+}
+
+/// A trained model loaded from a checkpoint (a run directory or one step directory) for evaluation
+/// or sampling, with its config and the data it was trained on.
+pub struct LoadedModel {
+    pub config: Config,
+    pub model: crate::Model,
+    pub step: u64,
+    pub data: Option<PathBuf>,
+}
+
+pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
+    let ckpt = Checkpoint::open(path)?;
+    let origin = ckpt.dir().display().to_string();
+    let config: Config = serde_json::from_value(ckpt.config()?).map_err(|e| Error::checkpoint(&origin, format!("config.json: {e}")))?;
+    config.validate(&origin)?;
+    let mut model = crate::Model::new(&config.model, device, 0)?;
+    let mut weights: HashMap<String, Tensor> = ckpt.model()?.load_all(device)?;
+    model.params.load(&mut weights, &origin)?;
+    let data = ckpt.state().get("data").and_then(Value::as_str).map(PathBuf::from);
+    Ok(LoadedModel { config, model, step: ckpt.step(), data })
+}

@@ -1,0 +1,137 @@
+//! The `dsmoe` binary end to end: a short train / eval / generate round trip on a micro config, and
+//! every kind of bad input a user can give ending in a clear message and a non-zero exit, not a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn dsmoe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dsmoe")).args(args).env_remove("DSMOE_PROFILE").output().expect("the dsmoe binary runs")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// Asserts a clean failure whose message contains every one of `needles`.
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let o = dsmoe(args);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{args:?} succeeded:\n{out}");
+    assert_eq!(o.status.code(), Some(1), "{args:?}: not a clean error exit\n{err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: message lacks {n:?}:\n{err}");
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dsmoe-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A config small enough to train a few steps in a second.
+fn micro_config(dir: &Path) -> PathBuf {
+    let mut c: serde_json::Value = serde_json::from_str(include_str!("../configs/ds-moe-tiny.json")).unwrap();
+    c["model"]["d_model"] = 32.into();
+    c["model"]["n_layers"] = 1.into();
+    c["model"]["max_seq_len"] = 32.into();
+    c["model"]["attention"]["head_dim"] = 8.into();
+    c["model"]["mlp"]["expert_width"] = 16.into();
+    c["train"]["batch_size"] = 4.into();
+    c["train"]["seq_len"] = 32.into();
+    c["train"]["eval_interval"] = 2.into();
+    c["train"]["eval_windows"] = 2.into();
+    c["train"]["final_eval_windows"] = 4.into();
+    let path = dir.join("micro.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&c).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn train_eval_generate_round_trip() {
+    let dir = scratch("round-trip");
+    let config = micro_config(&dir);
+    let out = dir.join("run");
+    let o = dsmoe(&["train", "--config", config.to_str().unwrap(), "--steps", "4", "--device", "cpu", "--out", out.to_str().unwrap()]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    for needle in ["top-k:4", "threshold:1", "MLP expert", "sample (", "checkpoint:"] {
+        assert!(stdout.contains(needle), "train output lacks {needle:?}:\n{stdout}");
+    }
+
+    let o = dsmoe(&["eval", "--checkpoint", out.to_str().unwrap(), "--mode", "top-k:2", "--windows", "3", "--device", "cpu", "--json"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["step"], 4);
+    assert_eq!(v["mode"], "top-k:2");
+    assert!((v["mlp_expert_fraction"].as_f64().unwrap() - 0.25).abs() < 1e-12, "{v}");
+    assert!(v["loss_nats_per_token"].as_f64().unwrap().is_finite());
+
+    let o = dsmoe(&["generate", "--checkpoint", out.to_str().unwrap(), "--prompt", "KING:", "--tokens", "12", "--mode", "threshold:1", "--device", "cpu"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.starts_with("KING:") && stdout.trim_end().len() >= 5, "{stdout}");
+
+    // Resuming a finished run with more steps continues it.
+    let o = dsmoe(&["train", "--resume", "--out", out.to_str().unwrap(), "--steps", "6", "--device", "cpu", "--no-final-eval"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(text(&o).0.contains("from step 4"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in ["train", "eval", "generate", "info"] {
+        let o = dsmoe(&[cmd, "--help"]);
+        assert!(o.status.success() && text(&o).0.contains("Usage"), "{cmd} --help");
+    }
+}
+
+#[test]
+fn info_lists_presets_and_counts_one() {
+    let o = dsmoe(&["info"]);
+    assert!(o.status.success() && text(&o).0.contains("ds-moe-6b"));
+    let o = dsmoe(&["info", "--config", "ds-moe-6b"]);
+    let (stdout, _) = text(&o);
+    assert!(o.status.success() && stdout.contains("top-k:16") && stdout.contains("MLP experts"), "{stdout}");
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let dir = scratch("bad");
+    // An inconsistent config: attention heads do not fit d_model.
+    let mut c: serde_json::Value = serde_json::from_str(include_str!("../configs/ds-moe-tiny.json")).unwrap();
+    c["model"]["attention"]["kv_heads"] = 3.into();
+    let bad_config = dir.join("bad.json");
+    std::fs::write(&bad_config, c.to_string()).unwrap();
+    fails_with(&["train", "--config", bad_config.to_str().unwrap(), "--out", dir.join("r").to_str().unwrap()], &["bad.json", "kv_heads"]);
+    fails_with(&["train", "--config", "no-such-preset"], &["no-such-preset", "not a preset"]);
+
+    // A missing checkpoint, and a corrupt one.
+    fails_with(&["eval", "--checkpoint", dir.join("nowhere").to_str().unwrap()], &["nowhere", "no complete checkpoint"]);
+    let corrupt = dir.join("corrupt");
+    std::fs::create_dir_all(&corrupt).unwrap();
+    std::fs::write(corrupt.join("state.json"), "{ not json").unwrap();
+    fails_with(&["eval", "--checkpoint", corrupt.to_str().unwrap()], &["state.json", "invalid JSON"]);
+
+    // Unknown mode strings.
+    fails_with(&["eval", "--checkpoint", corrupt.to_str().unwrap(), "--mode", "top-3"], &["top-3", "expected dense, top-k:K"]);
+    fails_with(&["generate", "--checkpoint", corrupt.to_str().unwrap(), "--prompt", "x", "--mode", "top-k:0"], &["top-k:0"]);
+
+    // A token file of 2-byte ids whose header claims 4-byte ids (written with the wrong width).
+    let tokens = dir.join("tokens.bin");
+    model::data::write_token_file(&tokens, 256, None, (0..1000u32).map(|i| i % 256)).unwrap();
+    let mut bytes = std::fs::read(&tokens).unwrap();
+    bytes[12..16].copy_from_slice(&4u32.to_le_bytes());
+    std::fs::write(&tokens, &bytes).unwrap();
+    fails_with(&["train", "--data", tokens.to_str().unwrap(), "--out", dir.join("r2").to_str().unwrap(), "--steps", "1"], &["tokens.bin", "another id width"]);
+
+    // CUDA asked for where there is none.
+    if engine::cuda::device_count() == 0 {
+        fails_with(&["train", "--device", "cuda", "--steps", "1", "--out", dir.join("r3").to_str().unwrap()], &["--device cuda"]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
