@@ -171,8 +171,61 @@ pub const GEMM: KernelSource = KernelSource {
     expect_sass: &[],
 };
 
+pub const MOE_ROUTE: KernelSource = KernelSource {
+    name: "moe_route",
+    source: include_str!("kernels/moe_route.cu"),
+    entry_points: &[
+        "moe_route_f32",
+        "moe_route_bf16",
+        "moe_route_f16",
+        "moe_threshold_count_f32",
+        "moe_threshold_count_bf16",
+        "moe_threshold_count_f16",
+        "moe_batch_k",
+        "moe_chunk_rank",
+        "moe_expert_scan",
+        "moe_offsets",
+        "moe_scatter_slots",
+    ],
+    expect_sass: &[],
+};
+
+pub const MOE_SPARSE: KernelSource = KernelSource {
+    name: "moe_sparse",
+    source: include_str!("kernels/moe_sparse.cu"),
+    entry_points: &[
+        "moe_gemm_nt_f32",
+        "moe_gemm_nt_bf16",
+        "moe_gemm_nt_f16",
+        "moe_gemm_nn_f32",
+        "moe_gemm_nn_bf16",
+        "moe_gemm_nn_f16",
+        "moe_gemm_dw_f32",
+        "moe_gemm_dw_bf16",
+        "moe_gemm_dw_f16",
+        "moe_combine_f32",
+        "moe_combine_bf16",
+        "moe_combine_f16",
+        "moe_combine_splits_f32",
+        "moe_combine_splits_bf16",
+        "moe_combine_splits_f16",
+        "moe_grad_act_f32",
+        "moe_grad_act_bf16",
+        "moe_grad_act_f16",
+    ],
+    // The bf16 / f16 grouped GEMMs are mma.sync.
+    expect_sass: &["HMMA"],
+};
+
+pub const MOE_DECODE: KernelSource = KernelSource {
+    name: "moe_decode",
+    source: include_str!("kernels/moe_decode.cu"),
+    entry_points: &["moe_decode_up_f32", "moe_decode_up_bf16", "moe_decode_up_f16", "moe_decode_down_f32", "moe_decode_down_bf16", "moe_decode_down_f16"],
+    expect_sass: &[],
+};
+
 /// Every kernel module, for whole-set iteration (compile checks, warm-up).
-pub const ALL: &[KernelSource] = &[ELEMENTWISE, BINARY, REDUCE, SOFTMAX, INDEX, TOPK, LAYOUT, ROPE, ADAMW, GEMM];
+pub const ALL: &[KernelSource] = &[ELEMENTWISE, BINARY, REDUCE, SOFTMAX, INDEX, TOPK, LAYOUT, ROPE, ADAMW, GEMM, MOE_ROUTE, MOE_SPARSE, MOE_DECODE];
 
 #[cfg(test)]
 mod tests {
