@@ -9,6 +9,10 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Args::parse();
+    if args.profile {
+        // Read once, on the first kernel launch, which has not happened yet: nothing else runs.
+        std::env::set_var("DSMOE_PROFILE", "1");
+    }
     // With DSMOE_PROFILE=1 the engine prints its per-kernel table when the process exits.
     match commands::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
