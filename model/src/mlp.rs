@@ -9,7 +9,8 @@
 //! A plain MLP is the one-expert case without a router.
 
 use autograd::Var;
-use engine::{Device, Rng, Tensor};
+use engine::ops::{self, RouteMode, Routes};
+use engine::{Device, Rng};
 
 use crate::config::RouterKind;
 use crate::params::{Init, ParamId, Params};
@@ -71,67 +72,37 @@ impl Mlp {
                 let gated = h.mul(&r.probs.reshape([tokens, e, 1])?)?.reshape([tokens, e * f])?;
                 (gated.matmul(&w2)?, e as f64, 0)
             }
-            Routing::Sparse(sel) => match sel.mask(r.probs.value())? {
+            Routing::Sparse(sel) => match route_mode(sel, self.n_experts) {
                 None => return self.forward(ctx, params, x, Routing::Dense),
-                Some(mask) => {
-                    let weights = r.probs.mul(&Var::constant(mask.clone()))?;
-                    let (y, used, dropped) = self.sparse(x, &w1, &w2, &weights, &mask, None)?;
+                Some(mode) => {
+                    let routes = ops::moe_route(r.probs.value(), mode, false)?;
+                    let weights = r.probs.gather_last(&routes.experts)?.mul(&Var::constant(routes.mask.clone()))?;
+                    let (y, used, dropped) = self.sparse(x, &w1, &w2, &weights, &routes, None)?;
                     (y, used as f64 / tokens as f64, dropped)
                 }
             },
             Routing::TopKRenormalised { k, capacity_factor } => {
-                let mask = Selection::TopK(k).mask(r.probs.value())?.expect("top-k always selects");
-                let kept = r.probs.mul(&Var::constant(mask.clone()))?;
+                let routes = ops::moe_route(r.probs.value(), RouteMode::TopK(k), false)?;
+                let kept = r.probs.gather_last(&routes.experts)?;
                 let weights = kept.div(&kept.sum(-1, true)?)?;
                 let capacity = capacity_factor.map(|cf| ((cf * (tokens * k) as f64 / self.n_experts as f64).ceil() as usize).max(1));
-                let (y, used, dropped) = self.sparse(x, &w1, &w2, &weights, &mask, capacity)?;
+                let (y, used, dropped) = self.sparse(x, &w1, &w2, &weights, &routes, capacity)?;
                 (y, used as f64 / tokens as f64, dropped)
             }
         };
         Ok(MlpOut { y, router: Some(r), experts_per_token, dropped_tokens })
     }
 
-    /// Runs each expert on the tokens `mask` gives it (at most `capacity`, in token order), gated
-    /// by `weights`, and sums each token's results. Returns (output, token-expert pairs computed,
-    /// pairs dropped by the capacity limit).
-    fn sparse(&self, x: &Var, w1: &Var, w2: &Var, weights: &Var, mask: &Tensor, capacity: Option<usize>) -> Result<(Var, usize, usize)> {
-        let (tokens, n, f) = (x.dims()[0], self.n_experts, self.width);
-        let mask_host = mask.to_f64_vec()?;
-        let mut per_expert: Vec<Vec<u32>> = vec![Vec::new(); n];
-        let mut dropped = 0;
-        for t in 0..tokens {
-            for (e, list) in per_expert.iter_mut().enumerate() {
-                if mask_host[t * n + e] > 0.5 {
-                    if capacity.is_some_and(|c| list.len() >= c) {
-                        dropped += 1;
-                    } else {
-                        list.push(t as u32);
-                    }
-                }
-            }
-        }
-        let device = x.device();
-        let mut outputs = Vec::new();
-        let (mut all_tokens, mut all_slots) = (Vec::new(), Vec::new());
-        for (e, list) in per_expert.iter().enumerate().filter(|(_, l)| !l.is_empty()) {
-            let idx = Tensor::from_slice(list, [list.len()], &device)?;
-            let rows = [e * f, f];
-            let h = x.index_select(&idx)?.matmul_t(&w1.narrow(0, rows[0], rows[1])?, false, true)?.gelu()?;
-            outputs.push(h.matmul(&w2.narrow(0, rows[0], rows[1])?)?);
-            all_tokens.extend_from_slice(list);
-            all_slots.extend(list.iter().map(|&t| t * n as u32 + e as u32));
-        }
-        let used = all_tokens.len();
-        if used == 0 {
-            let zeros = Tensor::zeros([tokens, x.dims()[1]], x.dtype(), &device)?;
-            return Ok((Var::constant(zeros), 0, dropped));
-        }
-        let refs: Vec<&Var> = outputs.iter().collect();
-        let stacked = Var::concat(&refs, 0)?;
-        let slots = Tensor::from_slice(&all_slots, [used], &device)?;
-        let gates = weights.reshape([tokens * n, 1])?.index_select(&slots)?;
-        let token_idx = Tensor::from_slice(&all_tokens, [used], &device)?;
-        let y = stacked.mul(&gates)?.scatter_add_rows(&token_idx, tokens)?;
+    /// Runs each expert on the tokens `routes` gives it (at most `capacity` per expert, earlier
+    /// tokens first), gated by `weights` `[T, k_max]`, and sums each token's results, all in the
+    /// engine's sparse MoE ops (device-side routing lists; no per-expert host loop). Returns
+    /// (output, token-expert pairs computed, pairs dropped by the capacity limit); the two counts
+    /// are read back for the report.
+    fn sparse(&self, x: &Var, w1: &Var, w2: &Var, weights: &Var, routes: &Routes, capacity: Option<usize>) -> Result<(Var, usize, usize)> {
+        let perm = ops::moe_permute(routes, self.n_experts, capacity)?;
+        let y = x.moe_sparse_mlp(w1, w2, weights, &perm)?;
+        let used = perm.offsets.to_vec::<u32>()?[self.n_experts] as usize;
+        let dropped = perm.dropped.to_vec::<u32>()?[0] as usize;
         Ok((y, used, dropped))
     }
 
@@ -141,3 +112,14 @@ impl Mlp {
     }
 }
 
+/// The engine's routing mode for a selection over `n` experts (`None` for dense). Threshold modes
+/// cap a token at the routing kernel's slot limit.
+fn route_mode(sel: Selection, n: usize) -> Option<RouteMode> {
+    let k_max = n.min(ops::moe_sparse::MAX_SLOTS);
+    match sel {
+        Selection::Dense => None,
+        Selection::TopK(k) => Some(RouteMode::TopK(k)),
+        Selection::Threshold(eps) => Some(RouteMode::Threshold { eps, k_max }),
+        Selection::ThresholdK(eps) => Some(RouteMode::ThresholdK { eps, k_max }),
+    }
+}

@@ -8,6 +8,7 @@ mod elementwise;
 mod index;
 mod layout;
 mod matmul;
+pub(crate) mod moe_sparse;
 mod par;
 mod reduce;
 mod rope;

@@ -34,6 +34,7 @@ pub use device::{device_count, device_info, synchronize, unavailable_reason, Dev
 pub use event::Event;
 pub use module::{kernel_logs, warm_up};
 pub use storage::CudaStorage;
+pub(crate) use ops::moe_sparse;
 
 use crate::backend::*;
 use crate::{DType, Device, Result};

@@ -9,6 +9,7 @@ pub(crate) mod elementwise;
 pub(crate) mod index;
 pub(crate) mod layout;
 pub(crate) mod matmul;
+pub(crate) mod moe_sparse;
 pub(crate) mod optim;
 pub(crate) mod reduce;
 pub(crate) mod rope;

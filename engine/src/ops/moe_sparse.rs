@@ -1,0 +1,312 @@
+//! Sparse MoE: routing, the expert-sorted permutation, and the sparse expert MLP (forward and the
+//! training backward) over stacked expert weights `w1`, `w2` of shape `[E·f, d]` (expert e owns
+//! rows `e·f .. (e+1)·f`).
+//!
+//! The pipeline, every step on the device that holds the data (no host sync on CUDA):
+//! 1. `moe_route(probs [T, N], mode, renormalise)`: up to `k_max` experts per token (top-K,
+//!    threshold on N·p, or threshold-then-batch-average-K), as `[T, k_max]` slots: expert index,
+//!    router weight, a 0/1 mask of used slots, and a count per token. Ties go to the lower expert.
+//! 2. `moe_permute(routes, N, capacity)`: the expert-sorted list of used slots (slot = t·k_max + j),
+//!    within an expert in token order; with a capacity, each expert keeps its first `capacity`
+//!    slots and the rest are dropped (they contribute nothing: the token keeps its residual).
+//! 3. `moe_sparse_mlp(x, w1, w2, weights [T, k_max], perm)`: y[t] = Σ_j w[t,j]·W2_eᵀ·gelu(W1_e·x[t])
+//!    over the token's kept slots, summed in slot order (deterministic). On CUDA a grouped
+//!    gather-GEMM-scatter, or per-expert GEMVs for a few tokens (`MoePath`).
+//! 4. `moe_sparse_mlp_backward`: dx, dw1, dw2 and the router-weight gradient dweights [T, k_max].
+
+use super::{check_float, check_index, check_same_device, check_same_dtype};
+use crate::{cpu, cuda, DType, Error, Result, Shape, Storage, Tensor};
+
+/// Most experts a routing kernel handles (a 64-bit per-lane mask over a warp).
+pub const MAX_EXPERTS: usize = 2048;
+/// Most experts one token may use (one per lane of a warp).
+pub const MAX_SLOTS: usize = 32;
+/// Token counts up to this run the decode kernels under `MoePath::Auto`.
+pub const DECODE_MAX_TOKENS: usize = 16;
+
+/// How experts are chosen per token from router probabilities.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RouteMode {
+    /// The k most probable experts.
+    TopK(usize),
+    /// Experts with N·p > eps (computed in f32 for f32 / bf16 / f16 probabilities), at least the
+    /// most probable one, at most `k_max`.
+    Threshold { eps: f64, k_max: usize },
+    /// The threshold rule's batch-average count, rounded and clamped to 1..=k_max, as a fixed K.
+    ThresholdK { eps: f64, k_max: usize },
+}
+
+impl RouteMode {
+    /// The number of slots per token.
+    pub fn k_max(&self) -> usize {
+        match *self {
+            RouteMode::TopK(k) => k,
+            RouteMode::Threshold { k_max, .. } | RouteMode::ThresholdK { k_max, .. } => k_max,
+        }
+    }
+}
+
+/// Routing of T tokens, `[T, k_max]` slots each: slot j of token t is used when j < counts[t].
+#[derive(Debug, Clone)]
+pub struct Routes {
+    /// u32 expert of each slot; an unused slot repeats the token's first expert (always valid).
+    pub experts: Tensor,
+    /// Router probability of the slot's expert (renormalised over the used slots on request), 0
+    /// in unused slots; the probabilities' dtype.
+    pub weights: Tensor,
+    /// 1 for used slots, 0 for unused ones; the probabilities' dtype.
+    pub mask: Tensor,
+    /// u32 `[T]`: used slots per token.
+    pub counts: Tensor,
+}
+
+/// The expert-sorted list of kept (token, slot) pairs.
+#[derive(Debug, Clone)]
+pub struct Permutation {
+    /// u32 `[N + 1]`: expert e's entries are `offsets[e] .. offsets[e+1]` of `sorted_slots`.
+    pub offsets: Tensor,
+    /// u32 `[T·k_max]`: slot index of each list entry; entries past `offsets[N]` are unspecified.
+    pub sorted_slots: Tensor,
+    /// u32 `[T·k_max]`: list position of each slot, `DROPPED` for unused and dropped slots.
+    pub slot_pos: Tensor,
+    /// u32 `[N]`: slots routed to each expert before the capacity limit.
+    pub expert_counts: Tensor,
+    /// u32 `[1]`: used slots dropped by the capacity limit.
+    pub dropped: Tensor,
+    pub tokens: usize,
+    pub k_max: usize,
+    pub n_experts: usize,
+}
+
+/// `slot_pos` of a slot that is not in the list.
+pub const DROPPED: u32 = u32::MAX;
+
+/// Which CUDA kernels run the sparse MLP forward (the CPU has one path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoePath {
+    /// Decode kernels for up to `DECODE_MAX_TOKENS` tokens, the grouped GEMM above.
+    Auto,
+    Grouped,
+    Decode,
+}
+
+/// Sizes of one sparse MLP call, for the backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SparseDims {
+    pub tokens: usize,
+    pub d: usize,
+    pub f: usize,
+    pub n_experts: usize,
+    pub k_max: usize,
+}
+
+impl SparseDims {
+    /// Slots, and so the capacity of the sorted list.
+    pub fn slots(&self) -> usize {
+        self.tokens * self.k_max
+    }
+}
+
+/// What the forward keeps for the backward, in list order: U = x·W1ᵀ and H = gelu(U), `[T·k_max, f]`.
+#[derive(Debug, Clone)]
+pub struct SparseSaved {
+    pub u: Tensor,
+    pub h: Tensor,
+}
+
+#[derive(Debug, Clone)]
+pub struct SparseGrads {
+    pub dx: Tensor,
+    pub dw1: Tensor,
+    pub dw2: Tensor,
+    /// `[T, k_max]`: dy[t]·(W2_eᵀ·gelu(W1_e·x[t])) for kept slots, 0 elsewhere.
+    pub dweights: Tensor,
+}
+
+/// Routes tokens from router probabilities `probs [T, N]`.
+pub fn moe_route(probs: &Tensor, mode: RouteMode, renormalise: bool) -> Result<Routes> {
+    const OP: &str = "moe_route";
+    check_float(OP, probs)?;
+    if probs.rank() != 2 {
+        return Err(Error::shape(OP, format!("probs must be [tokens, experts], got {:?}", probs.shape())));
+    }
+    let (tokens, n) = (probs.dims()[0], probs.dims()[1]);
+    let k_max = mode.k_max();
+    if n == 0 || n > MAX_EXPERTS {
+        return Err(Error::invalid(OP, format!("{n} experts: must be 1..={MAX_EXPERTS}")));
+    }
+    if k_max == 0 || k_max > n.min(MAX_SLOTS) {
+        return Err(Error::invalid(OP, format!("{mode:?} asks for {k_max} slots per token: must be 1..={} with {n} experts", n.min(MAX_SLOTS))));
+    }
+    if let RouteMode::Threshold { eps, .. } | RouteMode::ThresholdK { eps, .. } = mode {
+        if !eps.is_finite() {
+            return Err(Error::invalid(OP, format!("threshold {eps} is not finite")));
+        }
+    }
+    check_slots(OP, tokens, k_max)?;
+    let [e, w, m, c] = match probs.storage() {
+        Storage::Cpu(p) => cpu::moe_sparse::route(p, tokens, n, mode, renormalise)?.map(Storage::Cpu),
+        Storage::Cuda(p) => cuda::moe_sparse::route(p, tokens, n, mode, renormalise)?.map(Storage::Cuda),
+    };
+    let slots = Shape::new(vec![tokens, k_max]);
+    Ok(Routes {
+        experts: Tensor::from_storage(e, slots.clone(), DType::U32),
+        weights: Tensor::from_storage(w, slots.clone(), probs.dtype()),
+        mask: Tensor::from_storage(m, slots, probs.dtype()),
+        counts: Tensor::from_storage(c, [tokens], DType::U32),
+    })
+}
+
+/// Builds the expert-sorted list of the used slots of `routes` over `n_experts` experts, keeping at
+/// most `capacity` slots per expert (earlier tokens first) when given.
+pub fn moe_permute(routes: &Routes, n_experts: usize, capacity: Option<usize>) -> Result<Permutation> {
+    const OP: &str = "moe_permute";
+    let (experts, counts) = (&routes.experts, &routes.counts);
+    check_same_device(OP, experts, counts)?;
+    check_index(OP, experts)?;
+    check_index(OP, counts)?;
+    if experts.rank() != 2 || counts.dims() != [experts.dims()[0]] {
+        return Err(Error::shape(OP, format!("experts must be [T, k_max] and counts [T], got {:?} and {:?}", experts.shape(), counts.shape())));
+    }
+    let (tokens, k_max) = (experts.dims()[0], experts.dims()[1]);
+    if n_experts == 0 || n_experts > MAX_EXPERTS || k_max == 0 || k_max > MAX_SLOTS {
+        return Err(Error::invalid(OP, format!("{n_experts} experts and {k_max} slots: need 1..={MAX_EXPERTS} and 1..={MAX_SLOTS}")));
+    }
+    check_slots(OP, tokens, k_max)?;
+    let cap = match capacity {
+        Some(0) => return Err(Error::invalid(OP, "capacity must be at least 1")),
+        Some(c) => c.min(u32::MAX as usize - 1) as u32,
+        None => u32::MAX,
+    };
+    let parts = match (experts.storage(), counts.storage()) {
+        (Storage::Cpu(e), Storage::Cpu(c)) => cpu::moe_sparse::permute(e, c, tokens, k_max, n_experts, cap)?.map(Storage::Cpu),
+        (Storage::Cuda(e), Storage::Cuda(c)) => cuda::moe_sparse::permute(e, c, tokens, k_max, n_experts, cap)?.map(Storage::Cuda),
+        _ => unreachable!("devices were checked to match"),
+    };
+    let [offsets, sorted_slots, slot_pos, expert_counts, dropped] = parts;
+    let u = |s: Storage, len: usize| Tensor::from_storage(s, [len], DType::U32);
+    let slots = tokens * k_max;
+    Ok(Permutation {
+        offsets: u(offsets, n_experts + 1),
+        sorted_slots: u(sorted_slots, slots),
+        slot_pos: u(slot_pos, slots),
+        expert_counts: u(expert_counts, n_experts),
+        dropped: u(dropped, 1),
+        tokens,
+        k_max,
+        n_experts,
+    })
+}
+
+/// The sparse expert MLP: y `[T, d]` from x `[T, d]`, w1 / w2 `[E·f, d]` and router weights
+/// `[T, k_max]` (x's dtype) over `perm`. With `save`, also what the backward needs.
+pub fn moe_sparse_mlp(x: &Tensor, w1: &Tensor, w2: &Tensor, weights: &Tensor, perm: &Permutation, path: MoePath, save: bool) -> Result<(Tensor, Option<SparseSaved>)> {
+    const OP: &str = "moe_sparse_mlp";
+    let dims = check_mlp(OP, x, w1, w2, weights, perm)?;
+    let decode = match path {
+        MoePath::Auto => dims.tokens <= DECODE_MAX_TOKENS,
+        MoePath::Grouped => false,
+        MoePath::Decode => {
+            if dims.tokens > DECODE_MAX_TOKENS {
+                return Err(Error::invalid(OP, format!("the decode path takes at most {DECODE_MAX_TOKENS} tokens, got {}", dims.tokens)));
+            }
+            true
+        }
+    };
+    let (y, saved) = match (x.storage(), w1.storage(), w2.storage(), weights.storage()) {
+        (Storage::Cpu(x), Storage::Cpu(w1), Storage::Cpu(w2), Storage::Cpu(w)) => {
+            let (o, s, p) = cpu_perm(OP, perm)?;
+            let (y, saved) = cpu::moe_sparse::forward(x, w1, w2, w, o, s, p, &dims, save)?;
+            (Storage::Cpu(y), saved.map(|(u, h)| (Storage::Cpu(u), Storage::Cpu(h))))
+        }
+        (Storage::Cuda(x), Storage::Cuda(w1), Storage::Cuda(w2), Storage::Cuda(w)) => {
+            let (o, s, p) = cuda_perm(OP, perm)?;
+            let (y, saved) = cuda::moe_sparse::forward(x, w1, w2, w, o, s, p, &dims, decode, save)?;
+            (Storage::Cuda(y), saved.map(|(u, h)| (Storage::Cuda(u), Storage::Cuda(h))))
+        }
+        _ => unreachable!("devices were checked to match"),
+    };
+    let dtype = x.dtype();
+    let saved = saved.map(|(u, h)| {
+        let shape = Shape::new(vec![dims.slots(), dims.f]);
+        SparseSaved { u: Tensor::from_storage(u, shape.clone(), dtype), h: Tensor::from_storage(h, shape, dtype) }
+    });
+    Ok((Tensor::from_storage(y, [dims.tokens, dims.d], dtype), saved))
+}
+
+/// Gradients of `moe_sparse_mlp` for the output gradient `dy [T, d]`.
+pub fn moe_sparse_mlp_backward(dy: &Tensor, x: &Tensor, w1: &Tensor, w2: &Tensor, weights: &Tensor, perm: &Permutation, saved: &SparseSaved) -> Result<SparseGrads> {
+    const OP: &str = "moe_sparse_mlp_backward";
+    let dims = check_mlp(OP, x, w1, w2, weights, perm)?;
+    for t in [dy, &saved.u, &saved.h] {
+        check_same_device(OP, x, t)?;
+        check_same_dtype(OP, x, t)?;
+    }
+    if dy.shape() != x.shape() || saved.u.dims() != [dims.slots(), dims.f] || saved.h.dims() != [dims.slots(), dims.f] {
+        return Err(Error::shape(OP, format!("dy {:?} must match x {:?}, and saved U / H be [{}, {}], got {:?} / {:?}", dy.shape(), x.shape(), dims.slots(), dims.f, saved.u.shape(), saved.h.shape())));
+    }
+    let [dx, dw1, dw2, dw] = match (dy.storage(), x.storage(), w1.storage(), w2.storage(), weights.storage(), saved.u.storage(), saved.h.storage()) {
+        (Storage::Cpu(dy), Storage::Cpu(x), Storage::Cpu(w1), Storage::Cpu(w2), Storage::Cpu(w), Storage::Cpu(u), Storage::Cpu(h)) => {
+            let (o, s, p) = cpu_perm(OP, perm)?;
+            cpu::moe_sparse::backward(dy, x, w1, w2, w, o, s, p, u, h, &dims)?.map(Storage::Cpu)
+        }
+        (Storage::Cuda(dy), Storage::Cuda(x), Storage::Cuda(w1), Storage::Cuda(w2), Storage::Cuda(w), Storage::Cuda(u), Storage::Cuda(h)) => {
+            let (o, s, p) = cuda_perm(OP, perm)?;
+            cuda::moe_sparse::backward(dy, x, w1, w2, w, o, s, p, u, h, &dims)?.map(Storage::Cuda)
+        }
+        _ => unreachable!("devices were checked to match"),
+    };
+    let dtype = x.dtype();
+    Ok(SparseGrads {
+        dx: Tensor::from_storage(dx, x.shape().clone(), dtype),
+        dw1: Tensor::from_storage(dw1, w1.shape().clone(), dtype),
+        dw2: Tensor::from_storage(dw2, w2.shape().clone(), dtype),
+        dweights: Tensor::from_storage(dw, weights.shape().clone(), dtype),
+    })
+}
+
+fn check_slots(op: &'static str, tokens: usize, k_max: usize) -> Result<()> {
+    if tokens.saturating_mul(k_max) >= u32::MAX as usize {
+        return Err(Error::invalid(op, format!("{tokens} tokens x {k_max} slots overflow the u32 slot index")));
+    }
+    Ok(())
+}
+
+fn check_mlp(op: &'static str, x: &Tensor, w1: &Tensor, w2: &Tensor, weights: &Tensor, perm: &Permutation) -> Result<SparseDims> {
+    check_float(op, x)?;
+    for t in [w1, w2, weights] {
+        check_same_device(op, x, t)?;
+        check_same_dtype(op, x, t)?;
+    }
+    for t in [&perm.offsets, &perm.sorted_slots, &perm.slot_pos] {
+        check_same_device(op, x, t)?;
+        check_index(op, t)?;
+    }
+    if x.rank() != 2 || w1.rank() != 2 || w1.shape() != w2.shape() || w1.dims()[1] != x.dims()[1] {
+        return Err(Error::shape(op, format!("needs x [T, d] and w1 = w2 [E·f, d], got {:?}, {:?}, {:?}", x.shape(), w1.shape(), w2.shape())));
+    }
+    let (tokens, d, n) = (x.dims()[0], x.dims()[1], perm.n_experts);
+    if w1.dims()[0] % n != 0 || w1.dims()[0] == 0 {
+        return Err(Error::shape(op, format!("w1 {:?} does not split into {n} experts", w1.shape())));
+    }
+    if perm.tokens != tokens || weights.dims() != [tokens, perm.k_max] || perm.offsets.dims() != [n + 1] || perm.slot_pos.dims() != [tokens * perm.k_max] {
+        return Err(Error::shape(op, format!("x has {tokens} tokens, weights {:?}; the permutation is for {} tokens x {} slots over {n} experts", weights.shape(), perm.tokens, perm.k_max)));
+    }
+    Ok(SparseDims { tokens, d, f: w1.dims()[0] / n, n_experts: n, k_max: perm.k_max })
+}
+
+type Perm<'a, S> = (&'a S, &'a S, &'a S);
+
+fn cpu_perm<'a>(op: &'static str, p: &'a Permutation) -> Result<Perm<'a, crate::CpuStorage>> {
+    match (p.offsets.storage(), p.sorted_slots.storage(), p.slot_pos.storage()) {
+        (Storage::Cpu(o), Storage::Cpu(s), Storage::Cpu(q)) => Ok((o, s, q)),
+        _ => Err(Error::invalid(op, "the permutation lives on another device than x")),
+    }
+}
+
+fn cuda_perm<'a>(op: &'static str, p: &'a Permutation) -> Result<Perm<'a, cuda::CudaStorage>> {
+    match (p.offsets.storage(), p.sorted_slots.storage(), p.slot_pos.storage()) {
+        (Storage::Cuda(o), Storage::Cuda(s), Storage::Cuda(q)) => Ok((o, s, q)),
+        _ => Err(Error::invalid(op, "the permutation lives on another device than x")),
+    }
+}
