@@ -1,0 +1,271 @@
+//! Sparse MoE ops: the CPU references on known values, and every CUDA kernel against them.
+//!
+//! CPU (always run): routing order and ties, threshold counts, threshold-then-K, renormalisation;
+//! the permutation's order, capacity dropping, empty experts; the sparse MLP against a dense
+//! per-token evaluation; error paths.
+//! CUDA (one `skipped:` line without a GPU): routing in all three modes with tied probabilities
+//! (exact match), permutation (empty experts, all tokens on one expert, T = 1, capacity; exact),
+//! the sparse layer forward in every mode on both paths (grouped and decode), the backward (dx,
+//! dw1, dw2, dweights), and K = N sparse against the dense all-experts evaluation. Inputs are fresh
+//! seeded random values at ragged sizes, device outputs are poisoned (NaN) before the kernels
+//! run, errors are relative by norm: f32 < 1e-5, bf16 < 1e-2.
+
+use std::sync::{Mutex, MutexGuard};
+
+use engine::ops::{self, MoePath, RouteMode};
+use engine::{cuda, DType, Device, Error, Rng, Tensor};
+
+static GPU: Mutex<()> = Mutex::new(());
+
+fn gpu() -> Option<(Device, MutexGuard<'static, ()>)> {
+    let dev = cuda::test_device()?;
+    let guard = GPU.lock().unwrap_or_else(|p| p.into_inner());
+    cuda::set_poison(true);
+    Some((dev, guard))
+}
+
+fn normal(shape: &[usize], dtype: DType, rng: &mut Rng) -> Tensor {
+    Tensor::randn(shape.to_vec(), 0.0, 1.0, dtype, &Device::Cpu, rng).unwrap()
+}
+
+fn probs(t: usize, n: usize, dtype: DType, rng: &mut Rng) -> Tensor {
+    ops::cast(&ops::softmax(&normal(&[t, n], DType::F32, rng)).unwrap(), dtype).unwrap()
+}
+
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_f64_vec().unwrap(), b.to_f64_vec().unwrap());
+    assert_eq!(a.len(), b.len());
+    let diff: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+    let norm: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    let e = if norm > 0.0 { diff / norm } else { diff };
+    if e.is_nan() {
+        f64::INFINITY
+    } else {
+        e
+    }
+}
+
+fn tol(dtype: DType) -> f64 {
+    if dtype == DType::F32 {
+        1e-5
+    } else {
+        1e-2
+    }
+}
+
+fn u32s(t: &Tensor) -> Vec<u32> {
+    t.to_vec::<u32>().unwrap()
+}
+
+// ---- CPU references on known values ---------------------------------------------------------------
+
+#[test]
+fn routing_orders_by_probability_and_breaks_ties_to_the_lower_expert() {
+    let p = Tensor::from_f64s(&[0.1, 0.3, 0.3, 0.2, 0.1, 0.4, 0.1, 0.3, 0.2, 0.2, 0.2, 0.2], [3, 4], DType::F32, &Device::Cpu).unwrap();
+    let r = ops::moe_route(&p, RouteMode::TopK(2), false).unwrap();
+    assert_eq!(u32s(&r.experts), [1, 2, 1, 3, 0, 1]);
+    assert_eq!(u32s(&r.counts), [2, 2, 2]);
+    let rn = ops::moe_route(&p, RouteMode::TopK(2), true).unwrap();
+    let w = rn.weights.to_f64_vec().unwrap();
+    assert!((w[0] - 0.5).abs() < 1e-6 && (w[2] - 0.4 / 0.7).abs() < 1e-6, "{w:?}");
+}
+
+#[test]
+fn threshold_routing_counts_experts_above_eps_with_at_least_one() {
+    // N·p rows: [0.4 1.2 1.2 1.2], [0.4 1.6 1.0 1.0], [1.0; 4]: with eps = 1 they keep 3, 1 and (at least) 1.
+    let p = Tensor::from_f64s(&[0.1, 0.3, 0.3, 0.3, 0.1, 0.4, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25], [3, 4], DType::F32, &Device::Cpu).unwrap();
+    let r = ops::moe_route(&p, RouteMode::Threshold { eps: 1.0, k_max: 4 }, false).unwrap();
+    assert_eq!(u32s(&r.counts), [3, 1, 1]);
+    assert_eq!(r.mask.to_f64_vec().unwrap()[..4], [1.0, 1.0, 1.0, 0.0]);
+    assert_eq!(u32s(&r.experts)[4..8], [1, 1, 1, 1], "unused slots repeat the first expert");
+    let capped = ops::moe_route(&p, RouteMode::Threshold { eps: 1.0, k_max: 2 }, false).unwrap();
+    assert_eq!(u32s(&capped.counts), [2, 1, 1]);
+    // Threshold-then-K: mean of (3, 1, 1) = 1.67 -> K = 2 for every token.
+    let tk = ops::moe_route(&p, RouteMode::ThresholdK { eps: 1.0, k_max: 4 }, false).unwrap();
+    assert_eq!(u32s(&tk.counts), [2, 2, 2]);
+}
+
+#[test]
+fn permutation_is_stable_by_expert_and_drops_later_tokens() {
+    let experts = Tensor::from_slice(&[2u32, 0, 2, 1, 2, 0, 0, 2], [4, 2], &Device::Cpu).unwrap();
+    let counts = Tensor::from_slice(&[2u32, 2, 2, 1], [4], &Device::Cpu).unwrap();
+    let routes = ops::Routes { experts: experts.clone(), weights: Tensor::zeros([4, 2], DType::F32, &Device::Cpu).unwrap(), mask: Tensor::zeros([4, 2], DType::F32, &Device::Cpu).unwrap(), counts };
+    let p = ops::moe_permute(&routes, 4, None).unwrap();
+    assert_eq!(u32s(&p.offsets), [0, 3, 1 + 3, 7, 7]);
+    assert_eq!(&u32s(&p.sorted_slots)[..7], [1, 5, 6, 3, 0, 2, 4]);
+    assert_eq!(u32s(&p.slot_pos)[7], ops::moe_sparse::DROPPED, "slot 1 of token 3 is unused");
+    assert_eq!(u32s(&p.expert_counts), [3, 1, 3, 0]);
+    let capped = ops::moe_permute(&routes, 4, Some(2)).unwrap();
+    assert_eq!(u32s(&capped.offsets), [0, 2, 3, 5, 5]);
+    assert_eq!(u32s(&capped.dropped), [2]);
+    assert_eq!(u32s(&capped.slot_pos)[6], ops::moe_sparse::DROPPED, "token 3's expert-0 slot is the third: dropped");
+}
+
+/// y[t] = Σ_j w[t,j]·W2_eᵀ·gelu(W1_e·x[t]) evaluated token by token with plain ops.
+fn dense_reference(x: &Tensor, w1: &Tensor, w2: &Tensor, r: &ops::Routes, f: usize) -> Tensor {
+    let (t, d) = (x.dims()[0], x.dims()[1]);
+    let k = r.experts.dims()[1];
+    let (ex, w, c) = (u32s(&r.experts), r.weights.to_f64_vec().unwrap(), u32s(&r.counts));
+    let mut rows = Vec::new();
+    for tok in 0..t {
+        let xt = ops::narrow(x, 0, tok, 1).unwrap();
+        let mut acc = Tensor::zeros([1, d], DType::F64, &Device::Cpu).unwrap();
+        for j in 0..c[tok] as usize {
+            let e = ex[tok * k + j] as usize;
+            let h = ops::unary(&ops::matmul_t(&xt, &ops::narrow(w1, 0, e * f, f).unwrap(), false, true).unwrap(), engine::UnaryOp::Gelu).unwrap();
+            let y = ops::matmul(&h, &ops::narrow(w2, 0, e * f, f).unwrap()).unwrap();
+            acc = ops::add(&acc, &ops::mul_scalar(&y, w[tok * k + j]).unwrap()).unwrap();
+        }
+        rows.push(acc);
+    }
+    let refs: Vec<&Tensor> = rows.iter().collect();
+    ops::concat(&refs, 0).unwrap()
+}
+
+#[test]
+fn cpu_sparse_mlp_matches_a_token_by_token_evaluation() {
+    let mut rng = Rng::new(5);
+    let (t, d, n, f) = (9, 6, 5, 4);
+    let x = normal(&[t, d], DType::F64, &mut rng);
+    let (w1, w2) = (normal(&[n * f, d], DType::F64, &mut rng), normal(&[n * f, d], DType::F64, &mut rng));
+    for mode in [RouteMode::TopK(2), RouteMode::Threshold { eps: 0.9, k_max: 4 }, RouteMode::ThresholdK { eps: 0.9, k_max: 4 }] {
+        let r = ops::moe_route(&probs(t, n, DType::F64, &mut rng), mode, false).unwrap();
+        let perm = ops::moe_permute(&r, n, None).unwrap();
+        let (y, _) = ops::moe_sparse_mlp(&x, &w1, &w2, &r.weights, &perm, MoePath::Auto, false).unwrap();
+        let e = rel_err(&y, &dense_reference(&x, &w1, &w2, &r, f));
+        assert!(e < 1e-12, "{mode:?}: {e}");
+    }
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    let p = Tensor::zeros([3, 4], DType::F32, &Device::Cpu).unwrap();
+    assert!(matches!(ops::moe_route(&p, RouteMode::TopK(5), false), Err(Error::Invalid { .. })));
+    assert!(matches!(ops::moe_route(&p, RouteMode::TopK(0), false), Err(Error::Invalid { .. })));
+    let r = ops::moe_route(&p, RouteMode::TopK(2), false).unwrap();
+    assert!(matches!(ops::moe_permute(&r, 4, Some(0)), Err(Error::Invalid { .. })));
+    let perm = ops::moe_permute(&r, 4, None).unwrap();
+    let x = Tensor::zeros([3, 6], DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros([10, 6], DType::F32, &Device::Cpu).unwrap();
+    assert!(matches!(ops::moe_sparse_mlp(&x, &w, &w, &r.weights, &perm, MoePath::Auto, false), Err(Error::Shape { .. })), "10 rows do not split into 4 experts");
+    let w = Tensor::zeros([8, 5], DType::F32, &Device::Cpu).unwrap();
+    assert!(matches!(ops::moe_sparse_mlp(&x, &w, &w, &r.weights, &perm, MoePath::Auto, false), Err(Error::Shape { .. })));
+}
+
+// ---- CUDA against the CPU -------------------------------------------------------------------------
+
+#[test]
+fn cuda_routing_matches_cpu_in_every_mode_with_ties() {
+    let Some((dev, _g)) = gpu() else { return };
+    let mut rng = Rng::new(21);
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        for (t, n) in [(1, 3), (37, 8), (301, 32), (5, 70)] {
+            // Quantised probabilities make ties common.
+            let p = Tensor::from_f64s(&probs(t, n, DType::F64, &mut rng).to_f64_vec().unwrap().iter().map(|v| (v * 16.0).round() / 16.0).collect::<Vec<_>>(), [t, n], dtype, &Device::Cpu).unwrap();
+            let k = n.min(4);
+            for mode in [RouteMode::TopK(k), RouteMode::Threshold { eps: 1.0, k_max: k }, RouteMode::ThresholdK { eps: 1.0, k_max: k }] {
+                for renorm in [false, true] {
+                    let c = ops::moe_route(&p, mode, renorm).unwrap();
+                    let g = ops::moe_route(&p.to_device(&dev).unwrap(), mode, renorm).unwrap();
+                    assert_eq!(u32s(&g.experts), u32s(&c.experts), "{dtype:?} {t}x{n} {mode:?}");
+                    assert_eq!(u32s(&g.counts), u32s(&c.counts));
+                    assert_eq!(g.mask.to_f64_vec().unwrap(), c.mask.to_f64_vec().unwrap());
+                    assert!(rel_err(&g.weights, &c.weights) < tol(dtype), "{dtype:?} {mode:?} renorm {renorm}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn cuda_permutation_matches_cpu() {
+    let Some((dev, _g)) = gpu() else { return };
+    let mut rng = Rng::new(22);
+    // (tokens, experts, k, skew): skew 1.0 sends everything to expert 0's neighbourhood.
+    for (t, n, k, all_on_one) in [(1, 4, 1, false), (1, 32, 8, false), (300, 16, 2, false), (2000, 32, 4, false), (513, 8, 1, true)] {
+        let mut p = probs(t, n, DType::F32, &mut rng);
+        if all_on_one {
+            let mut v = p.to_f64_vec().unwrap();
+            v.chunks_mut(n).for_each(|row| row[3] = 10.0);
+            p = Tensor::from_f64s(&v, [t, n], DType::F32, &Device::Cpu).unwrap();
+        }
+        let r = ops::moe_route(&p, RouteMode::TopK(k), false).unwrap();
+        let rg = ops::moe_route(&p.to_device(&dev).unwrap(), RouteMode::TopK(k), false).unwrap();
+        for cap in [None, Some(1), Some((t * k).div_ceil(n))] {
+            let c = ops::moe_permute(&r, n, cap).unwrap();
+            let g = ops::moe_permute(&rg, n, cap).unwrap();
+            let total = u32s(&c.offsets)[n] as usize;
+            assert_eq!(u32s(&g.offsets), u32s(&c.offsets), "{t} tokens, {n} experts, k {k}, cap {cap:?}");
+            assert_eq!(u32s(&g.sorted_slots)[..total], u32s(&c.sorted_slots)[..total]);
+            assert_eq!(u32s(&g.slot_pos), u32s(&c.slot_pos));
+            assert_eq!(u32s(&g.expert_counts), u32s(&c.expert_counts));
+            assert_eq!(u32s(&g.dropped), u32s(&c.dropped));
+        }
+    }
+}
+
+struct Layer {
+    x: Tensor,
+    w1: Tensor,
+    w2: Tensor,
+    p: Tensor,
+}
+
+fn layer(t: usize, d: usize, n: usize, f: usize, dtype: DType, rng: &mut Rng) -> Layer {
+    let s = 1.0 / (d as f64).sqrt();
+    let w = |rng: &mut Rng| Tensor::randn(vec![n * f, d], 0.0, s, dtype, &Device::Cpu, rng).unwrap();
+    Layer { x: normal(&[t, d], dtype, rng), w1: w(rng), w2: w(rng), p: probs(t, n, dtype, rng) }
+}
+
+#[test]
+fn cuda_sparse_layer_forward_and_backward_match_cpu() {
+    let Some((dev, _g)) = gpu() else { return };
+    let mut rng = Rng::new(23);
+    for dtype in [DType::F32, DType::BF16] {
+        for (t, d, n, f) in [(1, 72, 4, 40), (13, 136, 8, 72), (203, 200, 8, 136), (16, 264, 32, 24)] {
+            let l = layer(t, d, n, f, dtype, &mut rng);
+            let on = |x: &Tensor| x.to_device(&dev).unwrap();
+            for (mode, cap) in [(RouteMode::TopK(2), None), (RouteMode::TopK(2), Some(t.div_ceil(n).max(1))), (RouteMode::Threshold { eps: 1.0, k_max: 4 }, None), (RouteMode::ThresholdK { eps: 1.0, k_max: 4 }, None)] {
+                let r = ops::moe_route(&l.p, mode, false).unwrap();
+                let perm = ops::moe_permute(&r, n, cap).unwrap();
+                let (y, saved) = ops::moe_sparse_mlp(&l.x, &l.w1, &l.w2, &r.weights, &perm, MoePath::Grouped, true).unwrap();
+                let saved = saved.unwrap();
+                let rg = ops::moe_route(&on(&l.p), mode, false).unwrap();
+                let pg = ops::moe_permute(&rg, n, cap).unwrap();
+                let paths: &[MoePath] = if t <= ops::moe_sparse::DECODE_MAX_TOKENS { &[MoePath::Grouped, MoePath::Decode] } else { &[MoePath::Grouped] };
+                for &path in paths {
+                    let (yg, _) = ops::moe_sparse_mlp(&on(&l.x), &on(&l.w1), &on(&l.w2), &rg.weights, &pg, path, false).unwrap();
+                    let e = rel_err(&yg, &y);
+                    assert!(e < tol(dtype), "forward {dtype:?} {t}x{d}, {n}x{f}, {mode:?} cap {cap:?} {path:?}: {e}");
+                }
+                let dy = normal(&[t, d], dtype, &mut rng);
+                let gc = ops::moe_sparse_mlp_backward(&dy, &l.x, &l.w1, &l.w2, &r.weights, &perm, &saved).unwrap();
+                let (_, sg) = ops::moe_sparse_mlp(&on(&l.x), &on(&l.w1), &on(&l.w2), &rg.weights, &pg, MoePath::Grouped, true).unwrap();
+                let gg = ops::moe_sparse_mlp_backward(&on(&dy), &on(&l.x), &on(&l.w1), &on(&l.w2), &rg.weights, &pg, &sg.unwrap()).unwrap();
+                for (name, a, b) in [("dx", &gg.dx, &gc.dx), ("dw1", &gg.dw1, &gc.dw1), ("dw2", &gg.dw2, &gc.dw2), ("dweights", &gg.dweights, &gc.dweights)] {
+                    let e = rel_err(a, b);
+                    assert!(e < tol(dtype), "{name} {dtype:?} {t}x{d}, {n}x{f}, {mode:?} cap {cap:?}: {e}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn cuda_sparse_with_every_expert_equals_the_dense_layer() {
+    let Some((dev, _g)) = gpu() else { return };
+    let mut rng = Rng::new(24);
+    let (t, d, n, f) = (77, 96, 6, 40);
+    let l = layer(t, d, n, f, DType::BF16, &mut rng);
+    let on = |x: &Tensor| x.to_device(&dev).unwrap();
+    let r = ops::moe_route(&on(&l.p), RouteMode::TopK(n), false).unwrap();
+    let perm = ops::moe_permute(&r, n, None).unwrap();
+    let (y, _) = ops::moe_sparse_mlp(&on(&l.x), &on(&l.w1), &on(&l.w2), &r.weights, &perm, MoePath::Auto, false).unwrap();
+    // Dense: Σ_e p_e·gelu(x·W1_eᵀ)·W2_e with every expert on every token, in f64 on the CPU.
+    let c = |x: &Tensor| ops::cast(x, DType::F64).unwrap();
+    let h = ops::unary(&ops::matmul_t(&c(&l.x), &c(&l.w1), false, true).unwrap(), engine::UnaryOp::Gelu).unwrap();
+    let gated = ops::mul(&h.reshape([t, n, f]).unwrap(), &c(&l.p).reshape([t, n, 1]).unwrap()).unwrap().reshape([t, n * f]).unwrap();
+    let dense = ops::matmul(&gated, &c(&l.w2)).unwrap();
+    let e = rel_err(&y, &dense);
+    assert!(e < 1e-2, "K = N sparse vs dense: {e}");
+}
