@@ -16,7 +16,8 @@
 //! rename, `latest` still names the previous complete step directory, which nothing has modified;
 //! after it, it names a complete new one. Within a step directory `state.json` is written last, so a
 //! directory that has it is complete even when opened directly, without `latest`. A leftover partial
-//! directory from a crash is never pointed at and is replaced by the next save of that step.
+//! directory from a crash is never pointed at; the next save removes it (or replaces it, if it is of
+//! the same step).
 //! Old step directories are removed only after the new `latest` is durable.
 
 mod atomic;
@@ -117,19 +118,28 @@ fn read_latest(run_dir: &Path) -> Result<Option<String>> {
     Ok(Some(name.to_string()))
 }
 
+/// Removes step directories beyond the `keep_last` newest complete ones, and every incomplete one
+/// (no `state.json`: debris of an interrupted save, which nothing points at). Debris must not count
+/// as a kept checkpoint, or it would push a loadable one out.
 fn prune(run_dir: &Path, newest: u64, keep_last: usize) -> Result<()> {
     let entries = fs::read_dir(run_dir).map_err(io(format!("listing {}", run_dir.display())))?;
-    let mut steps: Vec<(u64, PathBuf)> = Vec::new();
+    let (mut complete, mut debris): (Vec<(u64, PathBuf)>, Vec<PathBuf>) = (Vec::new(), Vec::new());
     for entry in entries {
         let entry = entry.map_err(io(format!("listing {}", run_dir.display())))?;
         if let Some(step) = entry.file_name().to_str().and_then(parse_step_dir_name) {
-            if step != newest && entry.path().is_dir() {
-                steps.push((step, entry.path()));
+            let path = entry.path();
+            if step == newest || !path.is_dir() {
+                continue;
+            }
+            if path.join(STATE_FILE).is_file() {
+                complete.push((step, path));
+            } else {
+                debris.push(path);
             }
         }
     }
-    steps.sort_by(|a, b| b.0.cmp(&a.0));
-    for (_, path) in steps.into_iter().skip(keep_last.saturating_sub(1)) {
+    complete.sort_by(|a, b| b.0.cmp(&a.0));
+    for path in complete.into_iter().skip(keep_last.saturating_sub(1)).map(|(_, p)| p).chain(debris) {
         fs::remove_dir_all(&path).map_err(io(format!("removing old checkpoint {}", path.display())))?;
     }
     Ok(())
@@ -200,7 +210,8 @@ pub fn rng_to_hex(rng: &Rng) -> String {
 /// The inverse of `rng_to_hex`.
 pub fn rng_from_hex(hex: &str) -> Result<Rng> {
     let invalid = || Error::Invalid { what: "RNG state", value: hex.to_string(), msg: "expected 96 hex digits".into() };
-    if hex.len() != 96 || !hex.is_ascii() {
+    // Hex digits only: `from_str_radix` alone would also take a sign ("+f").
+    if hex.len() != 96 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(invalid());
     }
     let mut state = [0u8; 48];

