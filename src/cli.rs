@@ -22,6 +22,9 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Print total and active parameters of a config (or of every preset).
     Info(InfoArgs),
+    /// Train a byte-level BPE on the training split of a text file and write the text as a token
+    /// file, with the tokenizer beside it (TOKENS.tokenizer.json).
+    Tokenize(TokenizeArgs),
 }
 
 #[derive(clap::Args)]
@@ -107,4 +110,17 @@ pub struct InfoArgs {
     /// A preset name or config file; default: a table of every preset.
     #[arg(long)]
     pub config: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct TokenizeArgs {
+    /// A UTF-8 text file; the tokenizer learns from its first 90 % (the training split) only.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Vocabulary size, at least 256 (the byte tokens); fewer when the text offers fewer merges.
+    #[arg(long)]
+    pub vocab: usize,
+    /// The token file to write, for `dsmoe train --data`.
+    #[arg(long)]
+    pub out: PathBuf,
 }

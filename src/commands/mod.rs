@@ -4,6 +4,7 @@ mod eval;
 mod generate;
 mod info;
 mod report;
+mod tokenize;
 mod train;
 
 use anyhow::{Context, Result};
@@ -18,6 +19,7 @@ pub fn run(args: Args) -> Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Info(a) => info::run(a),
+        Command::Tokenize(a) => tokenize::run(a),
     }
 }
 
