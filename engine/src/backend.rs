@@ -87,6 +87,45 @@ pub struct AdamW {
     pub step: u64,
 }
 
+/// Which operand of a GEMM is stored transposed (row-major storage): NN: a [m, k], b [k, n];
+/// NT: a [m, k], b [n, k] (x·Wᵀ, dY·W); TN: a [k, m], b [k, n] (the weight gradient Xᵀ·dY).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmForm {
+    NN,
+    NT,
+    TN,
+}
+
+/// One GEMM with a fused epilogue: `out = residual + gelu?(alpha · op(a)·op(b) + bias)`, out of
+/// shape [m, n] and dtype `out_dtype`; bias [n] and residual [m, n] have the output's dtype.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GemmLayout {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub form: GemmForm,
+    pub alpha: f32,
+    pub gelu: bool,
+    pub out_dtype: DType,
+}
+
+/// A grouped GEMM over `groups` groups whose sizes are u32 `counts` (on the tensors' device).
+/// - NN / NT (row-grouped, MoE forward and dX): a [m, k] holds every group's rows back to back,
+///   b [groups, k, n] (NN) or [groups, n, k] (NT); out [m, n], rows of group g times b[g].
+/// - TN (reduction-grouped, MoE weight gradient): a [k, m], b [k, n], the counts split k;
+///   out [groups, m, n], out[g] = a[rows of g]ᵀ · b[rows of g] (zero for an empty group).
+///
+/// Counts must sum to the grouped extent (m, or k for TN): the CPU checks; CUDA, which never
+/// reads device counts on the host, clamps and leaves rows past the sum zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupedLayout {
+    pub groups: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub form: GemmForm,
+}
+
 pub trait BackendStorage: Sized {
     fn dtype(&self) -> DType;
 
@@ -144,6 +183,12 @@ pub trait BackendStorage: Sized {
     /// whose cos / sin are `cos[t, j]` / `sin[t, j]` (shape (t, d/2)); `inverse` rotates by the
     /// negative angle (the backward).
     fn rope(&self, cos: &Self, sin: &Self, b: usize, t: usize, h: usize, d: usize, inverse: bool) -> Result<Self>;
+
+    /// A GEMM with a fused epilogue (see GemmLayout); `self` is a.
+    fn gemm(&self, b: &Self, bias: Option<&Self>, residual: Option<&Self>, l: &GemmLayout) -> Result<Self>;
+
+    /// A grouped GEMM (see GroupedLayout); `self` is a, `counts` u32 [groups].
+    fn grouped_matmul(&self, b: &Self, counts: &Self, l: &GroupedLayout) -> Result<Self>;
 
     /// One AdamW step in place on f32 `param`, `m`, `v` with an f32 gradient (`self` is the parameter).
     fn adamw(&mut self, grad: &Self, m: &mut Self, v: &mut Self, hp: &AdamW) -> Result<()>;

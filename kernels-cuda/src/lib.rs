@@ -31,7 +31,12 @@ pub struct KernelSource {
 }
 
 /// The headers every kernel may include.
-pub const HEADERS: &[Header] = &[Header { name: "common.cuh", source: include_str!("kernels/common.cuh") }];
+pub const HEADERS: &[Header] = &[
+    Header { name: "common.cuh", source: include_str!("kernels/common.cuh") },
+    Header { name: "gemm_sm80.cuh", source: include_str!("kernels/gemm_sm80.cuh") },
+    Header { name: "gemm_epilogue.cuh", source: include_str!("kernels/gemm_epilogue.cuh") },
+    Header { name: "gemm_sm90.cuh", source: include_str!("kernels/gemm_sm90.cuh") },
+];
 
 pub const ELEMENTWISE: KernelSource = KernelSource {
     name: "elementwise",
@@ -224,8 +229,51 @@ pub const MOE_DECODE: KernelSource = KernelSource {
     expect_sass: &[],
 };
 
+pub const GEMM_SM90: KernelSource = KernelSource {
+    name: "gemm_sm90",
+    source: include_str!("kernels/gemm_sm90.cu"),
+    entry_points: &[
+        "gemm90_nn_bf16_bf16",
+        "gemm90_nt_bf16_bf16",
+        "gemm90_tn_bf16_bf16",
+        "gemm90_nn_bf16_f32",
+        "gemm90_nt_bf16_f32",
+        "gemm90_tn_bf16_f32",
+        "gemm90_nn_f16_f16",
+        "gemm90_nt_f16_f16",
+        "gemm90_tn_f16_f16",
+        "gemm90_nn_f16_f32",
+        "gemm90_nt_f16_f32",
+        "gemm90_tn_f16_f32",
+    ],
+    // wgmma (HGMMA) fed by TMA (UTMALDG), registers moved by setmaxnreg (USETMAXREG).
+    expect_sass: &["HGMMA", "UTMALDG", "USETMAXREG"],
+};
+
+pub const GEMM_SM80: KernelSource = KernelSource {
+    name: "gemm_sm80",
+    source: include_str!("kernels/gemm_sm80.cu"),
+    entry_points: &[
+        "gemm80_nn_bf16_bf16",
+        "gemm80_nt_bf16_bf16",
+        "gemm80_tn_bf16_bf16",
+        "gemm80_nn_bf16_f32",
+        "gemm80_nt_bf16_f32",
+        "gemm80_tn_bf16_f32",
+        "gemm80_nn_f16_f16",
+        "gemm80_nt_f16_f16",
+        "gemm80_tn_f16_f16",
+        "gemm80_nn_f16_f32",
+        "gemm80_nt_f16_f32",
+        "gemm80_tn_f16_f32",
+        "gemm_group_table",
+    ],
+    // On sm_90a too this module is mma.sync (HMMA); Hopper's own path is gemm_sm90.
+    expect_sass: &["HMMA", "LDGSTS", "LDSM"],
+};
+
 /// Every kernel module, for whole-set iteration (compile checks, warm-up).
-pub const ALL: &[KernelSource] = &[ELEMENTWISE, BINARY, REDUCE, SOFTMAX, INDEX, TOPK, LAYOUT, ROPE, ADAMW, GEMM, MOE_ROUTE, MOE_SPARSE, MOE_DECODE];
+pub const ALL: &[KernelSource] = &[ELEMENTWISE, BINARY, REDUCE, SOFTMAX, INDEX, TOPK, LAYOUT, ROPE, ADAMW, GEMM, GEMM_SM80, GEMM_SM90, MOE_ROUTE, MOE_SPARSE, MOE_DECODE];
 
 #[cfg(test)]
 mod tests {

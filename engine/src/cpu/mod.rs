@@ -5,6 +5,7 @@
 mod adamw;
 mod elem;
 mod elementwise;
+mod gemm;
 mod index;
 mod layout;
 mod matmul;
@@ -73,6 +74,12 @@ impl BackendStorage for CpuStorage {
     }
     fn rope(&self, cos: &Self, sin: &Self, b: usize, t: usize, h: usize, d: usize, inverse: bool) -> Result<Self> {
         rope::rope(self, cos, sin, (b, t, h, d), inverse)
+    }
+    fn gemm(&self, b: &Self, bias: Option<&Self>, residual: Option<&Self>, l: &GemmLayout) -> Result<Self> {
+        gemm::gemm(self, b, bias, residual, l)
+    }
+    fn grouped_matmul(&self, b: &Self, counts: &Self, l: &GroupedLayout) -> Result<Self> {
+        gemm::grouped_matmul(self, b, counts, l)
     }
     fn adamw(&mut self, grad: &Self, m: &mut Self, v: &mut Self, hp: &AdamW) -> Result<()> {
         adamw::adamw(self, grad, m, v, hp)

@@ -80,10 +80,42 @@ pub(crate) unsafe fn launch(
     args: &mut [*mut c_void],
     cost: Cost,
 ) -> Result<()> {
+    // SAFETY: forwarded from the caller.
+    unsafe { launch_with_smem(dev, src, entry, grid, 0, args, cost) }
+}
+
+/// `launch` with `smem_bytes` of dynamic shared memory per block; above the default 48 KiB the
+/// function's limit is raised first (the driver refuses the launch otherwise).
+///
+/// # Safety
+/// As `launch`; the kernel must also expect at most `smem_bytes` of dynamic shared memory.
+pub(crate) unsafe fn launch_with_smem(
+    dev: &'static CudaDevice,
+    src: &'static KernelSource,
+    entry: &str,
+    grid: Grid,
+    smem_bytes: u32,
+    args: &mut [*mut c_void],
+    cost: Cost,
+) -> Result<()> {
     let (f, name) = module::function(dev, src, entry)?;
     dev.bind()?;
+    if smem_bytes > 48 * 1024 {
+        // SAFETY: `f` is a function of this device's context, which is current; setting the
+        // attribute again to the same value is harmless.
+        unsafe {
+            cudarc::driver::sys::cuFuncSetAttribute(
+                f,
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem_bytes as i32,
+            )
+        }
+        .result()
+        .ctx(&format!("cuFuncSetAttribute({name}, {smem_bytes} bytes of shared memory)"))?;
+    }
     let timing = profile::begin(dev, name)?;
-    // SAFETY: the caller guarantees the arguments; the function belongs to this context.
-    unsafe { result::launch_kernel(f, grid.grid, grid.block, 0, dev.stream(), args) }.ctx(&format!("cuLaunchKernel({name})"))?;
+    // SAFETY: the caller guarantees the arguments and the shared-memory size; the function belongs
+    // to this context.
+    unsafe { result::launch_kernel(f, grid.grid, grid.block, smem_bytes, dev.stream(), args) }.ctx(&format!("cuLaunchKernel({name})"))?;
     profile::end(timing, cost)
 }

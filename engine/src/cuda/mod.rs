@@ -121,6 +121,14 @@ impl BackendStorage for CudaStorage {
         let _r = nvtx::range(c"rope");
         ops::rope::rope(self, cos, sin, b, t, h, d, inverse)
     }
+    fn gemm(&self, b: &Self, bias: Option<&Self>, residual: Option<&Self>, l: &GemmLayout) -> Result<Self> {
+        let _r = nvtx::range(c"gemm");
+        ops::gemm::gemm(self, b, bias, residual, l)
+    }
+    fn grouped_matmul(&self, b: &Self, counts: &Self, l: &GroupedLayout) -> Result<Self> {
+        let _r = nvtx::range(c"grouped_matmul");
+        ops::gemm::grouped_matmul(self, b, counts, l)
+    }
     fn adamw(&mut self, grad: &Self, m: &mut Self, v: &mut Self, hp: &AdamW) -> Result<()> {
         let _r = nvtx::range(c"adamw");
         ops::optim::adamw(self, grad, m, v, hp)

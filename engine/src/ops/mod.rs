@@ -3,6 +3,7 @@
 //! offending arguments. The model and autograd use nothing but these functions.
 
 mod elementwise;
+mod gemm;
 mod index;
 mod layout;
 mod matmul;
@@ -13,6 +14,7 @@ mod rope;
 mod softmax;
 
 pub use elementwise::*;
+pub use gemm::*;
 pub use index::*;
 pub use layout::*;
 pub use matmul::*;

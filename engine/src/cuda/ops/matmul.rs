@@ -1,4 +1,7 @@
-//! Batched matrix products through the reference tiled GEMM (gemm.cu).
+//! Batched matrix products: bf16 / f16 through the tensor-core GEMM (gemm.rs) when the device and
+//! the layout allow it, everything else (f32, both operands transposed, unaligned leading
+//! dimensions, pre-Ampere GPUs) through the reference tiled GEMM (gemm.cu), which also serves the
+//! tests as a GPU reference.
 
 use kernels_cuda::GEMM;
 
@@ -13,6 +16,9 @@ use crate::Result;
 const TILE: u64 = 64;
 
 pub(crate) fn matmul(a: &CudaStorage, b: &CudaStorage, l: &MatmulLayout) -> Result<CudaStorage> {
+    if let Some(out) = super::gemm::matmul(a, b, l)? {
+        return Ok(out);
+    }
     let sfx = float_suffix("matmul", a.dtype())?;
     let dev = a.dev();
     let out = CudaStorage::uninit(dev, a.dtype(), l.batch * l.m * l.n)?;

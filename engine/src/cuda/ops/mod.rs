@@ -6,6 +6,7 @@
 //! list can be checked against the .cu file at a glance.
 
 pub(crate) mod elementwise;
+pub(crate) mod gemm;
 pub(crate) mod index;
 pub(crate) mod layout;
 pub(crate) mod matmul;
