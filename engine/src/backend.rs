@@ -76,6 +76,24 @@ pub struct MatmulLayout {
     pub b_batch_stride: usize,
 }
 
+/// Sizes of the dense-training MoE MLP (every expert on every token): `x` is `[tokens, d]`, the
+/// stacked expert weights `w1` and `w2` are `[experts·width, d]` (expert e owns rows
+/// `e·width .. (e+1)·width`), the router probabilities `p` are `[tokens, experts]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeDenseDims {
+    pub tokens: usize,
+    pub d: usize,
+    pub experts: usize,
+    pub width: usize,
+}
+
+impl MoeDenseDims {
+    /// Columns of the stacked hidden activations, `experts·width`.
+    pub fn hidden(&self) -> usize {
+        self.experts * self.width
+    }
+}
+
 /// AdamW hyper-parameters for one step (`step` counts from 1; bias correction uses it).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamW {
@@ -183,6 +201,15 @@ pub trait BackendStorage: Sized {
     /// whose cos / sin are `cos[t, j]` / `sin[t, j]` (shape (t, d/2)); `inverse` rotates by the
     /// negative angle (the backward).
     fn rope(&self, cos: &Self, sin: &Self, b: usize, t: usize, h: usize, d: usize, inverse: bool) -> Result<Self>;
+
+    /// Dense MoE MLP forward, `self` = x: `u = x·W1ᵀ`, `g[t, j] = p[t, j / width]·gelu(u[t, j])`,
+    /// `y = g·W2`. Returns `(y, u, g)`; u and g are what the backward reads.
+    fn moe_dense_forward(&self, w1: &Self, w2: &Self, p: &Self, dims: &MoeDenseDims) -> Result<(Self, Self, Self)>;
+
+    /// Dense MoE MLP backward, `self` = dy, from the forward's inputs and its saved `u` and `g`.
+    /// Returns `(dx, dw1, dw2, dp)`.
+    #[allow(clippy::too_many_arguments)]
+    fn moe_dense_backward(&self, x: &Self, w1: &Self, w2: &Self, p: &Self, u: &Self, g: &Self, dims: &MoeDenseDims) -> Result<(Self, Self, Self, Self)>;
 
     /// A GEMM with a fused epilogue (see GemmLayout); `self` is a.
     fn gemm(&self, b: &Self, bias: Option<&Self>, residual: Option<&Self>, l: &GemmLayout) -> Result<Self>;

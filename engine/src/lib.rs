@@ -14,7 +14,7 @@ mod shape;
 mod storage;
 mod tensor;
 
-pub use backend::{AdamW, BinaryOp, GemmForm, GemmLayout, GroupedLayout, MatmulLayout, ReduceOp, ScalarOp, UnaryOp};
+pub use backend::{AdamW, BinaryOp, GemmForm, GemmLayout, GroupedLayout, MatmulLayout, MoeDenseDims, ReduceOp, ScalarOp, UnaryOp};
 pub use device::Device;
 pub use dtype::{DType, WithDType};
 pub use error::{Error, Result};

@@ -229,6 +229,28 @@ pub const MOE_DECODE: KernelSource = KernelSource {
     expect_sass: &[],
 };
 
+pub const MOE_DENSE: KernelSource = KernelSource {
+    name: "moe_dense",
+    source: include_str!("kernels/moe_dense.cu"),
+    entry_points: &[
+        "moe_up_gate_bf16",
+        "moe_up_gate_f16",
+        "moe_down_grad_bf16",
+        "moe_down_grad_f16",
+        "moe_gate_fwd_f32",
+        "moe_gate_fwd_bf16",
+        "moe_gate_fwd_f16",
+        "moe_gate_bwd_f32",
+        "moe_gate_bwd_bf16",
+        "moe_gate_bwd_f16",
+        "moe_dp_reduce_f32",
+        "moe_dp_reduce_bf16",
+        "moe_dp_reduce_f16",
+    ],
+    // mma.sync (HMMA), fed by cp.async (LDGSTS) and ldmatrix (LDSM).
+    expect_sass: &["HMMA.16816.F32.BF16", "HMMA.16816.F32", "LDGSTS", "LDSM"],
+};
+
 pub const GEMM_SM90: KernelSource = KernelSource {
     name: "gemm_sm90",
     source: include_str!("kernels/gemm_sm90.cu"),

@@ -6,6 +6,7 @@ mod arith;
 mod index;
 mod layout;
 mod matmul;
+mod moe_dense;
 mod moe_sparse;
 mod reduce;
 mod softmax;

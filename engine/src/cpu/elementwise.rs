@@ -106,14 +106,14 @@ fn sigmoid<A: Acc>(v: A, one: A) -> A {
 /// ½·x·(1 + tanh u) with u = c·(x + a·x³), evaluated as x·σ(2u): the same function (½(1 + tanh u)
 /// = σ(2u)), but one `exp` instead of a `tanh`, which is several times slower in libm.
 #[inline(always)]
-fn gelu<A: Acc>(v: A) -> A {
+pub(super) fn gelu<A: Acc>(v: A) -> A {
     v * sigmoid(gelu_2u(v), A::one())
 }
 
 /// d/dx of the tanh-approximated GeLU: ½(1 + tanh u) + ½·x·(1 − tanh² u)·u′ with u′ = c(1 + 3a·x²);
 /// with s = σ(2u) that is s + 2·x·s·(1 − s)·u′.
 #[inline(always)]
-fn gelu_grad<A: Acc>(v: A) -> A {
+pub(super) fn gelu_grad<A: Acc>(v: A) -> A {
     let one = A::one();
     let s = sigmoid(gelu_2u(v), one);
     let du = A::of(GELU_C) * (one + A::of(3.0 * GELU_A) * v * v);

@@ -48,6 +48,20 @@ fn matmul_typed<T: Float>(a: &[T], b: &[T], l: &MatmulLayout) -> Vec<T> {
     T::narrow_vec(out)
 }
 
+/// `dst (m x n) = op(a)·op(b)` for one product in an arithmetic type, threaded by the same rule as
+/// `matmul`: for fused ops that run element-wise stages of their own between products. The caller
+/// sizes the slices (m·k, k·n, m·n elements at least).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn product<F: Acc>(dst: &mut [F], a: &[F], b: &[F], m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) {
+    if m * n * k == 0 {
+        dst.iter_mut().for_each(|v| *v = F::zero());
+        return;
+    }
+    let l = MatmulLayout { batch: 1, m, n, k, trans_a, trans_b, a_batch_stride: 0, b_batch_stride: 0 };
+    let par = if m * n * k >= GEMM_PAR_MIN { Parallelism::Rayon(0) } else { Parallelism::None };
+    gemm_one(dst, a, b, &l, par);
+}
+
 /// The backend is public, so the slice bounds the unsafe `gemm` call relies on are checked here
 /// rather than trusted from the op layer.
 fn check_extents(a_len: usize, b_len: usize, l: &MatmulLayout) -> Result<()> {

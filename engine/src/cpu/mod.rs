@@ -9,6 +9,7 @@ mod gemm;
 mod index;
 mod layout;
 mod matmul;
+mod moe_dense;
 pub(crate) mod moe_sparse;
 mod par;
 mod reduce;
@@ -74,6 +75,12 @@ impl BackendStorage for CpuStorage {
     }
     fn rope(&self, cos: &Self, sin: &Self, b: usize, t: usize, h: usize, d: usize, inverse: bool) -> Result<Self> {
         rope::rope(self, cos, sin, (b, t, h, d), inverse)
+    }
+    fn moe_dense_forward(&self, w1: &Self, w2: &Self, p: &Self, dims: &MoeDenseDims) -> Result<(Self, Self, Self)> {
+        moe_dense::forward(self, w1, w2, p, dims)
+    }
+    fn moe_dense_backward(&self, x: &Self, w1: &Self, w2: &Self, p: &Self, u: &Self, g: &Self, dims: &MoeDenseDims) -> Result<(Self, Self, Self, Self)> {
+        moe_dense::backward(self, x, w1, w2, p, u, g, dims)
     }
     fn gemm(&self, b: &Self, bias: Option<&Self>, residual: Option<&Self>, l: &GemmLayout) -> Result<Self> {
         gemm::gemm(self, b, bias, residual, l)

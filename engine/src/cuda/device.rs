@@ -114,6 +114,13 @@ pub fn device_info(ordinal: usize) -> Result<DeviceInfo> {
     Ok(device(ordinal)?.info.clone())
 }
 
+/// The stream all of device `ordinal`'s work goes onto (its context is the device's primary
+/// context), for another CUDA library (cuBLAS in the benches) to queue work in order with the
+/// engine's kernels.
+pub fn stream_handle(ordinal: usize) -> Result<sys::CUstream> {
+    Ok(device(ordinal)?.stream())
+}
+
 /// Waits until all work queued on the device's stream has finished, and reports any error a kernel
 /// raised since the last synchronisation.
 pub fn synchronize(ordinal: usize) -> Result<()> {

@@ -30,7 +30,7 @@ pub mod profile;
 mod storage;
 
 pub use alloc::{empty_cache, memory_stats, reset_peak, set_poison, MemoryStats};
-pub use device::{device_count, device_info, synchronize, unavailable_reason, DeviceInfo};
+pub use device::{device_count, device_info, stream_handle, synchronize, unavailable_reason, DeviceInfo};
 pub use event::Event;
 pub use module::{kernel_logs, warm_up};
 pub use storage::CudaStorage;
@@ -120,6 +120,14 @@ impl BackendStorage for CudaStorage {
     fn rope(&self, cos: &Self, sin: &Self, b: usize, t: usize, h: usize, d: usize, inverse: bool) -> Result<Self> {
         let _r = nvtx::range(c"rope");
         ops::rope::rope(self, cos, sin, b, t, h, d, inverse)
+    }
+    fn moe_dense_forward(&self, w1: &Self, w2: &Self, p: &Self, dims: &MoeDenseDims) -> Result<(Self, Self, Self)> {
+        let _r = nvtx::range(c"moe_dense_forward");
+        ops::moe_dense::forward(self, w1, w2, p, dims)
+    }
+    fn moe_dense_backward(&self, x: &Self, w1: &Self, w2: &Self, p: &Self, u: &Self, g: &Self, dims: &MoeDenseDims) -> Result<(Self, Self, Self, Self)> {
+        let _r = nvtx::range(c"moe_dense_backward");
+        ops::moe_dense::backward(self, x, w1, w2, p, u, g, dims)
     }
     fn gemm(&self, b: &Self, bias: Option<&Self>, residual: Option<&Self>, l: &GemmLayout) -> Result<Self> {
         let _r = nvtx::range(c"gemm");

@@ -80,6 +80,13 @@ impl CudaStorage {
         Ok(out)
     }
 
+    /// The buffer's device address, for handing the tensor to another CUDA library (cuBLAS in the
+    /// benches). Such work must be queued on `stream_handle` to stay ordered with the engine's, and
+    /// the address is valid only while this storage lives.
+    pub fn device_ptr(&self) -> u64 {
+        self.ptr()
+    }
+
     pub(crate) fn ptr(&self) -> u64 {
         self.buf.ptr()
     }

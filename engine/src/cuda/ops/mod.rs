@@ -10,6 +10,7 @@ pub(crate) mod gemm;
 pub(crate) mod index;
 pub(crate) mod layout;
 pub(crate) mod matmul;
+pub(crate) mod moe_dense;
 pub(crate) mod moe_sparse;
 pub(crate) mod optim;
 pub(crate) mod reduce;
