@@ -9,6 +9,10 @@ use clap::{Parser, Subcommand};
 pub struct Args {
     #[command(subcommand)]
     pub command: Command,
+    /// Time every CUDA kernel launch with events and print a per-kernel table at exit (the same as
+    /// DSMOE_PROFILE=1).
+    #[arg(long, global = true)]
+    pub profile: bool,
 }
 
 #[derive(Subcommand)]

@@ -1,16 +1,11 @@
 //! The `dsmoe` binary end to end: a short train / eval / generate round trip on a micro config, and
 //! every kind of bad input a user can give ending in a clear message and a non-zero exit, not a panic.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn dsmoe(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dsmoe")).args(args).env_remove("DSMOE_PROFILE").output().expect("the dsmoe binary runs")
-}
+use std::path::Path;
 
-fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
-}
+use common::{dsmoe, micro_config, scratch, text};
 
 /// Asserts a clean failure whose message contains every one of `needles`.
 fn fails_with(args: &[&str], needles: &[&str]) {
@@ -24,35 +19,10 @@ fn fails_with(args: &[&str], needles: &[&str]) {
     }
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dsmoe-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A config small enough to train a few steps in a second.
-fn micro_config(dir: &Path) -> PathBuf {
-    let mut c: serde_json::Value = serde_json::from_str(include_str!("../configs/ds-moe-tiny.json")).unwrap();
-    c["model"]["d_model"] = 32.into();
-    c["model"]["n_layers"] = 1.into();
-    c["model"]["max_seq_len"] = 32.into();
-    c["model"]["attention"]["head_dim"] = 8.into();
-    c["model"]["mlp"]["expert_width"] = 16.into();
-    c["train"]["batch_size"] = 4.into();
-    c["train"]["seq_len"] = 32.into();
-    c["train"]["eval_interval"] = 2.into();
-    c["train"]["eval_windows"] = 2.into();
-    c["train"]["final_eval_windows"] = 4.into();
-    let path = dir.join("micro.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&c).unwrap()).unwrap();
-    path
-}
-
 #[test]
 fn train_eval_generate_round_trip() {
     let dir = scratch("round-trip");
-    let config = micro_config(&dir);
+    let config = micro_config(&dir, 256);
     let out = dir.join("run");
     let o = dsmoe(&["train", "--config", config.to_str().unwrap(), "--steps", "4", "--device", "cpu", "--out", out.to_str().unwrap()]);
     let (stdout, stderr) = text(&o);
@@ -84,7 +54,7 @@ fn train_eval_generate_round_trip() {
 
 #[test]
 fn every_command_has_help() {
-    for cmd in ["train", "eval", "generate", "info"] {
+    for cmd in ["train", "eval", "generate", "info", "tokenize"] {
         let o = dsmoe(&[cmd, "--help"]);
         assert!(o.status.success() && text(&o).0.contains("Usage"), "{cmd} --help");
     }
