@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::{dsmoe, micro_config, scratch, text};
 
 /// Asserts a clean failure whose message contains every one of `needles`.
