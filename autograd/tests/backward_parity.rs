@@ -30,7 +30,7 @@ fn gradients(case: &common::Case, device: &Device) -> autograd::Result<Vec<Vec<f
 #[test]
 fn backward_matches_between_cpu_and_cuda() {
     if engine::cuda::device_count() == 0 {
-        println!("skipped: no CUDA device ({})", engine::cuda::unavailable_reason().unwrap_or_default());
+        engine::cuda::report_skip(&format!("no CUDA device ({})", engine::cuda::unavailable_reason().unwrap_or_default()));
         return;
     }
     let gpu = Device::Cuda(0);

@@ -31,7 +31,7 @@ fn nvrtc_or_skip() -> bool {
         None => true,
         Some(why) if required("DSMOE_REQUIRE_NVRTC") => panic!("DSMOE_REQUIRE_NVRTC=1 but NVRTC is unavailable: {why}"),
         Some(why) => {
-            println!("skipped: NVRTC not available ({why})");
+            engine::cuda::report_skip(&format!("NVRTC not available ({why})"));
             false
         }
     }
@@ -122,7 +122,7 @@ fn sm90a_sass_has_every_entry_point_and_expected_instructions() {
     }
     let Some(tool) = cuobjdump() else {
         assert!(!required("DSMOE_REQUIRE_CUOBJDUMP"), "DSMOE_REQUIRE_CUOBJDUMP=1 but cuobjdump is neither on PATH nor in DSMOE_CUOBJDUMP");
-        println!("skipped: cuobjdump not found (put it on PATH or set DSMOE_CUOBJDUMP)");
+        engine::cuda::report_skip("cuobjdump not found (put it on PATH or set DSMOE_CUOBJDUMP)");
         return;
     };
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("sass-{}", std::process::id()));

@@ -369,7 +369,7 @@ fn python_safetensors_reads_dsmoe_files() {
     let required = std::env::var("DSMOE_REQUIRE_PYTHON").is_ok_and(|v| v == "1");
     let skip = |why: String| {
         assert!(!required, "DSMOE_REQUIRE_PYTHON=1 but {why}");
-        println!("skipped: Python safetensors interop ({why}; set DSMOE_PYTHON to a python with safetensors and numpy)");
+        engine::cuda::report_skip(&format!("Python safetensors interop ({why}; set DSMOE_PYTHON to a python with safetensors and numpy)"));
     };
     match Command::new(&python).args(["-c", "import safetensors.numpy, numpy"]).output() {
         Err(e) => return skip(format!("cannot run {python}: {e}")),
