@@ -5,7 +5,9 @@
 //! Paths: compute capability 9.0 runs gemm_sm90 (wgmma + TMA, built for sm_90a); 8.x and other
 //! 9.x / newer run gemm_sm80 (mma.sync + cp.async); older GPUs have no tensor-core path and the
 //! callers fall back to the tiled reference GEMM (matmul.rs). `DSMOE_GEMM_PATH=sm80` forces the
-//! sm_80 kernels on Hopper too (to compare the two, or to rule one out).
+//! sm_80 kernels on Hopper too, and `DSMOE_GEMM_PATH=tiled` turns the tensor-core path off (matmul
+//! then uses the tiled GEMM everywhere; the gemm and grouped_matmul ops return an error): to
+//! compare paths, or to rule one out when a result looks wrong.
 //!
 //! Alignment (both paths): a and b 16-byte aligned (device buffers are), every leading dimension a
 //! multiple of 8 elements, n a multiple of 8; violations are an `Error::Invalid` naming the operand.
@@ -93,9 +95,10 @@ pub(crate) enum Path {
 
 /// The tensor-core path for a device, if it has one.
 pub(crate) fn path(dev: &CudaDevice) -> Option<Path> {
-    let forced_sm80 = std::env::var("DSMOE_GEMM_PATH").is_ok_and(|v| v == "sm80");
+    let forced = std::env::var("DSMOE_GEMM_PATH").unwrap_or_default();
     match dev.info.compute_capability {
-        (9, 0) if !forced_sm80 => Some(Path::Sm90),
+        _ if forced == "tiled" => None,
+        (9, 0) if forced != "sm80" => Some(Path::Sm90),
         (major, _) if major >= 8 => Some(Path::Sm80),
         _ => None,
     }
