@@ -497,4 +497,73 @@ mod tests {
         assert!(entry(Path::Sm80, GemmForm::NN, DType::BF16, DType::F16, "t").is_err());
         assert!(entry(Path::Sm80, GemmForm::NN, DType::F32, DType::F32, "t").is_err());
     }
+
+    /// Mirror of sm80::TileWalker::find (gemm_sm80.cuh): the tile with id `t`, walking groups in
+    /// order and tiles in bands of `group_m` tile rows.
+    fn find_tile(groups: &[GemmGroup], bm: u32, bn: u32, n: u32, group_m: u32, t: u64) -> Option<(u32, u32, u32)> {
+        let n_tiles = n.div_ceil(bn);
+        let mut before = 0u64;
+        for (gi, g) in groups.iter().enumerate() {
+            let m_tiles = g.rows.div_ceil(bm);
+            let tiles = m_tiles as u64 * n_tiles as u64;
+            if t < before + tiles {
+                let local = (t - before) as u32;
+                let band = local / (group_m * n_tiles);
+                let band_m0 = band * group_m;
+                let band_h = group_m.min(m_tiles - band_m0);
+                let in_band = local - band * (group_m * n_tiles);
+                return Some((gi as u32, (band_m0 + in_band % band_h) * bm, (in_band / band_h) * bn));
+            }
+            before += tiles;
+        }
+        None
+    }
+
+    #[test]
+    fn the_tile_walk_visits_every_tile_of_every_group_once() {
+        let rows = [300u32, 0, 1, 129, 0, 517, 128, 1000];
+        let mut groups = Vec::new();
+        let mut begin = 0;
+        for r in rows {
+            groups.push(GemmGroup { b_offset: 0, row_begin: begin, rows: r, k_begin: 0, k_end: 64 });
+            begin += r;
+        }
+        for (bm, bn, n) in [(128, 128, 136), (128, 256, 4096), (128, 128, 8)] {
+            let mut seen = std::collections::HashSet::new();
+            let mut t = 0;
+            while let Some(tile) = find_tile(&groups, bm, bn, n, 8, t) {
+                assert!(seen.insert(tile), "tile {tile:?} visited twice");
+                t += 1;
+            }
+            let expected: u32 = rows.iter().map(|r| r.div_ceil(bm) * n.div_ceil(bn)).sum();
+            assert_eq!(seen.len() as u32, expected);
+            for (g, m0, n0) in seen {
+                assert!(m0 < rows[g as usize] && n0 < n, "tile ({g}, {m0}, {n0}) outside its group");
+            }
+            let bound = tile_bound(TileShape { bm: bm as u64, bn: bn as u64, ..SM80 }, begin as u64, n as u64, rows.len() as u64, true);
+            assert!(bound >= t, "the grid bound {bound} is below the {t} tiles");
+        }
+    }
+
+    /// Mirror of sm80::swz (gemm_sm80.cuh): byte offset of 16-byte chunk `chunk` of row `row`.
+    fn swz(ch: u32, row: u32, chunk: u32) -> u32 {
+        let c = if ch >= 8 { chunk ^ (row & 7) } else { chunk ^ ((row >> 1) & 3) };
+        (row * ch + c) * 16
+    }
+
+    #[test]
+    fn the_shared_memory_swizzle_is_a_permutation_and_ldmatrix_is_conflict_free() {
+        for (ch, rows) in [(4u32, 128u32), (16, 32), (8, 64)] {
+            let all: std::collections::HashSet<u32> = (0..rows).flat_map(|r| (0..ch).map(move |c| swz(ch, r, c))).collect();
+            assert_eq!(all.len() as u32, rows * ch, "swizzle with {ch} chunks per row is not a permutation");
+            // ldmatrix reads one chunk of 8 consecutive rows (starting at a multiple of 8): the 8
+            // addresses must fall in 8 different 16-byte bank quads.
+            for r0 in (0..rows).step_by(8) {
+                for c in 0..ch {
+                    let quads: std::collections::HashSet<u32> = (r0..r0 + 8).map(|r| (swz(ch, r, c) / 16) % 8).collect();
+                    assert_eq!(quads.len(), 8, "bank conflict: {ch} chunks per row, rows {r0}.., chunk {c}");
+                }
+            }
+        }
+    }
 }
