@@ -113,11 +113,17 @@ pub(super) fn gelu<A: Acc>(v: A) -> A {
 /// d/dx of the tanh-approximated GeLU: ½(1 + tanh u) + ½·x·(1 − tanh² u)·u′ with u′ = c(1 + 3a·x²);
 /// with s = σ(2u) that is s + 2·x·s·(1 − s)·u′.
 #[inline(always)]
-pub(super) fn gelu_grad<A: Acc>(v: A) -> A {
+fn gelu_grad<A: Acc>(v: A) -> A {
+    gelu_and_grad(v).1
+}
+
+/// GeLU and its derivative from one σ(2u): for a backward that needs both (the fused MoE MLP).
+#[inline(always)]
+pub(super) fn gelu_and_grad<A: Acc>(v: A) -> (A, A) {
     let one = A::one();
     let s = sigmoid(gelu_2u(v), one);
     let du = A::of(GELU_C) * (one + A::of(3.0 * GELU_A) * v * v);
-    s + A::of(2.0) * v * s * (one - s) * du
+    (v * s, s + A::of(2.0) * v * s * (one - s) * du)
 }
 
 /// 2u = 2c·(x + a·x³), the argument of σ in both GeLU forms.

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use super::elem::prelude::*;
 use super::elem::{with_float, Acc, Elem, Float};
-use super::elementwise::{gelu, gelu_grad};
+use super::elementwise::{gelu, gelu_and_grad};
 use super::matmul::product;
 use super::par::worth_it;
 use crate::backend::MoeDenseDims;
@@ -103,8 +103,9 @@ fn backward_typed<T: Float>(dy: &[T], x: &[T], w1: &[T], w2: &[T], p: &[T], u: &
             let cols = e * width..(e + 1) * width;
             let mut sum = T::Acc::zero();
             for (dj, &uj) in du_row[cols.clone()].iter_mut().zip(&u_row[cols]) {
-                sum += *dj * gelu(uj);
-                *dj = *dj * pe * gelu_grad(uj);
+                let (gl, gr) = gelu_and_grad(uj);
+                sum += *dj * gl;
+                *dj = *dj * pe * gr;
             }
             dp_row[e] = sum;
         }

@@ -37,9 +37,9 @@
 //     expert and writes partial[t, tile + e] (tile = the 128-column tile index; tile + e is distinct
 //     for every overlapping (tile, expert) pair), and moe_dp_reduce sums a row's pairs in tile
 //     order. No atomics: bit-reproducible run to run.
-//   - Requirements (else the engine runs the fallback below): d % 8 == 0 (16-byte rows for cp.async),
-//     h % 8 == 0 (the mainloop's N), f even (both columns of a pair are one expert's). T, d, h need
-//     not be multiples of the tile.
+//   - Requirements (else the engine runs the fallback below): sm_80 or newer, d % 8 == 0 (16-byte
+//     rows for cp.async), h % 8 == 0 (the mainloop's N), f even (both columns of a pair are one
+//     expert's). T, d, h need not be multiples of the tile.
 // Cost per fused product: 2·T·h·d FLOPs; bytes ≥ (T·d + h·d)·2 in, T·h·2·2 out (u and g; or dU and
 // the read of u), T·(h/128 + E)·4 of partials. At DS-MoE-6B (T = 16384, d = 4096, h = 16384): 2.2
 // TFLOP against ~1.3 GB, compute-bound; what limits it is mma.sync's rate (about half of wgmma's on
@@ -137,25 +137,33 @@ template <typename T> struct GateBackward {
 
 // ---- fused entry points --------------------------------------------------------------------------------
 
+// mma.sync.m16n8k16, ldmatrix and cp.async need sm_80: below it the fused entry points trap (the host
+// never launches them there), so the fallback kernels of this module still build and run.
+#if __CUDA_ARCH__ >= 800
+#define ON_SM80(...) __VA_ARGS__
+#else
+#define ON_SM80(...) __trap();
+#endif
+
 // u = x·W1ᵀ with g = p·gelu(u) in the epilogue; and dG = dy·W2ᵀ with dU and the dp partials in the
 // epilogue. Grid: one block per 128 x 128 tile (ceil(T / 128)·ceil(h / 128) blocks), 128 threads.
 #define FUSED(NAME, T)                                                                                             \
     extern "C" __global__ void __launch_bounds__(MoeTile::THREADS)                                                 \
         moe_up_gate_##NAME(const T* x, const T* w1, const T* p, T* u, T* g, u32 tokens, u32 hidden, u32 d,        \
                            u32 width, u32 experts) {                                                               \
-        __shared__ __align__(128) char smem[MoeTile::SMEM_BYTES];                                                  \
-        const sm80::GemmProblem<T> prob{x, w1, nullptr, nullptr, 0, tokens, hidden, d, d, d};                      \
-        GateForward<T> ep{{}, p, u, g, hidden, width, experts};                                                    \
-        sm80::gemm<MoeTile, false, true, T>(prob, ep, smem);                                                       \
+        ON_SM80(__shared__ __align__(128) char smem[MoeTile::SMEM_BYTES];                                          \
+                const sm80::GemmProblem<T> prob{x, w1, nullptr, nullptr, 0, tokens, hidden, d, d, d};              \
+                GateForward<T> ep{{}, p, u, g, hidden, width, experts};                                            \
+                sm80::gemm<MoeTile, false, true, T>(prob, ep, smem);)                                              \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(MoeTile::THREADS)                                                 \
         moe_down_grad_##NAME(const T* dy, const T* w2, const T* u, const T* p, T* du, float* partial, u32 tokens, \
                              u32 hidden, u32 d, u32 width, u32 experts) {                                          \
-        __shared__ __align__(128) char smem[MoeTile::SMEM_BYTES];                                                  \
-        const sm80::GemmProblem<T> prob{dy, w2, nullptr, nullptr, 0, tokens, hidden, d, d, d};                    \
-        const u32 slots = (hidden + DP_TILE - 1) / DP_TILE + experts;                                              \
-        GateBackward<T> ep{p, u, du, partial, hidden, width, experts, slots, nullptr, 0, 0};                       \
-        sm80::gemm<MoeTile, false, true, T>(prob, ep, smem);                                                       \
+        ON_SM80(__shared__ __align__(128) char smem[MoeTile::SMEM_BYTES];                                          \
+                const sm80::GemmProblem<T> prob{dy, w2, nullptr, nullptr, 0, tokens, hidden, d, d, d};            \
+                const u32 slots = (hidden + DP_TILE - 1) / DP_TILE + experts;                                      \
+                GateBackward<T> ep{p, u, du, partial, hidden, width, experts, slots, nullptr, 0, 0};               \
+                sm80::gemm<MoeTile, false, true, T>(prob, ep, smem);)                                              \
     }
 
 FUSED(bf16, bf16)

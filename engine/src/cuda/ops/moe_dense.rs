@@ -28,13 +28,15 @@ fn dp_slots(dims: &MoeDenseDims) -> usize {
     dims.hidden().div_ceil(DP_TILE) + dims.experts
 }
 
-/// Whether the fused kernels take these sizes: 16-bit inputs, rows of whole 16-byte chunks
-/// (cp.async), h a multiple of 8 (the mainloop's N), f even (a column pair is one expert's), and
-/// sizes that fit the kernels' u32 arithmetic and the grid.
-fn fused(dtype: DType, dims: &MoeDenseDims) -> bool {
+/// Whether the fused kernels run here: compute capability 8.0 or newer (mma.sync.m16n8k16, cp.async),
+/// 16-bit inputs, rows of whole 16-byte chunks (cp.async), h a multiple of 8 (the mainloop's N),
+/// f even (a column pair is one expert's), and sizes that fit the kernels' u32 arithmetic and the
+/// grid.
+fn fused(cc_major: u32, dtype: DType, dims: &MoeDenseDims) -> bool {
     let fits = |n: usize| n <= u32::MAX as usize;
     let tiles = dims.tokens.div_ceil(TILE_M) * dims.hidden().div_ceil(DP_TILE);
-    matches!(dtype, DType::BF16 | DType::F16)
+    cc_major >= 8
+        && matches!(dtype, DType::BF16 | DType::F16)
         && dims.d % 8 == 0
         && dims.hidden() % 8 == 0
         && dims.width % 2 == 0
@@ -64,7 +66,7 @@ pub(crate) fn forward(x: &CudaStorage, w1: &CudaStorage, w2: &CudaStorage, p: &C
     let g = CudaStorage::uninit(dev, dtype, tokens * h)?;
     let u = if g.is_empty() {
         CudaStorage::uninit(dev, dtype, 0)?
-    } else if fused(dtype, dims) {
+    } else if fused(dev.info.compute_capability.0, dtype, dims) {
         let u = CudaStorage::uninit(dev, dtype, tokens * h)?;
         let (xp, wp, pp, up, gp) = (x.ptr(), w1.ptr(), p.ptr(), u.ptr(), g.ptr());
         let (t, hh, dd, f, e) = (tokens as u32, h as u32, d as u32, width as u32, experts as u32);
@@ -114,7 +116,7 @@ pub(crate) fn backward(
         let slots = dp_slots(dims);
         let partial = CudaStorage::uninit(dev, DType::F32, tokens * slots)?;
         let partial_bytes = nbytes(tokens * slots, DType::F32);
-        if fused(dtype, dims) {
+        if fused(dev.info.compute_capability.0, dtype, dims) {
             let (yp, wp, up, pp, dup, pap) = (dy.ptr(), w2.ptr(), u.ptr(), p.ptr(), du.ptr(), partial.ptr());
             let (t, hh, dd, f, e) = (tokens as u32, h as u32, d as u32, width as u32, experts as u32);
             let cost = Cost { bytes: nbytes(tokens * d + h * d + 2 * tokens * h + tokens * experts, dtype) + partial_bytes, flops: 2 * (tokens * h * d) as u64 };
@@ -189,11 +191,12 @@ mod tests {
     #[test]
     fn fused_path_only_for_shapes_the_kernels_take() {
         let dims = MoeDenseDims { tokens: 1000, d: 2048, experts: 32, width: 256 };
-        assert!(fused(DType::BF16, &dims) && fused(DType::F16, &dims));
-        assert!(!fused(DType::F32, &dims));
-        assert!(!fused(DType::BF16, &MoeDenseDims { d: 2044, ..dims }), "rows of x must be whole 16-byte chunks");
-        assert!(!fused(DType::BF16, &MoeDenseDims { width: 5, experts: 3, ..dims }), "odd width splits a column pair");
-        assert!(!fused(DType::BF16, &MoeDenseDims { width: 6, experts: 3, ..dims }), "h = 18 is not a multiple of 8");
+        assert!(fused(8, DType::BF16, &dims) && fused(9, DType::F16, &dims));
+        assert!(!fused(7, DType::BF16, &dims), "mma.sync.m16n8k16 needs sm_80");
+        assert!(!fused(9, DType::F32, &dims));
+        assert!(!fused(9, DType::BF16, &MoeDenseDims { d: 2044, ..dims }), "rows of x must be whole 16-byte chunks");
+        assert!(!fused(9, DType::BF16, &MoeDenseDims { width: 5, experts: 3, ..dims }), "odd width splits a column pair");
+        assert!(!fused(9, DType::BF16, &MoeDenseDims { width: 6, experts: 3, ..dims }), "h = 18 is not a multiple of 8");
         let g = fused_grid(&MoeDenseDims { tokens: 129, d: 64, experts: 3, width: 96 });
         assert_eq!(g.grid.0, 2 * 3);
     }
