@@ -9,138 +9,25 @@
 //! - `cublas_expert_loop`: the same per expert, E products of width f each way.
 //!
 //! GPU time comes from CUDA events on the engine's stream around `iters` back-to-back runs
-//! (criterion's `iter_custom`). Each case also takes the median of a few event-timed runs for the
-//! record: TFLOP/s (forward 4·T·h·d, forward + backward 12·T·h·d FLOPs, h = E·f) and the fraction of
-//! the device's measured bf16 peak (a cuBLAS 8192³ GEMM in the same run), appended to
-//! perf/results.jsonl. Without a GPU (or without libcublas) it prints one `skipped:` line.
-//!
-//! The section "timing, cuBLAS and records" is what benches/support provides to the other benches;
-//! it is kept here, self-contained, until that module lands, and folds into it unchanged.
+//! (criterion's `iter_custom`, benches/support). Each case also takes the median of a few event-timed
+//! runs for the record: TFLOP/s (forward 4·T·h·d, forward + backward 12·T·h·d FLOPs, h = E·f)
+//! against each baseline, and the fraction of the device's measured bf16 ceiling (cuBLAS 8192³ in
+//! the same run), appended to the results file. Without a GPU (or libcublas) it prints one
+//! `skipped:` line.
 
-use std::ffi::c_void;
-use std::io::Write;
+mod support;
+
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use cudarc::cublas::{result as blas, sys as blas_sys};
 use engine::backend::BinaryOp;
-use engine::cuda::{self, Event};
-use engine::{ops, DType, Device, Rng, Storage, Tensor};
+use engine::{ops, DType, Device, Rng, Tensor};
+use support::{addr, Blas};
 
 const TOKENS: usize = 16384;
 const EXPERTS: usize = 32;
 /// (name, d, expert width)
 const SHAPES: [(&str, usize, usize); 3] = [("ds-moe-1b", 2048, 256), ("ds-moe-3b", 3072, 384), ("ds-moe-6b", 4096, 512)];
-
-// ---- timing, cuBLAS and records ----------------------------------------------------------------------
-
-/// Milliseconds of GPU time for `iters` back-to-back calls of `f`, by events on the engine's stream.
-fn gpu_ms(iters: u64, f: &mut dyn FnMut()) -> f64 {
-    let (start, end) = (Event::new(0).unwrap(), Event::new(0).unwrap());
-    start.record().unwrap();
-    for _ in 0..iters {
-        f();
-    }
-    end.record().unwrap();
-    end.synchronize().unwrap();
-    start.elapsed_ms(&end).unwrap() as f64
-}
-
-/// Median milliseconds per call over `runs` timed calls, after two warm-up calls.
-fn median_ms(runs: usize, f: &mut dyn FnMut()) -> f64 {
-    gpu_ms(2, f);
-    let mut times: Vec<f64> = (0..runs).map(|_| gpu_ms(1, f)).collect();
-    times.sort_by(f64::total_cmp);
-    times[runs / 2]
-}
-
-/// A cuBLAS handle queued on the engine's stream.
-struct Blas(blas_sys::cublasHandle_t);
-
-impl Blas {
-    fn new() -> Option<Blas> {
-        // SAFETY: only asks whether the library can be loaded.
-        if !unsafe { blas_sys::is_culib_present() } {
-            return None;
-        }
-        let handle = blas::create_handle().ok()?;
-        let stream = cuda::stream_handle(0).ok()?;
-        // SAFETY: the handle was just created; the stream belongs to device 0's primary context,
-        // which the engine made current on this thread.
-        unsafe { blas::set_stream(handle, stream as blas_sys::cudaStream_t) }.ok()?;
-        Some(Blas(handle))
-    }
-
-    /// Row-major bf16 `C = op(A)·op(B) + beta·C` (m x n, f32 accumulation), with A stored m x k (k x m
-    /// when `ta`) and B stored k x n (n x k when `tb`); `a`, `b`, `c` are device addresses of
-    /// contiguous matrices. cuBLAS is column-major, so this is Cᵀ = op(B)ᵀ·op(A)ᵀ.
-    #[allow(clippy::too_many_arguments)]
-    fn gemm(&self, a: u64, b: u64, c: u64, m: usize, n: usize, k: usize, ta: bool, tb: bool, beta: f32) {
-        let op = |t: bool| if t { blas_sys::cublasOperation_t::CUBLAS_OP_T } else { blas_sys::cublasOperation_t::CUBLAS_OP_N };
-        let (lda, ldb) = (if ta { m } else { k }, if tb { k } else { n });
-        let (alpha, bf16) = (1.0f32, blas_sys::cudaDataType_t::CUDA_R_16BF);
-        // SAFETY: the callers pass live bf16 buffers holding the stated matrices; alpha and beta are
-        // host f32 scalars, as CUBLAS_COMPUTE_32F expects.
-        unsafe {
-            blas::gemm_ex(
-                self.0,
-                op(tb),
-                op(ta),
-                n as i32,
-                m as i32,
-                k as i32,
-                &alpha as *const f32 as *const c_void,
-                b as *const c_void,
-                bf16,
-                ldb as i32,
-                a as *const c_void,
-                bf16,
-                lda as i32,
-                &beta as *const f32 as *const c_void,
-                c as *mut c_void,
-                bf16,
-                n as i32,
-                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .expect("cublasGemmEx");
-    }
-}
-
-/// Device address of a CUDA tensor (plus `offset` elements).
-fn addr(t: &Tensor, offset: usize) -> u64 {
-    match t.storage() {
-        Storage::Cuda(s) => s.device_ptr() + (offset * t.dtype().size_in_bytes()) as u64,
-        Storage::Cpu(_) => unreachable!("bench tensors live on the GPU"),
-    }
-}
-
-/// The device's measured bf16 tensor-core ceiling: a cuBLAS 8192³ GEMM, in TFLOP/s.
-fn measured_peak(blas: &Blas, dev: &Device, rng: &mut Rng) -> f64 {
-    const N: usize = 8192;
-    let a = Tensor::randn(vec![N, N], 0.0, 1.0, DType::BF16, dev, rng).unwrap();
-    let b = Tensor::randn(vec![N, N], 0.0, 1.0, DType::BF16, dev, rng).unwrap();
-    let c = Tensor::zeros([N, N], DType::BF16, dev).unwrap();
-    let ms = median_ms(10, &mut || blas.gemm(addr(&a, 0), addr(&b, 0), addr(&c, 0), N, N, N, false, false, 0.0));
-    2.0 * (N * N * N) as f64 / (ms * 1e-3) / 1e12
-}
-
-/// Appends one measurement to perf/results.jsonl (keys as perf/README.md describes).
-fn record(case: &str, unit: &str, ours: f64, baseline_name: &str, baseline: f64) {
-    let info = cuda::device_info(0).unwrap();
-    let commit = std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-    let date = std::process::Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-    let line = serde_json::json!({
-        "bench": "moe_dense", "case": case, "device": info.name,
-        "driver": format!("{}.{}", info.driver_version.0, info.driver_version.1),
-        "commit": commit, "date": date, "unit": unit, "ours": ours, "baseline_name": baseline_name, "baseline": baseline,
-    });
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("perf/results.jsonl");
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
-    writeln!(file, "{line}").unwrap();
-}
 
 // ---- the three implementations -------------------------------------------------------------------
 
@@ -244,16 +131,12 @@ struct LoopBuffers {
 // ---- the bench ----------------------------------------------------------------------------------------
 
 fn moe_dense(c: &mut Criterion) {
-    let Some(dev) = cuda::test_device() else { return };
+    let Some(dev) = support::gpu() else { return };
     let mut rng = Rng::new(0x6d6f_6564);
     // A first transfer makes the device's context current on this thread before cuBLAS starts.
     Tensor::zeros([1], DType::BF16, &dev).unwrap();
-    let Some(blas) = Blas::new() else {
-        println!("skipped: cuBLAS could not be loaded (libcublas not found), so the baselines cannot run");
-        return;
-    };
-    let peak = measured_peak(&blas, &dev, &mut rng);
-    println!("measured bf16 peak (cuBLAS 8192^3): {peak:.1} TFLOP/s");
+    let Some(blas) = Blas::new() else { return };
+    let peak = support::ceiling(&blas, &dev).bf16_tflops;
     let mut group = c.benchmark_group("moe_dense");
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
     for (name, d, f) in SHAPES {
@@ -271,7 +154,6 @@ fn moe_dense(c: &mut Criterion) {
         for backward in [false, true] {
             let case = format!("{name} T={t} {}", if backward { "fwd+bwd" } else { "fwd" });
             let flops = (if backward { 12 } else { 4 } * t * h * d) as f64;
-            let tflops = |ms: f64| flops / (ms * 1e-3) / 1e12;
             let mut variants: [(&str, Box<dyn FnMut() + '_>); 3] = [
                 ("ours", Box::new(|| prob.ours(backward))),
                 ("cublas_unfused", Box::new(|| prob.unfused(&blas, &unfused_buf, backward))),
@@ -279,15 +161,15 @@ fn moe_dense(c: &mut Criterion) {
             ];
             let mut rates = Vec::new();
             for (variant, run) in variants.iter_mut() {
-                group.bench_function(format!("{case} {variant}"), |b| b.iter_custom(|iters| Duration::from_secs_f64(gpu_ms(iters, run) * 1e-3)));
-                let rate = tflops(median_ms(5, run));
-                println!("{case} {variant}: {rate:.1} TFLOP/s, {:.1}% of measured peak", 100.0 * rate / peak);
+                group.bench_function(format!("{case} {variant}"), |b| b.iter_custom(|iters| support::timed(iters, run)));
+                let rate = support::tflops(flops, support::median_ms(5, run));
+                println!("{case} {variant}: {rate:.1} TFLOP/s, {:.1}% of the measured ceiling", 100.0 * rate / peak);
                 rates.push((*variant, rate));
             }
             for &(baseline, rate) in &rates[1..] {
-                record(&case, "TFLOP/s", rates[0].1, baseline, rate);
+                support::record("moe_dense", &case, "TFLOP/s", rates[0].1, baseline, rate);
             }
-            record(&case, "fraction of measured peak", rates[0].1 / peak, "cublas_gemm_8192_peak", 1.0);
+            support::record("moe_dense", &case, "fraction of measured peak", rates[0].1 / peak, "cublas_bf16_8192_ceiling", 1.0);
         }
     }
     group.finish();
