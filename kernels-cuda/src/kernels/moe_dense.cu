@@ -25,8 +25,10 @@
 //
 // Fused products: gemm_sm80.cuh's mma.sync + cp.async mainloop, form NT (A [M, K], B [N, K], both
 // K-contiguous: M = T, N = h, K = d), bf16 / f16 in, f32 accumulate, with this file's epilogue
-// functors. sm_90a runs the same mma.sync code: the wgmma mainloop (gemm_sm90) has not landed with
-// an epilogue interface this file can use yet, so Hopper gets about half its tensor-core rate here.
+// functors. sm_90a runs the same mma.sync code, at about half of Hopper's wgmma rate: gemm_sm90.cuh
+// takes the same functors but refuses tile hooks (which the backward's dp sums need), and its host
+// side (tensor maps, launch) is private to engine/src/cuda/ops/gemm.rs. The forward product can move
+// to it once that host side launches other modules' entry points.
 //   - Tile 128 x 128 x 32, 2 x 2 warps of 64 x 64, 3 stages: 48 KiB of *static* shared memory, so
 //     the launch needs no raised dynamic-shared-memory limit; 128 threads, 128 f32 accumulators
 //     each; one tile per block (the mainloop's tile walker with gridDim.x = number of tiles).
