@@ -199,15 +199,22 @@ pub const MOE_SPARSE: KernelSource = KernelSource {
     name: "moe_sparse",
     source: include_str!("kernels/moe_sparse.cu"),
     entry_points: &[
-        "moe_gemm_nt_f32",
-        "moe_gemm_nt_bf16",
-        "moe_gemm_nt_f16",
-        "moe_gemm_nn_f32",
-        "moe_gemm_nn_bf16",
-        "moe_gemm_nn_f16",
-        "moe_gemm_dw_f32",
+        "moe_list_tables",
+        "moe_gemm_rows_bf16",
+        "moe_gemm_rows_f16",
+        "moe_gemm_scatter_bf16",
+        "moe_gemm_scatter_f16",
         "moe_gemm_dw_bf16",
         "moe_gemm_dw_f16",
+        "moe_gemm_exact_rows_f32",
+        "moe_gemm_exact_rows_bf16",
+        "moe_gemm_exact_rows_f16",
+        "moe_gemm_exact_scatter_f32",
+        "moe_gemm_exact_scatter_bf16",
+        "moe_gemm_exact_scatter_f16",
+        "moe_gemm_exact_dw_f32",
+        "moe_gemm_exact_dw_bf16",
+        "moe_gemm_exact_dw_f16",
         "moe_combine_f32",
         "moe_combine_bf16",
         "moe_combine_f16",
@@ -218,8 +225,9 @@ pub const MOE_SPARSE: KernelSource = KernelSource {
         "moe_grad_act_bf16",
         "moe_grad_act_f16",
     ],
-    // The bf16 / f16 grouped GEMMs are mma.sync.
-    expect_sass: &["HMMA"],
+    // The bf16 / f16 grouped GEMMs run gemm_sm80.cuh's mainloop on every architecture (TMA cannot
+    // gather rows): mma.sync, cp.async copies and ldmatrix loads.
+    expect_sass: &["HMMA", "LDGSTS", "LDSM"],
 };
 
 pub const MOE_DECODE: KernelSource = KernelSource {

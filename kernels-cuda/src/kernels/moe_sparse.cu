@@ -4,404 +4,208 @@
 // Shapes: x [T, d]; w1, w2 [E·f, d] (expert e owns rows e·f .. (e+1)·f); router weights [T·k_max]
 // indexed by slot s = t·k_max + j; offsets [E+1] and sorted_slots [P] (P = kept pairs) from the
 // permutation; slot_pos [T·k_max] (DROPPED for unused / dropped slots). The expert-sorted list is
-// the "grouped" layout: entry i of expert e lies in offsets[e] .. offsets[e+1].
+// the "grouped" layout: entry i of expert e lies in offsets[e] .. offsets[e+1], and tok(i) =
+// sorted_slots[i] / k_max is its token.
 //
 // Forward (grouped path):
-//   U[i] = x[tok(i)] · W1_eᵀ                 FWD1: A gathered by token in its loads (no permuted
-//   H[i] = gelu(U[i])                          copy of x), GeLU in the epilogue, U kept for training
-//   Yrow[slot(i)] = w[slot(i)] · H[i] · W2_e  FWD2: router weight in the epilogue, rows scattered
-//   y[t] = Σ_j Yrow[t·k_max + j]              moe_combine: fixed slot order, no atomics
+//   U[i] = x[tok(i)] · W1_eᵀ                  NT, A rows gathered by token in the loads (no permuted
+//   H[i] = gelu(U[i])                           copy of x), GeLU in the epilogue (RowStore), U kept
+//                                               for training
+//   Yrow[slot(i)] = w[slot(i)] · H[i] · W2_e   NN, router weight in the epilogue, each row written
+//                                               to its (token, slot) row (ScatterRows)
+//   y[t] = Σ_j Yrow[t·k_max + j]               moe_combine: fixed slot order, no atomics
 // Backward (the top-2 SMoE baseline trains through this):
-//   dG[i] = dy[tok(i)] · W2_e                 DGRAD_H: same grouping, A gathered by token
-//   dw[slot] = Σ_c dG[i,c]·H[i,c];  dU[i] = w·dG[i]·gelu'(U[i])     moe_grad_act (one warp a row)
-//   dXrow[slot(i)] = dU[i] · W1_e              DGRAD_X, then moe_combine sums a token's rows
-//   dW1_e = dU_eᵀ · x[tok(e)]                  K-grouped: the reduction runs over the expert's
-//   dW2_e = H_eᵀ · (w ⊙ dy[tok(e)])            list entries; every expert writes its full slab
+//   dG[i] = dy[tok(i)] · W2_eᵀ                 NT, same grouping, A gathered by token (RowStore)
+//   dw[slot] = Σ_c dG[i,c]·H[i,c];  dU[i] = w·dG[i]·gelu'(U[i]);  wH[i] = w·H[i]   moe_grad_act
+//   dXrow[slot(i)] = dU[i] · W1_e               NN (ScatterRows, no scale), then moe_combine
+//   dW1_eᵀ = x[tok(e)]ᵀ · dU_e                 TN, K-grouped: the reduction runs over expert e's
+//   dW2_eᵀ = dy[tok(e)]ᵀ · wH_e                  list entries, gathered along K by token; every
+//                                               expert writes its whole [f, d] slab (TransposedSlab)
+// dW is computed transposed ([d, f] per expert) because the mainloop gathers only A's rows: x and
+// dy are the gathered operands, so they must be A, and A's columns (d) become the output's rows.
+// The epilogue transposes back through shared memory so the slabs land in w1's [f, d] layout with
+// coalesced 16-byte stores. The router weight of dW2 rides on wH (written by moe_grad_act, which
+// reads H anyway) because the mainloop cannot scale rows while loading them.
 //
-// The grouped GEMM (moe_gemm_*): one 128-thread block per 64 x 64 output tile, K in slices of 32.
-// M-grouped problems number their tiles expert by expert (ceil(rows_e / 64) row tiles each, so no
-// expert is padded beyond its last partial tile and an empty expert owns no tile); a block finds
-// its expert with a warp scan over the offsets (O(E/32) shuffles), and the grid is the bound
-// ceil(P_max / 64) + E row tiles (blocks past the real count exit at once). K-grouped problems
-// (dW) take blockIdx.z as the expert and reduce over its list range. Operands are read in one of
-// two ways: "k-contiguous" (a tile row is a memory row, k along it: x, dy, U/H/dU as A; W as the
-// NT operand) with 16-byte vector loads, or "k-major" (a memory row per k, the tile's rows along
-// it: W as the NN operand, dU / H as the transposed A of dW, gathered x / scaled dy as B of dW),
-// also 16-byte loads, transposed into shared memory. Gather indices and router scales are applied
-// per memory row in the loader. The next slice is loaded into registers while the current one is
-// multiplied (one shared buffer, register prefetch). Inner product: mma.sync.m16n8k16 (bf16 /
-// f16 in, f32 accumulate), 4 warps of 32 x 32; f32 operands use the same fragment map with FMAs
-// (the exact reference path, not a fast one).
+// The GEMMs: gemm_sm80.cuh's mainloop (mma.sync.m16n8k16, cp.async ring of 4 stages, ldmatrix on
+// XOR-swizzled tiles), tile 128 x 128 x 32, 2 x 2 warps of 64 x 64, 128 threads, 64 KiB of
+// dynamic shared memory, bf16 / f16 in, f32 accumulate, with this file's epilogue functors. The
+// group table (moe_list_tables, from the offsets, on the device: no host sync) makes expert e
+// group e: rows offsets[e] .. offsets[e+1] of the list and B = expert e's weights.
 //
-// Roofline per expert: 2·rows·f·d FLOPs per GEMM; bytes ≥ weights (2·f·d·sizeof) + rows·(d+f).
-// What limits it: single-buffered shared memory (a barrier pair per 32-wide K slice, no cp.async
-// ring), 64 x 64 tiles (A re-read d/64 times from L2), shared-memory bank conflicts on the
-// transposing k-major stores, and mma.sync (half of Hopper's wgmma rate). It is the correct,
-// sync-free baseline; the tuned mainloops (gemm_sm80.cuh / gemm_sm90) replace the tile loop while
-// the loaders, the tile scheduler and the epilogues stay.
+// How tiles map to experts. The mainloop's tile walker numbers tiles expert by expert: expert e
+// owns ceil(rows_e / 128) x ceil(N / 128) tiles, so the only padding is the remainder of its last
+// row tile (zero-filled rows that are multiplied but never stored), at most 127 rows per expert,
+// and an expert with no tokens owns no tile at all (it costs one read of its table entry). No
+// expert is padded to a capacity or to the batch's largest expert: at high sparsity (few rows
+// per expert) the work is Σ_e ceil(rows_e / 128) row tiles, not E · max_e rows. The persistent
+// grid is sized from the host-known bound (ceil(P_max / 128) + E - 1) · ceil(N / 128), capped at
+// the resident blocks; blocks walk tile ids upward and stop at the first id past the table, so
+// nothing on the host waits for the routing. Within an expert, tiles go in bands of 8 tile rows so
+// that blocks running together share the expert's weight tiles in L2: the weights of an expert
+// are read from HBM about once per band, and the gathered x rows once per column tile (from L2).
+// The K-grouped dW has d / 128 x f / 128 tiles per expert, each reducing over the expert's
+// entries (empty experts run their tiles over an empty K range and write zeros: the right dW).
+//
+// Why sm_90a runs mma.sync here too. Hopper's fast path (gemm_sm90: TMA + wgmma) loads operand
+// tiles with the tensor-memory accelerator, which copies a box of a tensor described by a tensor
+// map (base, extents, strides): it cannot gather rows through an index list. The forward's and
+// the dX/dW products' A operands are x or dy rows picked by tok(i), so on Hopper they would need
+// either a permuted copy of the activations (T·K·d extra writes and reads, which the gather exists
+// to avoid) or per-row copies issued by threads (cp.async), which is exactly the sm_80 mainloop.
+// So every product here uses the sm_80 mainloop on both architectures: about half of Hopper's
+// wgmma rate for the compute-bound prefill, no loss for the memory-bound small-T cases.
+//
+// Exact path. f32 tensors, rows that are not 16-byte vectors (d or f not a multiple of 8), and
+// GPUs without mma.sync (before sm_80) run moe_gemm_ref_*: the same problem description (group
+// table, gather, epilogue functors) with one thread per output pair summing in f32 FMAs. It is
+// the reference the tensor-core kernels are checked against on the device, not a fast path.
+//
+// Roofline per expert and product: 2·rows_e·N·K FLOPs; bytes ≥ weights (N·K·2) + rows_e·(K + N)·2.
+// At DS-MoE-6B (d = 4096, f = 512, E = 32) the two forward products move 256 MiB of weights for
+// all experts; with T·K = P list rows they do 4·P·f·d FLOPs, so they are compute-bound from about
+// P ≈ E·300 rows on (T·K ≥ 10k) and weight-bandwidth-bound below. What limits it: mma.sync's rate
+// on Hopper (above), the gather's per-row address (one index read per tile row, 16-byte copies
+// per row: no TMA), the remainder tile of each expert at small P, and the epilogue's 4-byte
+// scattered stores of the forward's second product (one (token, slot) row per list entry).
 
 #include "common.cuh"
+#include "gemm_sm80.cuh"
+#include "gemm_epilogue.cuh"
 
 #define DROPPED 0xffffffffu
-#define BM 64
-#define BN 64
-#define BK 32
-#define SPAD 8
-#define GEMM_THREADS 128
 
-// Epilogue codes (mirror `Epi` in engine/src/cuda/ops/moe_sparse.rs).
-enum EpiCode { EPI_GELU = 0, EPI_STORE = 1, EPI_SCATTER_SCALE = 2, EPI_SCATTER = 3, EPI_SLAB = 4 };
-// Where a memory row of an operand comes from (mirror `RowSource`).
-enum RowCode { ROW_SORTED = 0, ROW_TOKEN = 1, ROW_FIXED = 2 };
+typedef sm80::Tile<128, 128, 32, 2, 2, 4> SparseTile;
+// Elements per shared-memory row of the transposed dW tile: BM plus 8, so rows stay 16-byte
+// aligned and the fragment stores of a warp fall in 16 different banks.
+#define SLAB_LD (SparseTile::BM + 8)
+static_assert(SparseTile::BN * SLAB_LD * 2 <= SparseTile::SMEM_BYTES, "the transposed tile fits in the pipeline's shared memory");
 
-// Mirrors `GroupedGemm` in engine/src/cuda/ops/moe_sparse.rs (repr(C)): keep the two in step.
-struct GroupedGemm {
-    const void* a;
-    const void* b;
-    void* c;
-    void* c_pre;           // EPI_GELU: pre-activation output (may be null)
-    const void* scale;     // router weights per slot (EPI_SCATTER_SCALE, and B of dW2)
-    const u32* offsets;    // [groups + 1]
-    const u32* sorted_slots;
-    u64 n, k;              // M-grouped: GEMM N and K; K-grouped: M = f is `k`'s twin `m`
-    u64 m;                 // K-grouped only: rows of each slab
-    u64 lda, ldb, ldc;
-    u64 b_group_stride;    // elements between consecutive experts' B (M-grouped)
-    u64 p_max;             // capacity of the sorted list (bound for the tile grid)
-    u32 groups, k_max;
-    int a_rows, b_rows;    // RowCode of A's and B's memory rows
-    int epi;
-    int scale_b;           // K-grouped: scale B's rows by the router weight of their slot
+// Mirrors `SparseEpilogue` in engine/src/cuda/ops/moe_sparse.rs (repr(C), 48 bytes): keep in step.
+struct SparseEpilogue {
+    u64 out;    // T*
+    u64 pre;    // RowStore with gelu: T* for the pre-activation, or 0
+    u64 scale;  // ScatterRows: const T* router weight per slot, or 0
+    u64 slots;  // ScatterRows: const u32* sorted_slots
+    u64 slab;   // TransposedSlab: elements between consecutive experts' outputs
+    u32 ldc;    // elements between output rows
+    u32 gelu;   // RowStore: apply GeLU (1) or store the product as is (0)
 };
 
-template <typename T> struct Tiles {
-    T a[BM][BK + SPAD];  // [tile row][k]
-    T b[BN][BK + SPAD];  // [tile col][k]
-};
-
-template <typename T> __device__ __forceinline__ T zero_of() { return from_float<T>(0.0f); }
-
-// 8 consecutive elements from p[col..], zero past lim; 16-byte (or 2 x 16-byte) loads when `vec`
-// (the caller has checked the base and leading dimension keep every 8-element group aligned).
-template <typename T> __device__ __forceinline__ void load8(const T* p, u64 col, u64 lim, bool vec, T (&out)[8]) {
-    if (vec && col + 8 <= lim) {
-        union { W16 w[sizeof(T) / 2]; T v[8]; } u;
-        const W16* q = reinterpret_cast<const W16*>(p + col);
-#pragma unroll
-        for (int i = 0; i < (int)(sizeof(T) / 2); ++i) u.w[i] = q[i];
-#pragma unroll
-        for (int i = 0; i < 8; ++i) out[i] = u.v[i];
-    } else {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) out[i] = col + i < lim ? p[col + i] : zero_of<T>();
-    }
-}
-
-// The memory row behind list entry `i` (sorted index) for a row code.
-__device__ __forceinline__ u64 memory_row(int code, const u32* sorted_slots, u32 k_max, u64 i) {
-    if (code == ROW_SORTED) return i;
-    return sorted_slots[i] / k_max;  // ROW_TOKEN
-}
-
-// The group whose tiles hold flat row-tile `tile` (tiles numbered expert by expert); false when
-// `tile` is past the last one. Every thread runs it (warp-uniform).
-__device__ bool find_group(const u32* offsets, u32 groups, u64 tile, u32& group, u64& row0) {
-    const u32 lane = threadIdx.x & (WARP - 1);
-    u64 base = 0;
-    for (u32 g0 = 0; g0 < groups; g0 += WARP) {
-        const u32 g = g0 + lane;
-        const u32 tiles = g < groups ? (offsets[g + 1] - offsets[g] + BM - 1) / BM : 0;
-        u32 incl = tiles;
-#pragma unroll
-        for (int o = 1; o < WARP; o <<= 1) {
-            const u32 up = __shfl_up_sync(FULL_MASK, incl, o);
-            if ((int)lane >= o) incl += up;
+// out[row] = gelu?(acc), with the pre-activation kept when `pre` is set: rows in list order.
+template <typename T> struct RowStore : sm80::EpilogueNoHooks {
+    SparseEpilogue e;
+    __device__ __forceinline__ void operator()(u32, u32 row, u32 col, float v0, float v1) const {
+        const u64 at = (u64)row * e.ldc + col;
+        if (e.gelu) {
+            if (e.pre != 0) gemm_ep::store_pair(reinterpret_cast<T*>(e.pre) + at, v0, v1);
+            v0 = gemm_ep::gelu_tanh(v0);
+            v1 = gemm_ep::gelu_tanh(v1);
         }
-        const u32 total = __shfl_sync(FULL_MASK, incl, WARP - 1);
-        if (tile < base + total) {
-            const u32 hit = __ballot_sync(FULL_MASK, g < groups && base + incl > tile);
-            const int first = __ffs(hit) - 1;
-            const u32 excl = __shfl_sync(FULL_MASK, incl - tiles, first);
-            group = g0 + first;
-            row0 = (tile - base - excl) * BM;
-            return true;
-        }
-        base += total;
-    }
-    return false;
-}
-
-// ---- loaders: global -> registers -> shared -------------------------------------------------------
-
-// Tile rows are memory rows with k contiguous. Each thread owns 2 (row, 8-wide k chunk) pieces of
-// the 64 x 32 slice; the row addresses are fixed for the whole tile, only k moves.
-template <typename T> struct KContig {
-    const T* row_ptr[2];
-    bool valid[2];
-    u32 row[2], kc[2];
-    u64 k_end;
-    bool vec;
-    T regs[2][8];
-
-    __device__ void init(const T* base, u64 ld, int row_code, const u32* sorted_slots, u32 k_max, u64 first, u64 rows,
-                         u64 k_end_, bool vec_) {
-        k_end = k_end_;
-        vec = vec_;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const u32 v = threadIdx.x + r * GEMM_THREADS;
-            row[r] = v / (BK / 8);
-            kc[r] = (v % (BK / 8)) * 8;
-            valid[r] = row[r] < rows;
-            const u64 mem = row_code == ROW_FIXED ? first + row[r]
-                                                  : (valid[r] ? memory_row(row_code, sorted_slots, k_max, first + row[r]) : 0);
-            row_ptr[r] = base + mem * ld;
-        }
-    }
-    __device__ void fetch(u64 k0) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            if (valid[r]) {
-                load8(row_ptr[r], k0 + kc[r], k_end, vec, regs[r]);
-            } else {
-#pragma unroll
-                for (int i = 0; i < 8; ++i) regs[r][i] = zero_of<T>();
-            }
-        }
-    }
-    __device__ void store(T (*s)[BK + SPAD]) const {
-#pragma unroll
-        for (int r = 0; r < 2; ++r)
-#pragma unroll
-            for (int i = 0; i < 8; ++i) s[row[r]][kc[r] + i] = regs[r][i];
+        gemm_ep::store_pair(reinterpret_cast<T*>(e.out) + at, v0, v1);
     }
 };
 
-// One memory row per k (list entries k_begin.. of a K-grouped problem, or W's rows for the NN
-// operand), the tile's rows contiguous along it. Each thread owns 2 (k, 8-wide column chunk)
-// pieces; rows may be gathered by token and scaled by the router weight of their slot.
-template <typename T> struct KMajor {
-    const T* base;
-    u64 ld, col0, cols, k_begin, k_end;
-    int row_code;
-    const u32* sorted_slots;
-    const T* scale;
-    u32 k_max;
-    bool vec;
-    T regs[2][8];
+// out[slot(row)] = w[slot]·acc (w = 1 without `scale`): list rows land on their (token, slot) rows.
+template <typename T> struct ScatterRows : sm80::EpilogueNoHooks {
+    SparseEpilogue e;
+    __device__ __forceinline__ void operator()(u32, u32 row, u32 col, float v0, float v1) const {
+        const u32 slot = reinterpret_cast<const u32*>(e.slots)[row];
+        const float s = e.scale != 0 ? to_float(reinterpret_cast<const T*>(e.scale)[slot]) : 1.0f;
+        gemm_ep::store_pair(reinterpret_cast<T*>(e.out) + (u64)slot * e.ldc + col, v0 * s, v1 * s);
+    }
+};
 
-    __device__ void fetch(u64 k0) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const u32 v = threadIdx.x + r * GEMM_THREADS;
-            const u32 kk = v / (BN / 8), cc = (v % (BN / 8)) * 8;
-            const u64 k = k_begin + k0 + kk;
-            if (k < k_end) {
-                const u64 mem = row_code == ROW_FIXED ? k : memory_row(row_code, sorted_slots, k_max, k);
-                load8(base + mem * ld, col0 + cc, col0 + cols, vec, regs[r]);
-                if (scale != nullptr) {
-                    const float s = to_float(scale[sorted_slots[k]]);
-#pragma unroll
-                    for (int i = 0; i < 8; ++i) regs[r][i] = from_float<T>(to_float(regs[r][i]) * s);
+// The exact path's dW store: acc[row = i of d, col = j of f] goes to slab[group][j][i] directly.
+template <typename T> struct TransposedSlab : sm80::EpilogueNoHooks {
+    SparseEpilogue e;
+    __device__ __forceinline__ void operator()(u32 group, u32 row, u32 col, float v0, float v1) const {
+        T* o = reinterpret_cast<T*>(e.out) + group * e.slab + (u64)col * e.ldc + row;
+        o[0] = from_float<T>(v0);
+        o[e.ldc] = from_float<T>(v1);
+    }
+};
+
+// The tensor-core dW store: the tile goes transposed into shared memory ([col][row], SLAB_LD
+// apart), then every thread writes 16-byte runs of output rows (d contiguous; needs d % 8 == 0,
+// which the tensor-core path requires anyway, so each tile's rows come in whole runs of 8).
+template <typename T> struct TransposedSlabStaged {
+    static constexpr bool kTileHooks = true;
+    SparseEpilogue e;
+    T* tile;
+    u32 row0, col0;
+
+    __device__ __forceinline__ void tile_begin(const sm80::TileInfo& t) {
+        tile = reinterpret_cast<T*>(t.scratch);
+        row0 = t.row0;
+        col0 = t.col0;
+    }
+    __device__ __forceinline__ void operator()(u32, u32 row, u32 col, float v0, float v1) {
+        T* s = tile + (col - col0) * SLAB_LD + (row - row0);
+        s[0] = from_float<T>(v0);
+        s[SLAB_LD] = from_float<T>(v1);
+    }
+    __device__ __forceinline__ void tile_end(const sm80::TileInfo& t) {
+        const u32 runs = t.rows / 8;
+        T* out = reinterpret_cast<T*>(e.out) + t.group * e.slab + (u64)t.col0 * e.ldc + t.row0;
+        for (u32 q = threadIdx.x; q < t.cols * runs; q += SparseTile::THREADS) {
+            const u32 j = q / runs, i = (q % runs) * 8;
+            *reinterpret_cast<W16*>(out + (u64)j * e.ldc + i) = *reinterpret_cast<const W16*>(tile + j * SLAB_LD + i);
+        }
+    }
+};
+
+// ---- the exact path ---------------------------------------------------------------------------------
+
+// A[row, k] of the problem (logical row, absolute k), through the gather when there is one.
+template <bool TRANS_A, typename T> __device__ __forceinline__ float a_at(const sm80::GemmProblem<T>& p, u32 row, u32 k) {
+    if (TRANS_A) return to_float(p.a[(u64)(p.a_rows != nullptr ? p.a_rows[k] : k) * p.lda + row]);
+    return to_float(p.a[(u64)(p.a_rows != nullptr ? p.a_rows[row] : row) * p.lda + k]);
+}
+
+// One thread per output pair (row, col..col+1) of each group: grid x over column pairs, y strided
+// over the group's rows, z strided over groups. Sums in f32, k in increasing order.
+template <bool TRANS_A, bool TRANS_B, typename T, class Epilogue>
+__device__ void gemm_exact(const sm80::GemmProblem<T>& p, Epilogue& ep) {
+    for (u32 g = blockIdx.z; g < p.num_groups; g += gridDim.z) {
+        const sm80::GemmGroup gr = p.groups[g];
+        const T* b = p.b + gr.b_offset;
+        for (u32 r = blockIdx.y; r < gr.rows; r += gridDim.y) {
+            const u32 row = gr.row_begin + r;
+            for (u32 col = 2 * (blockIdx.x * blockDim.x + threadIdx.x); col < p.n; col += 2 * gridDim.x * blockDim.x) {
+                float v0 = 0.0f, v1 = 0.0f;
+                for (u32 k = gr.k_begin; k < gr.k_end; ++k) {
+                    const float a = a_at<TRANS_A>(p, row, k);
+                    const T* b0 = TRANS_B ? b + (u64)col * p.ldb + k : b + (u64)k * p.ldb + col;
+                    v0 = fmaf(a, to_float(b0[0]), v0);
+                    v1 = fmaf(a, to_float(TRANS_B ? b0[p.ldb] : b0[1]), v1);
                 }
-            } else {
-#pragma unroll
-                for (int i = 0; i < 8; ++i) regs[r][i] = zero_of<T>();
+                ep(g, row, col, v0, v1);
             }
         }
     }
-    __device__ void store(T (*s)[BK + SPAD]) const {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const u32 v = threadIdx.x + r * GEMM_THREADS;
-            const u32 kk = v / (BN / 8), cc = (v % (BN / 8)) * 8;
-#pragma unroll
-            for (int i = 0; i < 8; ++i) s[cc + i][kk] = regs[r][i];
+}
+
+// ---- list tables --------------------------------------------------------------------------------
+
+// From the permutation, on the device: tok[i] for every list entry (0 past the kept ones) and three
+// group tables of E entries each (mirrored by `Tables` in engine/src/cuda/ops/moe_sparse.rs):
+//   [0, E):   rows of expert e, B = expert e's slab, K = d   (x·W1ᵀ, dy·W2ᵀ)
+//   [E, 2E):  rows of expert e, B = expert e's slab, K = f   (H·W2, dU·W1)
+//   [2E, 3E): all d rows, K = expert e's entries             (dW1ᵀ, dW2ᵀ)
+extern "C" __global__ void moe_list_tables(const u32* offsets, const u32* sorted_slots, u32 groups, u32 k_max, u32 d, u32 f,
+                                           u64 slots, sm80::GemmGroup* tables, u32* tok) {
+    const u64 kept = offsets[groups];
+    const u64 items = slots > groups ? slots : groups;
+    for (u64 i = global_thread(); i < items; i += global_threads()) {
+        if (i < slots) tok[i] = i < kept ? sorted_slots[i] / k_max : 0u;
+        if (i < groups) {
+            const u32 begin = offsets[i], rows = offsets[i + 1] - begin;
+            const u64 slab = i * (u64)f * d;
+            tables[i] = sm80::GemmGroup{slab, begin, rows, 0u, d};
+            tables[groups + i] = sm80::GemmGroup{slab, begin, rows, 0u, f};
+            tables[2 * groups + i] = sm80::GemmGroup{0ull, 0u, d, begin, begin + rows};
         }
-    }
-};
-
-// ---- the inner product over one shared slice ------------------------------------------------------
-
-// acc[mi][ni][q]: warp sub-tile (mi: 2 x m16, ni: 4 x n8), fragment element q of m16n8 (rows g,
-// g+8; columns 2·tq, 2·tq+1), the mma.sync C layout.
-template <typename T> struct Mma;
-
-template <typename T> __device__ __forceinline__ void mma_16816(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1);
-template <> __device__ __forceinline__ void mma_16816<bf16>(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <> __device__ __forceinline__ void mma_16816<f16>(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-template <typename T> __device__ __forceinline__ u32 pair_at(const T* p) { return *reinterpret_cast<const u32*>(p); }
-
-template <typename T> __device__ __forceinline__ void slice_product(const Tiles<T>& s, float (&acc)[2][4][4]) {
-    const u32 lane = threadIdx.x & (WARP - 1), warp = threadIdx.x / WARP;
-    const u32 g = lane >> 2, tq = lane & 3;
-    const u32 wm = (warp / 2) * 32, wn = (warp % 2) * 32;
-#pragma unroll
-    for (int ks = 0; ks < BK; ks += 16) {
-        u32 a[2][4], b[4][2];
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi) {
-            const u32 r = wm + mi * 16 + g;
-            a[mi][0] = pair_at(&s.a[r][ks + 2 * tq]);
-            a[mi][1] = pair_at(&s.a[r + 8][ks + 2 * tq]);
-            a[mi][2] = pair_at(&s.a[r][ks + 8 + 2 * tq]);
-            a[mi][3] = pair_at(&s.a[r + 8][ks + 8 + 2 * tq]);
-        }
-#pragma unroll
-        for (int ni = 0; ni < 4; ++ni) {
-            const u32 c = wn + ni * 8 + g;
-            b[ni][0] = pair_at(&s.b[c][ks + 2 * tq]);
-            b[ni][1] = pair_at(&s.b[c][ks + 8 + 2 * tq]);
-        }
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-            for (int ni = 0; ni < 4; ++ni) mma_16816<T>(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
-    }
-}
-
-template <> __device__ __forceinline__ void slice_product<float>(const Tiles<float>& s, float (&acc)[2][4][4]) {
-    const u32 lane = threadIdx.x & (WARP - 1), warp = threadIdx.x / WARP;
-    const u32 g = lane >> 2, tq = lane & 3;
-    const u32 wm = (warp / 2) * 32, wn = (warp % 2) * 32;
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) {
-                const u32 r = wm + mi * 16 + g + 8 * (q >> 1), c = wn + ni * 8 + 2 * tq + (q & 1);
-                float v = acc[mi][ni][q];
-                for (int kk = 0; kk < BK; ++kk) v = fmaf(s.a[r][kk], s.b[c][kk], v);
-                acc[mi][ni][q] = v;
-            }
-}
-
-__device__ __forceinline__ float gelu_f(float x) {
-    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
-}
-
-// The K loop: A and B loaders fill the tiles slice by slice, the next slice's loads in flight
-// while the current one is multiplied.
-template <typename T, class LA, class LB>
-__device__ __forceinline__ void tile_loop(LA& la, LB& lb, u64 k_len, Tiles<T>& s, float (&acc)[2][4][4]) {
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) acc[mi][ni][q] = 0.0f;
-    if (k_len == 0) return;
-    la.fetch(0);
-    lb.fetch(0);
-    for (u64 k0 = 0; k0 < k_len; k0 += BK) {
-        __syncthreads();  // the previous slice's readers are done
-        la.store(s.a);
-        lb.store(s.b);
-        __syncthreads();
-        if (k0 + BK < k_len) {
-            la.fetch(k0 + BK);
-            lb.fetch(k0 + BK);
-        }
-        slice_product<T>(s, acc);
-    }
-}
-
-// Calls f(tile_row, col, value) for every accumulator inside rows x cols.
-template <class F> __device__ __forceinline__ void for_each_output(const float (&acc)[2][4][4], u64 rows, u64 cols, F f) {
-    const u32 lane = threadIdx.x & (WARP - 1), warp = threadIdx.x / WARP;
-    const u32 g = lane >> 2, tq = lane & 3;
-    const u32 wm = (warp / 2) * 32, wn = (warp % 2) * 32;
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) {
-                const u32 r = wm + mi * 16 + g + 8 * (q >> 1), c = wn + ni * 8 + 2 * tq + (q & 1);
-                if (r < rows && c < cols) f(r, c, acc[mi][ni][q]);
-            }
-}
-
-// Whether 8-element groups of rows with leading dimension `ld` starting at `p` are 16-byte aligned.
-template <typename T> __device__ __forceinline__ bool vec_ok(const void* p, u64 ld) {
-    return ((u64)p % 16 == 0) && (ld % 8 == 0);
-}
-
-// M-grouped: C rows are list entries. B is W_e: NT (b_nk: stored [N, K]) or NN (stored [K, N]).
-template <typename T, bool B_NK> __device__ void gemm_m_grouped(const GroupedGemm& p) {
-    __shared__ __align__(16) Tiles<T> s;
-    const u64 n_tiles = (p.n + BN - 1) / BN;
-    const u64 row_tiles = (p.p_max + BM - 1) / BM + p.groups;
-    const T* a = (const T*)p.a;
-    for (u64 t = blockIdx.x; t < row_tiles * n_tiles; t += gridDim.x) {
-        const u64 rt = t / n_tiles, col0 = (t % n_tiles) * BN;
-        u32 e;
-        u64 row0;
-        if (!find_group(p.offsets, p.groups, rt, e, row0)) return;  // tiles only grow: the rest are past the end too
-        const u64 first = p.offsets[e] + row0;
-        const u64 rows = min((u64)BM, (u64)(p.offsets[e + 1] - p.offsets[e]) - row0);
-        const T* b = (const T*)p.b + e * p.b_group_stride;
-        KContig<T> la;
-        la.init(a, p.lda, p.a_rows, p.sorted_slots, p.k_max, first, rows, p.k, vec_ok<T>(a, p.lda));
-        float acc[2][4][4];
-        if (B_NK) {
-            KContig<T> lb;
-            lb.init(b + col0 * p.ldb, p.ldb, ROW_FIXED, nullptr, 0, 0, min((u64)BN, p.n - col0), p.k, vec_ok<T>(b, p.ldb));
-            tile_loop<T>(la, lb, p.k, s, acc);
-        } else {
-            KMajor<T> lb{b, p.ldb, col0, min((u64)BN, p.n - col0), 0, p.k, ROW_FIXED, nullptr, nullptr, 0, vec_ok<T>(b, p.ldb)};
-            tile_loop<T>(la, lb, p.k, s, acc);
-        }
-        T* c = (T*)p.c;
-        const T* w = (const T*)p.scale;
-        for_each_output(acc, rows, p.n - col0, [&](u32 r, u32 cc, float v) {
-            const u64 i = first + r, col = col0 + cc;
-            switch (p.epi) {
-                case EPI_GELU:
-                    if (p.c_pre != nullptr) ((T*)p.c_pre)[i * p.ldc + col] = from_float<T>(v);
-                    c[i * p.ldc + col] = from_float<T>(gelu_f(v));
-                    break;
-                case EPI_STORE: c[i * p.ldc + col] = from_float<T>(v); break;
-                case EPI_SCATTER_SCALE: {
-                    const u32 slot = p.sorted_slots[i];
-                    c[(u64)slot * p.ldc + col] = from_float<T>(v * to_float(w[slot]));
-                    break;
-                }
-                default: c[(u64)p.sorted_slots[i] * p.ldc + col] = from_float<T>(v); break;  // EPI_SCATTER
-            }
-        });
-    }
-}
-
-// K-grouped (dW): slab e of C [m, n] = Aᵀ · B over expert e's list entries. A's memory rows are
-// list entries (ROW_SORTED), its columns the slab rows; B's memory rows are list entries too
-// (gathered by token, optionally scaled by the slot's router weight), its columns the slab columns.
-template <typename T> __device__ void gemm_k_grouped(const GroupedGemm& p) {
-    __shared__ __align__(16) Tiles<T> s;
-    const u32 e = blockIdx.z;
-    const u64 m_tiles = (p.m + BM - 1) / BM, n_tiles = (p.n + BN - 1) / BN;
-    const u64 k_begin = p.offsets[e], k_end = p.offsets[e + 1];
-    for (u64 t = blockIdx.x; t < m_tiles * n_tiles; t += gridDim.x) {
-        const u64 row0 = (t / n_tiles) * BM, col0 = (t % n_tiles) * BN;
-        KMajor<T> la{(const T*)p.a, p.lda, row0, min((u64)BM, p.m - row0), k_begin, k_end, p.a_rows, p.sorted_slots, nullptr,
-                     p.k_max, vec_ok<T>(p.a, p.lda)};
-        KMajor<T> lb{(const T*)p.b, p.ldb, col0, min((u64)BN, p.n - col0), k_begin, k_end, p.b_rows, p.sorted_slots,
-                     p.scale_b ? (const T*)p.scale : nullptr, p.k_max, vec_ok<T>(p.b, p.ldb)};
-        float acc[2][4][4];
-        tile_loop<T>(la, lb, k_end - k_begin, s, acc);
-        T* c = (T*)p.c + (u64)e * p.m * p.ldc;
-        for_each_output(acc, min((u64)BM, p.m - row0), min((u64)BN, p.n - col0),
-                        [&](u32 r, u32 cc, float v) { c[(row0 + r) * p.ldc + col0 + cc] = from_float<T>(v); });
     }
 }
 
@@ -426,10 +230,11 @@ __device__ void combine(const S* rows, const u32* slot_pos, T* y, u64 tokens, u3
 }
 
 // One warp per list entry i < offsets[groups]: dw[slot] = Σ_c dG[i,c]·H[i,c] (warp tree, fixed
-// order) and dU[i,c] = w[slot]·dG[i,c]·gelu'(U[i,c]), written over dG.
+// order), dU[i,c] = w[slot]·dG[i,c]·gelu'(U[i,c]) written over dG, and wH[i,c] = w[slot]·H[i,c]
+// (the B operand of dW2ᵀ).
 template <typename T>
 __device__ void grad_act(T* dg, const T* h, const T* u, const T* w, const u32* sorted_slots, const u32* offsets, u32 groups,
-                         T* dweights, u64 f) {
+                         T* dweights, T* wh, u64 f) {
     const u32 lane = threadIdx.x & (WARP - 1);
     const u64 total = offsets[groups];
     const u64 warps = (u64)gridDim.x * blockDim.x / WARP;
@@ -439,25 +244,49 @@ __device__ void grad_act(T* dg, const T* h, const T* u, const T* w, const u32* s
         float dot = 0.0f;
         for (u64 c = lane; c < f; c += WARP) {
             const u64 o = i * f + c;
-            const float g = to_float(dg[o]), x = to_float(u[o]);
-            dot += g * to_float(h[o]);
+            const float g = to_float(dg[o]), x = to_float(u[o]), hv = to_float(h[o]);
+            dot += g * hv;
             const float sg = 1.0f / (1.0f + expf(-2.0f * 0.7978845608028654f * (x + 0.044715f * x * x * x)));
             const float du = 0.7978845608028654f * (1.0f + 3.0f * 0.044715f * x * x);
             dg[o] = from_float<T>(ws * g * (sg + 2.0f * x * sg * (1.0f - sg) * du));
+            wh[o] = from_float<T>(ws * hv);
         }
         dot = warp_reduce(dot, [](float a, float b) { return a + b; });
         if (lane == 0) dweights[slot] = from_float<T>(dot);
     }
 }
 
+// ---- entry points -----------------------------------------------------------------------------------
+
+// rows: NT (x or dy gathered by token, times W_eᵀ), RowStore. scatter: NN (H or dU times W_e),
+// ScatterRows. dw: TN, K-grouped (gathered x or dy, transposed, times dU or wH), the dW slabs.
+#define SPARSE_GEMM(ROLE, TA, TB, T, SFX, EP)                                                                            \
+    extern "C" __global__ void __launch_bounds__(SparseTile::THREADS) moe_gemm_##ROLE##_##SFX(sm80::GemmProblem<T> p,  \
+                                                                                          SparseEpilogue e) {         \
+        extern __shared__ __align__(128) char smem[];                                                                   \
+        EP<T> ep{{}, e};                                                                                                \
+        sm80::gemm<SparseTile, TA, TB, T>(p, ep, smem);                                                                 \
+    }
+#define SPARSE_GEMM_EXACT(ROLE, TA, TB, T, SFX, EP)                                                                      \
+    extern "C" __global__ void moe_gemm_exact_##ROLE##_##SFX(sm80::GemmProblem<T> p, SparseEpilogue e) {               \
+        EP<T> ep{{}, e};                                                                                                \
+        gemm_exact<TA, TB, T>(p, ep);                                                                                   \
+    }
+
+#define SPARSE_TENSOR_CORE(T, SFX)                                                                                      \
+    SPARSE_GEMM(rows, false, true, T, SFX, RowStore)                                                                     \
+    SPARSE_GEMM(scatter, false, false, T, SFX, ScatterRows)                                                              \
+    extern "C" __global__ void __launch_bounds__(SparseTile::THREADS) moe_gemm_dw_##SFX(sm80::GemmProblem<T> p,         \
+                                                                                       SparseEpilogue e) {            \
+        extern __shared__ __align__(128) char smem[];                                                                   \
+        TransposedSlabStaged<T> ep{e, nullptr, 0u, 0u};                                                                 \
+        sm80::gemm<SparseTile, true, false, T>(p, ep, smem);                                                            \
+    }
+
 #define SPARSE_KERNELS(T, SFX)                                                                                          \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) moe_gemm_nt_##SFX(GroupedGemm p) {                       \
-        gemm_m_grouped<T, true>(p);                                                                                      \
-    }                                                                                                                    \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) moe_gemm_nn_##SFX(GroupedGemm p) {                       \
-        gemm_m_grouped<T, false>(p);                                                                                     \
-    }                                                                                                                    \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) moe_gemm_dw_##SFX(GroupedGemm p) { gemm_k_grouped<T>(p); } \
+    SPARSE_GEMM_EXACT(rows, false, true, T, SFX, RowStore)                                                               \
+    SPARSE_GEMM_EXACT(scatter, false, false, T, SFX, ScatterRows)                                                        \
+    SPARSE_GEMM_EXACT(dw, true, false, T, SFX, TransposedSlab)                                                           \
     extern "C" __global__ void moe_combine_##SFX(const T* rows, const u32* slot_pos, T* y, u64 tokens, u32 k_max, u64 d) { \
         combine<T, T>(rows, slot_pos, y, tokens, k_max, d, 1);                                                           \
     }                                                                                                                    \
@@ -466,10 +295,12 @@ __device__ void grad_act(T* dg, const T* h, const T* u, const T* w, const u32* s
         combine<float, T>(rows, slot_pos, y, tokens, k_max, d, splits);                                                  \
     }                                                                                                                    \
     extern "C" __global__ void moe_grad_act_##SFX(T* dg, const T* h, const T* u, const T* w, const u32* sorted_slots,   \
-                                                  const u32* offsets, u32 groups, T* dweights, u64 f) {                  \
-        grad_act<T>(dg, h, u, w, sorted_slots, offsets, groups, dweights, f);                                            \
+                                                  const u32* offsets, u32 groups, T* dweights, T* wh, u64 f) {           \
+        grad_act<T>(dg, h, u, w, sorted_slots, offsets, groups, dweights, wh, f);                                        \
     }
 
+SPARSE_TENSOR_CORE(bf16, bf16)
+SPARSE_TENSOR_CORE(f16, f16)
 SPARSE_KERNELS(float, f32)
 SPARSE_KERNELS(bf16, bf16)
 SPARSE_KERNELS(f16, f16)

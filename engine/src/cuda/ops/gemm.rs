@@ -38,17 +38,17 @@ pub(crate) struct GemmGroup {
 /// Mirrors `sm80::GemmProblem<T>` (gemm_sm80.cuh).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-struct GemmProblem {
-    a: u64,
-    b: u64,
-    a_rows: u64,
-    groups: u64,
-    num_groups: u32,
-    m: u32,
-    n: u32,
-    k: u32,
-    lda: u32,
-    ldb: u32,
+pub(crate) struct GemmProblem {
+    pub a: u64,
+    pub b: u64,
+    pub a_rows: u64,
+    pub groups: u64,
+    pub num_groups: u32,
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub lda: u32,
+    pub ldb: u32,
 }
 
 /// Mirrors `gemm_ep::EpilogueParams` (gemm_epilogue.cuh).
@@ -75,16 +75,16 @@ struct Sm90Extra {
 const EP_GELU: u32 = 1;
 
 /// Tile shapes of the two kernels (gemm_sm80.cu's Sm80Tile, gemm_sm90.cuh's Tile).
-const SM80: TileShape = TileShape { bm: 128, bn: 128, threads: 128, smem: 4 * (128 * 32 + 32 * 128) * 2, blocks_per_sm: 2 };
+pub(crate) const SM80: TileShape = TileShape { bm: 128, bn: 128, threads: 128, smem: 4 * (128 * 32 + 32 * 128) * 2, blocks_per_sm: 2 };
 const SM90: TileShape = TileShape { bm: 128, bn: 256, threads: 384, smem: 4 * (128 * 64 + 64 * 256) * 2 + 4 * 16 + 1024, blocks_per_sm: 1 };
 
 #[derive(Debug, Clone, Copy)]
-struct TileShape {
-    bm: u64,
-    bn: u64,
-    threads: u32,
-    smem: u32,
-    blocks_per_sm: u64,
+pub(crate) struct TileShape {
+    pub bm: u64,
+    pub bn: u64,
+    pub threads: u32,
+    pub smem: u32,
+    pub blocks_per_sm: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +148,7 @@ impl Operands {
 
 /// Upper bound on tiles (no table read): row-grouped tables can split at most one extra tile row
 /// per group; reduction-grouped ones repeat the whole m x n tile grid per group.
-fn tile_bound(t: TileShape, m: u64, n: u64, groups: u64, rows_grouped: bool) -> u64 {
+pub(crate) fn tile_bound(t: TileShape, m: u64, n: u64, groups: u64, rows_grouped: bool) -> u64 {
     let n_tiles = n.div_ceil(t.bn);
     if rows_grouped {
         (m.div_ceil(t.bm) + groups.saturating_sub(1)) * n_tiles
@@ -158,7 +158,7 @@ fn tile_bound(t: TileShape, m: u64, n: u64, groups: u64, rows_grouped: bool) -> 
 }
 
 /// Persistent grid: never more blocks than tiles, nor more than fit on the GPU at once.
-fn grid_blocks(t: TileShape, sm_count: u64, tiles: u64) -> u32 {
+pub(crate) fn grid_blocks(t: TileShape, sm_count: u64, tiles: u64) -> u32 {
     tiles.clamp(1, (sm_count.max(1) * t.blocks_per_sm).min(i32::MAX as u64)) as u32
 }
 

@@ -6,8 +6,9 @@
 
 use kernels_cuda::{MOE_DECODE, MOE_ROUTE, MOE_SPARSE};
 
+use super::gemm::{self, GemmGroup, GemmProblem, SM80};
 use super::{float_suffix, nbytes};
-use crate::cuda::launch::{kernel_args, launch, Grid};
+use crate::cuda::launch::{kernel_args, launch, launch_with_smem, Grid};
 use crate::cuda::profile::Cost;
 use crate::cuda::CudaStorage;
 use crate::ops::moe_sparse::{RouteMode, SparseDims};
@@ -15,9 +16,6 @@ use crate::{DType, Error, Result};
 
 /// Slots per chunk of the counting sort (CHUNK in moe_route.cu).
 const CHUNK: usize = 256;
-/// Tile of the grouped GEMM (BM = BN in moe_sparse.cu).
-const TILE: usize = 64;
-const GEMM_THREADS: u32 = 128;
 /// W1 rows per block and W2 columns per block / reduction split of the decode kernels (moe_decode.cu).
 const UP_WARPS: usize = 8;
 const DOWN_COLS_PER_BLOCK: usize = 256 * 4;
@@ -114,106 +112,145 @@ pub(crate) fn permute(experts: &CudaStorage, counts: &CudaStorage, tokens: usize
     Ok([offsets, sorted, slot_pos, totals, dropped])
 }
 
-/// Mirrors `GroupedGemm` in moe_sparse.cu (repr(C), 144 bytes).
+/// Mirrors `SparseEpilogue` in moe_sparse.cu (repr(C), 48 bytes).
 #[repr(C)]
-#[derive(Clone, Copy)]
-struct GroupedGemm {
-    a: u64,
-    b: u64,
-    c: u64,
-    c_pre: u64,
+#[derive(Debug, Clone, Copy, Default)]
+struct SparseEpilogue {
+    out: u64,
+    pre: u64,
     scale: u64,
-    offsets: u64,
-    sorted_slots: u64,
-    n: u64,
-    k: u64,
-    m: u64,
-    lda: u64,
-    ldb: u64,
-    ldc: u64,
-    b_group_stride: u64,
-    p_max: u64,
-    groups: u32,
-    k_max: u32,
-    a_rows: i32,
-    b_rows: i32,
-    epi: i32,
-    scale_b: i32,
+    slots: u64,
+    slab: u64,
+    ldc: u32,
+    gelu: u32,
 }
 
-/// Epilogue and row-source codes (EpiCode, RowCode in moe_sparse.cu).
-const EPI_GELU: i32 = 0;
-const EPI_STORE: i32 = 1;
-const EPI_SCATTER_SCALE: i32 = 2;
-const EPI_SCATTER: i32 = 3;
-const ROW_SORTED: i32 = 0;
-const ROW_TOKEN: i32 = 1;
-
-/// The list geometry every sparse kernel takes.
-struct List<'a> {
-    offsets: &'a CudaStorage,
-    sorted: &'a CudaStorage,
-    slot_pos: &'a CudaStorage,
-    dims: SparseDims,
+/// The three grouped products of moe_sparse.cu (its entry-point families), each with its operand
+/// layout and the group table it walks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// NT: A = x or dy gathered by token, B = W_e read as [f, d] rows; K = d, rows grouped.
+    Rows,
+    /// NN: A = H or dU in list order, B = W_e read as [f, d] = [K, N]; K = f, rows grouped.
+    Scatter,
+    /// TN: A = x or dy gathered along K, B = dU or wH in list order; M = d, K grouped by expert.
+    Dw,
 }
 
-impl List<'_> {
-    fn problem(&self, a: u64, b: u64, c: u64, n: usize, k: usize, epi: i32, a_rows: i32) -> GroupedGemm {
-        let SparseDims { d, f, n_experts, k_max, .. } = self.dims;
-        GroupedGemm {
-            a,
-            b,
-            c,
-            c_pre: 0,
-            scale: 0,
-            offsets: self.offsets.ptr(),
-            sorted_slots: self.sorted.ptr(),
-            n: n as u64,
-            k: k as u64,
-            m: 0,
-            lda: k as u64,
-            ldb: d as u64,
-            ldc: n as u64,
-            b_group_stride: (f * d) as u64,
-            p_max: self.dims.slots() as u64,
-            groups: n_experts as u32,
-            k_max: k_max as u32,
-            a_rows,
-            b_rows: ROW_SORTED,
-            epi,
-            scale_b: 0,
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Rows => "rows",
+            Role::Scatter => "scatter",
+            Role::Dw => "dw",
         }
     }
 
-    /// An M-grouped GEMM over the list: `nt` reads W as [N, K] rows (x·W1ᵀ, dy·W2ᵀ), else as [K, N].
-    fn gemm_m(&self, sfx: &str, nt: bool, p: GroupedGemm, dtype: DType) -> Result<()> {
-        let dev = self.offsets.dev();
-        let row_tiles = self.dims.slots().div_ceil(TILE) + self.dims.n_experts;
-        let blocks = row_tiles * (p.n as usize).div_ceil(TILE);
-        let (rows, n, k) = (self.dims.slots(), p.n as usize, p.k as usize);
-        let cost = Cost { flops: 2 * (rows * n * k) as u64, bytes: nbytes(self.dims.n_experts * n * k + rows * (n + k), dtype) };
-        let entry = format!("moe_gemm_{}_{sfx}", if nt { "nt" } else { "nn" });
-        // SAFETY: moe_gemm_{nt,nn}_<T>(GroupedGemm p) with the struct mirrored above; A holds the
-        // gathered (tokens x k) or list (slots x k) rows, B n_experts slabs of n x k, C (and c_pre)
-        // slots rows of n; every row index comes from offsets / sorted_slots built by moe_permute.
-        unsafe { launch(dev, &MOE_SPARSE, &entry, fixed((grid_dim("moe_sparse_mlp", blocks)?, 1, 1), GEMM_THREADS), &mut kernel_args![&p], cost) }
+    /// (m, n, k, lda, ldb, index of the group table, whether A is gathered by token).
+    fn shape(self, dims: &SparseDims) -> (usize, usize, usize, usize, usize, usize, bool) {
+        let (d, f, slots) = (dims.d, dims.f, dims.slots());
+        match self {
+            Role::Rows => (slots, f, d, d, d, 0, true),
+            Role::Scatter => (slots, d, f, f, d, 1, false),
+            Role::Dw => (d, f, slots, d, f, 2, true),
+        }
     }
 }
 
-fn list<'a>(offsets: &'a CudaStorage, sorted: &'a CudaStorage, slot_pos: &'a CudaStorage, dims: &SparseDims) -> List<'a> {
-    List { offsets, sorted, slot_pos, dims: *dims }
+/// Whether the grouped products run on the tensor cores (gemm_sm80.cuh's mainloop) rather than
+/// the exact path: bf16 / f16 tensors, a GPU with mma.sync, and rows of whole 16-byte vectors.
+fn uses_tensor_cores(has_mma: bool, dtype: DType, d: usize, f: usize) -> bool {
+    has_mma && matches!(dtype, DType::BF16 | DType::F16) && d % 8 == 0 && f % 8 == 0
+}
+
+/// The list's group tables and per-entry tokens (moe_list_tables), and how to run products over it.
+struct Grouped<'a> {
+    dims: SparseDims,
+    dtype: DType,
+    sfx: &'static str,
+    tensor_cores: bool,
+    sorted: &'a CudaStorage,
+    tables: CudaStorage,
+    tok: CudaStorage,
+}
+
+impl<'a> Grouped<'a> {
+    fn new(op: &'static str, offsets: &CudaStorage, sorted: &'a CudaStorage, dims: &SparseDims, dtype: DType) -> Result<Self> {
+        let dev = offsets.dev();
+        let sfx = float_suffix(op, dtype)?;
+        let SparseDims { d, f, n_experts, k_max, .. } = *dims;
+        if d % 2 != 0 || f % 2 != 0 {
+            return Err(Error::invalid(op, format!("d = {d} and f = {f} must be even on CUDA (the products store column pairs)")));
+        }
+        if [d, f, dims.slots()].iter().any(|&v| v > u32::MAX as usize / 2) {
+            return Err(Error::invalid(op, format!("d = {d}, f = {f}, {} slots exceed the kernels' 32-bit indices", dims.slots())));
+        }
+        let tensor_cores = uses_tensor_cores(gemm::path(dev).is_some(), dtype, d, f);
+        let words = std::mem::size_of::<GemmGroup>() / 4;
+        let tables = CudaStorage::uninit(dev, DType::U32, 3 * n_experts * words)?;
+        let tok = CudaStorage::uninit(dev, DType::U32, dims.slots())?;
+        let (op_, sp, tp, kp) = (offsets.ptr(), sorted.ptr(), tables.ptr(), tok.ptr());
+        let (ne, km, dd, ff, sl) = (n_experts as u32, k_max as u32, d as u32, f as u32, dims.slots() as u64);
+        let cost = Cost { bytes: 8 * sl + (3 * n_experts * std::mem::size_of::<GemmGroup>()) as u64, flops: 0 };
+        // SAFETY: moe_list_tables(const u32* offsets, const u32* sorted_slots, u32 groups, u32 k_max,
+        // u32 d, u32 f, u64 slots, GemmGroup* tables, u32* tok): offsets holds n_experts + 1 words
+        // (offsets[n_experts] <= slots), sorted_slots and tok `slots` words, tables 3·n_experts entries.
+        unsafe { launch(dev, &MOE_SPARSE, "moe_list_tables", Grid::linear(dev, sl.max(n_experts as u64)), &mut kernel_args![&op_, &sp, &ne, &km, &dd, &ff, &sl, &tp, &kp], cost)? };
+        Ok(Grouped { dims: *dims, dtype, sfx, tensor_cores, sorted, tables, tok })
+    }
+
+    /// One grouped product in `role` with A at `a`, B at `b`; `ep` says where and how it is stored.
+    fn gemm(&self, role: Role, a: u64, b: u64, ep: SparseEpilogue) -> Result<()> {
+        let dev = self.tables.dev();
+        let ne = self.dims.n_experts;
+        let (m, n, k, lda, ldb, table, gathered) = role.shape(&self.dims);
+        let problem = GemmProblem {
+            a,
+            b,
+            a_rows: if gathered { self.tok.ptr() } else { 0 },
+            groups: self.tables.ptr() + (table * ne * std::mem::size_of::<GemmGroup>()) as u64,
+            num_groups: ne as u32,
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            lda: lda as u32,
+            ldb: ldb as u32,
+        };
+        let (slots, d, f) = (self.dims.slots(), self.dims.d, self.dims.f);
+        // The list holds at most `slots` entries: FLOPs and bytes are bounds (weights once, list rows once).
+        let cost = Cost { flops: 2 * (slots * f * d) as u64, bytes: nbytes(ne * f * d + slots * (d + f), self.dtype) };
+        let rows_grouped = role != Role::Dw;
+        let name = format!("moe_gemm_{}{}_{}", if self.tensor_cores { "" } else { "exact_" }, role.name(), self.sfx);
+        if self.tensor_cores {
+            let tiles = gemm::tile_bound(SM80, m as u64, n as u64, ne as u64, rows_grouped);
+            let grid = fixed((gemm::grid_blocks(SM80, dev.info.sm_count as u64, tiles), 1, 1), SM80.threads);
+            // SAFETY: moe_gemm_<role>_<T>(GemmProblem<T> p, SparseEpilogue e), both mirrored repr(C);
+            // the group table and tok were built from this permutation by moe_list_tables, A and B hold
+            // the rows `role.shape` describes, and the epilogue's buffers hold the list rows (or
+            // (token, slot) rows, or n_experts slabs) it writes. d % 8 == 0 and f % 8 == 0 (checked by
+            // uses_tensor_cores) with 16-byte aligned allocator buffers give the 16-byte copies and
+            // stores their alignment. Shared memory: SM80.smem bytes, the tile moe_sparse.cu uses.
+            unsafe { launch_with_smem(dev, &MOE_SPARSE, &name, grid, SM80.smem, &mut kernel_args![&problem, &ep], cost) }
+        } else {
+            let rows = if rows_grouped { slots } else { d };
+            let grid = (grid_dim("moe_sparse_mlp", n.div_ceil(2 * 128))?, rows.clamp(1, 128) as u32, ne.min(65535) as u32);
+            // SAFETY: moe_gemm_exact_<role>_<T>(GemmProblem<T> p, SparseEpilogue e): as above, with
+            // element-wise loads and stores (no alignment beyond even d and f, checked in `new`).
+            unsafe { launch(dev, &MOE_SPARSE, &name, fixed(grid, 128), &mut kernel_args![&problem, &ep], cost) }
+        }
+    }
 }
 
 /// y[t] = Σ over kept slots (and `splits` partial sums each) of `rows`, in a fixed order.
-fn combine(rows: &CudaStorage, l: &List, splits: usize, dtype: DType) -> Result<CudaStorage> {
+fn combine(rows: &CudaStorage, slot_pos: &CudaStorage, dims: &SparseDims, splits: usize, dtype: DType) -> Result<CudaStorage> {
     let sfx = float_suffix("moe_sparse_mlp", dtype)?;
     let dev = rows.dev();
-    let SparseDims { tokens, d, k_max, .. } = l.dims;
+    let SparseDims { tokens, d, k_max, .. } = *dims;
     let y = CudaStorage::uninit(dev, dtype, tokens * d)?;
     if tokens * d == 0 {
         return Ok(y);
     }
-    let (rp, sp, yp, t, km, dd, sl) = (rows.ptr(), l.slot_pos.ptr(), y.ptr(), tokens as u64, k_max as u32, d as u64, splits as u32);
+    let (rp, sp, yp, t, km, dd, sl) = (rows.ptr(), slot_pos.ptr(), y.ptr(), tokens as u64, k_max as u32, d as u64, splits as u32);
     let grid = Grid::rows_by_cols(dev, t, dd);
     let cost = Cost { bytes: nbytes(tokens * k_max * d * splits, rows.dtype()) + nbytes(tokens * d, dtype), flops: (tokens * k_max * d * splits) as u64 };
     if splits == 1 {
@@ -238,7 +275,6 @@ pub(crate) fn forward(x: &CudaStorage, w1: &CudaStorage, w2: &CudaStorage, weigh
     let dtype = x.dtype();
     let sfx = float_suffix("moe_sparse_mlp", dtype)?;
     let dev = x.dev();
-    let l = list(offsets, sorted, slot_pos, dims);
     let SparseDims { d, f, n_experts, k_max, tokens } = *dims;
     let slots = dims.slots();
     let h = CudaStorage::uninit(dev, dtype, slots * f)?;
@@ -265,68 +301,130 @@ pub(crate) fn forward(x: &CudaStorage, w1: &CudaStorage, w2: &CudaStorage, weigh
             // rows of d f32, one z-block per split.
             unsafe { launch(dev, &MOE_DECODE, &format!("moe_decode_down_{sfx}"), fixed(grid, 256), &mut kernel_args![&hp, &w2p, &wp, &op, &sp, &pp, &sl, &dd, &ff], Cost { bytes: weight_bytes, flops })? };
         }
-        let y = combine(&partial, &l, splits, dtype)?;
+        let y = combine(&partial, slot_pos, dims, splits, dtype)?;
         return Ok((y, u.map(|u| (u, h))));
     }
     let rows = CudaStorage::uninit(dev, dtype, slots * d)?;
     if slots > 0 {
-        let mut p1 = l.problem(x.ptr(), w1.ptr(), h.ptr(), f, d, EPI_GELU, ROW_TOKEN);
-        p1.c_pre = up;
-        l.gemm_m(sfx, true, p1, dtype)?;
-        let mut p2 = l.problem(h.ptr(), w2.ptr(), rows.ptr(), d, f, EPI_SCATTER_SCALE, ROW_SORTED);
-        p2.scale = weights.ptr();
-        l.gemm_m(sfx, false, p2, dtype)?;
+        let g = Grouped::new("moe_sparse_mlp", offsets, sorted, dims, dtype)?;
+        g.gemm(Role::Rows, x.ptr(), w1.ptr(), SparseEpilogue { out: h.ptr(), pre: up, ldc: f as u32, gelu: 1, ..Default::default() })?;
+        let scatter = SparseEpilogue { out: rows.ptr(), scale: weights.ptr(), slots: g.sorted.ptr(), ldc: d as u32, ..Default::default() };
+        g.gemm(Role::Scatter, h.ptr(), w2.ptr(), scatter)?;
     }
-    let y = combine(&rows, &l, 1, dtype)?;
+    let y = combine(&rows, slot_pos, dims, 1, dtype)?;
     Ok((y, u.map(|u| (u, h))))
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(dy: &CudaStorage, x: &CudaStorage, w1: &CudaStorage, w2: &CudaStorage, weights: &CudaStorage, offsets: &CudaStorage, sorted: &CudaStorage, slot_pos: &CudaStorage, u: &CudaStorage, h: &CudaStorage, dims: &SparseDims) -> Result<[CudaStorage; 4]> {
+    const OP: &str = "moe_sparse_mlp_backward";
     let dtype = x.dtype();
-    let sfx = float_suffix("moe_sparse_mlp_backward", dtype)?;
+    let sfx = float_suffix(OP, dtype)?;
     let dev = x.dev();
-    let l = list(offsets, sorted, slot_pos, dims);
     let SparseDims { d, f, n_experts, .. } = *dims;
     let slots = dims.slots();
-    let dg = CudaStorage::uninit(dev, dtype, slots * f)?;
     let dweights = CudaStorage::zeros(dev, dtype, slots)?;
     let dx_rows = CudaStorage::uninit(dev, dtype, slots * d)?;
-    let dw1 = CudaStorage::uninit(dev, dtype, n_experts * f * d)?;
-    let dw2 = CudaStorage::uninit(dev, dtype, n_experts * f * d)?;
-    if slots > 0 {
-        // dG = dy[tok]·W2_eᵀ (W2_e read as [f, d] = [N, K] rows).
-        l.gemm_m(sfx, true, l.problem(dy.ptr(), w2.ptr(), dg.ptr(), f, d, EPI_STORE, ROW_TOKEN), dtype)?;
-        let (gp, hp, upp, wp, op, sp, dwp, ff, ne) = (dg.ptr(), h.ptr(), u.ptr(), weights.ptr(), offsets.ptr(), sorted.ptr(), dweights.ptr(), f as u64, n_experts as u32);
-        let cost = Cost { bytes: nbytes(4 * slots * f, dtype), flops: 12 * (slots * f) as u64 };
-        // SAFETY: moe_grad_act_<T>(T* dg, const T* h, const T* u, const T* w, const u32* sorted_slots,
-        // const u32* offsets, u32 groups, T* dweights, u64 f); dg, h, u hold slots rows of f, w and
-        // dweights slots elements; rows past offsets[groups] are not touched.
-        unsafe { launch(dev, &MOE_SPARSE, &format!("moe_grad_act_{sfx}"), Grid::linear(dev, slots as u64 * 32), &mut kernel_args![&gp, &hp, &upp, &wp, &sp, &op, &ne, &dwp, &ff], cost)? };
-        // dX rows = dU·W1_e (W1_e read as [f, d] = [K, N]), scattered to their slots.
-        l.gemm_m(sfx, false, l.problem(dg.ptr(), w1.ptr(), dx_rows.ptr(), d, f, EPI_SCATTER, ROW_SORTED), dtype)?;
+    if slots == 0 {
+        let dx = combine(&dx_rows, slot_pos, dims, 1, dtype)?;
+        return Ok([dx, CudaStorage::zeros(dev, dtype, n_experts * f * d)?, CudaStorage::zeros(dev, dtype, n_experts * f * d)?, dweights]);
     }
-    // dW1_e = dU_eᵀ·x[tok], dW2_e = H_eᵀ·(w ⊙ dy[tok]): K-grouped over each expert's entries.
-    for (a, b, out, scale) in [(dg.ptr(), x.ptr(), &dw1, false), (h.ptr(), dy.ptr(), &dw2, true)] {
-        let p = GroupedGemm {
-            m: f as u64,
-            lda: f as u64,
-            ldb: d as u64,
-            ldc: d as u64,
-            b_rows: ROW_TOKEN,
-            scale: weights.ptr(),
-            scale_b: scale as i32,
-            ..l.problem(a, b, out.ptr(), d, 0, EPI_STORE, ROW_SORTED)
-        };
-        let tiles = f.div_ceil(TILE) * d.div_ceil(TILE);
-        let cost = Cost { flops: 2 * (slots * f * d) as u64, bytes: nbytes(n_experts * f * d + slots * (f + d), dtype) };
-        // SAFETY: moe_gemm_dw_<T>(GroupedGemm p): blockIdx.z is the expert (< n_experts); A holds slots
-        // rows of f (list order), B tokens rows of d (gathered by token), scale slots weights; C holds
-        // n_experts slabs of f x d, every element written (zeros for experts without entries).
-        unsafe {
-            launch(dev, &MOE_SPARSE, &format!("moe_gemm_dw_{sfx}"), fixed((grid_dim("moe_sparse_mlp_backward", tiles)?, 1, n_experts as u32), GEMM_THREADS), &mut kernel_args![&p], cost)?
-        };
+    let (dg, wh) = (CudaStorage::uninit(dev, dtype, slots * f)?, CudaStorage::uninit(dev, dtype, slots * f)?);
+    let (dw1, dw2) = (CudaStorage::uninit(dev, dtype, n_experts * f * d)?, CudaStorage::uninit(dev, dtype, n_experts * f * d)?);
+    let g = Grouped::new(OP, offsets, sorted, dims, dtype)?;
+    // dG = dy[tok]·W2_eᵀ.
+    g.gemm(Role::Rows, dy.ptr(), w2.ptr(), SparseEpilogue { out: dg.ptr(), ldc: f as u32, ..Default::default() })?;
+    let (gp, hp, upp, wp, op, sp, dwp, whp, ff, ne) = (dg.ptr(), h.ptr(), u.ptr(), weights.ptr(), offsets.ptr(), sorted.ptr(), dweights.ptr(), wh.ptr(), f as u64, n_experts as u32);
+    let cost = Cost { bytes: nbytes(5 * slots * f, dtype), flops: 14 * (slots * f) as u64 };
+    // SAFETY: moe_grad_act_<T>(T* dg, const T* h, const T* u, const T* w, const u32* sorted_slots,
+    // const u32* offsets, u32 groups, T* dweights, T* wh, u64 f); dg, h, u, wh hold slots rows of f,
+    // w and dweights slots elements; rows past offsets[groups] are not touched.
+    unsafe { launch(dev, &MOE_SPARSE, &format!("moe_grad_act_{sfx}"), Grid::linear(dev, slots as u64 * 32), &mut kernel_args![&gp, &hp, &upp, &wp, &sp, &op, &ne, &dwp, &whp, &ff], cost)? };
+    // dX rows = dU·W1_e, scattered to their slots.
+    g.gemm(Role::Scatter, dg.ptr(), w1.ptr(), SparseEpilogue { out: dx_rows.ptr(), slots: sorted.ptr(), ldc: d as u32, ..Default::default() })?;
+    // dW1_eᵀ = x[tok]ᵀ·dU_e, dW2_eᵀ = dy[tok]ᵀ·wH_e, stored back as [f, d] slabs.
+    for (a, b, out) in [(x, &dg, &dw1), (dy, &wh, &dw2)] {
+        g.gemm(Role::Dw, a.ptr(), b.ptr(), SparseEpilogue { out: out.ptr(), slab: (f * d) as u64, ldc: d as u32, ..Default::default() })?;
     }
-    let dx = combine(&dx_rows, &l, 1, dtype)?;
+    let dx = combine(&dx_rows, slot_pos, dims, 1, dtype)?;
     Ok([dx, dw1, dw2, dweights])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_epilogue_struct_matches_the_cuda_layout() {
+        assert_eq!(std::mem::size_of::<SparseEpilogue>(), 48);
+    }
+
+    #[test]
+    fn tensor_cores_take_half_precision_rows_of_whole_vectors() {
+        assert!(uses_tensor_cores(true, DType::BF16, 4096, 512));
+        assert!(uses_tensor_cores(true, DType::F16, 72, 40));
+        assert!(!uses_tensor_cores(true, DType::F32, 4096, 512));
+        assert!(!uses_tensor_cores(false, DType::BF16, 4096, 512));
+        assert!(!uses_tensor_cores(true, DType::BF16, 4100, 512));
+        assert!(!uses_tensor_cores(true, DType::BF16, 4096, 36));
+    }
+
+    /// Mirror of moe_list_tables: the three tables for an offsets vector.
+    fn tables(offsets: &[u32], d: u32, f: u32) -> Vec<GemmGroup> {
+        let e = offsets.len() - 1;
+        let slab = |i: usize| i as u64 * f as u64 * d as u64;
+        let rows = |i: usize, k: u32| GemmGroup { b_offset: slab(i), row_begin: offsets[i], rows: offsets[i + 1] - offsets[i], k_begin: 0, k_end: k };
+        let by_d = (0..e).map(|i| rows(i, d));
+        let by_f = (0..e).map(|i| rows(i, f));
+        let by_entries = (0..e).map(|i| GemmGroup { b_offset: 0, row_begin: 0, rows: d, k_begin: offsets[i], k_end: offsets[i + 1] });
+        by_d.chain(by_f).chain(by_entries).collect()
+    }
+
+    #[test]
+    fn list_tables_cover_every_entry_once_and_pad_only_the_remainder() {
+        // Experts with 0, 1, 127, 128, 129 and 300 entries.
+        let counts = [0u32, 1, 127, 128, 129, 0, 300];
+        let mut offsets = vec![0u32];
+        for c in counts {
+            offsets.push(offsets.last().unwrap() + c);
+        }
+        let (d, f) = (4096, 512);
+        let t = tables(&offsets, d, f);
+        let e = counts.len();
+        let p = *offsets.last().unwrap();
+        for table in [&t[..e], &t[e..2 * e]] {
+            // Row groups partition the list in order, each on its own expert's slab.
+            let mut next = 0;
+            for (i, g) in table.iter().enumerate() {
+                assert_eq!((g.row_begin, g.b_offset), (next, i as u64 * (f * d) as u64));
+                next += g.rows;
+            }
+            assert_eq!(next, p);
+            // Row tiles: the entries' own, plus at most one partial tile per expert; empty experts none.
+            let row_tiles: u32 = table.iter().map(|g| g.rows.div_ceil(SM80.bm as u32)).sum();
+            assert!(row_tiles < p.div_ceil(SM80.bm as u32) + e as u32);
+            assert_eq!(row_tiles, counts.iter().map(|c| c.div_ceil(128)).sum::<u32>());
+        }
+        assert_eq!((t[0].k_end, t[e].k_end), (d, f));
+        // K groups: expert i reduces over exactly its entries, with all d rows.
+        for (i, g) in t[2 * e..].iter().enumerate() {
+            assert_eq!((g.rows, g.k_begin, g.k_end, g.b_offset), (d, offsets[i], offsets[i + 1], 0));
+        }
+        // The grid bound of each role covers its tiles.
+        let dims = SparseDims { tokens: p as usize, d: d as usize, f: f as usize, n_experts: e, k_max: 1 };
+        for role in [Role::Rows, Role::Scatter] {
+            let (m, n, ..) = role.shape(&dims);
+            let needed = counts.iter().map(|c| c.div_ceil(128) as u64).sum::<u64>() * (n as u64).div_ceil(SM80.bn);
+            assert!(gemm::tile_bound(SM80, m as u64, n as u64, e as u64, true) >= needed, "{role:?}");
+        }
+    }
+
+    #[test]
+    fn roles_describe_the_products_of_the_kernel_header() {
+        let dims = SparseDims { tokens: 10, d: 4096, f: 512, n_experts: 32, k_max: 4 };
+        // x·W1ᵀ: [P, d]·[f, d]ᵀ; H·W2: [P, f]·[f, d]; dW: gather(x)ᵀ [d, P]·dU [P, f].
+        assert_eq!(Role::Rows.shape(&dims), (40, 512, 4096, 4096, 4096, 0, true));
+        assert_eq!(Role::Scatter.shape(&dims), (40, 4096, 512, 512, 4096, 1, false));
+        assert_eq!(Role::Dw.shape(&dims), (4096, 512, 40, 4096, 512, 2, true));
+    }
 }
