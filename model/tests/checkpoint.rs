@@ -2,9 +2,11 @@
 //! can be broken (each a clear error), crashes in the middle of a save, atomic writes, RNG state as
 //! hex, and interoperability with Python's `safetensors`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use engine::{bf16, f16, CpuStorage, DType, Device, Rng, Tensor};
@@ -16,35 +18,7 @@ use model::config::presets;
 use model::{Error, Model};
 use serde_json::{json, Value};
 
-/// A directory of its own under cargo's scratch space, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("checkpoint-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn err_naming<T>(result: model::Result<T>, path: &Path) -> String {
-    let msg = match result {
-        Ok(_) => panic!("expected an error for {}", path.display()),
-        Err(e) => e.to_string(),
-    };
-    assert!(msg.contains(&path.display().to_string()), "the error does not name {}: {msg}", path.display());
-    msg
-}
+use common::{err_naming, Scratch};
 
 fn bytes_of(t: &Tensor) -> Vec<u8> {
     t.to_cpu_storage().unwrap().as_bytes().to_vec()
@@ -78,7 +52,7 @@ fn snapshot<'a>(step: u64, model: &'a [(String, Tensor)], config: &'a Value, sta
 
 #[test]
 fn save_then_open_round_trips_every_dtype_bit_exactly() {
-    let dir = Scratch::new("roundtrip");
+    let dir = Scratch::new("checkpoint-roundtrip");
     let run = dir.path("run");
     let tensors = every_dtype();
     let config = json!({ "model": { "d_model": 8, "name": "t" }, "lr": 3e-4 });
@@ -116,7 +90,7 @@ fn save_then_open_round_trips_every_dtype_bit_exactly() {
 
 #[test]
 fn latest_names_the_newest_and_keep_last_prunes() {
-    let dir = Scratch::new("latest");
+    let dir = Scratch::new("checkpoint-latest");
     let run = dir.path("run");
     let tensors = every_dtype();
     let config = json!({});
@@ -146,7 +120,7 @@ fn step_dirs(run: &Path) -> Vec<String> {
 
 #[test]
 fn a_crash_mid_save_leaves_the_previous_checkpoint_loadable() {
-    let dir = Scratch::new("crash");
+    let dir = Scratch::new("checkpoint-crash");
     let run = dir.path("run");
     let tensors = every_dtype();
     let config = json!({ "c": 1 });
@@ -175,7 +149,7 @@ fn a_crash_mid_save_leaves_the_previous_checkpoint_loadable() {
 
 #[test]
 fn crash_debris_does_not_count_against_keep_last() {
-    let dir = Scratch::new("debris");
+    let dir = Scratch::new("checkpoint-debris");
     let run = dir.path("run");
     let tensors = every_dtype();
     let config = json!({});
@@ -191,7 +165,7 @@ fn crash_debris_does_not_count_against_keep_last() {
 
 #[test]
 fn broken_checkpoints_are_clear_errors() {
-    let dir = Scratch::new("broken");
+    let dir = Scratch::new("checkpoint-broken");
     let run = dir.path("run");
     let tensors = every_dtype();
     let config = json!({});
@@ -256,7 +230,7 @@ fn broken_checkpoints_are_clear_errors() {
 
 #[test]
 fn a_dtype_dsmoe_does_not_use_is_an_error() {
-    let dir = Scratch::new("dtype");
+    let dir = Scratch::new("checkpoint-dtype");
     let path = dir.path("i64.safetensors");
     let header = br#"{"ids":{"dtype":"I64","shape":[2],"data_offsets":[0,16]}}"#;
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
@@ -270,7 +244,7 @@ fn a_dtype_dsmoe_does_not_use_is_an_error() {
 
 #[test]
 fn params_load_checks_names_and_shapes() {
-    let dir = Scratch::new("params");
+    let dir = Scratch::new("checkpoint-params");
     let config = presets::load("dense-tiny").unwrap().model;
     let source = Model::new(&config, &Device::Cpu, 1).unwrap();
     let weights: Vec<(String, Tensor)> = source.params.iter().map(|p| (p.name.clone(), p.value.clone())).collect();
@@ -303,7 +277,7 @@ fn params_load_checks_names_and_shapes() {
 
 #[test]
 fn save_tensors_rejects_duplicate_names() {
-    let dir = Scratch::new("dup");
+    let dir = Scratch::new("checkpoint-dup");
     let path = dir.path("dup.safetensors");
     let t = Tensor::zeros(vec![2], DType::F32, &Device::Cpu).unwrap();
     let msg = err_naming(save_tensors(&path, &[("a".into(), t.clone()), ("a".into(), t)], &HashMap::new()), &path);
@@ -317,7 +291,7 @@ fn temp_files(dir: &Path) -> Vec<String> {
 
 #[test]
 fn write_atomic_replaces_whole_files_and_leaves_no_temporary_file() {
-    let dir = Scratch::new("atomic");
+    let dir = Scratch::new("checkpoint-atomic");
     let path = dir.path("f.bin");
     write_atomic(&path, b"first").unwrap();
     write_atomic(&path, b"second, longer").unwrap();
@@ -380,7 +354,7 @@ fn python_safetensors_reads_dsmoe_files() {
         Ok(_) => {}
     }
 
-    let dir = Scratch::new("python");
+    let dir = Scratch::new("checkpoint-python");
     let path = dir.path("interop.safetensors");
     let mut rng = Rng::new(5);
     let f32s: Vec<f32> = (0..12).map(|_| rng.normal() as f32).chain([-0.0, 1e-40, f32::MAX]).collect();

@@ -1,44 +1,16 @@
 //! Training data: the bundled corpus and its checksum, the 90/10 split, training batches, validation
 //! windows, token files (round trips and every way a file can be wrong), and the baselines.
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
 
 use engine::Rng;
 use model::data::{
     default_corpus_path, write_token_file, Corpus, Split, TokenFile, DEFAULT_CORPUS_BYTES, DEFAULT_CORPUS_SHA256, HEADER_LEN, MAGIC, VERSION,
 };
 
-/// A directory of its own under cargo's scratch space, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("data-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The error's message, checked to name `path`.
-fn err_naming<T>(result: model::Result<T>, path: &Path) -> String {
-    let msg = match result {
-        Ok(_) => panic!("expected an error for {}", path.display()),
-        Err(e) => e.to_string(),
-    };
-    assert!(msg.contains(&path.display().to_string()), "the error does not name {}: {msg}", path.display());
-    msg
-}
+use common::{err_naming, Scratch};
 
 /// A token file whose id at position i is i: every window says where it was read from.
 fn positional_corpus(dir: &Scratch, n: u32) -> Corpus {
@@ -65,7 +37,7 @@ fn bundled_corpus_opens_and_matches_its_published_checksum() {
 
 #[test]
 fn a_damaged_copy_of_the_corpus_is_reported_with_its_path() {
-    let dir = Scratch::new("damaged");
+    let dir = Scratch::new("data-damaged");
     let mut bytes = fs::read(default_corpus_path()).unwrap();
     let copy = dir.path("shakespeare.txt");
 
@@ -89,7 +61,7 @@ fn a_damaged_copy_of_the_corpus_is_reported_with_its_path() {
 
 #[test]
 fn the_split_is_contiguous_90_10() {
-    let dir = Scratch::new("split");
+    let dir = Scratch::new("data-split");
     for n in [11usize, 12, 19, 20, 29, 101, 1000, 1009] {
         let path = dir.path(&format!("text-{n}.txt"));
         fs::write(&path, vec![b'a'; n]).unwrap();
@@ -104,7 +76,7 @@ fn the_split_is_contiguous_90_10() {
 
 #[test]
 fn a_corpus_too_short_to_split_is_an_error() {
-    let dir = Scratch::new("short");
+    let dir = Scratch::new("data-short");
     for n in [0usize, 1, 5, 10] {
         let path = dir.path(&format!("short-{n}.txt"));
         fs::write(&path, vec![b'x'; n]).unwrap();
@@ -122,7 +94,7 @@ fn a_corpus_too_short_to_split_is_an_error() {
 
 #[test]
 fn batch_targets_are_the_inputs_shifted_by_one() {
-    let dir = Scratch::new("batch");
+    let dir = Scratch::new("data-batch");
     let n = 1000u32;
     let corpus = positional_corpus(&dir, n);
     let train = train_len(n as usize) as u32;
@@ -163,7 +135,7 @@ fn batches_depend_only_on_the_rng_state() {
 
 #[test]
 fn every_training_window_can_be_drawn_and_none_outside() {
-    let dir = Scratch::new("starts");
+    let dir = Scratch::new("data-starts");
     let corpus = positional_corpus(&dir, 30);
     let (train, seq) = (train_len(30), 4);
     let mut seen = vec![false; train];
@@ -182,7 +154,7 @@ fn every_training_window_can_be_drawn_and_none_outside() {
 
 #[test]
 fn batch_shapes_are_checked() {
-    let dir = Scratch::new("shapes");
+    let dir = Scratch::new("data-shapes");
     let corpus = positional_corpus(&dir, 30);
     let mut rng = Rng::new(1);
     assert!(corpus.sample_batch(&mut rng, 0, 4).is_err());
@@ -195,7 +167,7 @@ fn batch_shapes_are_checked() {
 
 #[test]
 fn validation_windows_tile_the_split() {
-    let dir = Scratch::new("val");
+    let dir = Scratch::new("data-val");
     let n = 1000u32;
     let corpus = positional_corpus(&dir, n);
     let val = corpus.range(Split::Validation);
@@ -217,7 +189,7 @@ fn validation_windows_tile_the_split() {
 
 #[test]
 fn limited_validation_windows_are_spread_evenly() {
-    let dir = Scratch::new("val-limit");
+    let dir = Scratch::new("data-val-limit");
     let corpus = positional_corpus(&dir, 1000);
     let val = corpus.range(Split::Validation);
     let seq = 3;
@@ -254,7 +226,7 @@ fn limited_validation_windows_are_spread_evenly() {
 
 #[test]
 fn validation_window_arguments_are_checked() {
-    let dir = Scratch::new("val-args");
+    let dir = Scratch::new("data-val-args");
     let corpus = positional_corpus(&dir, 100); // 10 validation tokens: one window of 9 + 1
     assert!(corpus.val_windows(0, None).is_err());
     assert!(corpus.val_windows(3, Some(0)).is_err());
@@ -279,7 +251,7 @@ fn read_all(corpus: &Corpus) -> Vec<u32> {
 
 #[test]
 fn token_files_round_trip_in_both_widths() {
-    let dir = Scratch::new("roundtrip");
+    let dir = Scratch::new("data-roundtrip");
     for (vocab, width) in [(300u32, 2usize), (65_536, 2), (65_537, 4), (100_000, 4)] {
         let mut rng = Rng::new(vocab as u64);
         let mut ids: Vec<u32> = (0..997).map(|_| rng.below(vocab as usize) as u32).collect();
@@ -311,7 +283,7 @@ fn token_files_round_trip_in_both_widths() {
 
 #[test]
 fn writing_an_id_outside_the_vocabulary_fails_and_leaves_nothing() {
-    let dir = Scratch::new("write-bad");
+    let dir = Scratch::new("data-write-bad");
     let path = dir.path("bad.tok");
     let msg = err_naming(write_token_file(&path, 100, None, [1, 2, 100, 3]), &path);
     assert!(msg.contains("token 2 has id 100"), "{msg}");
@@ -328,7 +300,7 @@ fn good_token_file(dir: &Scratch) -> Vec<u8> {
 
 #[test]
 fn malformed_token_files_are_errors_naming_the_file() {
-    let dir = Scratch::new("malformed");
+    let dir = Scratch::new("data-malformed");
     let good = good_token_file(&dir);
     let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
         ("truncated", Box::new(|b| { b.pop(); }), "truncated"),
@@ -357,7 +329,7 @@ fn malformed_token_files_are_errors_naming_the_file() {
 
 #[test]
 fn ids_outside_the_vocabulary_are_errors_when_read() {
-    let dir = Scratch::new("bad-ids");
+    let dir = Scratch::new("data-bad-ids");
     let mut bytes = good_token_file(&dir);
     let path = dir.path("ids.tok");
     // Token 48 (validation) gets id 1000 = the vocabulary size, token 10 (training) 65535.
@@ -386,7 +358,7 @@ fn baselines_of_the_bundled_corpus() {
 
 #[test]
 fn baselines_match_a_direct_count() {
-    let dir = Scratch::new("baselines");
+    let dir = Scratch::new("data-baselines");
     let mut rng = Rng::new(3);
     // Skewed ids that mostly follow their predecessor, so that both frequencies and pairs carry
     // information.

@@ -1,32 +1,14 @@
 //! The metrics log: append and read back, a torn last line, resuming from a checkpoint, rejected
 //! records, and the SVG loss plot.
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
 
 use model::metrics::{read_metrics, series, write_loss_plot, MetricsLog, Record};
 use serde_json::{json, Value};
 
-/// A directory of its own under cargo's scratch space, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("metrics-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+use common::Scratch;
 
 fn record(v: Value) -> Record {
     v.as_object().unwrap().clone()
@@ -38,7 +20,7 @@ fn steps(records: &[Record]) -> Vec<Option<u64>> {
 
 #[test]
 fn appended_records_read_back_in_order() {
-    let dir = Scratch::new("roundtrip");
+    let dir = Scratch::new("metrics-roundtrip");
     let path = dir.path("metrics.jsonl");
     assert!(read_metrics(&path).unwrap().is_empty(), "an absent log has no records");
     let written = vec![
@@ -64,7 +46,7 @@ fn appended_records_read_back_in_order() {
 
 #[test]
 fn a_torn_last_line_is_cut_on_open() {
-    let dir = Scratch::new("torn");
+    let dir = Scratch::new("metrics-torn");
     let path = dir.path("metrics.jsonl");
     let complete = "{\"step\":1,\"train_loss\":4.0}\n{\"step\":2,\"train_loss\":3.5}\n";
     fs::write(&path, format!("{complete}{{\"step\":3,\"train_lo")).unwrap();
@@ -85,7 +67,7 @@ fn a_torn_last_line_is_cut_on_open() {
 
 #[test]
 fn resuming_drops_records_after_the_checkpoint() {
-    let dir = Scratch::new("resume");
+    let dir = Scratch::new("metrics-resume");
     let path = dir.path("metrics.jsonl");
     let mut log = MetricsLog::open(&path).unwrap();
     log.append(&json!({ "event": "start" })).unwrap();
@@ -114,7 +96,7 @@ fn resuming_drops_records_after_the_checkpoint() {
 
 #[test]
 fn records_that_are_not_objects_are_rejected() {
-    let dir = Scratch::new("objects");
+    let dir = Scratch::new("metrics-objects");
     let path = dir.path("metrics.jsonl");
     let mut log = MetricsLog::open(&path).unwrap();
     log.append(&json!({ "step": 1 })).unwrap();
@@ -163,7 +145,7 @@ fn polylines(svg: &str) -> Vec<Vec<(f64, f64)>> {
 
 #[test]
 fn the_loss_plot_has_a_polyline_per_nonempty_curve() {
-    let dir = Scratch::new("plot");
+    let dir = Scratch::new("metrics-plot");
     let path = dir.path("metrics.jsonl");
     let svg_path = dir.path("loss.svg");
     let mut log = MetricsLog::open(&path).unwrap();
