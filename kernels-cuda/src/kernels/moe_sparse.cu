@@ -31,15 +31,17 @@
 // XOR-swizzled tiles), tile 128 x 128 x 32, 2 x 2 warps of 64 x 64, 128 threads, 64 KiB of
 // dynamic shared memory, bf16 / f16 in, f32 accumulate, with this file's epilogue functors. The
 // group table (moe_list_tables, from the offsets, on the device: no host sync) makes expert e
-// group e: rows offsets[e] .. offsets[e+1] of the list and B = expert e's weights.
+// group e: rows offsets[e] .. offsets[e+1] of the list and B = expert e's weights. When the list
+// averages fewer than 128 rows per expert (T·K < 128·E: T <= 512 at DS-MoE-6B with K = 4), the
+// host picks a 64 x 64 tile (2 x 2 warps of 32 x 32, 32 KiB) for the two list-row products.
 //
 // How tiles map to experts. The mainloop's tile walker numbers tiles expert by expert: expert e
-// owns ceil(rows_e / 128) x ceil(N / 128) tiles, so the only padding is the remainder of its last
-// row tile (zero-filled rows that are multiplied but never stored), at most 127 rows per expert,
+// owns ceil(rows_e / BM) x ceil(N / BN) tiles, so the only padding is the remainder of its last
+// row tile (zero-filled rows that are multiplied but never stored), at most BM - 1 rows per expert,
 // and an expert with no tokens owns no tile at all (it costs one read of its table entry). No
 // expert is padded to a capacity or to the batch's largest expert: at high sparsity (few rows
-// per expert) the work is Σ_e ceil(rows_e / 128) row tiles, not E · max_e rows. The persistent
-// grid is sized from the host-known bound (ceil(P_max / 128) + E - 1) · ceil(N / 128), capped at
+// per expert) the work is Σ_e ceil(rows_e / BM) row tiles, not E · max_e rows. The persistent
+// grid is sized from the host-known bound (ceil(P_max / BM) + E - 1) · ceil(N / BN), capped at
 // the resident blocks; blocks walk tile ids upward and stop at the first id past the table, so
 // nothing on the host waits for the routing. Within an expert, tiles go in bands of 8 tile rows so
 // that blocks running together share the expert's weight tiles in L2: the weights of an expert
@@ -57,9 +59,10 @@
 // wgmma rate for the compute-bound prefill, no loss for the memory-bound small-T cases.
 //
 // Exact path. f32 tensors, rows that are not 16-byte vectors (d or f not a multiple of 8), and
-// GPUs without mma.sync (before sm_80) run moe_gemm_ref_*: the same problem description (group
-// table, gather, epilogue functors) with one thread per output pair summing in f32 FMAs. It is
-// the reference the tensor-core kernels are checked against on the device, not a fast path.
+// GPUs without mma.sync (before sm_80) run moe_gemm_exact_*: the same problem description (group
+// table, gather, epilogue functors) with one thread per output pair summing in f32 FMAs: a path
+// for exactness and coverage, not speed. Both paths store column pairs, so d and f must be even
+// (the host says so with an error otherwise).
 //
 // Roofline per expert and product: 2·rows_e·N·K FLOPs; bytes ≥ weights (N·K·2) + rows_e·(K + N)·2.
 // At DS-MoE-6B (d = 4096, f = 512, E = 32) the two forward products move 256 MiB of weights for
@@ -76,6 +79,10 @@
 #define DROPPED 0xffffffffu
 
 typedef sm80::Tile<128, 128, 32, 2, 2, 4> SparseTile;
+// For lists whose experts hold fewer rows than a 128-row tile (small T or high sparsity): half the
+// remainder padding per expert and twice the column tiles (more blocks in flight to stream the
+// weights). 32 KiB of shared memory, 64 f32 accumulators per thread.
+typedef sm80::Tile<64, 64, 32, 2, 2, 4> NarrowTile;
 // Elements per shared-memory row of the transposed dW tile: BM plus 8, so rows stay 16-byte
 // aligned and the fragment stores of a warp fall in 16 different banks.
 #define SLAB_LD (SparseTile::BM + 8)
@@ -260,12 +267,14 @@ __device__ void grad_act(T* dg, const T* h, const T* u, const T* w, const u32* s
 
 // rows: NT (x or dy gathered by token, times W_eᵀ), RowStore. scatter: NN (H or dU times W_e),
 // ScatterRows. dw: TN, K-grouped (gathered x or dy, transposed, times dU or wH), the dW slabs.
-#define SPARSE_GEMM(ROLE, TA, TB, T, SFX, EP)                                                                            \
-    extern "C" __global__ void __launch_bounds__(SparseTile::THREADS) moe_gemm_##ROLE##_##SFX(sm80::GemmProblem<T> p,  \
-                                                                                          SparseEpilogue e) {         \
+// rows_narrow / scatter_narrow: the same on NarrowTile, which the host picks when the list holds
+// fewer than 128 rows per expert on average (dW keeps the wide tile: its rows are d, not the list).
+#define SPARSE_GEMM(ROLE, TILE, TA, TB, T, SFX, EP)                                                                      \
+    extern "C" __global__ void __launch_bounds__(TILE::THREADS) moe_gemm_##ROLE##_##SFX(sm80::GemmProblem<T> p,        \
+                                                                                    SparseEpilogue e) {               \
         extern __shared__ __align__(128) char smem[];                                                                   \
         EP<T> ep{{}, e};                                                                                                \
-        sm80::gemm<SparseTile, TA, TB, T>(p, ep, smem);                                                                 \
+        sm80::gemm<TILE, TA, TB, T>(p, ep, smem);                                                                       \
     }
 #define SPARSE_GEMM_EXACT(ROLE, TA, TB, T, SFX, EP)                                                                      \
     extern "C" __global__ void moe_gemm_exact_##ROLE##_##SFX(sm80::GemmProblem<T> p, SparseEpilogue e) {               \
@@ -274,8 +283,10 @@ __device__ void grad_act(T* dg, const T* h, const T* u, const T* w, const u32* s
     }
 
 #define SPARSE_TENSOR_CORE(T, SFX)                                                                                      \
-    SPARSE_GEMM(rows, false, true, T, SFX, RowStore)                                                                     \
-    SPARSE_GEMM(scatter, false, false, T, SFX, ScatterRows)                                                              \
+    SPARSE_GEMM(rows, SparseTile, false, true, T, SFX, RowStore)                                                         \
+    SPARSE_GEMM(scatter, SparseTile, false, false, T, SFX, ScatterRows)                                                  \
+    SPARSE_GEMM(rows_narrow, NarrowTile, false, true, T, SFX, RowStore)                                                  \
+    SPARSE_GEMM(scatter_narrow, NarrowTile, false, false, T, SFX, ScatterRows)                                           \
     extern "C" __global__ void __launch_bounds__(SparseTile::THREADS) moe_gemm_dw_##SFX(sm80::GemmProblem<T> p,         \
                                                                                        SparseEpilogue e) {            \
         extern __shared__ __align__(128) char smem[];                                                                   \

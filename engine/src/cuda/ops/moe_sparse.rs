@@ -6,7 +6,7 @@
 
 use kernels_cuda::{MOE_DECODE, MOE_ROUTE, MOE_SPARSE};
 
-use super::gemm::{self, GemmGroup, GemmProblem, SM80};
+use super::gemm::{self, GemmGroup, GemmProblem, TileShape, SM80};
 use super::{float_suffix, nbytes};
 use crate::cuda::launch::{kernel_args, launch, launch_with_smem, Grid};
 use crate::cuda::profile::Cost;
@@ -157,6 +157,19 @@ impl Role {
     }
 }
 
+/// moe_sparse.cu's NarrowTile (64 x 64 x 32, 4 stages, 2 x 2 warps); SM80 is its SparseTile.
+const NARROW: TileShape = TileShape { bm: 64, bn: 64, threads: 128, smem: 4 * (64 * 32 + 32 * 64) * 2, blocks_per_sm: 4 };
+
+/// The tile of a tensor-core product and its entry-name suffix: the narrow tile when the list
+/// averages fewer rows per expert than a wide tile holds (less remainder padding, more blocks).
+fn tile_for(role: Role, dims: &SparseDims) -> (TileShape, &'static str) {
+    if role != Role::Dw && dims.slots() < SM80.bm as usize * dims.n_experts {
+        (NARROW, "_narrow")
+    } else {
+        (SM80, "")
+    }
+}
+
 /// Whether the grouped products run on the tensor cores (gemm_sm80.cuh's mainloop) rather than
 /// the exact path: bf16 / f16 tensors, a GPU with mma.sync, and rows of whole 16-byte vectors.
 fn uses_tensor_cores(has_mma: bool, dtype: DType, d: usize, f: usize) -> bool {
@@ -220,18 +233,20 @@ impl<'a> Grouped<'a> {
         // The list holds at most `slots` entries: FLOPs and bytes are bounds (weights once, list rows once).
         let cost = Cost { flops: 2 * (slots * f * d) as u64, bytes: nbytes(ne * f * d + slots * (d + f), self.dtype) };
         let rows_grouped = role != Role::Dw;
-        let name = format!("moe_gemm_{}{}_{}", if self.tensor_cores { "" } else { "exact_" }, role.name(), self.sfx);
         if self.tensor_cores {
-            let tiles = gemm::tile_bound(SM80, m as u64, n as u64, ne as u64, rows_grouped);
-            let grid = fixed((gemm::grid_blocks(SM80, dev.info.sm_count as u64, tiles), 1, 1), SM80.threads);
+            let (tile, suffix) = tile_for(role, &self.dims);
+            let name = format!("moe_gemm_{}{suffix}_{}", role.name(), self.sfx);
+            let tiles = gemm::tile_bound(tile, m as u64, n as u64, ne as u64, rows_grouped);
+            let grid = fixed((gemm::grid_blocks(tile, dev.info.sm_count as u64, tiles), 1, 1), tile.threads);
             // SAFETY: moe_gemm_<role>_<T>(GemmProblem<T> p, SparseEpilogue e), both mirrored repr(C);
             // the group table and tok were built from this permutation by moe_list_tables, A and B hold
             // the rows `role.shape` describes, and the epilogue's buffers hold the list rows (or
             // (token, slot) rows, or n_experts slabs) it writes. d % 8 == 0 and f % 8 == 0 (checked by
             // uses_tensor_cores) with 16-byte aligned allocator buffers give the 16-byte copies and
-            // stores their alignment. Shared memory: SM80.smem bytes, the tile moe_sparse.cu uses.
-            unsafe { launch_with_smem(dev, &MOE_SPARSE, &name, grid, SM80.smem, &mut kernel_args![&problem, &ep], cost) }
+            // stores their alignment. Shared memory: tile.smem bytes, the tile of that entry point.
+            unsafe { launch_with_smem(dev, &MOE_SPARSE, &name, grid, tile.smem, &mut kernel_args![&problem, &ep], cost) }
         } else {
+            let name = format!("moe_gemm_exact_{}_{}", role.name(), self.sfx);
             let rows = if rows_grouped { slots } else { d };
             let grid = (grid_dim("moe_sparse_mlp", n.div_ceil(2 * 128))?, rows.clamp(1, 128) as u32, ne.min(65535) as u32);
             // SAFETY: moe_gemm_exact_<role>_<T>(GemmProblem<T> p, SparseEpilogue e): as above, with
@@ -417,6 +432,18 @@ mod tests {
             let needed = counts.iter().map(|c| c.div_ceil(128) as u64).sum::<u64>() * (n as u64).div_ceil(SM80.bn);
             assert!(gemm::tile_bound(SM80, m as u64, n as u64, e as u64, true) >= needed, "{role:?}");
         }
+    }
+
+    #[test]
+    fn lists_under_one_wide_tile_per_expert_take_the_narrow_tile() {
+        let dims = |tokens, k_max| SparseDims { tokens, d: 4096, f: 512, n_experts: 32, k_max };
+        assert_eq!(tile_for(Role::Rows, &dims(512, 4)).1, "_narrow");
+        assert_eq!(tile_for(Role::Scatter, &dims(1023, 4)).1, "_narrow");
+        assert_eq!(tile_for(Role::Rows, &dims(1024, 4)).1, "");
+        assert_eq!(tile_for(Role::Scatter, &dims(16384, 8)).1, "");
+        assert_eq!(tile_for(Role::Dw, &dims(64, 1)).1, "", "dW tiles cover d rows, not the list");
+        // The narrow tile's shared memory is what 4 stages of 64 x 32 and 32 x 64 bf16 slices take.
+        assert_eq!(NARROW.smem, 32 * 1024);
     }
 
     #[test]
