@@ -265,6 +265,14 @@ __device__ void grad_act(T* dg, const T* h, const T* u, const T* w, const u32* s
 
 // ---- entry points -----------------------------------------------------------------------------------
 
+// mma.sync.m16n8k16, ldmatrix and cp.async need sm_80: below it the tensor-core entry points trap
+// (the host never launches them there), so the exact path of this module still builds and runs.
+#if __CUDA_ARCH__ >= 800
+#define SM80_ONLY(...) __VA_ARGS__
+#else
+#define SM80_ONLY(...) __trap();
+#endif
+
 // rows: NT (x or dy gathered by token, times W_eᵀ), RowStore. scatter: NN (H or dU times W_e),
 // ScatterRows. dw: TN, K-grouped (gathered x or dy, transposed, times dU or wH), the dW slabs.
 // rows_narrow / scatter_narrow: the same on NarrowTile, which the host picks when the list holds
@@ -272,9 +280,9 @@ __device__ void grad_act(T* dg, const T* h, const T* u, const T* w, const u32* s
 #define SPARSE_GEMM(ROLE, TILE, TA, TB, T, SFX, EP)                                                                      \
     extern "C" __global__ void __launch_bounds__(TILE::THREADS) moe_gemm_##ROLE##_##SFX(sm80::GemmProblem<T> p,        \
                                                                                     SparseEpilogue e) {               \
-        extern __shared__ __align__(128) char smem[];                                                                   \
-        EP<T> ep{{}, e};                                                                                                \
-        sm80::gemm<TILE, TA, TB, T>(p, ep, smem);                                                                       \
+        SM80_ONLY(extern __shared__ __align__(128) char smem[];                                                         \
+                  EP<T> ep{{}, e};                                                                                      \
+                  sm80::gemm<TILE, TA, TB, T>(p, ep, smem);)                                                            \
     }
 #define SPARSE_GEMM_EXACT(ROLE, TA, TB, T, SFX, EP)                                                                      \
     extern "C" __global__ void moe_gemm_exact_##ROLE##_##SFX(sm80::GemmProblem<T> p, SparseEpilogue e) {               \
@@ -289,9 +297,9 @@ __device__ void grad_act(T* dg, const T* h, const T* u, const T* w, const u32* s
     SPARSE_GEMM(scatter_narrow, NarrowTile, false, false, T, SFX, ScatterRows)                                           \
     extern "C" __global__ void __launch_bounds__(SparseTile::THREADS) moe_gemm_dw_##SFX(sm80::GemmProblem<T> p,         \
                                                                                        SparseEpilogue e) {            \
-        extern __shared__ __align__(128) char smem[];                                                                   \
-        TransposedSlabStaged<T> ep{e, nullptr, 0u, 0u};                                                                 \
-        sm80::gemm<SparseTile, true, false, T>(p, ep, smem);                                                            \
+        SM80_ONLY(extern __shared__ __align__(128) char smem[];                                                         \
+                  TransposedSlabStaged<T> ep{e, nullptr, 0u, 0u};                                                       \
+                  sm80::gemm<SparseTile, true, false, T>(p, ep, smem);)                                                 \
     }
 
 #define SPARSE_KERNELS(T, SFX)                                                                                          \
