@@ -12,47 +12,17 @@
 //!
 //! Without a GPU every test prints `skipped: no CUDA device (<reason>)` and passes.
 
-use std::sync::{Mutex, MutexGuard};
+mod gpu_support;
 
-use engine::cuda;
 use engine::ops::{self, GemmEpilogue};
 use engine::{DType, Device, Error, GemmForm, Rng, Tensor};
-
-static GPU: Mutex<()> = Mutex::new(());
-
-fn gpu() -> Option<(Device, MutexGuard<'static, ()>)> {
-    let dev = cuda::test_device()?;
-    let guard = GPU.lock().unwrap_or_else(|p| p.into_inner());
-    cuda::set_poison(true);
-    Some((dev, guard))
-}
+use gpu_support::{assert_close, gpu, normal};
 
 const FORMS: [GemmForm; 3] = [GemmForm::NN, GemmForm::NT, GemmForm::TN];
 const INPUTS: [DType; 2] = [DType::BF16, DType::F16];
 
-fn normal(shape: &[usize], dtype: DType, rng: &mut Rng) -> Tensor {
-    Tensor::randn(shape.to_vec(), 0.0, 1.0, dtype, &Device::Cpu, rng).unwrap()
-}
-
 fn f64s(t: &Tensor) -> Vec<f64> {
     ops::cast(&t.to_device(&Device::Cpu).unwrap(), DType::F64).unwrap().to_vec::<f64>().unwrap()
-}
-
-fn tolerance(input: DType) -> f64 {
-    if input == DType::BF16 {
-        1e-2
-    } else {
-        2e-3
-    }
-}
-
-fn assert_close(what: &str, gpu: &Tensor, cpu: &Tensor, tol: f64) {
-    assert_eq!(gpu.dims(), cpu.dims(), "{what}: shapes differ");
-    let (g, c) = (f64s(gpu), f64s(cpu));
-    let diff: f64 = g.iter().zip(&c).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
-    let norm: f64 = c.iter().map(|y| y * y).sum::<f64>().sqrt();
-    let err = if norm > 0.0 { diff / norm } else { diff };
-    assert!(err < tol, "{what}: relative error {err:e} >= {tol:e} (NaN = an unwritten or broken element)");
 }
 
 /// Stored operand shapes of an m x n x k product in `form`.
@@ -84,7 +54,7 @@ fn every_form_and_dtype_matches_the_cpu_at_ragged_sizes() {
                     let ep = GemmEpilogue { out_dtype: Some(out_dtype), ..Default::default() };
                     let cpu = ops::gemm(&a, &b, form, &ep).unwrap();
                     let gpu = ops::gemm(&a.to_device(&dev).unwrap(), &b.to_device(&dev).unwrap(), form, &ep).unwrap();
-                    assert_close(&format!("{form:?} {input} -> {out_dtype} at {m}x{n}x{k}"), &gpu, &cpu, tolerance(input));
+                    assert_close(&format!("{form:?} {input} -> {out_dtype} at {m}x{n}x{k}"), input, &gpu, &cpu);
                 }
             }
         }
@@ -119,7 +89,7 @@ fn each_epilogue_matches_the_cpu() {
                     let (cpu_ep, gpu_ep) = (GemmEpilogue { out_dtype: Some(out_dtype), ..cpu_ep }, GemmEpilogue { out_dtype: Some(out_dtype), ..gpu_ep });
                     let cpu = ops::gemm(&a, &b, form, &cpu_ep).unwrap();
                     let gpu = ops::gemm(&a.to_device(&dev).unwrap(), &b.to_device(&dev).unwrap(), form, &gpu_ep).unwrap();
-                    assert_close(&format!("{what} epilogue, {form:?} {input} -> {out_dtype}"), &gpu, &cpu, tolerance(input));
+                    assert_close(&format!("{what} epilogue, {form:?} {input} -> {out_dtype}"), input, &gpu, &cpu);
                 }
             }
         }
@@ -144,7 +114,7 @@ fn grouped_gemm_with_unequal_empty_and_single_row_groups_matches_the_cpu() {
             let b = if form == GemmForm::NN { normal(&[groups.len(), k, n], input, &mut rng) } else { normal(&[groups.len(), n, k], input, &mut rng) };
             let cpu = ops::grouped_matmul(&a, &b, &counts(&groups), form).unwrap();
             let gpu = ops::grouped_matmul(&a.to_device(&dev).unwrap(), &b.to_device(&dev).unwrap(), &counts(&groups).to_device(&dev).unwrap(), form).unwrap();
-            assert_close(&format!("row-grouped {form:?} {input}"), &gpu, &cpu, tolerance(input));
+            assert_close(&format!("row-grouped {form:?} {input}"), input, &gpu, &cpu);
         }
         // Reduction-grouped (weight gradient): a [total, m], b [total, n] -> [g, m, n]; empty groups give zeros.
         let m = 136;
@@ -152,7 +122,7 @@ fn grouped_gemm_with_unequal_empty_and_single_row_groups_matches_the_cpu() {
         let b = normal(&[total as usize, n], input, &mut rng);
         let cpu = ops::grouped_matmul(&a, &b, &counts(&groups), GemmForm::TN).unwrap();
         let gpu = ops::grouped_matmul(&a.to_device(&dev).unwrap(), &b.to_device(&dev).unwrap(), &counts(&groups).to_device(&dev).unwrap(), GemmForm::TN).unwrap();
-        assert_close(&format!("reduction-grouped TN {input}"), &gpu, &cpu, tolerance(input));
+        assert_close(&format!("reduction-grouped TN {input}"), input, &gpu, &cpu);
         let zeros = f64s(&ops::narrow(&gpu, 0, 1, 1).unwrap());
         assert!(zeros.iter().all(|&v| v == 0.0), "an empty group's weight gradient must be exactly zero");
     }
@@ -174,7 +144,7 @@ fn matmul_on_bf16_and_f16_goes_through_the_tensor_core_gemm() {
             let (a, b) = (normal(&sa, input, &mut rng), normal(&sb, input, &mut rng));
             let cpu = ops::matmul_t(&a, &b, ta, tb).unwrap();
             let gpu = ops::matmul_t(&a.to_device(&dev).unwrap(), &b.to_device(&dev).unwrap(), ta, tb).unwrap();
-            assert_close(&format!("matmul {sa:?} x {sb:?} ({ta}, {tb}) {input}"), &gpu, &cpu, tolerance(input));
+            assert_close(&format!("matmul {sa:?} x {sb:?} ({ta}, {tb}) {input}"), input, &gpu, &cpu);
         }
     }
 }

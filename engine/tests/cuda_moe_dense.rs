@@ -8,42 +8,14 @@
 //! bytes, so an element a kernel forgot to write fails. Relative error by norm below the dtype's
 //! tolerance: f32 1e-5, f16 2e-3, bf16 1e-2. Without a GPU each test prints one `skipped:` line.
 
-use std::sync::{Mutex, MutexGuard};
+mod gpu_support;
 
-use engine::cuda;
 use engine::ops::{self, MoeDenseSaved};
 use engine::{DType, Device, Rng, Tensor};
-
-static GPU: Mutex<()> = Mutex::new(());
-
-fn gpu() -> Option<(Device, MutexGuard<'static, ()>)> {
-    let dev = cuda::test_device()?;
-    let guard = GPU.lock().unwrap_or_else(|p| p.into_inner());
-    cuda::set_poison(true);
-    Some((dev, guard))
-}
+use gpu_support::{assert_close_in_dtype, gpu};
 
 /// (tokens, d, experts, width): fused-path shapes first, then fallback-only ones.
 const SHAPES: [(usize, usize, usize, usize); 6] = [(203, 72, 3, 96), (130, 64, 5, 40), (1, 8, 2, 8), (300, 136, 4, 130), (37, 13, 3, 5), (66, 24, 7, 3)];
-
-fn rel_err(out: &Tensor, reference: &Tensor) -> f64 {
-    assert_eq!(out.shape(), reference.shape());
-    let (o, r) = (out.to_f64_vec().unwrap(), reference.to_f64_vec().unwrap());
-    let diff: f64 = o.iter().zip(&r).map(|(a, b)| (a - b) * (a - b)).sum::<f64>().sqrt();
-    let norm: f64 = r.iter().map(|b| b * b).sum::<f64>().sqrt();
-    if norm > 0.0 {
-        diff / norm
-    } else {
-        diff
-    }
-}
-
-fn assert_close(what: &str, dtype: DType, gpu: &Tensor, reference: &Tensor) {
-    assert_eq!(gpu.dtype(), dtype, "{what}: dtype");
-    let err = rel_err(gpu, reference);
-    // Written so that NaN fails.
-    assert!(err < dtype.tolerance(), "{what} ({dtype}): relative error {err:e} is not below {:e}", dtype.tolerance());
-}
 
 struct Inputs {
     x: Tensor,
@@ -82,17 +54,17 @@ fn check_shape(dev: &Device, dtype: DType, shape: (usize, usize, usize, usize), 
     let out = ops::moe_dense_mlp(&on(dev, &i.x), &on(dev, &i.w1), &on(dev, &i.w2), &on(dev, &i.p)).unwrap_or_else(|e| panic!("{}: {e}", what("forward")));
     let reference = ops::moe_dense_mlp(&wide(&i.x), &wide(&i.w1), &wide(&i.w2), &wide(&i.p)).unwrap();
     assert_eq!(out.y.device(), *dev, "output left the device");
-    assert_close(&what("y"), dtype, &out.y, &reference.y);
-    assert_close(&what("u"), dtype, &out.saved.u, &reference.saved.u);
-    assert_close(&what("g"), dtype, &out.saved.g, &reference.saved.g);
+    assert_close_in_dtype(&what("y"), dtype, &out.y, &reference.y);
+    assert_close_in_dtype(&what("u"), dtype, &out.saved.u, &reference.saved.u);
+    assert_close_in_dtype(&what("g"), dtype, &out.saved.g, &reference.saved.g);
 
     let grads = ops::moe_dense_mlp_backward(&on(dev, &i.dy), &on(dev, &i.x), &on(dev, &i.w1), &on(dev, &i.w2), &on(dev, &i.p), &out.saved)
         .unwrap_or_else(|e| panic!("{}: {e}", what("backward")));
     let reference = ops::moe_dense_mlp_backward(&wide(&i.dy), &wide(&i.x), &wide(&i.w1), &wide(&i.w2), &wide(&i.p), &reference.saved).unwrap();
-    assert_close(&what("dx"), dtype, &grads.dx, &reference.dx);
-    assert_close(&what("dw1"), dtype, &grads.dw1, &reference.dw1);
-    assert_close(&what("dw2"), dtype, &grads.dw2, &reference.dw2);
-    assert_close(&what("dp"), dtype, &grads.dp, &reference.dp);
+    assert_close_in_dtype(&what("dx"), dtype, &grads.dx, &reference.dx);
+    assert_close_in_dtype(&what("dw1"), dtype, &grads.dw1, &reference.dw1);
+    assert_close_in_dtype(&what("dw2"), dtype, &grads.dw2, &reference.dw2);
+    assert_close_in_dtype(&what("dp"), dtype, &grads.dp, &reference.dp);
 }
 
 #[test]

@@ -10,39 +10,14 @@
 //! seeded random values at ragged sizes, device outputs are poisoned (NaN) before the kernels
 //! run, errors are relative by norm: f32 < 1e-5, bf16 < 1e-2.
 
-use std::sync::{Mutex, MutexGuard};
+mod gpu_support;
 
 use engine::ops::{self, MoePath, RouteMode};
-use engine::{cuda, DType, Device, Error, Rng, Tensor};
-
-static GPU: Mutex<()> = Mutex::new(());
-
-fn gpu() -> Option<(Device, MutexGuard<'static, ()>)> {
-    let dev = cuda::test_device()?;
-    let guard = GPU.lock().unwrap_or_else(|p| p.into_inner());
-    cuda::set_poison(true);
-    Some((dev, guard))
-}
-
-fn normal(shape: &[usize], dtype: DType, rng: &mut Rng) -> Tensor {
-    Tensor::randn(shape.to_vec(), 0.0, 1.0, dtype, &Device::Cpu, rng).unwrap()
-}
+use engine::{DType, Device, Error, Rng, Tensor};
+use gpu_support::{gpu, normal, rel_err};
 
 fn probs(t: usize, n: usize, dtype: DType, rng: &mut Rng) -> Tensor {
     ops::cast(&ops::softmax(&normal(&[t, n], DType::F32, rng)).unwrap(), dtype).unwrap()
-}
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (a.to_f64_vec().unwrap(), b.to_f64_vec().unwrap());
-    assert_eq!(a.len(), b.len());
-    let diff: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
-    let norm: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
-    let e = if norm > 0.0 { diff / norm } else { diff };
-    if e.is_nan() {
-        f64::INFINITY
-    } else {
-        e
-    }
 }
 
 fn tol(dtype: DType) -> f64 {

@@ -11,61 +11,16 @@
 //! Without a GPU every test prints `skipped: no CUDA device (<reason>)` and passes. GPU tests hold
 //! one lock, so the allocator counters one test reads are not moved by another.
 
-use std::sync::{Mutex, MutexGuard};
+mod gpu_support;
 
 use engine::backend::{AdamW, BinaryOp, ReduceOp, ScalarOp, UnaryOp};
 use engine::cuda::{self, CudaStorage};
 use engine::{bf16, f16, ops, CpuStorage, DType, Device, Error, Rng, Tensor};
+use gpu_support::{assert_close, gpu, indices, normal, uniform};
 
 const FLOATS: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
 
-static GPU: Mutex<()> = Mutex::new(());
-
-/// The CUDA device and the GPU lock, or `None` (after the skip line) without a GPU.
-fn gpu() -> Option<(Device, MutexGuard<'static, ()>)> {
-    let dev = cuda::test_device()?;
-    let guard = GPU.lock().unwrap_or_else(|p| p.into_inner());
-    cuda::set_poison(true);
-    Some((dev, guard))
-}
-
-// ---- inputs ---------------------------------------------------------------------------------------
-
-fn normal(shape: &[usize], dtype: DType, rng: &mut Rng) -> Tensor {
-    Tensor::randn(shape.to_vec(), 0.0, 1.0, dtype, &Device::Cpu, rng).unwrap()
-}
-
-fn uniform(shape: &[usize], lo: f64, hi: f64, dtype: DType, rng: &mut Rng) -> Tensor {
-    Tensor::rand_uniform(shape.to_vec(), lo, hi, dtype, &Device::Cpu, rng).unwrap()
-}
-
-fn indices(shape: &[usize], below: usize, rng: &mut Rng) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<u32> = (0..n).map(|_| rng.below(below) as u32).collect();
-    Tensor::from_slice(&v, shape.to_vec(), &Device::Cpu).unwrap()
-}
-
 // ---- comparison -----------------------------------------------------------------------------------
-
-/// ‖out − ref‖ / ‖ref‖ (‖out‖ when the reference is all zeros); NaN if either holds a NaN.
-fn rel_err(out: &[f64], reference: &[f64]) -> f64 {
-    assert_eq!(out.len(), reference.len(), "output and reference lengths differ");
-    let diff: f64 = out.iter().zip(reference).map(|(o, r)| (o - r) * (o - r)).sum::<f64>().sqrt();
-    let norm: f64 = reference.iter().map(|r| r * r).sum::<f64>().sqrt();
-    if norm > 0.0 {
-        diff / norm
-    } else {
-        diff
-    }
-}
-
-fn assert_close(what: &str, dtype: DType, gpu: &Tensor, reference: &Tensor) {
-    assert_eq!(gpu.shape(), reference.shape(), "{what}: shapes differ");
-    let err = rel_err(&gpu.to_f64_vec().unwrap(), &reference.to_f64_vec().unwrap());
-    let tol = dtype.tolerance();
-    // Written so that NaN fails.
-    assert!(err < tol, "{what} ({dtype}): relative error {err:e} is not below {tol:e}");
-}
 
 fn assert_same_indices(what: &str, gpu: &Tensor, reference: &Tensor) {
     assert_eq!(gpu.dtype(), DType::U32, "{what}: indices must be u32");

@@ -14,12 +14,28 @@
 // and elementwise.cu compute it.
 //
 // Epilogues with more state (router gating by column block, per-row partial sums through the tile
-// hooks, scatter by row index) are written next to the kernels that need them, from the same pieces.
+// hooks, scatter by row index) are written next to the kernels that need them, from the same pieces;
+// TileScratch<S> is the tile-hook state those with staged shared-memory work share.
+//
+// GEMM_LINEAR_ENTRIES(ENTRY) expands ENTRY(FORM, TRANS_A, TRANS_B, TIN, NIN, TOUT, NOUT) for every
+// form and (input, output) dtype pair the LinearEpilogue GEMMs are built for. gemm_sm80.cu and
+// gemm_sm90.cu both expand it, so the two paths export the same name suffixes, which the host picks
+// between by compute capability (kernels-cuda/src/lib.rs lists them).
 
 #pragma once
 
 #include "common.cuh"
 #include "gemm_sm80.cuh"
+
+#define GEMM_LINEAR_FORMS(ENTRY, TIN, NIN, TOUT, NOUT) \
+    ENTRY(nn, false, false, TIN, NIN, TOUT, NOUT)      \
+    ENTRY(nt, false, true, TIN, NIN, TOUT, NOUT)       \
+    ENTRY(tn, true, false, TIN, NIN, TOUT, NOUT)
+#define GEMM_LINEAR_ENTRIES(ENTRY)                        \
+    GEMM_LINEAR_FORMS(ENTRY, bf16, bf16, bf16, bf16)      \
+    GEMM_LINEAR_FORMS(ENTRY, bf16, bf16, float, f32)      \
+    GEMM_LINEAR_FORMS(ENTRY, f16, f16, f16, f16)          \
+    GEMM_LINEAR_FORMS(ENTRY, f16, f16, float, f32)
 
 namespace gemm_ep {
 
@@ -91,6 +107,20 @@ template <typename TOut> struct LinearEpilogue : sm80::EpilogueNoHooks {
             v1 += r1;
         }
         store_pair(reinterpret_cast<TOut*>(p.out) + at, v0, v1);
+    }
+};
+
+// Base of an epilogue with tile hooks (gemm_sm80.cuh): tile_begin keeps the tile's origin and its
+// shared-memory scratch, seen as S, for operator() to stage into and tile_end to finish from.
+template <typename S> struct TileScratch {
+    static constexpr bool kTileHooks = true;
+    S* scratch;
+    u32 row0, col0;
+
+    __device__ __forceinline__ void tile_begin(const sm80::TileInfo& t) {
+        scratch = reinterpret_cast<S*>(t.scratch);
+        row0 = t.row0;
+        col0 = t.col0;
     }
 };
 

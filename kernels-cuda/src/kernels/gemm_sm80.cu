@@ -29,15 +29,7 @@ typedef sm80::Tile<128, 128, 32, 2, 2, 4> Sm80Tile;
         sm80::gemm<Sm80Tile, TA, TB, TIN>(p, ep, smem);                                                     \
     }
 
-#define GEMM80_FORMS(TIN, NIN, TOUT, NOUT)                   \
-    GEMM80_ENTRY(nn, false, false, TIN, NIN, TOUT, NOUT)     \
-    GEMM80_ENTRY(nt, false, true, TIN, NIN, TOUT, NOUT)      \
-    GEMM80_ENTRY(tn, true, false, TIN, NIN, TOUT, NOUT)
-
-GEMM80_FORMS(bf16, bf16, bf16, bf16)
-GEMM80_FORMS(bf16, bf16, float, f32)
-GEMM80_FORMS(f16, f16, f16, f16)
-GEMM80_FORMS(f16, f16, float, f32)
+GEMM_LINEAR_ENTRIES(GEMM80_ENTRY)
 
 // Builds a device-side group table from per-group counts (u32[G], e.g. an expert histogram made
 // on the device), so a grouped GEMM never waits for the host. One thread per group walks the

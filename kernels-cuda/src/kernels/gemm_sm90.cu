@@ -35,12 +35,4 @@
         GEMM90_BODY(TA, TB, TIN, TOUT)                                                                       \
     }
 
-#define GEMM90_FORMS(TIN, NIN, TOUT, NOUT)               \
-    GEMM90_ENTRY(nn, false, false, TIN, NIN, TOUT, NOUT) \
-    GEMM90_ENTRY(nt, false, true, TIN, NIN, TOUT, NOUT)  \
-    GEMM90_ENTRY(tn, true, false, TIN, NIN, TOUT, NOUT)
-
-GEMM90_FORMS(bf16, bf16, bf16, bf16)
-GEMM90_FORMS(bf16, bf16, float, f32)
-GEMM90_FORMS(f16, f16, f16, f16)
-GEMM90_FORMS(f16, f16, float, f32)
+GEMM_LINEAR_ENTRIES(GEMM90_ENTRY)

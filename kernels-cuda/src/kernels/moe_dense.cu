@@ -94,21 +94,13 @@ template <typename T> struct GateForward : sm80::EpilogueNoHooks {
 
 // Backward: (v0, v1) = dG[row, col..col+1]; reads u, stores dU = dG·p·gelu'(u), and sums
 // dG·gelu(u) per (row, expert) of the tile into partial (see the header).
-template <typename T> struct GateBackward {
-    static constexpr bool kTileHooks = true;
+template <typename T> struct GateBackward : gemm_ep::TileScratch<float> {
     const T* p;
     const T* u;
     T* du;
     float* partial;
     u32 hidden, width, experts, slots;
-    float* scratch;
-    u32 row0, col0;
 
-    __device__ __forceinline__ void tile_begin(const sm80::TileInfo& t) {
-        scratch = reinterpret_cast<float*>(t.scratch);
-        row0 = t.row0;
-        col0 = t.col0;
-    }
     __device__ __forceinline__ void operator()(u32, u32 row, u32 col, float v0, float v1) {
         const float pe = to_float(p[(u64)row * experts + col / width]);
         const u64 at = (u64)row * hidden + col;
@@ -164,7 +156,7 @@ template <typename T> struct GateBackward {
         ON_SM80(__shared__ __align__(128) char smem[MoeTile::SMEM_BYTES];                                          \
                 const sm80::GemmProblem<T> prob{dy, w2, nullptr, nullptr, 0, tokens, hidden, d, d, d};            \
                 const u32 slots = (hidden + DP_TILE - 1) / DP_TILE + experts;                                      \
-                GateBackward<T> ep{p, u, du, partial, hidden, width, experts, slots, nullptr, 0, 0};               \
+                GateBackward<T> ep{{nullptr, 0, 0}, p, u, du, partial, hidden, width, experts, slots};             \
                 sm80::gemm<MoeTile, false, true, T>(prob, ep, smem);)                                              \
     }
 

@@ -136,19 +136,11 @@ template <typename T> struct TransposedSlab : sm80::EpilogueNoHooks {
 // The tensor-core dW store: the tile goes transposed into shared memory ([col][row], SLAB_LD
 // apart), then every thread writes 16-byte runs of output rows (d contiguous; needs d % 8 == 0,
 // which the tensor-core path requires anyway, so each tile's rows come in whole runs of 8).
-template <typename T> struct TransposedSlabStaged {
-    static constexpr bool kTileHooks = true;
+template <typename T> struct TransposedSlabStaged : gemm_ep::TileScratch<T> {
     SparseEpilogue e;
-    T* tile;
-    u32 row0, col0;
 
-    __device__ __forceinline__ void tile_begin(const sm80::TileInfo& t) {
-        tile = reinterpret_cast<T*>(t.scratch);
-        row0 = t.row0;
-        col0 = t.col0;
-    }
     __device__ __forceinline__ void operator()(u32, u32 row, u32 col, float v0, float v1) {
-        T* s = tile + (col - col0) * SLAB_LD + (row - row0);
+        T* s = this->scratch + (col - this->col0) * SLAB_LD + (row - this->row0);
         s[0] = from_float<T>(v0);
         s[SLAB_LD] = from_float<T>(v1);
     }
@@ -157,7 +149,7 @@ template <typename T> struct TransposedSlabStaged {
         T* out = reinterpret_cast<T*>(e.out) + t.group * e.slab + (u64)t.col0 * e.ldc + t.row0;
         for (u32 q = threadIdx.x; q < t.cols * runs; q += SparseTile::THREADS) {
             const u32 j = q / runs, i = (q % runs) * 8;
-            *reinterpret_cast<W16*>(out + (u64)j * e.ldc + i) = *reinterpret_cast<const W16*>(tile + j * SLAB_LD + i);
+            *reinterpret_cast<W16*>(out + (u64)j * e.ldc + i) = *reinterpret_cast<const W16*>(this->scratch + j * SLAB_LD + i);
         }
     }
 };
@@ -298,7 +290,7 @@ __device__ void grad_act(T* dg, const T* h, const T* u, const T* w, const u32* s
     extern "C" __global__ void __launch_bounds__(SparseTile::THREADS) moe_gemm_dw_##SFX(sm80::GemmProblem<T> p,         \
                                                                                        SparseEpilogue e) {            \
         SM80_ONLY(extern __shared__ __align__(128) char smem[];                                                         \
-                  TransposedSlabStaged<T> ep{e, nullptr, 0u, 0u};                                                       \
+                  TransposedSlabStaged<T> ep{{nullptr, 0u, 0u}, e};                                                     \
                   sm80::gemm<SparseTile, true, false, T>(p, ep, smem);)                                                 \
     }
 
