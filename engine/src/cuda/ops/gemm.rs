@@ -139,6 +139,10 @@ impl Operands {
         if self.n % 8 != 0 {
             return bad(format!("n = {} is not a multiple of 8", self.n));
         }
+        // Every stacked B matrix starts 16-byte aligned too (cp.async sources, the TMA batch stride).
+        if self.b_batches > 1 && self.b_batch_stride % 8 != 0 {
+            return bad(format!("b's batch stride {} is not a multiple of 8", self.b_batch_stride));
+        }
         if [self.m, self.n, self.k, self.lda, self.ldb].iter().any(|&d| d > u32::MAX as u64 / 2) {
             return Err(Error::invalid(op, format!("dims {}x{}x{} exceed the kernels' 32-bit indices", self.m, self.n, self.k)));
         }
@@ -206,8 +210,8 @@ fn entry(path: Path, form: GemmForm, input: DType, out: DType, op: &'static str)
 }
 
 /// Builds a 2-D or 3-D row-major tensor map: `dims` innermost first, `strides_bytes` for dims 1..,
-/// `box_dims` innermost first; 128-byte swizzle, out-of-bounds reads as zero. (An empty k is
-/// described as 1: the kernel then issues no copy, but the driver refuses a zero extent.)
+/// `box_dims` innermost first; 128-byte swizzle, out-of-bounds reads as zero. The driver wants
+/// every stride a multiple of 16 bytes and every extent non-zero.
 fn tensor_map(ptr: u64, dtype: DType, dims: &[u64], strides_bytes: &[u64], box_dims: &[u32]) -> Result<[u64; 16]> {
     let data_type = if dtype == DType::BF16 {
         sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
@@ -303,17 +307,26 @@ pub(crate) fn launch_gemm(
             unsafe { launch_with_smem(dev, &GEMM_SM80, &name, grid, SM80.smem, &mut kernel_args![&problem, &params], cost) }
         }
         Path::Sm90 => {
-            let elem = 2u64;
-            let map_a = match ops.form {
-                GemmForm::TN => tensor_map(a, input, &[ops.m, ops.k.max(1)], &[ops.lda * elem], &[64, 64])?,
-                _ => tensor_map(a, input, &[ops.k.max(1), ops.m], &[ops.lda * elem], &[64, 128])?,
+            let (map_a, map_b) = if ops.k == 0 {
+                // No tile has a k slice, so no copy is issued and the maps are never read (and
+                // lda / ldb may be 0, which the driver would refuse).
+                (TensorMap([0; 16]), TensorMap([0; 16]))
+            } else {
+                let elem = 2u64;
+                let map_a = match ops.form {
+                    GemmForm::TN => tensor_map(a, input, &[ops.m, ops.k], &[ops.lda * elem], &[64, 64])?,
+                    _ => tensor_map(a, input, &[ops.k, ops.m], &[ops.lda * elem], &[64, 128])?,
+                };
+                // A single B (b_batches 1: shared, or broadcast with stride 0) only ever reads batch
+                // 0; its batch stride is then one matrix's extent, a multiple of 16 bytes.
+                let b_rows = if ops.form == GemmForm::NT { ops.n } else { ops.k };
+                let batch_bytes = if ops.b_batches > 1 { ops.b_batch_stride } else { ops.ldb * b_rows } * elem;
+                let map_b = match ops.form {
+                    GemmForm::NT => tensor_map(b, input, &[ops.k, ops.n, ops.b_batches], &[ops.ldb * elem, batch_bytes], &[64, 256, 1])?,
+                    _ => tensor_map(b, input, &[ops.n, ops.k, ops.b_batches], &[ops.ldb * elem, batch_bytes], &[64, 64, 1])?,
+                };
+                (TensorMap(map_a), TensorMap(map_b))
             };
-            let batch_bytes = ops.b_batch_stride.max(1) * elem;
-            let map_b = match ops.form {
-                GemmForm::NT => tensor_map(b, input, &[ops.k.max(1), ops.n, ops.b_batches], &[ops.ldb * elem, batch_bytes], &[64, 256, 1])?,
-                _ => tensor_map(b, input, &[ops.n, ops.k.max(1), ops.b_batches], &[ops.ldb * elem, batch_bytes], &[64, 64, 1])?,
-            };
-            let (map_a, map_b) = (TensorMap(map_a), TensorMap(map_b));
             let extra = Sm90Extra { b_batch_stride: ops.b_batch_stride.max(1) };
             let blocks = grid_blocks(SM90, sm, tile_bound(SM90, ops.m, ops.n, group_count, rows_grouped));
             let grid = Grid { grid: (blocks, 1, 1), block: (SM90.threads, 1, 1) };
@@ -427,6 +440,11 @@ pub(crate) fn matmul(a: &CudaStorage, b: &CudaStorage, l: &MatmulLayout) -> Resu
         return Ok(None);
     }
     let mut ops = Operands::dense(form, batch * m, n, k);
+    // A broadcast B (stride 0) stays one matrix: every entry's b_offset is 0, i.e. batch 0.
+    if batched && l.b_batch_stride != 0 {
+        ops.b_batches = batch;
+        ops.b_batch_stride = l.b_batch_stride as u64;
+    }
     if ops.check("matmul").is_err() {
         return Ok(None);
     }
@@ -435,11 +453,6 @@ pub(crate) fn matmul(a: &CudaStorage, b: &CudaStorage, l: &MatmulLayout) -> Resu
     if !batched {
         launch_gemm(dev, "matmul", a.dtype(), a.ptr(), b.ptr(), &ops, None, &ep)?;
         return Ok(Some(out));
-    }
-    ops.b_batches = batch;
-    ops.b_batch_stride = (l.b_batch_stride as u64).max(1);
-    if l.b_batch_stride == 0 {
-        ops.b_batches = 1;
     }
     let entries: Vec<GemmGroup> = (0..batch)
         .map(|i| GemmGroup { b_offset: i * l.b_batch_stride as u64, row_begin: (i * m) as u32, rows: m as u32, k_begin: 0, k_end: k as u32 })
@@ -473,6 +486,12 @@ mod tests {
         // TN: a is [k, m], so m is a's leading dimension; k is free.
         assert!(Operands::dense(GemmForm::TN, 16, 8, 17).check("t").is_ok());
         assert!(Operands::dense(GemmForm::TN, 17, 8, 16).check("t").is_err());
+        // Stacked B matrices each start 16-byte aligned; a single B's stride is never used.
+        let stacked = |b_batches, b_batch_stride| Operands { b_batches, b_batch_stride, ..Operands::dense(GemmForm::NN, 16, 8, 16) };
+        assert!(stacked(3, 136).check("t").is_ok());
+        let e = stacked(3, 132).check("t").unwrap_err().to_string();
+        assert!(e.contains("batch stride 132"), "{e}");
+        assert!(stacked(1, 1).check("t").is_ok());
     }
 
     #[test]
