@@ -262,6 +262,10 @@ pub(crate) fn launch_gemm(
     ops.check(op)?;
     let path = path(dev).ok_or_else(|| Error::invalid(op, format!("compute capability {:?} has no tensor-core GEMM path", dev.info.compute_capability)))?;
     let name = entry(path, ops.form, input, ep.out_dtype, op)?;
+    // The Hopper kernel zeroes a partial k tile only where k is the rows of both operands' tiles.
+    if path == Path::Sm90 && groups.is_some_and(|g| !g.by_rows) && ops.form != GemmForm::TN {
+        return Err(Error::invalid(op, format!("the sm_90a GEMM splits k between groups only in the TN form, not {:?}", ops.form)));
+    }
     if ops.m == 0 || ops.n == 0 {
         return Ok(());
     }
