@@ -2,7 +2,7 @@
 //! fixed random projection (so no gradient can cancel by symmetry), differentiated by the tape, and
 //! compared with central differences computed in f64 on the CPU, input element by input element.
 
-use engine::{DType, Device, Error, Rng, Tensor};
+use engine::{relative_error, DType, Device, Error, Rng, Tensor};
 
 use crate::{Result, Tape, Var};
 
@@ -56,16 +56,3 @@ pub fn check_gradients(f: impl Fn(&[Var]) -> Result<Var>, inputs: &[Tensor], eps
     }
     Ok(GradCheck { per_input })
 }
-
-/// ‖a − b‖ / ‖b‖ (absolute when b is zero); NaN anywhere gives infinity, so it never passes.
-pub fn relative_error(a: &[f64], b: &[f64]) -> f64 {
-    let diff: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
-    let norm: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
-    let err = if norm > 0.0 { diff / norm } else { diff };
-    if err.is_nan() {
-        f64::INFINITY
-    } else {
-        err
-    }
-}
-

@@ -16,7 +16,8 @@ mod rules;
 mod tape;
 mod var;
 
-pub use gradcheck::{check_gradients, relative_error, GradCheck};
+pub use engine::relative_error;
+pub use gradcheck::{check_gradients, GradCheck};
 pub use param::{LeafId, Param};
 pub use tape::{Gradients, NoGradGuard, Tape};
 pub use var::Var;

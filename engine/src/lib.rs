@@ -3,6 +3,7 @@
 //! kernels compiled at run time by NVRTC. See `../shared/docs/design.md` for the architecture.
 
 pub mod backend;
+mod compare;
 pub mod cpu;
 pub mod cuda;
 mod device;
@@ -15,6 +16,7 @@ mod storage;
 mod tensor;
 
 pub use backend::{AdamW, BinaryOp, GemmForm, GemmLayout, GroupedLayout, MatmulLayout, MoeDenseDims, ReduceOp, ScalarOp, UnaryOp};
+pub use compare::relative_error;
 pub use device::Device;
 pub use dtype::{DType, WithDType};
 pub use error::{Error, Result};

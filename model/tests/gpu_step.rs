@@ -9,12 +9,6 @@ use engine::{DType, Device, Rng, Tensor};
 use model::config::presets;
 use model::{Ctx, InferenceMode, Model};
 
-fn relative_error(a: &[f64], b: &[f64]) -> f64 {
-    let diff: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
-    let norm: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
-    diff / norm.max(1e-30)
-}
-
 /// Loss and per-parameter gradients of one micro-batch.
 fn loss_and_grads(model: &Model, dtype: DType, inputs: &[u32], targets: &[u32], batch: usize, seq: usize) -> (f64, Vec<(String, Vec<f64>)>) {
     let device = model.device();
@@ -57,7 +51,7 @@ fn one_training_step_matches_the_cpu() {
         let (loss, grads) = loss_and_grads(&gpu_model, dtype, &inputs, &targets, batch, seq);
         assert!((loss - cpu_loss).abs() / cpu_loss < loss_tol, "{dtype}: loss {loss} on the GPU, {cpu_loss} on the CPU");
         for ((name, g), (_, c)) in grads.iter().zip(&cpu_grads) {
-            let err = relative_error(g, c);
+            let err = engine::relative_error(g, c);
             assert!(err < grad_tol, "{dtype}: gradient of {name} differs by {err:e}");
         }
     }

@@ -36,21 +36,7 @@ pub fn random_indices(rng: &mut Rng, n: usize, bound: usize) -> Vec<u32> {
     (0..n).map(|_| rng.below(bound) as u32).collect()
 }
 
-/// ‖out − reference‖ / ‖reference‖ (the absolute norm when the reference is all zeros); infinite
-/// when anything is NaN or the lengths differ, so a broken result can never pass.
-pub fn rel_err(out: &[f64], reference: &[f64]) -> f64 {
-    if out.len() != reference.len() {
-        return f64::INFINITY;
-    }
-    let diff: f64 = out.iter().zip(reference).map(|(o, r)| (o - r) * (o - r)).sum::<f64>().sqrt();
-    let norm: f64 = reference.iter().map(|r| r * r).sum::<f64>().sqrt();
-    let err = if norm > 0.0 { diff / norm } else { diff };
-    if err.is_nan() {
-        f64::INFINITY
-    } else {
-        err
-    }
-}
+pub use engine::relative_error as rel_err;
 
 /// Asserts `out` has shape `dims` and is within `dtype`'s tolerance of `reference`.
 pub fn check(what: &str, out: &Tensor, dims: &[usize], reference: &[f64], dtype: DType) {

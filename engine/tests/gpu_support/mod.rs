@@ -40,19 +40,10 @@ pub fn indices(shape: &[usize], below: usize, rng: &mut Rng) -> Tensor {
 
 // ---- comparison -----------------------------------------------------------------------------------
 
-/// ‖out − ref‖ / ‖ref‖ (‖out − ref‖ when the reference is all zeros), read back as f64 from any
-/// device; infinite if either holds a NaN, so a broken or unwritten element never passes.
+/// The relative error by norm (`engine::relative_error`) of two tensors read back as f64 from any
+/// device.
 pub fn rel_err(out: &Tensor, reference: &Tensor) -> f64 {
-    let (o, r) = (out.to_f64_vec().unwrap(), reference.to_f64_vec().unwrap());
-    assert_eq!(o.len(), r.len(), "output and reference lengths differ");
-    let diff: f64 = o.iter().zip(&r).map(|(a, b)| (a - b) * (a - b)).sum::<f64>().sqrt();
-    let norm: f64 = r.iter().map(|b| b * b).sum::<f64>().sqrt();
-    let err = if norm > 0.0 { diff / norm } else { diff };
-    if err.is_nan() {
-        f64::INFINITY
-    } else {
-        err
-    }
+    engine::relative_error(&out.to_f64_vec().unwrap(), &reference.to_f64_vec().unwrap())
 }
 
 /// Asserts `gpu` has the reference's shape and is within `dtype`'s tolerance of it; `dtype` is the
