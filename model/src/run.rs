@@ -9,7 +9,6 @@
 //! A run never overwrites another run's checkpoints: starting in a directory that already holds one
 //! is an error unless the caller asks to resume.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use engine::{DType, Device, Tensor};
@@ -102,7 +101,7 @@ impl TrainingRun {
     pub fn resume(out: &Path, corpus: Option<Corpus>, steps: Option<u64>, device: &Device, dtype: DType) -> Result<TrainingRun> {
         let ckpt = Checkpoint::open(out)?;
         let origin = ckpt.dir().display().to_string();
-        let mut config: Config = serde_json::from_value(ckpt.config()?).map_err(|e| Error::checkpoint(&origin, format!("config.json: {e}")))?;
+        let mut config = checkpoint_config(&ckpt)?;
         if let Some(s) = steps {
             config.train.steps = s;
         }
@@ -114,16 +113,14 @@ impl TrainingRun {
         };
         check_vocab(&config, &corpus)?;
         let mut trainer = Trainer::new(config, device, dtype)?;
-        let mut weights = ckpt.model()?.load_all(device)?;
-        trainer.model.params.load(&mut weights, &origin)?;
+        load_weights(&ckpt, &mut trainer.model, device)?;
         let mut moments = ckpt.optimizer()?.load_all(device)?;
-        let names: Vec<String> = trainer.model.params.iter().map(|p| p.name.clone()).collect();
-        for (i, name) in names.iter().enumerate() {
-            let shape = trainer.model.params.iter().nth(i).map(|p| p.value.shape().clone()).expect("index in range");
-            for (key, slot) in [(format!("m.{name}"), &mut trainer.optimizer.m[i]), (format!("v.{name}"), &mut trainer.optimizer.v[i])] {
+        let optimizer = &mut trainer.optimizer;
+        for (p, (m, v)) in trainer.model.params.iter().zip(optimizer.m.iter_mut().zip(optimizer.v.iter_mut())) {
+            for (key, slot) in [(format!("m.{}", p.name), m), (format!("v.{}", p.name), v)] {
                 let t = moments.remove(&key).ok_or_else(|| Error::checkpoint(&origin, format!("optimizer state lacks {key}")))?;
-                if t.shape() != &shape || t.dtype() != DType::F32 {
-                    return Err(Error::checkpoint(&origin, format!("optimizer tensor {key} is {:?} {}, expected {shape:?} f32", t.shape(), t.dtype())));
+                if t.shape() != p.value.shape() || t.dtype() != DType::F32 {
+                    return Err(Error::checkpoint(&origin, format!("optimizer tensor {key} is {:?} {}, expected {:?} f32", t.shape(), t.dtype(), p.value.shape())));
                 }
                 *slot = t;
             }
@@ -221,12 +218,21 @@ pub struct LoadedModel {
 
 pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
     let ckpt = Checkpoint::open(path)?;
-    let origin = ckpt.dir().display().to_string();
-    let config: Config = serde_json::from_value(ckpt.config()?).map_err(|e| Error::checkpoint(&origin, format!("config.json: {e}")))?;
-    config.validate(&origin)?;
+    let config = checkpoint_config(&ckpt)?;
+    config.validate(&ckpt.dir().display().to_string())?;
     let mut model = crate::Model::new(&config.model, device, 0)?;
-    let mut weights: HashMap<String, Tensor> = ckpt.model()?.load_all(device)?;
-    model.params.load(&mut weights, &origin)?;
+    load_weights(&ckpt, &mut model, device)?;
     let data = ckpt.state().get("data").and_then(Value::as_str).map(PathBuf::from);
     Ok(LoadedModel { config, model, step: ckpt.step(), data })
+}
+
+/// The config a checkpoint was trained with.
+fn checkpoint_config(ckpt: &Checkpoint) -> Result<Config> {
+    serde_json::from_value(ckpt.config()?).map_err(|e| Error::checkpoint(ckpt.dir().display().to_string(), format!("config.json: {e}")))
+}
+
+/// Replaces `model`'s weights with the checkpoint's, checking names and shapes.
+fn load_weights(ckpt: &Checkpoint, model: &mut crate::Model, device: &Device) -> Result<()> {
+    let mut weights = ckpt.model()?.load_all(device)?;
+    model.params.load(&mut weights, &ckpt.dir().display().to_string())
 }

@@ -151,9 +151,9 @@ impl Model {
             let mlp_experts = b.mlp.router.as_ref().map_or(0, |r| r.n_experts);
             let att_used = s.map_or(att_experts as f64, |s| s.att_experts_per_token);
             let mlp_used = s.map_or(mlp_experts as f64, |s| s.mlp_experts_per_token);
-            let idle = (att_experts as f64 - att_used) * b.attn.expert_param_count(d) as f64 * (att_experts > 0) as u8 as f64
-                + (mlp_experts as f64 - mlp_used) * b.mlp.expert_param_count(d) as f64 * (mlp_experts > 0) as u8 as f64;
-            idle_total += idle;
+            // A block without a router has no experts to leave idle.
+            let idle = |experts: usize, used: f64, per_expert: usize| if experts > 0 { (experts as f64 - used) * per_expert as f64 } else { 0.0 };
+            idle_total += idle(att_experts, att_used, b.attn.expert_param_count(d)) + idle(mlp_experts, mlp_used, b.mlp.expert_param_count(d));
             if mlp_experts > 0 {
                 mlp_expert_total += mlp_experts * b.mlp.expert_param_count(d);
                 mlp_expert_active += mlp_used * b.mlp.expert_param_count(d) as f64;
