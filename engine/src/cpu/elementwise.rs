@@ -110,10 +110,17 @@ pub(super) fn gelu<A: Acc>(v: A) -> A {
     v * sigmoid(gelu_2u(v), A::one())
 }
 
+/// ½·x·(1 + tanh u) evaluated with `tanh` itself, as the GEMM epilogues do (`gelu_tanh` in
+/// gemm_epilogue.cuh): the references for those kernels follow their arithmetic.
+#[inline(always)]
+pub(super) fn gelu_tanh<A: Acc>(v: A) -> A {
+    A::of(0.5) * v * (A::one() + (A::of(GELU_C) * (v + A::of(GELU_A) * v * v * v)).tanh())
+}
+
 /// d/dx of the tanh-approximated GeLU: ½(1 + tanh u) + ½·x·(1 − tanh² u)·u′ with u′ = c(1 + 3a·x²);
 /// with s = σ(2u) that is s + 2·x·s·(1 − s)·u′.
 #[inline(always)]
-fn gelu_grad<A: Acc>(v: A) -> A {
+pub(super) fn gelu_grad<A: Acc>(v: A) -> A {
     gelu_and_grad(v).1
 }
 

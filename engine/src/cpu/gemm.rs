@@ -5,6 +5,7 @@
 //! serve tests and small shapes, not speed.
 
 use super::elem::indices;
+use super::elementwise::gelu_tanh;
 use crate::backend::{BackendStorage, GemmForm, GemmLayout, GroupedLayout};
 use crate::{CpuStorage, Error, Result};
 
@@ -13,10 +14,6 @@ fn f64s(op: &'static str, s: &CpuStorage) -> Result<Vec<f64>> {
         CpuStorage::F64(v) => Ok(v),
         other => Err(Error::DType { op, dtype: other.dtype(), detail: ": cast to f64 failed".into() }),
     }
-}
-
-fn tanh_gelu(x: f64) -> f64 {
-    0.5 * x * (1.0 + (0.797_884_560_802_865_4 * (x + 0.044_715 * x * x * x)).tanh())
 }
 
 /// Element (i, j) of op(a)·op(b) for an m x n x k product in `form`, a and b row-major.
@@ -59,7 +56,7 @@ pub(super) fn gemm(a: &CpuStorage, b: &CpuStorage, bias: Option<&CpuStorage>, re
                 v += bias[j];
             }
             if l.gelu {
-                v = tanh_gelu(v);
+                v = gelu_tanh(v);
             }
             if let Some(r) = &residual {
                 v += r[i * n + j];
@@ -184,7 +181,7 @@ mod tests {
         let l = GemmLayout { m: 1, n: 1, k: 2, form: GemmForm::NN, alpha: 2.0, gelu: true, out_dtype: DType::F64 };
         let out = gemm(&a, &b, Some(&CpuStorage::F32(vec![1.])), Some(&CpuStorage::F32(vec![0.5])), &l).unwrap();
         let CpuStorage::F64(v) = out else { panic!("f64 output requested") };
-        assert!((v[0] - (tanh_gelu(7.0) + 0.5)).abs() < 1e-12);
+        assert!((v[0] - (gelu_tanh(7.0) + 0.5)).abs() < 1e-12);
         // Forms: a [k=2, m=1] transposed and b [n=1, k=2] transposed give the same product.
         for form in [GemmForm::TN, GemmForm::NT] {
             let l = GemmLayout { form, alpha: 1.0, gelu: false, ..l };
@@ -192,6 +189,6 @@ mod tests {
             assert_eq!(v, vec![3.0]);
         }
         // gelu(-3) is small and negative, (0.5·x·(1 + tanh(...))).
-        assert!(tanh_gelu(-3.0) < 0.0 && tanh_gelu(-3.0) > -0.01);
+        assert!(gelu_tanh(-3.0) < 0.0 && gelu_tanh(-3.0) > -0.01);
     }
 }

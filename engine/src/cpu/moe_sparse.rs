@@ -12,24 +12,11 @@ use std::cmp::Ordering;
 
 use super::elem::prelude::*;
 use super::elem::{indices, with_float, Acc, Elem, Float};
+use super::elementwise::{gelu_grad, gelu_tanh};
 use super::matmul::matmul;
 use crate::backend::MatmulLayout;
 use crate::ops::moe_sparse::{RouteMode, SparseDims, DROPPED};
 use crate::{CpuStorage, Error, Result};
-
-const GELU_C: f64 = 0.797_884_560_802_865_4;
-const GELU_A: f64 = 0.044_715;
-
-fn gelu<A: Acc>(x: A) -> A {
-    A::of(0.5) * x * (A::one() + (A::of(GELU_C) * (x + A::of(GELU_A) * x * x * x)).tanh())
-}
-
-fn gelu_grad<A: Acc>(x: A) -> A {
-    let one = A::one();
-    let s = one / (one + (-(A::of(2.0 * GELU_C) * (x + A::of(GELU_A) * x * x * x))).exp());
-    let du = A::of(GELU_C) * (one + A::of(3.0 * GELU_A) * x * x);
-    s + A::of(2.0) * x * s * (one - s) * du
-}
 
 /// "a ahead of b": larger first, NaN before everything, ties to the lower index (as `ahead` in common.cuh).
 fn order<A: Acc>(a: (A, usize), b: (A, usize)) -> Ordering {
@@ -207,7 +194,7 @@ where
         let mut he = Vec::with_capacity(rows * f);
         for (j, v) in ue.into_iter().enumerate() {
             u[first * f + j] = T::narrow(v);
-            h[first * f + j] = T::narrow(gelu(v));
+            h[first * f + j] = T::narrow(gelu_tanh(v));
             he.push(h[first * f + j].widen());
         }
         let ye = gemm(he, slab(w2), rows, d, f, false, false)?;
