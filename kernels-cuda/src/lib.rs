@@ -263,23 +263,32 @@ pub const MOE_DENSE: KernelSource = KernelSource {
     expect_sass: &["HMMA.16816.F32.BF16", "HMMA.16816.F32", "LDGSTS", "LDSM"],
 };
 
+/// The entry points `GEMM_LINEAR_ENTRIES` (gemm_epilogue.cuh) defines with `prefix`: every form
+/// (nn, nt, tn) for bf16 -> bf16 / f32 and f16 -> f16 / f32, followed by any `extra` entries.
+macro_rules! gemm_linear_entries {
+    ($prefix:literal $(, $extra:literal)*) => {
+        &[
+            concat!($prefix, "_nn_bf16_bf16"),
+            concat!($prefix, "_nt_bf16_bf16"),
+            concat!($prefix, "_tn_bf16_bf16"),
+            concat!($prefix, "_nn_bf16_f32"),
+            concat!($prefix, "_nt_bf16_f32"),
+            concat!($prefix, "_tn_bf16_f32"),
+            concat!($prefix, "_nn_f16_f16"),
+            concat!($prefix, "_nt_f16_f16"),
+            concat!($prefix, "_tn_f16_f16"),
+            concat!($prefix, "_nn_f16_f32"),
+            concat!($prefix, "_nt_f16_f32"),
+            concat!($prefix, "_tn_f16_f32"),
+            $($extra,)*
+        ]
+    };
+}
+
 pub const GEMM_SM90: KernelSource = KernelSource {
     name: "gemm_sm90",
     source: include_str!("kernels/gemm_sm90.cu"),
-    entry_points: &[
-        "gemm90_nn_bf16_bf16",
-        "gemm90_nt_bf16_bf16",
-        "gemm90_tn_bf16_bf16",
-        "gemm90_nn_bf16_f32",
-        "gemm90_nt_bf16_f32",
-        "gemm90_tn_bf16_f32",
-        "gemm90_nn_f16_f16",
-        "gemm90_nt_f16_f16",
-        "gemm90_tn_f16_f16",
-        "gemm90_nn_f16_f32",
-        "gemm90_nt_f16_f32",
-        "gemm90_tn_f16_f32",
-    ],
+    entry_points: gemm_linear_entries!("gemm90"),
     // wgmma (HGMMA) fed by TMA (UTMALDG), registers moved by setmaxnreg (USETMAXREG).
     expect_sass: &["HGMMA", "UTMALDG", "USETMAXREG"],
 };
@@ -287,21 +296,7 @@ pub const GEMM_SM90: KernelSource = KernelSource {
 pub const GEMM_SM80: KernelSource = KernelSource {
     name: "gemm_sm80",
     source: include_str!("kernels/gemm_sm80.cu"),
-    entry_points: &[
-        "gemm80_nn_bf16_bf16",
-        "gemm80_nt_bf16_bf16",
-        "gemm80_tn_bf16_bf16",
-        "gemm80_nn_bf16_f32",
-        "gemm80_nt_bf16_f32",
-        "gemm80_tn_bf16_f32",
-        "gemm80_nn_f16_f16",
-        "gemm80_nt_f16_f16",
-        "gemm80_tn_f16_f16",
-        "gemm80_nn_f16_f32",
-        "gemm80_nt_f16_f32",
-        "gemm80_tn_f16_f32",
-        "gemm_group_table",
-    ],
+    entry_points: gemm_linear_entries!("gemm80", "gemm_group_table"),
     // On sm_90a too this module is mma.sync (HMMA); Hopper's own path is gemm_sm90.
     expect_sass: &["HMMA", "LDGSTS", "LDSM"],
 };
