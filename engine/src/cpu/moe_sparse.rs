@@ -125,9 +125,15 @@ struct Lists<'a> {
 }
 
 impl Lists<'_> {
-    /// (first list entry, entries) of expert e.
-    fn range(&self, e: usize) -> (usize, usize) {
-        (self.offsets[e] as usize, (self.offsets[e + 1] - self.offsets[e]) as usize)
+    /// (expert, first list entry, entries) of every expert that has entries.
+    fn busy_experts(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let range = |e: usize| (e, self.offsets[e] as usize, (self.offsets[e + 1] - self.offsets[e]) as usize);
+        (0..self.dims.n_experts).map(range).filter(|&(_, _, rows)| rows > 0)
+    }
+    /// Expert e's `[f, d]` rows of the stacked weights `w`, widened.
+    fn slab<T: Float>(&self, w: &[T], e: usize) -> Vec<T::Acc> {
+        let len = self.dims.f * self.dims.d;
+        w[e * len..(e + 1) * len].iter().map(|v| v.widen()).collect()
     }
     fn slot(&self, i: usize) -> usize {
         self.sorted[i] as usize
@@ -180,24 +186,19 @@ fn forward_typed<T: Float>(x: &[T], w1: &[T], w2: &[T], w: &[T], l: &Lists, save
 where
     T::Acc: Elem,
 {
-    let SparseDims { d, f, n_experts, .. } = l.dims;
+    let SparseDims { d, f, .. } = l.dims;
     let slots = l.dims.slots();
     let zero = T::narrow(<T::Acc>::zero());
     let (mut u, mut h, mut rows_out) = (vec![zero; slots * f], vec![zero; slots * f], vec![zero; slots * d]);
-    for e in 0..n_experts {
-        let (first, rows) = l.range(e);
-        if rows == 0 {
-            continue;
-        }
-        let slab = |w: &[T]| w[e * f * d..(e + 1) * f * d].iter().map(|v| v.widen()).collect::<Vec<_>>();
-        let ue = gemm(l.gather(x, first, rows, d), slab(w1), rows, f, d, false, true)?;
+    for (e, first, rows) in l.busy_experts() {
+        let ue = gemm(l.gather(x, first, rows, d), l.slab(w1, e), rows, f, d, false, true)?;
         let mut he = Vec::with_capacity(rows * f);
         for (j, v) in ue.into_iter().enumerate() {
             u[first * f + j] = T::narrow(v);
             h[first * f + j] = T::narrow(gelu_tanh(v));
             he.push(h[first * f + j].widen());
         }
-        let ye = gemm(he, slab(w2), rows, d, f, false, false)?;
+        let ye = gemm(he, l.slab(w2, e), rows, d, f, false, false)?;
         for r in 0..rows {
             let s = l.slot(first + r);
             let ws = w[s].widen();
@@ -223,18 +224,13 @@ fn backward_typed<T: Float>(dy: &[T], x: &[T], w1: &[T], w2: &[T], w: &[T], u: &
 where
     T::Acc: Elem,
 {
-    let SparseDims { d, f, n_experts, .. } = l.dims;
+    let SparseDims { d, f, .. } = l.dims;
     let slots = l.dims.slots();
     let zero = T::narrow(<T::Acc>::zero());
     let (mut dw1, mut dw2) = (vec![zero; w1.len()], vec![zero; w2.len()]);
     let (mut dweights, mut dx_rows) = (vec![zero; slots], vec![zero; slots * d]);
-    for e in 0..n_experts {
-        let (first, rows) = l.range(e);
-        if rows == 0 {
-            continue;
-        }
-        let slab = |w: &[T]| w[e * f * d..(e + 1) * f * d].iter().map(|v| v.widen()).collect::<Vec<_>>();
-        let dg = gemm(l.gather(dy, first, rows, d), slab(w2), rows, f, d, false, true)?;
+    for (e, first, rows) in l.busy_experts() {
+        let dg = gemm(l.gather(dy, first, rows, d), l.slab(w2, e), rows, f, d, false, true)?;
         let (mut du, mut he) = (Vec::with_capacity(rows * f), Vec::with_capacity(rows * f));
         for r in 0..rows {
             let s = l.slot(first + r);
@@ -249,7 +245,7 @@ where
             }
             dweights[s] = T::narrow(dot);
         }
-        let dxe = gemm(du.clone(), slab(w1), rows, d, f, false, false)?;
+        let dxe = gemm(du.clone(), l.slab(w1, e), rows, d, f, false, false)?;
         for r in 0..rows {
             let s = l.slot(first + r);
             dx_rows[s * d..(s + 1) * d].iter_mut().zip(&dxe[r * d..(r + 1) * d]).for_each(|(o, v)| *o = T::narrow(*v));
