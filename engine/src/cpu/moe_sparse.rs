@@ -230,7 +230,8 @@ where
     let (mut dw1, mut dw2) = (vec![zero; w1.len()], vec![zero; w2.len()]);
     let (mut dweights, mut dx_rows) = (vec![zero; slots], vec![zero; slots * d]);
     for (e, first, rows) in l.busy_experts() {
-        let dg = gemm(l.gather(dy, first, rows, d), l.slab(w2, e), rows, f, d, false, true)?;
+        let dy_rows = l.gather(dy, first, rows, d);
+        let dg = gemm(dy_rows.clone(), l.slab(w2, e), rows, f, d, false, true)?;
         let (mut du, mut he) = (Vec::with_capacity(rows * f), Vec::with_capacity(rows * f));
         for r in 0..rows {
             let s = l.slot(first + r);
@@ -251,7 +252,7 @@ where
             dx_rows[s * d..(s + 1) * d].iter_mut().zip(&dxe[r * d..(r + 1) * d]).for_each(|(o, v)| *o = T::narrow(*v));
         }
         let dw1e = gemm(du, l.gather(x, first, rows, d), f, d, rows, true, false)?;
-        let mut dyw = l.gather(dy, first, rows, d);
+        let mut dyw = dy_rows;
         for r in 0..rows {
             let ws = w[l.slot(first + r)].widen();
             dyw[r * d..(r + 1) * d].iter_mut().for_each(|v| *v = T::narrow(*v * ws).widen());
