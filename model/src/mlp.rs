@@ -68,7 +68,7 @@ impl Mlp {
         let (y, experts_per_token, dropped_tokens) = match routing {
             // One fused op: the gating and GeLU ride in the products' epilogues on CUDA.
             Routing::Dense => (x.moe_dense_mlp(&w1, &w2, &r.probs)?, self.n_experts as f64, 0),
-            Routing::Sparse(sel) => match route_mode(sel, self.n_experts) {
+            Routing::Sparse(sel) => match sel.route_mode(self.n_experts)? {
                 None => return self.forward(ctx, params, x, Routing::Dense),
                 Some(mode) => {
                     let routes = ops::moe_route(r.probs.value(), mode, false)?;
@@ -105,17 +105,5 @@ impl Mlp {
     /// Parameters of one expert (both matrices).
     pub fn expert_param_count(&self, d: usize) -> usize {
         2 * self.width * d
-    }
-}
-
-/// The engine's routing mode for a selection over `n` experts (`None` for dense). Threshold modes
-/// cap a token at the routing kernel's slot limit.
-fn route_mode(sel: Selection, n: usize) -> Option<RouteMode> {
-    let k_max = n.min(ops::moe_sparse::MAX_SLOTS);
-    match sel {
-        Selection::Dense => None,
-        Selection::TopK(k) => Some(RouteMode::TopK(k)),
-        Selection::Threshold(eps) => Some(RouteMode::Threshold { eps, k_max }),
-        Selection::ThresholdK(eps) => Some(RouteMode::ThresholdK { eps, k_max }),
     }
 }

@@ -2,7 +2,8 @@
 //! of turning router probabilities into a selection of experts at inference.
 
 use autograd::Var;
-use engine::{ops, Device, Rng, ScalarOp, Tensor};
+use engine::ops::{self, RouteMode};
+use engine::{Device, Rng, Tensor};
 
 use crate::config::RouterKind;
 use crate::params::{Init, ParamId, Params};
@@ -78,25 +79,28 @@ impl Selection {
         }
     }
 
+    /// The engine's routing mode for this selection over `n` experts (`None` for dense). Threshold
+    /// modes cap a token at the routing kernel's slot limit.
+    pub fn route_mode(&self, n: usize) -> Result<Option<RouteMode>> {
+        let k_max = n.min(ops::moe_sparse::MAX_SLOTS);
+        Ok(match *self {
+            Selection::Dense => None,
+            Selection::TopK(k) if k > n => return Err(Error::Invalid { what: "mode", value: format!("top-k:{k}"), msg: format!("only {n} experts") }),
+            Selection::TopK(k) => Some(RouteMode::TopK(k)),
+            Selection::Threshold(eps) => Some(RouteMode::Threshold { eps, k_max }),
+            Selection::ThresholdK(eps) => Some(RouteMode::ThresholdK { eps, k_max }),
+        })
+    }
+
     /// The 0/1 mask `[T, N]` of selected experts for router probabilities `probs`, or None for
-    /// `Dense`. Ties in top-K go to the lower expert index.
+    /// `Dense`: the engine's routing (`ops::moe_route`, the same rule the sparse MLP runs on)
+    /// scattered back to one column per expert.
     pub fn mask(&self, probs: &Tensor) -> Result<Option<Tensor>> {
         let n = probs.shape().last();
-        match *self {
-            Selection::Dense => Ok(None),
-            Selection::TopK(k) => {
-                if k > n {
-                    return Err(Error::Invalid { what: "mode", value: format!("top-k:{k}"), msg: format!("only {n} experts") });
-                }
-                Ok(Some(top_k_mask(probs, k)?))
-            }
-            Selection::Threshold(eps) => Ok(Some(threshold_mask(probs, eps)?)),
-            Selection::ThresholdK(eps) => {
-                let mask = threshold_mask(probs, eps)?;
-                let mean_k = ops::sum_all(&mask)?.to_scalar()? / probs.shape().rows() as f64;
-                Ok(Some(top_k_mask(probs, (mean_k.round() as usize).clamp(1, n))?))
-            }
-        }
+        let Some(mode) = self.route_mode(n)? else { return Ok(None) };
+        let routes = ops::moe_route(probs, mode, false)?;
+        // Unused slots name a valid expert with a mask of 0, so they add nothing.
+        Ok(Some(ops::scatter_add_last(&routes.mask, &routes.experts, n)?))
     }
 
     pub fn describe(&self) -> String {
@@ -107,17 +111,4 @@ impl Selection {
             Selection::ThresholdK(e) => format!("threshold-k:{e}"),
         }
     }
-}
-
-fn top_k_mask(probs: &Tensor, k: usize) -> Result<Tensor> {
-    let (_, idx) = ops::topk(probs, k)?;
-    let ones = Tensor::ones(idx.shape().clone(), probs.dtype(), &probs.device())?;
-    Ok(ops::scatter_add_last(&ones, &idx, probs.shape().last())?)
-}
-
-fn threshold_mask(probs: &Tensor, eps: f64) -> Result<Tensor> {
-    let n = probs.shape().last() as f64;
-    let above = ops::scalar(&ops::mul_scalar(probs, n)?, ScalarOp::Gt, eps)?;
-    // At least one expert per token: the most probable one always counts.
-    Ok(ops::maximum(&above, &top_k_mask(probs, 1)?)?)
 }
