@@ -237,6 +237,16 @@ template <class Cfg> struct Accum {
     float v[Cfg::MI][Cfg::NI][4];
 };
 
+// Copies into shared address `dst` the 16-byte chunk that starts `pos` elements into a stored row
+// whose contiguous axis ends at `end`: min(8, end - pos) elements, the rest zero-filled. A row
+// outside the operand (`row_in` false) or pos >= end reads nothing (`row` is then not dereferenced)
+// and zero-fills the chunk; `any` is a valid address for that empty copy.
+template <typename T>
+__device__ __forceinline__ void copy_chunk(u32 dst, bool row_in, const T* row, u32 pos, u32 end, const T* any) {
+    const bool ok = row_in && pos < end;
+    cp_async16(dst, ok ? row + pos : any, ok ? min(8u, end - pos) * 2u : 0u);
+}
+
 // Copies K-slice `k0` of the tile into stage buffers sa / sb (shared addresses).
 template <class Cfg, bool TRANS_A, bool TRANS_B, typename T>
 __device__ __forceinline__ void load_slice(const GemmProblem<T>& p, const TileCoord& tc, const u64 (&a_row_off)[Cfg::A_ELEMS / 8 / Cfg::THREADS],
@@ -251,24 +261,15 @@ __device__ __forceinline__ void load_slice(const GemmProblem<T>& p, const TileCo
             // smem [BM][BK]: row = tile row, chunk along k. a_row_off holds phys(row)·lda (or ~0 if the row is past rows).
             constexpr int CH = Cfg::BK / 8;
             const int row = c / CH, ch = c % CH;
-            const u32 gk = k0 + ch * 8;
-            const u32 valid = (a_row_off[i] != ~0ull && gk < tc.k_end) ? min(8u, tc.k_end - gk) * 2u : 0u;
-            const T* src = valid ? p.a + a_row_off[i] + gk : p.a;
-            cp_async16(sa + swz<CH>(row, ch), src, valid);
+            copy_chunk(sa + swz<CH>(row, ch), a_row_off[i] != ~0ull, p.a + a_row_off[i], k0 + ch * 8, tc.k_end, p.a);
         } else {
             // smem [BK][BM]: row = k, chunk along m.
             constexpr int CH = Cfg::BM / 8;
             const int kr = c / CH, ch = c % CH;
             const u32 gk = k0 + kr;
-            const u32 lm = tc.m_local + ch * 8;
-            u32 valid = 0;
-            const T* src = p.a;
-            if (gk < tc.k_end && lm < tc.rows) {
-                valid = min(8u, tc.rows - lm) * 2u;
-                const u64 phys = p.a_rows != nullptr ? (u64)p.a_rows[gk] : (u64)gk;
-                src = p.a + phys * p.lda + tc.row_begin + lm;
-            }
-            cp_async16(sa + swz<CH>(kr, ch), src, valid);
+            const bool k_in = gk < tc.k_end;  // the gathered row index is read only for rows inside the K range
+            const T* row = k_in ? p.a + (p.a_rows != nullptr ? (u64)p.a_rows[gk] : (u64)gk) * p.lda + tc.row_begin : p.a;
+            copy_chunk(sa + swz<CH>(kr, ch), k_in, row, tc.m_local + ch * 8, tc.rows, p.a);
         }
     }
 #pragma unroll
@@ -278,18 +279,14 @@ __device__ __forceinline__ void load_slice(const GemmProblem<T>& p, const TileCo
             // smem [BK][BN]: row = k, chunk along n.
             constexpr int CH = Cfg::BN / 8;
             const int kr = c / CH, ch = c % CH;
-            const u32 gk = k0 + kr, gn = tc.n0 + ch * 8;
-            const bool ok = gk < tc.k_end && gn < p.n;
-            const u32 valid = ok ? min(8u, p.n - gn) * 2u : 0u;
-            cp_async16(sb + swz<CH>(kr, ch), ok ? b + (u64)gk * p.ldb + gn : p.b, valid);
+            const u32 gk = k0 + kr;
+            copy_chunk(sb + swz<CH>(kr, ch), gk < tc.k_end, b + (u64)gk * p.ldb, tc.n0 + ch * 8, p.n, p.b);
         } else {
             // smem [BN][BK]: row = n, chunk along k.
             constexpr int CH = Cfg::BK / 8;
             const int nr = c / CH, ch = c % CH;
-            const u32 gn = tc.n0 + nr, gk = k0 + ch * 8;
-            const bool ok = gn < p.n && gk < tc.k_end;
-            const u32 valid = ok ? min(8u, tc.k_end - gk) * 2u : 0u;
-            cp_async16(sb + swz<CH>(nr, ch), ok ? b + (u64)gn * p.ldb + gk : p.b, valid);
+            const u32 gn = tc.n0 + nr;
+            copy_chunk(sb + swz<CH>(nr, ch), gn < p.n, b + (u64)gn * p.ldb, k0 + ch * 8, tc.k_end, p.b);
         }
     }
 }
