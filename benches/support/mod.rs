@@ -63,7 +63,7 @@ impl Blas {
     pub fn new() -> Option<Blas> {
         // SAFETY: only asks whether the library can be loaded.
         if !unsafe { blas_sys::is_culib_present() } {
-            println!("skipped: libcublas not found (cuBLAS baselines need it on LD_LIBRARY_PATH)");
+            cuda::report_skip("libcublas not found (cuBLAS baselines need it on LD_LIBRARY_PATH)");
             return None;
         }
         let handle = blas::create_handle().ok()?;
