@@ -8,6 +8,50 @@
 
 use crate::{DType, Result};
 
+// Sparse MoE: the routing rule and the sizes both the op layer and the backends see.
+
+/// How experts are chosen per token from router probabilities.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RouteMode {
+    /// The k most probable experts.
+    TopK(usize),
+    /// Experts with N·p > eps (computed in f32 for f32 / bf16 / f16 probabilities), at least the
+    /// most probable one, at most `k_max`.
+    Threshold { eps: f64, k_max: usize },
+    /// The threshold rule's batch-average count, rounded and clamped to 1..=k_max, as a fixed K.
+    ThresholdK { eps: f64, k_max: usize },
+}
+
+impl RouteMode {
+    /// The number of slots per token.
+    pub fn k_max(&self) -> usize {
+        match *self {
+            RouteMode::TopK(k) => k,
+            RouteMode::Threshold { k_max, .. } | RouteMode::ThresholdK { k_max, .. } => k_max,
+        }
+    }
+}
+
+/// `slot_pos` of a slot that is not in the list.
+pub const DROPPED: u32 = u32::MAX;
+
+/// Sizes of one sparse MLP call, for the backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SparseDims {
+    pub tokens: usize,
+    pub d: usize,
+    pub f: usize,
+    pub n_experts: usize,
+    pub k_max: usize,
+}
+
+impl SparseDims {
+    /// Slots, and so the capacity of the sorted list.
+    pub fn slots(&self) -> usize {
+        self.tokens * self.k_max
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UnaryOp {
     Neg,

@@ -15,7 +15,7 @@ use super::elem::{indices, with_float, Acc, Elem, Float};
 use super::elementwise::{gelu_grad, gelu_tanh};
 use super::matmul::matmul;
 use crate::backend::MatmulLayout;
-use crate::ops::moe_sparse::{RouteMode, SparseDims, DROPPED};
+use crate::backend::{RouteMode, SparseDims, DROPPED};
 use crate::{CpuStorage, Error, Result};
 
 /// "a ahead of b": larger first, NaN before everything, ties to the lower index (as `ahead` in common.cuh).

@@ -15,6 +15,7 @@
 //! 4. `moe_sparse_mlp_backward`: dx, dw1, dw2 and the router-weight gradient dweights [T, k_max].
 
 use super::{check_float, check_index, check_same_device, check_same_dtype};
+pub use crate::backend::{RouteMode, SparseDims, DROPPED};
 use crate::{cpu, cuda, DType, Error, Result, Shape, Storage, Tensor};
 
 /// Most experts a routing kernel handles (a 64-bit per-lane mask over a warp).
@@ -23,28 +24,6 @@ pub const MAX_EXPERTS: usize = 2048;
 pub const MAX_SLOTS: usize = 32;
 /// Token counts up to this run the decode kernels under `MoePath::Auto`.
 pub const DECODE_MAX_TOKENS: usize = 16;
-
-/// How experts are chosen per token from router probabilities.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum RouteMode {
-    /// The k most probable experts.
-    TopK(usize),
-    /// Experts with N·p > eps (computed in f32 for f32 / bf16 / f16 probabilities), at least the
-    /// most probable one, at most `k_max`.
-    Threshold { eps: f64, k_max: usize },
-    /// The threshold rule's batch-average count, rounded and clamped to 1..=k_max, as a fixed K.
-    ThresholdK { eps: f64, k_max: usize },
-}
-
-impl RouteMode {
-    /// The number of slots per token.
-    pub fn k_max(&self) -> usize {
-        match *self {
-            RouteMode::TopK(k) => k,
-            RouteMode::Threshold { k_max, .. } | RouteMode::ThresholdK { k_max, .. } => k_max,
-        }
-    }
-}
 
 /// Routing of T tokens, `[T, k_max]` slots each: slot j of token t is used when j < counts[t].
 #[derive(Debug, Clone)]
@@ -78,9 +57,6 @@ pub struct Permutation {
     pub n_experts: usize,
 }
 
-/// `slot_pos` of a slot that is not in the list.
-pub const DROPPED: u32 = u32::MAX;
-
 /// Which CUDA kernels run the sparse MLP forward (the CPU has one path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MoePath {
@@ -88,23 +64,6 @@ pub enum MoePath {
     Auto,
     Grouped,
     Decode,
-}
-
-/// Sizes of one sparse MLP call, for the backends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SparseDims {
-    pub tokens: usize,
-    pub d: usize,
-    pub f: usize,
-    pub n_experts: usize,
-    pub k_max: usize,
-}
-
-impl SparseDims {
-    /// Slots, and so the capacity of the sorted list.
-    pub fn slots(&self) -> usize {
-        self.tokens * self.k_max
-    }
 }
 
 /// What the forward keeps for the backward, in list order: U = x·W1ᵀ and H = gelu(U), `[T·k_max, f]`.

@@ -11,7 +11,7 @@ use super::{float_suffix, nbytes};
 use crate::cuda::launch::{kernel_args, launch, launch_with_smem, Grid};
 use crate::cuda::profile::Cost;
 use crate::cuda::CudaStorage;
-use crate::ops::moe_sparse::{RouteMode, SparseDims};
+use crate::backend::{RouteMode, SparseDims};
 use crate::{DType, Error, Result};
 
 /// Slots per chunk of the counting sort (CHUNK in moe_route.cu).
