@@ -42,6 +42,9 @@ pub enum Error {
 
     #[error("{context}: {source}")]
     Io { context: String, #[source] source: std::io::Error },
+
+    #[error("out of host memory: cannot allocate {bytes} bytes for {what}")]
+    HostOutOfMemory { what: &'static str, bytes: u128 },
 }
 
 impl Error {

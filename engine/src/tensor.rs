@@ -86,18 +86,18 @@ impl Tensor {
             ));
         }
         let cpu = match dtype {
-            DType::F32 => CpuStorage::F32(data.iter().map(|&v| v as f32).collect()),
-            DType::F64 => CpuStorage::F64(data.to_vec()),
-            DType::BF16 => CpuStorage::BF16(data.iter().map(|&v| half::bf16::from_f64(v)).collect()),
-            DType::F16 => CpuStorage::F16(data.iter().map(|&v| half::f16::from_f64(v)).collect()),
-            DType::U32 => CpuStorage::U32(data.iter().map(|&v| v as u32).collect()),
+            DType::F32 => CpuStorage::F32(host_vec(data.len(), |i| data[i] as f32)?),
+            DType::F64 => CpuStorage::F64(host_vec(data.len(), |i| data[i])?),
+            DType::BF16 => CpuStorage::BF16(host_vec(data.len(), |i| half::bf16::from_f64(data[i]))?),
+            DType::F16 => CpuStorage::F16(host_vec(data.len(), |i| half::f16::from_f64(data[i]))?),
+            DType::U32 => CpuStorage::U32(host_vec(data.len(), |i| data[i] as u32)?),
         };
         Tensor::from_cpu(cpu, shape).to_device(device)
     }
 
     pub fn full(value: f64, shape: impl Into<Shape>, dtype: DType, device: &Device) -> Result<Tensor> {
         let shape = shape.into();
-        Tensor::from_f64s(&vec![value; shape.elem_count()], shape, dtype, device)
+        Tensor::from_f64s(&host_vec(shape.elem_count(), |_| value)?, shape, dtype, device)
     }
 
     pub fn zeros(shape: impl Into<Shape>, dtype: DType, device: &Device) -> Result<Tensor> {
@@ -117,14 +117,14 @@ impl Tensor {
     /// Normal(mean, std), drawn on the host so a seed gives the same values on every device.
     pub fn randn(shape: impl Into<Shape>, mean: f64, std: f64, dtype: DType, device: &Device, rng: &mut Rng) -> Result<Tensor> {
         let shape = shape.into();
-        let v: Vec<f64> = (0..shape.elem_count()).map(|_| mean + std * rng.normal()).collect();
+        let v = host_vec(shape.elem_count(), |_| mean + std * rng.normal())?;
         Tensor::from_f64s(&v, shape, dtype, device)
     }
 
     /// Uniform in [lo, hi), drawn on the host.
     pub fn rand_uniform(shape: impl Into<Shape>, lo: f64, hi: f64, dtype: DType, device: &Device, rng: &mut Rng) -> Result<Tensor> {
         let shape = shape.into();
-        let v: Vec<f64> = (0..shape.elem_count()).map(|_| lo + (hi - lo) * rng.uniform()).collect();
+        let v = host_vec(shape.elem_count(), |_| lo + (hi - lo) * rng.uniform())?;
         Tensor::from_f64s(&v, shape, dtype, device)
     }
 
@@ -198,4 +198,13 @@ impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Tensor[{:?}, {}, {}]", self.shape, self.dtype, self.device())
     }
+}
+
+/// `n` values `f(0), f(1), ...` in a vector whose allocation may fail: a tensor too large for the
+/// host is an error, not an abort of the process.
+fn host_vec<T>(n: usize, f: impl FnMut(usize) -> T) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Error::HostOutOfMemory { what: "a tensor", bytes: n as u128 * std::mem::size_of::<T>() as u128 })?;
+    v.extend((0..n).map(f));
+    Ok(v)
 }
