@@ -3,19 +3,7 @@
 
 mod common;
 
-use common::{dsmoe, micro_config, scratch, text};
-
-/// Asserts a clean failure whose message contains every one of `needles`.
-fn fails_with(args: &[&str], needles: &[&str]) {
-    let o = dsmoe(args);
-    let (out, err) = text(&o);
-    assert!(!o.status.success(), "{args:?} succeeded:\n{out}");
-    assert_eq!(o.status.code(), Some(1), "{args:?}: not a clean error exit\n{err}");
-    assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
-    for n in needles {
-        assert!(err.contains(n), "{args:?}: message lacks {n:?}:\n{err}");
-    }
-}
+use common::{dsmoe, fails_with, micro_config, scratch, text};
 
 #[test]
 fn train_eval_generate_round_trip() {

@@ -193,6 +193,9 @@ impl Config {
         if t.batch_size == 0 || t.seq_len == 0 || t.grad_accum == 0 {
             return bad("train.batch_size, train.seq_len and train.grad_accum must be positive".into());
         }
+        if t.batch_size.checked_mul(t.seq_len).and_then(|n| n.checked_mul(t.grad_accum)).is_none_or(|n| n > u32::MAX as usize) {
+            return bad(format!("train.batch_size {} x seq_len {} x grad_accum {} tokens per step overflow (at most {} tokens per step)", t.batch_size, t.seq_len, t.grad_accum, u32::MAX));
+        }
         if t.seq_len > self.model.max_seq_len {
             return bad(format!("train.seq_len {} exceeds model.max_seq_len {}", t.seq_len, self.model.max_seq_len));
         }
@@ -215,6 +218,15 @@ impl ModelConfig {
         let (a, m) = (&self.attention, &self.mlp);
         if self.vocab_size < 2 || self.d_model == 0 || self.n_layers == 0 || self.max_seq_len == 0 {
             return bad("vocab_size >= 2, and d_model, n_layers, max_seq_len > 0 are required".into());
+        }
+        if self.vocab_size > u32::MAX as usize {
+            return bad(format!("vocab_size {} does not fit the 32-bit token ids (at most {})", self.vocab_size, u32::MAX));
+        }
+        if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
+            return bad(format!("norm_eps {} must be a positive number (RMSNorm divides by sqrt(mean(x²) + norm_eps))", self.norm_eps));
+        }
+        if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
+            return bad(format!("rope_theta {} must be a positive number (the rotary base)", self.rope_theta));
         }
         if a.n_experts == 0 || a.heads_per_expert == 0 || a.kv_heads == 0 || a.head_dim == 0 {
             return bad("attention sizes must all be positive".into());
@@ -239,6 +251,9 @@ impl ModelConfig {
         }
         if [self.mi_alpha_att, self.mi_alpha_mlp, self.load_balance_alpha].iter().any(|x| !(x.is_finite() && *x >= 0.0)) {
             return bad("loss weights must be finite and non-negative".into());
+        }
+        if self.counts(None, None).is_err() {
+            return bad(crate::count::COUNT_OVERFLOW.into());
         }
         match self.family {
             Family::Dense => {
@@ -305,9 +320,11 @@ pub mod presets {
         if let Some(text) = text(name_or_path) {
             return Config::from_json(text, name_or_path);
         }
-        let text = std::fs::read_to_string(name_or_path).map_err(|e| {
-            crate::Error::config(name_or_path, format!("not a preset ({}) and not a readable file: {e}", NAMES.join(", ")))
-        })?;
+        let path = std::path::Path::new(name_or_path);
+        if !path.exists() {
+            return Err(crate::Error::config(name_or_path, format!("not a preset ({}) and not a file", NAMES.join(", "))));
+        }
+        let text = crate::files::read_text_limited(path, crate::files::METADATA_LIMIT, "config file")?;
         Config::from_json(&text, name_or_path)
     }
 }

@@ -28,12 +28,20 @@ pub fn generate(model: &Model, prompt: &[u32], n_tokens: usize, temperature: f64
         let next = if temperature == 0.0 {
             ops::argmax(&last, -1, false)?.to_vec::<u32>()?[0]
         } else {
-            let probs = ops::softmax(&ops::mul_scalar(&ops::cast(&last, DType::F32)?, 1.0 / temperature)?)?.to_f64_vec()?;
-            sample(&probs, rng)
+            sample(&tempered(&last.to_f64_vec()?, temperature), rng)
         };
         tokens.push(next);
     }
     Ok(tokens)
+}
+
+/// Unnormalised probabilities of `logits / temperature`: exp((l - max) / T) in f64. Measured from
+/// the largest logit, every exponent is at most 0, so no temperature overflows: as T shrinks the
+/// mass goes to the argmax, and a T so small that the quotient is -inf leaves exactly the argmax
+/// (greedy), where scaling the logits by 1/T first would overflow to inf and NaN.
+fn tempered(logits: &[f64], temperature: f64) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    logits.iter().map(|&l| ((l - max) / temperature).exp()).collect()
 }
 
 fn sample(probs: &[f64], rng: &mut Rng) -> u32 {

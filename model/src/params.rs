@@ -60,18 +60,31 @@ impl Params {
         self.list.iter().map(|p| p.value.elem_count()).sum()
     }
 
-    /// Replaces every value with the tensor of the same name from `loaded`, checking shapes.
+    /// Replaces every value with the tensor of the same name from `loaded`, checking shapes, dtypes and
+    /// that every value is finite.
     pub fn load(&mut self, loaded: &mut HashMap<String, Tensor>, origin: &str) -> Result<()> {
         for p in &mut self.list {
             let t = loaded.remove(&p.name).ok_or_else(|| Error::checkpoint(origin, format!("missing tensor {}", p.name)))?;
             if t.shape() != p.value.shape() {
                 return Err(Error::checkpoint(origin, format!("tensor {} has shape {:?}, the config needs {:?}", p.name, t.shape(), p.value.shape())));
             }
-            p.value = engine::ops::cast(&t.to_device(&p.value.device())?, DType::F32)?;
+            if t.dtype() != p.value.dtype() {
+                return Err(Error::checkpoint(origin, format!("tensor {} has dtype {}, the model's weights are {}", p.name, t.dtype(), p.value.dtype())));
+            }
+            if !all_finite(&t)? {
+                return Err(Error::checkpoint(origin, format!("tensor {} holds NaN or infinite values: the weights are damaged and unusable", p.name)));
+            }
+            p.value = t.to_device(&p.value.device())?;
         }
         if let Some(extra) = loaded.keys().next() {
             return Err(Error::checkpoint(origin, format!("unexpected tensor {extra} (is the config the one this checkpoint was trained with?)")));
         }
         Ok(())
     }
+}
+
+/// True when no element of a float tensor is NaN or infinite: both propagate into the sum. (A sum
+/// of finite values beyond the dtype's range would read as infinite too; weights are nowhere near.)
+pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
+    Ok(engine::ops::sum_all(t)?.to_scalar()?.is_finite())
 }

@@ -7,17 +7,22 @@
 //! stopped (`model/tests/resume.rs` checks it).
 //!
 //! A run never overwrites another run's checkpoints: starting in a directory that already holds one
-//! is an error unless the caller asks to resume.
+//! is an error unless the caller asks to resume. A run holds its directory's lock (`run_lock`) for
+//! its whole life, so two processes never write one run; the holder removes the temporary files a
+//! killed writer left. The data is checked whole before step 1, and a checkpoint is written only of
+//! finite weights and moments.
 
 use std::path::{Path, PathBuf};
 
-use engine::{DType, Device, Tensor};
+use engine::{ops, DType, Device, Tensor};
 use serde_json::{json, Value};
 
-use crate::checkpoint::{self, rng_from_hex, rng_to_hex, Checkpoint, Snapshot};
+use crate::checkpoint::{self, remove_stale_temps, rng_from_hex, rng_to_hex, Checkpoint, Snapshot};
 use crate::data::{default_corpus_path, Corpus};
 use crate::eval::{evaluate, EvalReport};
 use crate::metrics::{write_loss_plot, MetricsLog, TRAIN_LOSS, VAL_LOSS};
+use crate::params::all_finite;
+use crate::run_lock::RunLock;
 use crate::train::{StepReport, Trainer};
 use crate::transformer::InferenceMode;
 use crate::{Config, Error, Result};
@@ -32,6 +37,8 @@ pub struct TrainingRun {
     pub corpus: Corpus,
     out: PathBuf,
     metrics: MetricsLog,
+    /// Held for the run's life: one writer per run directory.
+    _lock: RunLock,
 }
 
 /// What one `TrainingRun::step` did besides the update.
@@ -81,54 +88,66 @@ pub fn validation_windows(corpus: &Corpus, seq: usize, limit: usize) -> Result<V
 impl TrainingRun {
     /// Starts a fresh run of `config` on `corpus`, writing into `out`.
     pub fn start(config: Config, corpus: Corpus, out: &Path, device: &Device, dtype: DType) -> Result<TrainingRun> {
-        if out.join(checkpoint::LATEST_FILE).exists() {
-            return Err(Error::checkpoint(
-                out.display().to_string(),
-                "already holds a run's checkpoints; resume it (--resume) or choose another output directory",
-            ));
-        }
-        check_vocab(&config, &corpus)?;
+        refuse_existing_run(out)?;
+        check_data(&config, &corpus)?;
         let trainer = Trainer::new(config, device, dtype)?;
         std::fs::create_dir_all(out).map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
-        let metrics_path = out.join(METRICS_FILE);
+        let lock = RunLock::acquire(out)?;
+        // Checked again under the lock: another process may have checkpointed here meanwhile.
+        refuse_existing_run(out)?;
+        remove_stale_temps(out)?;
         // A fresh run in a directory with a stale log (from a run that never checkpointed) starts it over.
-        let metrics = MetricsLog::open_resumed(&metrics_path, 0)?;
-        Ok(TrainingRun { trainer, corpus, out: out.to_path_buf(), metrics })
+        let metrics = MetricsLog::open_resumed(&out.join(METRICS_FILE), 0)?;
+        Ok(TrainingRun { trainer, corpus, out: out.to_path_buf(), metrics, _lock: lock })
     }
 
-    /// Resumes the run in `out` from its latest checkpoint. `steps` extends (or shortens) the
-    /// schedule's length; the data is the run's own unless `corpus` is given.
-    pub fn resume(out: &Path, corpus: Option<Corpus>, steps: Option<u64>, device: &Device, dtype: DType) -> Result<TrainingRun> {
+    /// Resumes the run in `out` from its latest checkpoint, with the run's own settings. `steps`
+    /// extends (or shortens) the schedule's length; the data is the run's own unless `corpus` is
+    /// given; `dtype`, when given, must be the run's.
+    pub fn resume(out: &Path, corpus: Option<Corpus>, steps: Option<u64>, device: &Device, dtype: Option<DType>) -> Result<TrainingRun> {
+        if !out.join(checkpoint::LATEST_FILE).exists() {
+            let msg = match out.parent().filter(|_| out.join(checkpoint::STATE_FILE).exists()) {
+                Some(run) => format!("is one checkpoint of a run, not a run directory; resume the run: --out {}", run.display()),
+                None => format!("has no `{}`: there is no run to resume here", checkpoint::LATEST_FILE),
+            };
+            return Err(Error::checkpoint(out.display().to_string(), msg));
+        }
+        let lock = RunLock::acquire(out)?;
+        remove_stale_temps(out)?;
         let ckpt = Checkpoint::open(out)?;
-        let origin = ckpt.dir().display().to_string();
+        let origin = ckpt.dir().join(checkpoint::STATE_FILE).display().to_string();
         let mut config = checkpoint_config(&ckpt)?;
         if let Some(s) = steps {
             config.train.steps = s;
         }
         let state = ckpt.state();
-        let field = |name: &str| state.get(name).and_then(Value::as_str).ok_or_else(|| Error::checkpoint(&origin, format!("state.json has no `{name}`")));
+        let field = |name: &str| state.get(name).and_then(Value::as_str).ok_or_else(|| Error::checkpoint(&origin, format!("state has no `{name}` string")));
+        let saved = parse_dtype(field("dtype")?).map_err(|e| Error::checkpoint(&origin, e.to_string()))?;
+        if let Some(d) = dtype.filter(|&d| d != saved) {
+            return Err(Error::checkpoint(&origin, format!("the run trains in {saved}; --dtype {d} conflicts with it (a resumed run keeps its own settings)")));
+        }
+        let data_rng = rng_from_hex(field("data_rng")?).map_err(|e| Error::checkpoint(&origin, e.to_string()))?;
         let corpus = match corpus {
             Some(c) => c,
             None => open_corpus(Some(Path::new(field("data")?)))?,
         };
-        check_vocab(&config, &corpus)?;
-        let mut trainer = Trainer::new(config, device, dtype)?;
+        check_data(&config, &corpus)?;
+        let mut trainer = Trainer::new(config, device, saved)?;
         load_weights(&ckpt, &mut trainer.model, device)?;
-        let mut moments = ckpt.optimizer()?.load_all(device)?;
-        let optimizer = &mut trainer.optimizer;
-        for (p, (m, v)) in trainer.model.params.iter().zip(optimizer.m.iter_mut().zip(optimizer.v.iter_mut())) {
-            for (key, slot) in [(format!("m.{}", p.name), m), (format!("v.{}", p.name), v)] {
-                let t = moments.remove(&key).ok_or_else(|| Error::checkpoint(&origin, format!("optimizer state lacks {key}")))?;
-                if t.shape() != p.value.shape() || t.dtype() != DType::F32 {
-                    return Err(Error::checkpoint(&origin, format!("optimizer tensor {key} is {:?} {}, expected {:?} f32", t.shape(), t.dtype(), p.value.shape())));
-                }
-                *slot = t;
-            }
-        }
+        load_moments(&ckpt, &mut trainer)?;
         trainer.optimizer.step = ckpt.step();
-        trainer.data_rng = rng_from_hex(field("data_rng")?)?;
+        trainer.data_rng = data_rng;
         let metrics = MetricsLog::open_resumed(&out.join(METRICS_FILE), ckpt.step())?;
-        Ok(TrainingRun { trainer, corpus, out: out.to_path_buf(), metrics })
+        Ok(TrainingRun { trainer, corpus, out: out.to_path_buf(), metrics, _lock: lock })
+    }
+
+    /// Warnings about the run directory for the user: damaged metrics lines passed over.
+    pub fn warnings(&self) -> Vec<String> {
+        self.metrics
+            .skipped_lines()
+            .iter()
+            .map(|n| format!("{} line {n} is not a JSON record; it is left in place and skipped", self.metrics.path().display()))
+            .collect()
     }
 
     pub fn out(&self) -> &Path {
@@ -190,6 +209,14 @@ impl TrainingRun {
             "data_rng": rng_to_hex(&tr.data_rng),
             "dtype": dtype_name(tr.dtype),
         });
+        for (name, t) in model.iter().chain(&optimizer) {
+            if !all_finite(t)? {
+                return Err(Error::checkpoint(
+                    self.out.display().to_string(),
+                    format!("refusing to write the checkpoint of step {}: {name} holds NaN or infinite values; the last checkpoint is untouched", tr.optimizer.step),
+                ));
+            }
+        }
         let snap = Snapshot { step: tr.optimizer.step, model: &model, optimizer: &optimizer, config: &config, state: &state };
         let dir = checkpoint::save(&self.out, &snap, KEEP_CHECKPOINTS)?;
         write_loss_plot(&self.out.join(METRICS_FILE), &self.out.join(PLOT_FILE), &format!("{}: loss per token", tr.config.model.name))?;
@@ -197,7 +224,60 @@ impl TrainingRun {
     }
 }
 
-fn check_vocab(config: &Config, corpus: &Corpus) -> Result<()> {
+/// Fails when `out` already holds a run's checkpoints.
+fn refuse_existing_run(out: &Path) -> Result<()> {
+    if out.join(checkpoint::LATEST_FILE).exists() {
+        return Err(Error::checkpoint(out.display().to_string(), "already holds a run's checkpoints; resume it (--resume) or choose another output directory"));
+    }
+    Ok(())
+}
+
+/// Everything about the data a run will find wrong later, found before step 1: a vocabulary the
+/// model cannot embed, an id outside the file's vocabulary anywhere in it, a split shorter than
+/// one window.
+fn check_data(config: &Config, corpus: &Corpus) -> Result<()> {
+    check_vocab(config, corpus)?;
+    corpus.check_ids()?;
+    let seq = config.train.seq_len;
+    corpus.val_windows(seq, Some(1))?;
+    let train = corpus.split_len(crate::data::Split::Train);
+    if train < seq + 1 {
+        return Err(Error::data(corpus.path().display().to_string(), format!("the training split has {train} tokens, fewer than one window of {seq} + 1")));
+    }
+    Ok(())
+}
+
+/// Restores AdamW's moments, checking each: present, of the parameter's shape, f32, finite and,
+/// for the second moments, not negative.
+fn load_moments(ckpt: &Checkpoint, trainer: &mut Trainer) -> Result<()> {
+    let file = ckpt.optimizer()?;
+    let origin = file.path().display().to_string();
+    let mut moments = file.load_all(&trainer.model.device())?;
+    let optimizer = &mut trainer.optimizer;
+    for (p, (m, v)) in trainer.model.params.iter().zip(optimizer.m.iter_mut().zip(optimizer.v.iter_mut())) {
+        for (key, slot) in [(format!("m.{}", p.name), m), (format!("v.{}", p.name), v)] {
+            let t = moments.remove(&key).ok_or_else(|| Error::checkpoint(&origin, format!("optimizer state lacks {key}")))?;
+            if t.shape() != p.value.shape() || t.dtype() != DType::F32 {
+                return Err(Error::checkpoint(&origin, format!("optimizer tensor {key} is {:?} {}, expected {:?} f32", t.shape(), t.dtype(), p.value.shape())));
+            }
+            if !all_finite(&t)? {
+                return Err(Error::checkpoint(&origin, format!("optimizer tensor {key} holds NaN or infinite values: the optimizer state is damaged")));
+            }
+            // sqrt is NaN exactly where a value is negative, and AdamW divides by sqrt(v).
+            if key.starts_with("v.") && ops::sum_all(&ops::sqrt(&t)?)?.to_scalar()?.is_nan() {
+                return Err(Error::checkpoint(&origin, format!("optimizer tensor {key} holds negative second moments: the optimizer state is damaged")));
+            }
+            *slot = t;
+        }
+    }
+    if let Some(extra) = moments.keys().next() {
+        return Err(Error::checkpoint(&origin, format!("unexpected optimizer tensor {extra}")));
+    }
+    Ok(())
+}
+
+/// Fails when `corpus` has ids the model cannot embed.
+pub fn check_vocab(config: &Config, corpus: &Corpus) -> Result<()> {
     if corpus.vocab_size() > config.model.vocab_size {
         return Err(Error::data(
             corpus.path().display().to_string(),
@@ -220,6 +300,8 @@ pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
     let ckpt = Checkpoint::open(path)?;
     let config = checkpoint_config(&ckpt)?;
     config.validate(&ckpt.dir().display().to_string())?;
+    let tokens = config.train.batch_size.saturating_mul(config.train.seq_len);
+    crate::memory::check_fits(device, crate::memory::inference_bytes(&config.model, tokens)?, &format!("loading {}", ckpt.dir().display()))?;
     let mut model = crate::Model::new(&config.model, device, 0)?;
     load_weights(&ckpt, &mut model, device)?;
     let data = ckpt.state().get("data").and_then(Value::as_str).map(PathBuf::from);
@@ -233,6 +315,6 @@ fn checkpoint_config(ckpt: &Checkpoint) -> Result<Config> {
 
 /// Replaces `model`'s weights with the checkpoint's, checking names and shapes.
 fn load_weights(ckpt: &Checkpoint, model: &mut crate::Model, device: &Device) -> Result<()> {
-    let mut weights = ckpt.model()?.load_all(device)?;
-    model.params.load(&mut weights, &ckpt.dir().display().to_string())
+    let file = ckpt.model()?;
+    model.params.load(&mut file.load_all(device)?, &file.path().display().to_string())
 }

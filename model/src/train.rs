@@ -43,6 +43,7 @@ pub struct StepReport {
 impl Trainer {
     pub fn new(config: Config, device: &engine::Device, dtype: DType) -> Result<Trainer> {
         config.validate(&config.model.name)?;
+        crate::memory::check_fits(device, crate::memory::training_bytes(&config)?, &format!("training {}", config.model.name))?;
         let model = Model::new(&config.model, device, config.train.seed)?;
         let optimizer = Optimizer::new(&model.params)?;
         let data_rng = Rng::new(config.train.seed ^ 0x5eed_da7a);

@@ -243,7 +243,7 @@ fn a_dtype_dsmoe_does_not_use_is_an_error() {
 }
 
 #[test]
-fn params_load_checks_names_and_shapes() {
+fn params_load_checks_names_shapes_and_dtypes() {
     let dir = Scratch::new("checkpoint-params");
     let config = presets::load("dense-tiny").unwrap().model;
     let source = Model::new(&config, &Device::Cpu, 1).unwrap();
@@ -269,6 +269,13 @@ fn params_load_checks_names_and_shapes() {
     loaded.insert(first.clone(), Tensor::zeros(vec![n], DType::F32, &Device::Cpu).unwrap());
     let msg = err_naming(target.params.load(&mut loaded, &origin), &path);
     assert!(msg.contains(&first) && msg.contains("shape"), "{msg}");
+
+    // The right shape in another dtype (an f32 tensor relabelled u32 has the same byte length).
+    let mut loaded = TensorFile::open(&path).unwrap().load_all(&Device::Cpu).unwrap();
+    let dims = loaded[&first].dims().to_vec();
+    loaded.insert(first.clone(), Tensor::zeros(dims, DType::U32, &Device::Cpu).unwrap());
+    let msg = err_naming(target.params.load(&mut loaded, &origin), &path);
+    assert!(msg.contains(&first) && msg.contains("dtype"), "{msg}");
 
     let mut loaded = TensorFile::open(&path).unwrap().load_all(&Device::Cpu).unwrap();
     loaded.insert("extra.weight".into(), Tensor::zeros(vec![1], DType::F32, &Device::Cpu).unwrap());

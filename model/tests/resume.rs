@@ -7,29 +7,10 @@ mod common;
 use std::path::Path;
 
 use engine::{DType, Device};
-use model::config::presets;
 use model::metrics::{read_metrics, series, TRAIN_LOSS};
 use model::run::{load_model, open_corpus, TrainingRun};
-use model::Config;
 
-use common::Scratch;
-
-fn tiny_config(steps: u64) -> Config {
-    let mut c = presets::load("ds-moe-tiny").unwrap();
-    c.model.d_model = 32;
-    c.model.n_layers = 2;
-    c.model.attention.head_dim = 8;
-    c.model.mlp.expert_width = 16;
-    c.train.batch_size = 4;
-    c.train.seq_len = 32;
-    c.model.max_seq_len = 32;
-    c.train.steps = steps;
-    c.train.warmup_steps = 2;
-    c.train.eval_interval = 2;
-    c.train.eval_windows = 4;
-    c.train.checkpoint_interval = 3;
-    c
-}
+use common::{tiny_config, Scratch};
 
 fn weights(run_dir: &Path) -> Vec<(String, Vec<f64>)> {
     let loaded = load_model(run_dir, &Device::Cpu).unwrap();
@@ -54,7 +35,7 @@ fn a_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
         run.step().unwrap();
     }
     drop(run);
-    let mut run = TrainingRun::resume(split, None, None, &Device::Cpu, DType::F32).unwrap();
+    let mut run = TrainingRun::resume(split, None, None, &Device::Cpu, None).unwrap();
     assert_eq!(run.step_count(), 3);
     while !run.is_done() {
         run.step().unwrap();

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use model::eval::evaluate;
-use model::run::{load_model, open_corpus, validation_windows};
+use model::run::{check_vocab, load_model, open_corpus, validation_windows};
 
 use super::{compute_dtype, device, inference_mode, report};
 use crate::cli::EvalArgs;
@@ -13,6 +13,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let dtype = compute_dtype(None, &device)?;
     let loaded = load_model(&a.checkpoint, &device)?;
     let corpus = open_corpus(a.data.as_deref().or(loaded.data.as_deref()))?;
+    check_vocab(&loaded.config, &corpus)?;
     let t = &loaded.config.train;
     let windows = validation_windows(&corpus, t.seq_len, a.windows)?;
     let r = evaluate(&loaded.model, &windows, t.batch_size, mode, dtype, corpus.bytes_per_token())?;

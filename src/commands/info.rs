@@ -13,22 +13,22 @@ pub fn run(args: InfoArgs) -> Result<()> {
             for name in presets::NAMES {
                 let c = presets::load(name)?;
                 let m = &c.model;
-                let counts = m.counts(None, None);
-                println!("{:<20} {:<7} {:>10} {:>10} {:>12}  {}", name, family(m.family), millions(counts.total as f64), millions(counts.embedding as f64), format!("{} x {}", m.n_layers, m.d_model), summary(&c));
+                let counts = m.counts(None, None)?;
+                println!("{:<20} {:<7} {:>10} {:>10} {:>12}  {}", name, family(m.family), millions(counts.total as f64), millions(counts.embedding as f64), format!("{} x {}", m.n_layers, m.d_model), summary(&c)?);
             }
             Ok(())
         }
         Some(name) => {
             let c = presets::load(&name)?;
             let m = &c.model;
-            let counts = m.counts(None, None);
+            let counts = m.counts(None, None)?;
             println!("{} ({}): {}", m.name, family(m.family), m.description);
             println!("  total {} non-embedding parameters, embedding {}", millions(counts.total as f64), millions(counts.embedding as f64));
             println!("  {} layers, d_model {}, {} query heads of {} ({} attention experts x {}), {} kv heads", m.n_layers, m.d_model, m.q_heads(), m.attention.head_dim, m.attention.n_experts, m.attention.heads_per_expert, m.attention.kv_heads);
             println!("  MLP: {} experts of width {}", m.mlp.n_experts, m.mlp.expert_width);
             println!("  {:<24} {:>12} {:>10} {:>14}", "mode", "active", "fraction", "MLP experts");
             for (mode, att, mlp) in modes(&c) {
-                let k = m.counts(att, mlp);
+                let k = m.counts(att, mlp)?;
                 println!("  {:<24} {:>12} {:>9.1}% {:>13.1}%", mode, millions(k.active), 100.0 * k.active / k.total as f64, 100.0 * k.mlp_expert_fraction);
             }
             if m.family == Family::DsMoe {
@@ -55,15 +55,15 @@ fn modes(c: &Config) -> Vec<(String, Option<f64>, Option<f64>)> {
     }
 }
 
-fn summary(c: &Config) -> String {
-    modes(c)
+fn summary(c: &Config) -> Result<String> {
+    let parts = modes(c)
         .into_iter()
         .map(|(label, a, m)| {
-            let k = c.model.counts(a, m);
-            format!("{}: {}", label.split(' ').next().unwrap_or(""), millions(k.active))
+            let k = c.model.counts(a, m)?;
+            Ok(format!("{}: {}", label.split(' ').next().unwrap_or(""), millions(k.active)))
         })
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect::<Result<Vec<_>>>()?;
+    Ok(parts.join(", "))
 }
 
 fn family(f: Family) -> &'static str {

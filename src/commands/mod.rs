@@ -7,7 +7,7 @@ mod report;
 mod tokenize;
 mod train;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use engine::{DType, Device};
 use model::{InferenceMode, Selection};
 
@@ -30,11 +30,21 @@ fn device(s: &str) -> Result<Device> {
 
 /// The compute dtype: given, or bf16 on CUDA (f32 master weights) and f32 on the CPU.
 fn compute_dtype(given: Option<&str>, device: &Device) -> Result<DType> {
-    match given {
-        Some(s) => Ok(model::run::parse_dtype(s)?),
-        None if device.is_cuda() => Ok(DType::BF16),
-        None => Ok(DType::F32),
+    let dtype = match given {
+        Some(s) => model::run::parse_dtype(s)?,
+        None if device.is_cuda() => DType::BF16,
+        None => DType::F32,
+    };
+    check_dtype(dtype, device)?;
+    Ok(dtype)
+}
+
+/// Fails up front for a dtype the device cannot compute in: the CPU backend has no f16 kernels.
+fn check_dtype(dtype: DType, device: &Device) -> Result<()> {
+    if dtype == DType::F16 && !device.is_cuda() {
+        bail!("--dtype f16 needs a CUDA device; on {device} use f32, f64 or bf16");
     }
+    Ok(())
 }
 
 fn inference_mode(mlp: &str, attention: &str) -> Result<InferenceMode> {

@@ -4,14 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use model::config::presets;
 use model::run::{open_corpus, TrainingRun};
 use model::{Family, InferenceMode, Selection};
 
 use super::generate::bytes_to_text;
-use super::{compute_dtype, device, report};
+use super::{check_dtype, compute_dtype, device, report};
 use crate::cli::TrainArgs;
 
 /// Sample printed after training, and the prompt it continues.
@@ -20,12 +20,20 @@ const SAMPLE_TOKENS: usize = 240;
 
 pub fn run(a: TrainArgs) -> Result<()> {
     let device = device(&a.device)?;
-    let dtype = compute_dtype(a.dtype.as_deref(), &device)?;
     let mut run = if a.resume {
         let out = a.out.clone().unwrap_or_else(|| Path::new("runs").join(&a.config));
         let corpus = a.data.as_deref().map(|p| open_corpus(Some(p))).transpose()?;
-        TrainingRun::resume(&out, corpus, a.steps, &device, dtype).with_context(|| format!("resuming {}", out.display()))?
+        // The run's own dtype unless one is given (which must then be the run's).
+        let dtype = a.dtype.as_deref().map(|d| compute_dtype(Some(d), &device)).transpose()?;
+        let run = TrainingRun::resume(&out, corpus, a.steps, &device, dtype).with_context(|| format!("resuming {}", out.display()))?;
+        check_dtype(run.trainer.dtype, &device)?;
+        let seed = run.trainer.config.train.seed;
+        if let Some(s) = a.seed.filter(|&s| s != seed) {
+            bail!("resuming {}: --seed {s} conflicts with the run's seed {seed} (a resumed run keeps its own settings)", out.display());
+        }
+        run
     } else {
+        let dtype = compute_dtype(a.dtype.as_deref(), &device)?;
         let mut config = presets::load(&a.config)?;
         if let Some(s) = a.steps {
             config.train.steps = s;
@@ -37,12 +45,19 @@ pub fn run(a: TrainArgs) -> Result<()> {
         let corpus = open_corpus(a.data.as_deref())?;
         TrainingRun::start(config, corpus, &out, &device, dtype)?
     };
-    describe(&run, &device, dtype);
+    for w in run.warnings() {
+        eprintln!("warning: {w}");
+    }
+    describe(&run, &device, run.trainer.dtype);
     train(&mut run)?;
     if !a.no_final_eval {
         final_evaluation(&run)?;
     }
-    println!("checkpoint: {}", run.out().display());
+    if run.out().join(model::checkpoint::LATEST_FILE).exists() {
+        println!("checkpoint: {}", run.out().display());
+    } else {
+        println!("checkpoint: none written (no step was trained)");
+    }
     println!("metrics:    {}  (loss curve: {})", run.out().join(model::run::METRICS_FILE).display(), run.out().join(model::run::PLOT_FILE).display());
     Ok(())
 }

@@ -1,11 +1,25 @@
 //! What the command-line tests share: running the binary, and a config small enough to train a few
 //! steps in a second.
+// Each test binary uses a different subset of these.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn dsmoe(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dsmoe")).args(args).env_remove("DSMOE_PROFILE").output().expect("the dsmoe binary runs")
+}
+
+/// Asserts a clean failure whose message contains every one of `needles`.
+pub fn fails_with(args: &[&str], needles: &[&str]) {
+    let o = dsmoe(args);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{args:?} succeeded:\n{out}");
+    assert_eq!(o.status.code(), Some(1), "{args:?}: not a clean error exit\n{err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: message lacks {n:?}:\n{err}");
+    }
 }
 
 /// (stdout, stderr) as text.

@@ -75,3 +75,21 @@ fn temp_path(path: &Path) -> Result<PathBuf> {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     Ok(parent_dir(path).join(format!(".{}.{}-{n}.tmp", name.to_string_lossy(), std::process::id())))
 }
+
+/// Removes the temporary files (`temp_path`'s `.NAME.PID-N.tmp`) a killed writer left in `dir`.
+/// Only a process that is the directory's one writer (it holds the run lock) may call this: another
+/// live writer's temporary file would look the same. Returns how many were removed.
+pub fn remove_stale_temps(dir: &Path) -> Result<usize> {
+    let entries = fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+        let name = entry.file_name();
+        let is_temp = name.to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"));
+        if is_temp && entry.file_type().is_ok_and(|t| t.is_file()) {
+            fs::remove_file(entry.path()).map_err(|e| Error::io(format!("removing stale temporary file {}", entry.path().display()), e))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

@@ -30,9 +30,10 @@ use std::path::{Path, PathBuf};
 use engine::{Rng, Tensor};
 use serde_json::Value;
 
-pub use atomic::{write_atomic, write_atomic_with};
+pub use atomic::{remove_stale_temps, write_atomic, write_atomic_with};
 pub use tensors::{save_tensors, TensorFile};
 
+use crate::files::{read_text_limited, METADATA_LIMIT};
 use crate::{Error, Result};
 
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -106,11 +107,10 @@ pub fn save(run_dir: &Path, snap: &Snapshot, keep_last: usize) -> Result<PathBuf
 /// The step directory `latest` names, if there is a `latest`.
 fn read_latest(run_dir: &Path) -> Result<Option<String>> {
     let path = run_dir.join(LATEST_FILE);
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
-    };
+    if fs::symlink_metadata(&path).is_err() {
+        return Ok(None);
+    }
+    let text = read_text_limited(&path, METADATA_LIMIT, "checkpoint pointer")?;
     let name = text.trim();
     if parse_step_dir_name(name).is_none() {
         return Err(Error::checkpoint(path.display().to_string(), format!("expected a step directory name like step-00001000, found {name:?}")));
@@ -160,9 +160,13 @@ impl Checkpoint {
             None => path.to_path_buf(),
         };
         let state_path = dir.join(STATE_FILE);
-        let text = fs::read_to_string(&state_path).map_err(|e| {
-            Error::checkpoint(path.display().to_string(), format!("no complete checkpoint: cannot read {} ({e}); expected a run directory with `{LATEST_FILE}` or a step directory", state_path.display()))
-        })?;
+        if !state_path.exists() {
+            return Err(Error::checkpoint(
+                path.display().to_string(),
+                format!("no complete checkpoint: there is no {}; expected a run directory with `{LATEST_FILE}` or a step directory", state_path.display()),
+            ));
+        }
+        let text = read_text_limited(&state_path, METADATA_LIMIT, "checkpoint state")?;
         let origin = state_path.display().to_string();
         let envelope: Value = serde_json::from_str(&text).map_err(|e| Error::checkpoint(&origin, format!("invalid JSON: {e}")))?;
         let version = envelope.get("format_version").and_then(Value::as_u64);
@@ -171,6 +175,11 @@ impl Checkpoint {
         }
         let step = envelope.get("step").and_then(Value::as_u64).ok_or_else(|| Error::checkpoint(&origin, "no integer `step`"))?;
         let state = envelope.get("state").cloned().ok_or_else(|| Error::checkpoint(&origin, "no `state`"))?;
+        if let Some(named) = dir.file_name().and_then(|n| n.to_str()).and_then(parse_step_dir_name) {
+            if named != step {
+                return Err(Error::checkpoint(&origin, format!("says step {step}, but it lies in the directory of step {named}")));
+            }
+        }
         Ok(Checkpoint { dir, step, state })
     }
 
@@ -189,7 +198,7 @@ impl Checkpoint {
 
     pub fn config(&self) -> Result<Value> {
         let path = self.dir.join(CONFIG_FILE);
-        let text = fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
+        let text = read_text_limited(&path, METADATA_LIMIT, "checkpoint config")?;
         serde_json::from_str(&text).map_err(|e| Error::checkpoint(path.display().to_string(), format!("invalid JSON: {e}")))
     }
 

@@ -13,7 +13,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use engine::{CpuStorage, DType, Device, Storage, Tensor};
@@ -22,6 +21,7 @@ use safetensors::tensor::{Dtype, Metadata, View};
 use safetensors::SafeTensors;
 
 use super::atomic::write_atomic;
+use crate::files::open_regular;
 use crate::{Error, Result};
 
 /// A tensor's bytes on the host, in the form the safetensors serializer wants.
@@ -108,7 +108,7 @@ pub struct TensorFile {
 impl TensorFile {
     pub fn open(path: &Path) -> Result<TensorFile> {
         let origin = path.display().to_string();
-        let file = File::open(path).map_err(|e| Error::checkpoint(&origin, format!("cannot open: {e}")))?;
+        let file = open_regular(path, "tensor file")?;
         // SAFETY: the map is read-only and private to this process. Checkpoint files are replaced by
         // rename, never rewritten in place, so a concurrent save does not change the mapped bytes;
         // truncating the file from outside while it is mapped is outside what we can defend against

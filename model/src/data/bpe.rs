@@ -18,6 +18,7 @@
 //! `dsmoe generate` reads to encode prompts and decode samples.
 
 use std::collections::HashSet;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
@@ -27,6 +28,7 @@ use tokenizers::Tokenizer;
 
 use super::{train_len, write_token_file};
 use crate::checkpoint::write_atomic;
+use crate::files::{open_regular, read_text_limited, same_file, TOKENIZER_LIMIT};
 use crate::{Error, Result};
 
 /// The smallest vocabulary: the 256 byte tokens, no merges.
@@ -99,7 +101,7 @@ impl BpeTokenizer {
     /// Reads a tokenizer written by `save` (any `tokenizers` JSON file works).
     pub fn load(path: &Path) -> Result<BpeTokenizer> {
         let origin = path.display().to_string();
-        let json = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {origin}"), e))?;
+        let json = read_text_limited(path, TOKENIZER_LIMIT, "tokenizer file")?;
         let inner: Tokenizer = json.parse().map_err(|e| bpe_error(&origin, "not a tokenizer file", e))?;
         Ok(BpeTokenizer { inner })
     }
@@ -166,7 +168,13 @@ fn pieces(text: &str, target: usize) -> impl Iterator<Item = &str> {
 /// whole file to the token file `out` and saves the tokenizer as its sidecar (`sidecar_path`).
 pub fn tokenize_file(text_path: &Path, vocab: usize, out: &Path) -> Result<TokenizeSummary> {
     let origin = text_path.display().to_string();
-    let bytes = std::fs::read(text_path).map_err(|e| Error::io(format!("reading {origin}"), e))?;
+    for (written, what) in [(out.to_path_buf(), "token file"), (sidecar_path(out), "tokenizer file")] {
+        if written == text_path || same_file(&written, text_path) {
+            return Err(Error::data(&origin, format!("is also the output {what} {}: an input is never overwritten; choose another --out", written.display())));
+        }
+    }
+    let mut bytes = Vec::new();
+    open_regular(text_path, "text file")?.read_to_end(&mut bytes).map_err(|e| Error::io(format!("reading {origin}"), e))?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|e| Error::data(&origin, format!("not UTF-8 text (invalid byte at offset {}); BPE needs text", e.valid_up_to())))?;
     let training = training_text(text);

@@ -15,7 +15,6 @@ mod baselines;
 pub mod bpe;
 mod token_file;
 
-use std::fs::File;
 use std::io::Read;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -28,6 +27,7 @@ pub use baselines::Baselines;
 pub use bpe::BpeTokenizer;
 pub use token_file::{write_token_file, TokenFile, HEADER_LEN, MAGIC, VERSION};
 
+use crate::files::open_regular;
 use crate::{Error, Result};
 
 /// Size and sha256 of `data/shakespeare.txt` (see `data/README.md`).
@@ -69,7 +69,7 @@ impl Corpus {
     /// Opens a token file or a text file (byte tokens).
     pub fn open(path: &Path) -> Result<Corpus> {
         let origin = path.display().to_string();
-        let mut file = File::open(path).map_err(|e| Error::data(&origin, format!("cannot open: {e}")))?;
+        let mut file = open_regular(path, "data file")?;
         let mut magic = [0u8; 8];
         let is_token_file = file.read_exact(&mut magic).is_ok() && &magic == MAGIC;
         let source = if is_token_file {
@@ -141,6 +141,15 @@ impl Corpus {
         match &self.source {
             Source::Bytes(_) => Some(1.0),
             Source::Tokens(t) => t.bytes_per_token(),
+        }
+    }
+
+    /// Checks every id against the vocabulary (byte tokens always fit), so a damaged token file is
+    /// found before training rather than at the window that holds the bad id.
+    pub fn check_ids(&self) -> Result<()> {
+        match &self.source {
+            Source::Bytes(_) => Ok(()),
+            Source::Tokens(t) => t.check_ids(),
         }
     }
 

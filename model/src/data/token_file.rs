@@ -20,13 +20,13 @@
 //! count × width, so a file of the wrong width or a truncated one is caught at once); ids are checked
 //! against the vocabulary as they are read, which is cheap and covers every token a run actually uses.
 
-use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
 use crate::checkpoint::write_atomic_with;
+use crate::files::open_regular;
 use crate::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"DSMOETOK";
@@ -55,7 +55,7 @@ impl TokenFile {
     pub fn open(path: &Path) -> Result<TokenFile> {
         let origin = path.display().to_string();
         let err = |msg: String| Error::data(&origin, msg);
-        let file = File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
+        let file = open_regular(path, "token file")?;
         let file_len = file.metadata().map_err(|e| err(format!("cannot stat: {e}")))?.len();
         if file_len < HEADER_LEN as u64 {
             return Err(err(format!("{file_len} bytes is shorter than the {HEADER_LEN}-byte token-file header")));
@@ -115,6 +115,17 @@ impl TokenFile {
     /// Average bytes of text per token, when the header records the text size.
     pub fn bytes_per_token(&self) -> Option<f64> {
         self.text_bytes.filter(|_| self.len > 0).map(|b| b as f64 / self.len as f64)
+    }
+
+    /// Checks every id against the vocabulary, a chunk at a time.
+    pub fn check_ids(&self) -> Result<()> {
+        const CHUNK: usize = 1 << 20;
+        let mut ids = Vec::with_capacity(CHUNK.min(self.len));
+        for start in (0..self.len).step_by(CHUNK) {
+            ids.clear();
+            self.read_into(start, CHUNK.min(self.len - start), &mut ids)?;
+        }
+        Ok(())
     }
 
     /// Appends ids `start..start + n` to `out`, checking each against the vocabulary.

@@ -3,8 +3,12 @@
 //! whatever fields the caller puts in; the plot (`plot`) reads `step`, `train_loss` and `val_loss`.
 //!
 //! A crash can tear the last line; opening the log cuts such a line off, so the next record starts on
-//! a line of its own and the file stays valid JSON lines. A resumed run first drops the records
-//! logged after the checkpoint it resumes from, so steps are not logged twice.
+//! a line of its own and the file stays valid JSON lines. A resumed run cuts the file before the
+//! first record logged after the checkpoint it resumes from, so steps are not logged twice, and
+//! never rewrites the lines before it: they stay byte for byte as written. Numbers are written in
+//! the shortest form that reads back to the same f64, and read exactly (serde_json's
+//! `float_roundtrip`), so a value survives any number of resumes. A damaged line (not a JSON object)
+//! is passed over by readers, and reported, rather than blocking a resume.
 
 mod plot;
 
@@ -16,7 +20,7 @@ use serde_json::{Map, Value};
 
 pub use plot::{loss_plot_svg, write_loss_plot, Curve};
 
-use crate::checkpoint::write_atomic;
+use crate::files::require_regular_file;
 use crate::{Error, Result};
 
 /// The field names the plot reads.
@@ -29,36 +33,44 @@ pub type Record = Map<String, Value>;
 pub struct MetricsLog {
     path: PathBuf,
     file: File,
+    /// Line numbers (from 1) of complete lines that are not JSON objects, kept but not read.
+    skipped: Vec<usize>,
 }
 
 impl MetricsLog {
-    /// Opens `path` for appending, creating it if needed.
+    /// Opens `path` for appending, creating it if needed; a torn last line is cut off.
     pub fn open(path: &Path) -> Result<MetricsLog> {
-        let (records, complete_len) = read_records(path)?;
-        drop(records);
-        let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        let len = file.metadata().map_err(|e| Error::io(format!("opening {}", path.display()), e))?.len();
-        if len != complete_len {
-            file.set_len(complete_len).map_err(|e| Error::io(format!("cutting a torn last line of {}", path.display()), e))?;
-        }
-        Ok(MetricsLog { path: path.to_path_buf(), file })
+        MetricsLog::open_cut(path, None)
     }
 
-    /// Opens the log of a run resumed from a checkpoint at `step`: records with a larger step are
-    /// dropped first (they were logged after that checkpoint and will be logged again).
+    /// Opens the log of a run resumed from a checkpoint at `step`: the file is cut before the first
+    /// record with a larger step (logged after that checkpoint, so logged again), and everything
+    /// before it is left byte for byte as it was; new records are appended.
     pub fn open_resumed(path: &Path, step: u64) -> Result<MetricsLog> {
-        let (records, _) = read_records(path)?;
-        let mut text = String::new();
-        for r in records.iter().filter(|r| r.get(STEP).and_then(Value::as_u64).is_none_or(|s| s <= step)) {
-            text.push_str(&serde_json::to_string(r).map_err(|e| Error::data(path.display().to_string(), e.to_string()))?);
-            text.push('\n');
+        MetricsLog::open_cut(path, Some(step))
+    }
+
+    fn open_cut(path: &Path, after_step: Option<u64>) -> Result<MetricsLog> {
+        let log = read_log(path)?;
+        let cut = after_step
+            .and_then(|step| log.lines.iter().find(|l| l.record.as_ref().and_then(|r| r.get(STEP)).and_then(Value::as_u64).is_some_and(|s| s > step)))
+            .map_or(log.complete_len, |l| l.start);
+        let skipped = log.lines.iter().filter(|l| l.start < cut && l.record.is_none()).map(|l| l.number).collect();
+        let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let len = file.metadata().map_err(|e| Error::io(format!("opening {}", path.display()), e))?.len();
+        if len != cut {
+            file.set_len(cut).map_err(|e| Error::io(format!("cutting {} to its last record before the checkpoint", path.display()), e))?;
         }
-        write_atomic(path, text.as_bytes())?;
-        MetricsLog::open(path)
+        Ok(MetricsLog { path: path.to_path_buf(), file, skipped })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Line numbers (from 1) of lines that are not JSON objects: left in place, read by nobody.
+    pub fn skipped_lines(&self) -> &[usize] {
+        &self.skipped
     }
 
     /// Appends one record (a JSON object) as one line and flushes it.
@@ -74,28 +86,47 @@ impl MetricsLog {
     }
 }
 
-/// Every complete record of a metrics log (a torn last line is ignored); an absent file has none.
+/// Every complete record of a metrics log; a torn last line and lines that are not JSON objects
+/// (a damaged log) are passed over. An absent file has none.
 pub fn read_metrics(path: &Path) -> Result<Vec<Record>> {
-    Ok(read_records(path)?.0)
+    Ok(read_log(path)?.lines.into_iter().filter_map(|l| l.record).collect())
 }
 
-/// The records and the length of the file up to the end of its last complete line.
-fn read_records(path: &Path) -> Result<(Vec<Record>, u64)> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
-    };
+/// One complete line of the log.
+struct Line {
+    /// Byte offset of its first byte.
+    start: u64,
+    /// 1-based line number.
+    number: usize,
+    /// None when the line is not a JSON object.
+    record: Option<Record>,
+}
+
+struct Log {
+    lines: Vec<Line>,
+    /// Length of the file up to the end of its last complete line.
+    complete_len: u64,
+}
+
+fn read_log(path: &Path) -> Result<Log> {
+    if fs::symlink_metadata(path).is_err() {
+        return Ok(Log { lines: Vec::new(), complete_len: 0 });
+    }
+    require_regular_file(path, "metrics log")?;
+    let bytes = fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let mut records = Vec::new();
+    let mut lines = Vec::new();
+    let mut start = 0;
     for (i, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
+        let line_start = start;
+        start += line.len() + 1;
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let record: Record = serde_json::from_slice(line).map_err(|e| Error::data(path.display().to_string(), format!("line {}: not a JSON object: {e}", i + 1)))?;
-        records.push(record);
+        let record = serde_json::from_slice::<Record>(line).ok();
+        lines.push(Line { start: line_start as u64, number: i + 1, record });
     }
-    Ok((records, complete as u64))
+    Ok(Log { lines, complete_len: complete as u64 })
 }
 
 /// The (step, value) points of `field` over the records that have both as finite numbers.

@@ -5,6 +5,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use model::config::presets;
+use model::Config;
+
 /// A directory of its own under cargo's scratch space, removed when dropped.
 pub struct Scratch(pub PathBuf);
 
@@ -35,4 +38,22 @@ pub fn err_naming<T>(result: model::Result<T>, path: &Path) -> String {
     };
     assert!(msg.contains(&path.display().to_string()), "the error does not name {}: {msg}", path.display());
     msg
+}
+
+/// The tiny DS-MoE shrunk to a few steps a second: 2 layers of width 32, checkpoints every 3 steps.
+pub fn tiny_config(steps: u64) -> Config {
+    let mut c = presets::load("ds-moe-tiny").unwrap();
+    c.model.d_model = 32;
+    c.model.n_layers = 2;
+    c.model.attention.head_dim = 8;
+    c.model.mlp.expert_width = 16;
+    c.train.batch_size = 4;
+    c.train.seq_len = 32;
+    c.model.max_seq_len = 32;
+    c.train.steps = steps;
+    c.train.warmup_steps = 2;
+    c.train.eval_interval = 2;
+    c.train.eval_windows = 4;
+    c.train.checkpoint_interval = 3;
+    c
 }
