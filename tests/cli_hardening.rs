@@ -178,5 +178,11 @@ fn checkpoints_and_resumes_are_checked() {
     std::fs::write(&weights, &nan).unwrap();
     fails_with(&["eval", "--checkpoint", s(&run), "--device", "cpu"], &["model.safetensors", "NaN or infinite"]);
     std::fs::write(&weights, &good).unwrap();
+
+    // A checkpoint whose config claims a vocabulary no id type holds: refused before allocating.
+    let config_path = step.join("config.json");
+    let config_text = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(&config_path, config_text.replacen("\"vocab_size\": 256", "\"vocab_size\": 1000000000000", 1)).unwrap();
+    fails_with(&["eval", "--checkpoint", s(&run), "--device", "cpu"], &["vocab_size 1000000000000"]);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -16,15 +16,7 @@ use model::run::{open_corpus, TrainingRun};
 use model::{InferenceMode, Model};
 use serde_json::{json, Value};
 
-use common::{tiny_config, Scratch};
-
-/// A run of `steps` steps in `dir`, trained to its end (checkpoints every 3 steps and at the last).
-fn trained(dir: &Path, steps: u64) {
-    let mut run = TrainingRun::start(tiny_config(steps), open_corpus(None).unwrap(), dir, &Device::Cpu, DType::F32).unwrap();
-    while !run.is_done() {
-        run.step().unwrap();
-    }
-}
+use common::{run_to_end, tiny_config, Scratch};
 
 fn resume(dir: &Path) -> model::Result<TrainingRun> {
     TrainingRun::resume(dir, None, None, &Device::Cpu, None)
@@ -44,10 +36,7 @@ fn a_run_directory_has_one_writer() {
     assert!(msg.contains("in use by another dsmoe process") && msg.contains(&format!("pid {}", std::process::id())), "{msg}");
     drop(run);
     // Released with its holder: the directory is usable again.
-    let mut run = TrainingRun::start(tiny_config(3), open_corpus(None).unwrap(), dir, &Device::Cpu, DType::F32).unwrap();
-    while !run.is_done() {
-        run.step().unwrap();
-    }
+    let _run = run_to_end(tiny_config(3), dir, DType::F32);
     let err = resume(dir).map(|_| ()).expect_err("a resume while the run is live must be refused");
     assert!(err.to_string().contains("in use"), "{err}");
 }
@@ -101,7 +90,7 @@ fn edit_tensors(run: &Path, file: &str, edit: impl Fn(&str, Vec<f32>) -> Vec<f32
 fn damaged_optimizer_state_is_refused_and_non_finite_weights_are_never_saved() {
     let scratch = Scratch::new("hardening-optimizer");
     let dir = &scratch.0;
-    trained(dir, 3);
+    run_to_end(tiny_config(3), dir, DType::F32);
     edit_tensors(dir, checkpoint::OPTIMIZER_FILE, |n, v| if n.starts_with("v.") { v.iter().map(|x| -x - 1.0).collect() } else { v });
     let err = resume(dir).map(|_| ()).unwrap_err().to_string();
     assert!(err.contains("negative second moments") && err.contains(checkpoint::OPTIMIZER_FILE), "{err}");
@@ -111,7 +100,7 @@ fn damaged_optimizer_state_is_refused_and_non_finite_weights_are_never_saved() {
 
     // A weight gone NaN: the save is refused and `latest` still names the last good checkpoint.
     let other = Scratch::new("hardening-nan-save");
-    trained(&other.0, 3);
+    run_to_end(tiny_config(3), &other.0, DType::F32);
     let before = fs::read_to_string(other.path(checkpoint::LATEST_FILE)).unwrap();
     let mut run = resume(&other.0).unwrap();
     let p = run.trainer.model.params.iter_mut().next().unwrap();
@@ -136,11 +125,7 @@ fn edit_state(run: &Path, edit: impl Fn(&mut Value)) {
 fn a_resume_keeps_the_runs_settings_and_validates_its_state() {
     let scratch = Scratch::new("hardening-settings");
     let dir = &scratch.0;
-    let mut run = TrainingRun::start(tiny_config(3), open_corpus(None).unwrap(), dir, &Device::Cpu, DType::F64).unwrap();
-    while !run.is_done() {
-        run.step().unwrap();
-    }
-    drop(run);
+    drop(run_to_end(tiny_config(3), dir, DType::F64));
     assert_eq!(resume(dir).unwrap().trainer.dtype, DType::F64, "the run's own dtype, not a default");
     let err = TrainingRun::resume(dir, None, None, &Device::Cpu, Some(DType::F32)).map(|_| ()).unwrap_err().to_string();
     assert!(err.contains("f64") && err.contains("conflicts"), "{err}");
@@ -164,7 +149,7 @@ fn a_resume_keeps_the_runs_settings_and_validates_its_state() {
 fn temp_files_of_a_killed_writer_are_removed_on_the_next_start() {
     let scratch = Scratch::new("hardening-temps");
     let dir = &scratch.0;
-    trained(dir, 3);
+    run_to_end(tiny_config(3), dir, DType::F32);
     for name in [".metrics.jsonl.4242-0.tmp", ".loss.svg.4242-1.tmp"] {
         fs::write(scratch.path(name), "partial").unwrap();
     }

@@ -10,7 +10,7 @@ use engine::{DType, Device};
 use model::metrics::{read_metrics, series, TRAIN_LOSS};
 use model::run::{load_model, open_corpus, TrainingRun};
 
-use common::{tiny_config, Scratch};
+use common::{run_to_end, tiny_config, Scratch};
 
 fn weights(run_dir: &Path) -> Vec<(String, Vec<f64>)> {
     let loaded = load_model(run_dir, &Device::Cpu).unwrap();
@@ -22,10 +22,7 @@ fn a_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
     let steps = 7;
     let whole_dir = Scratch::new("resume-whole");
     let whole = &whole_dir.0;
-    let mut run = TrainingRun::start(tiny_config(steps), open_corpus(None).unwrap(), whole, &Device::Cpu, DType::F32).unwrap();
-    while !run.is_done() {
-        run.step().unwrap();
-    }
+    drop(run_to_end(tiny_config(steps), whole, DType::F32));
 
     // Stop after the checkpoint at step 3, plus one step that the resumed run must redo.
     let split_dir = Scratch::new("resume-split");
@@ -54,10 +51,7 @@ fn a_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
 fn a_fresh_run_never_overwrites_checkpoints() {
     let scratch = Scratch::new("resume-overwrite");
     let dir = &scratch.0;
-    let mut run = TrainingRun::start(tiny_config(3), open_corpus(None).unwrap(), dir, &Device::Cpu, DType::F32).unwrap();
-    while !run.is_done() {
-        run.step().unwrap();
-    }
+    let _run = run_to_end(tiny_config(3), dir, DType::F32);
     let err = TrainingRun::start(tiny_config(3), open_corpus(None).unwrap(), dir, &Device::Cpu, DType::F32).err().expect("must refuse");
     assert!(err.to_string().contains("already holds"), "{err}");
 }

@@ -5,7 +5,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use engine::{DType, Device};
 use model::config::presets;
+use model::run::{open_corpus, TrainingRun};
 use model::Config;
 
 /// A directory of its own under cargo's scratch space, removed when dropped.
@@ -56,4 +58,14 @@ pub fn tiny_config(steps: u64) -> Config {
     c.train.eval_windows = 4;
     c.train.checkpoint_interval = 3;
     c
+}
+
+/// A fresh run of `config` in `dir` on the bundled corpus, trained to its last step; returned while
+/// it still holds its directory.
+pub fn run_to_end(config: Config, dir: &Path, dtype: DType) -> TrainingRun {
+    let mut run = TrainingRun::start(config, open_corpus(None).unwrap(), dir, &Device::Cpu, dtype).unwrap();
+    while !run.is_done() {
+        run.step().unwrap();
+    }
+    run
 }
