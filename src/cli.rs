@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 pub struct Args {
     #[command(subcommand)]
     pub command: Command,
-    /// Time every CUDA kernel launch with events and print a per-kernel table at exit (the same as
-    /// DSMOE_PROFILE=1).
+    /// Time every CUDA kernel launch with events, or every CPU op, and print a per-kernel / per-op
+    /// table at exit (the same as DSMOE_PROFILE=1).
     #[arg(long, global = true)]
     pub profile: bool,
 }

@@ -1,6 +1,8 @@
 //! The CPU backend: the reference every CUDA kernel is tested against, and fast enough for
 //! CPU-only training of small models. This file only routes each `BackendStorage` method to the
-//! file of its op family; the dtype plumbing is in `elem`, the threading policy in `par`.
+//! file of its op family, through the profiler's bracket (`profile::timed`, which declares each
+//! call's bytes and FLOPs); the dtype plumbing is in `elem`, the threading policy in `par`, the
+//! caching host allocator in `pool`.
 
 mod adamw;
 mod elem;
@@ -12,6 +14,8 @@ mod matmul;
 mod moe_dense;
 pub(crate) mod moe_sparse;
 mod par;
+pub mod pool;
+pub mod profile;
 mod reduce;
 mod rope;
 mod softmax;
@@ -20,75 +24,108 @@ mod topk;
 
 use crate::backend::*;
 use crate::{CpuStorage, DType, Result};
+use profile::{timed, Cost};
+
+impl CpuStorage {
+    /// Bytes per element.
+    fn elem_bytes(&self) -> usize {
+        self.dtype().size_in_bytes()
+    }
+    /// A pass reading `read` and writing `written` elements of this storage's dtype.
+    fn pass(&self, read: usize, written: usize, flops_per_out: usize) -> Cost {
+        Cost::streaming(read, written, self.elem_bytes(), flops_per_out)
+    }
+}
+
+/// The cost of `products` matrix products of m x n x k with `operands` elements read and written.
+fn products_cost(products: usize, m: usize, n: usize, k: usize, operands: usize, elem: usize) -> Cost {
+    Cost { bytes: (operands * elem) as u64, flops: (2 * products * m * n * k) as u64 }
+}
 
 impl BackendStorage for CpuStorage {
     fn dtype(&self) -> DType {
         CpuStorage::dtype(self)
     }
     fn unary(&self, op: UnaryOp) -> Result<Self> {
-        elementwise::unary(self, op)
+        timed(|| format!("unary {op:?}"), || self.pass(self.len(), self.len(), 1), || elementwise::unary(self, op))
     }
     fn scalar(&self, op: ScalarOp, s: f64) -> Result<Self> {
-        elementwise::scalar(self, op, s)
+        timed(|| format!("scalar {op:?}"), || self.pass(self.len(), self.len(), 1), || elementwise::scalar(self, op, s))
     }
     fn binary(&self, a_strides: &[usize], rhs: &Self, b_strides: &[usize], out_dims: &[usize], op: BinaryOp) -> Result<Self> {
-        elementwise::binary(self, a_strides, rhs, b_strides, out_dims, op)
+        let out = out_dims.iter().product::<usize>();
+        timed(|| format!("binary {op:?}"), || self.pass(self.len() + rhs.len(), out, 1), || elementwise::binary(self, a_strides, rhs, b_strides, out_dims, op))
     }
     fn matmul(&self, rhs: &Self, layout: &MatmulLayout) -> Result<Self> {
-        matmul::matmul(self, rhs, layout)
+        let l = layout;
+        let cost = || products_cost(l.batch, l.m, l.n, l.k, self.len() + rhs.len() + l.batch * l.m * l.n, self.elem_bytes());
+        timed(|| "matmul".into(), cost, || matmul::matmul(self, rhs, layout))
     }
     fn reduce(&self, outer: usize, size: usize, inner: usize, op: ReduceOp) -> Result<Self> {
-        reduce::reduce(self, outer, size, inner, op)
+        timed(|| format!("reduce {op:?}"), || self.pass(outer * size * inner, outer * inner, size), || reduce::reduce(self, outer, size, inner, op))
     }
     fn argmax(&self, outer: usize, size: usize, inner: usize) -> Result<Self> {
-        reduce::argmax(self, outer, size, inner)
+        timed(|| "argmax".into(), || self.pass(outer * size * inner, outer * inner, size), || reduce::argmax(self, outer, size, inner))
     }
     fn softmax(&self, rows: usize, cols: usize, log: bool) -> Result<Self> {
-        softmax::softmax(self, rows, cols, log)
+        let name = if log { "log_softmax" } else { "softmax" };
+        timed(|| name.into(), || self.pass(rows * cols, rows * cols, 4), || softmax::softmax(self, rows, cols, log))
     }
     fn index_select(&self, idx: &Self, n_idx: usize, row_len: usize) -> Result<Self> {
-        index::index_select(self, idx, n_idx, row_len)
+        timed(|| "index_select".into(), || self.pass(n_idx * row_len, n_idx * row_len, 0), || index::index_select(self, idx, n_idx, row_len))
     }
     fn scatter_add_rows(&self, idx: &Self, n_idx: usize, row_len: usize, out_rows: usize) -> Result<Self> {
-        index::scatter_add_rows(self, idx, n_idx, row_len, out_rows)
+        timed(|| "scatter_add_rows".into(), || self.pass(n_idx * row_len, out_rows * row_len, 1), || index::scatter_add_rows(self, idx, n_idx, row_len, out_rows))
     }
     fn gather_last(&self, idx: &Self, rows: usize, n: usize, k: usize) -> Result<Self> {
-        index::gather_last(self, idx, rows, n, k)
+        timed(|| "gather_last".into(), || self.pass(2 * rows * k, rows * k, 0), || index::gather_last(self, idx, rows, n, k))
     }
     fn scatter_add_last(&self, idx: &Self, rows: usize, k: usize, n: usize) -> Result<Self> {
-        index::scatter_add_last(self, idx, rows, k, n)
+        timed(|| "scatter_add_last".into(), || self.pass(2 * rows * k, rows * n, 1), || index::scatter_add_last(self, idx, rows, k, n))
     }
     fn topk(&self, rows: usize, n: usize, k: usize) -> Result<(Self, Self)> {
-        topk::topk(self, rows, n, k)
+        timed(|| "topk".into(), || self.pass(rows * n, 2 * rows * k, 0), || topk::topk(self, rows, n, k))
     }
     fn cast(&self, dtype: DType) -> Result<Self> {
-        layout::cast(self, dtype)
+        let cost = || Cost { bytes: (self.len() * (self.elem_bytes() + dtype.size_in_bytes())) as u64, flops: 0 };
+        timed(|| format!("cast to {}", dtype.name()), cost, || layout::cast(self, dtype))
     }
     fn concat(parts: &[&Self], outer: usize, block_lens: &[usize]) -> Result<Self> {
-        layout::concat(parts, outer, block_lens)
+        let cost = || {
+            let total: usize = parts.iter().map(|p| p.len()).sum();
+            parts.first().map_or(Cost::default(), |p| p.pass(total, total, 0))
+        };
+        timed(|| "concat".into(), cost, || layout::concat(parts, outer, block_lens))
     }
     fn narrow(&self, outer: usize, block: usize, start: usize, len: usize) -> Result<Self> {
-        layout::narrow(self, outer, block, start, len)
+        timed(|| "narrow".into(), || self.pass(outer * len, outer * len, 0), || layout::narrow(self, outer, block, start, len))
     }
     fn permute(&self, dims: &[usize], perm: &[usize]) -> Result<Self> {
-        layout::permute(self, dims, perm)
+        timed(|| "permute".into(), || self.pass(self.len(), self.len(), 0), || layout::permute(self, dims, perm))
     }
     fn rope(&self, cos: &Self, sin: &Self, b: usize, t: usize, h: usize, d: usize, inverse: bool) -> Result<Self> {
-        rope::rope(self, cos, sin, (b, t, h, d), inverse)
+        timed(|| "rope".into(), || self.pass(b * t * h * d + cos.len() + sin.len(), b * t * h * d, 3), || rope::rope(self, cos, sin, (b, t, h, d), inverse))
     }
     fn moe_dense_forward(&self, w1: &Self, w2: &Self, p: &Self, dims: &MoeDenseDims) -> Result<(Self, Self, Self)> {
-        moe_dense::forward(self, w1, w2, p, dims)
+        let (t, d, h) = (dims.tokens, dims.d, dims.hidden());
+        let cost = || products_cost(2, t, h, d, 2 * t * d + 2 * h * d + p.len() + 2 * t * h, self.elem_bytes());
+        timed(|| "moe_dense_forward".into(), cost, || moe_dense::forward(self, w1, w2, p, dims))
     }
     fn moe_dense_backward(&self, x: &Self, w1: &Self, w2: &Self, p: &Self, u: &Self, g: &Self, dims: &MoeDenseDims) -> Result<(Self, Self, Self, Self)> {
-        moe_dense::backward(self, x, w1, w2, p, u, g, dims)
+        let (t, d, h) = (dims.tokens, dims.d, dims.hidden());
+        let cost = || products_cost(4, t, h, d, 3 * t * d + 4 * h * d + 2 * p.len() + 2 * t * h, self.elem_bytes());
+        timed(|| "moe_dense_backward".into(), cost, || moe_dense::backward(self, x, w1, w2, p, u, g, dims))
     }
     fn gemm(&self, b: &Self, bias: Option<&Self>, residual: Option<&Self>, l: &GemmLayout) -> Result<Self> {
-        gemm::gemm(self, b, bias, residual, l)
+        let cost = || products_cost(1, l.m, l.n, l.k, self.len() + b.len() + l.m * l.n, self.elem_bytes());
+        timed(|| "gemm (f64 reference)".into(), cost, || gemm::gemm(self, b, bias, residual, l))
     }
     fn grouped_matmul(&self, b: &Self, counts: &Self, l: &GroupedLayout) -> Result<Self> {
-        gemm::grouped_matmul(self, b, counts, l)
+        let cost = || products_cost(1, l.m, l.n, l.k, self.len() + b.len() + l.m * l.n, self.elem_bytes());
+        timed(|| "grouped_matmul (f64 reference)".into(), cost, || gemm::grouped_matmul(self, b, counts, l))
     }
     fn adamw(&mut self, grad: &Self, m: &mut Self, v: &mut Self, hp: &AdamW) -> Result<()> {
-        adamw::adamw(self, grad, m, v, hp)
+        let cost = self.pass(4 * self.len(), 3 * self.len(), 12);
+        timed(|| "adamw".into(), || cost, || adamw::adamw(self, grad, m, v, hp))
     }
 }

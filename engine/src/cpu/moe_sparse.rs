@@ -5,16 +5,28 @@
 //! the probabilities' arithmetic type (f32 for f32 / bf16 / f16, as the kernel does) and orders by
 //! (probability descending, NaN first, expert ascending); the renormalising sum runs in slot order;
 //! intermediates the GPU stores (U, H, the expert outputs, dG, dU) are rounded to the storage type
-//! here too; sums over a token's slots run in slot order. Each expert's products go through the CPU
-//! GEMM (`matmul`, the `gemm` crate) on its gathered rows, so this is fast enough to train on.
+//! here too; sums over a token's slots run in slot order. GeLU is the tanh form evaluated through
+//! one `exp` (`gelu`, as the dense CPU path does): the same function as the kernels' `tanh`, equal
+//! to rounding, and several times cheaper than libm's `tanh`.
+//!
+//! Speed: the forward is one parallel loop over blocks of at most `ROW_BLOCK` list entries (an
+//! expert's entries cut into blocks): each task gathers its tokens' rows, runs both products on
+//! them single-threaded through the `gemm` crate, and writes its rows of a list-ordered output,
+//! which one parallel pass over tokens sums into y. The backward runs one task per busy expert, as
+//! the weight gradients reduce over the expert's whole list. All writes of a task are to its own
+//! slices, so the result is the same for any number of threads.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
+
+use rayon::prelude::*;
 
 use super::elem::prelude::*;
 use super::elem::{indices, with_float, Acc, Elem, Float};
-use super::elementwise::{gelu_grad, gelu_tanh};
-use super::matmul::matmul;
-use crate::backend::MatmulLayout;
+use super::elementwise::{gelu, gelu_grad};
+use super::matmul::product_serial;
+use super::par::{for_each_chunk, worth_it};
+use super::profile::{timed, Cost};
 use crate::backend::{RouteMode, SparseDims, DROPPED};
 use crate::{CpuStorage, Error, Result};
 
@@ -29,7 +41,8 @@ fn order<A: Acc>(a: (A, usize), b: (A, usize)) -> Ordering {
 }
 
 pub(crate) fn route(probs: &CpuStorage, tokens: usize, n: usize, mode: RouteMode, renormalise: bool) -> Result<[CpuStorage; 4]> {
-    with_float!("moe_route", probs, |p| Ok(route_typed(p, tokens, n, mode, renormalise)))
+    let cost = || Cost::streaming(tokens * n, 3 * tokens * mode.k_max(), probs.dtype().size_in_bytes(), 0);
+    timed(|| "moe_route".into(), cost, || with_float!("moe_route", probs, |p| Ok(route_typed(p, tokens, n, mode, renormalise))))
 }
 
 fn route_typed<T: Float>(p: &[T], tokens: usize, n: usize, mode: RouteMode, renormalise: bool) -> [CpuStorage; 4] {
@@ -75,6 +88,10 @@ fn route_typed<T: Float>(p: &[T], tokens: usize, n: usize, mode: RouteMode, reno
 /// Stable counting sort of the used slots by expert, with the capacity limit. Returns (offsets,
 /// sorted_slots, slot_pos, expert_counts, dropped).
 pub(crate) fn permute(experts: &CpuStorage, counts: &CpuStorage, tokens: usize, k_max: usize, n: usize, capacity: u32) -> Result<[CpuStorage; 5]> {
+    timed(|| "moe_permute".into(), || Cost::streaming(tokens * (k_max + 1), 3 * tokens * k_max, 4, 0), || permute_lists(experts, counts, tokens, k_max, n, capacity))
+}
+
+fn permute_lists(experts: &CpuStorage, counts: &CpuStorage, tokens: usize, k_max: usize, n: usize, capacity: u32) -> Result<[CpuStorage; 5]> {
     let (experts, counts) = (indices("moe_permute", experts)?, indices("moe_permute", counts)?);
     let slots = tokens * k_max;
     if experts.len() < slots || counts.len() < tokens {
@@ -109,12 +126,10 @@ pub(crate) fn permute(experts: &CpuStorage, counts: &CpuStorage, tokens: usize, 
     Ok([CpuStorage::U32(offsets), CpuStorage::U32(sorted), CpuStorage::U32(slot_pos), CpuStorage::U32(total), CpuStorage::U32(vec![dropped])])
 }
 
-/// `op(A)·op(B)` (m x n) in the arithmetic type, unrounded.
-fn gemm<A: Acc + Elem>(a: Vec<A>, b: Vec<A>, m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> Result<Vec<A>> {
-    let l = MatmulLayout { batch: 1, m, n, k, trans_a, trans_b, a_batch_stride: 0, b_batch_stride: 0 };
-    let c = matmul(&A::wrap(a), &A::wrap(b), &l)?;
-    Ok(A::view("moe_sparse", &c)?.to_vec())
-}
+/// Rows per task of the parallel loops: an expert's list entries are cut into blocks of this
+/// many, so one busy expert spreads over the cores while each task's products stay large enough
+/// for the SIMD kernels. The split depends on the routing only, never on the thread count.
+const ROW_BLOCK: usize = 64;
 
 /// The list geometry shared by forward and backward.
 struct Lists<'a> {
@@ -124,16 +139,37 @@ struct Lists<'a> {
     dims: SparseDims,
 }
 
+/// One task: `rows` list entries of `expert` starting at entry `first`.
+#[derive(Clone, Copy)]
+struct Block {
+    expert: usize,
+    first: usize,
+    rows: usize,
+}
+
 impl Lists<'_> {
-    /// (expert, first list entry, entries) of every expert that has entries.
-    fn busy_experts(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
-        let range = |e: usize| (e, self.offsets[e] as usize, (self.offsets[e + 1] - self.offsets[e]) as usize);
-        (0..self.dims.n_experts).map(range).filter(|&(_, _, rows)| rows > 0)
+    /// List entries in use (the experts' entries back to back from 0).
+    fn total(&self) -> usize {
+        *self.offsets.last().unwrap_or(&0) as usize
     }
-    /// Expert e's `[f, d]` rows of the stacked weights `w`, widened.
-    fn slab<T: Float>(&self, w: &[T], e: usize) -> Vec<T::Acc> {
+    /// The busy experts' entries cut into blocks of at most `max_rows`, in list order.
+    fn blocks(&self, max_rows: usize) -> Vec<Block> {
+        let mut out = Vec::new();
+        for e in 0..self.dims.n_experts {
+            let (mut first, end) = (self.offsets[e] as usize, self.offsets[e + 1] as usize);
+            while first < end {
+                let rows = (end - first).min(max_rows);
+                out.push(Block { expert: e, first, rows });
+                first += rows;
+            }
+        }
+        out
+    }
+    /// Expert e's `[f, d]` rows of the stacked weights `w`, in the arithmetic type (borrowed for
+    /// f32 / f64).
+    fn slab<'w, T: Float>(&self, w: &'w [T], e: usize) -> Cow<'w, [T::Acc]> {
         let len = self.dims.f * self.dims.d;
-        w[e * len..(e + 1) * len].iter().map(|v| v.widen()).collect()
+        T::widen_slice(&w[e * len..(e + 1) * len])
     }
     fn slot(&self, i: usize) -> usize {
         self.sorted[i] as usize
@@ -141,23 +177,40 @@ impl Lists<'_> {
     fn token(&self, i: usize) -> usize {
         self.slot(i) / self.dims.k_max
     }
-    /// Rows `src[token(i)]` (row length `len`) for entries first..first+rows, widened.
-    fn gather<T: Float>(&self, src: &[T], first: usize, rows: usize, len: usize) -> Vec<T::Acc> {
-        (first..first + rows).flat_map(|i| src[self.token(i) * len..(self.token(i) + 1) * len].iter().map(|v| v.widen())).collect()
+    /// `dst` = rows `src[token(i)]` (row length `len`) for the entries of `b`, widened.
+    fn gather<T: Float>(&self, dst: &mut Vec<T::Acc>, src: &[T], b: Block, len: usize) {
+        dst.clear();
+        for i in b.first..b.first + b.rows {
+            dst.extend(src[self.token(i) * len..(self.token(i) + 1) * len].iter().map(|v| v.widen()));
+        }
     }
-    /// y[t] = Σ_j rows[t·k_max + j] over the token's kept slots, in slot order.
+    /// y[t] = Σ_j rows[slot_pos[t·k_max + j]] over the token's kept slots, in slot order (`rows`
+    /// in list order, row length d), in parallel over tokens.
     fn combine<T: Float>(&self, rows: &[T]) -> Vec<T> {
         let SparseDims { tokens, d, k_max, .. } = self.dims;
-        let mut y = Vec::with_capacity(tokens * d);
-        for t in 0..tokens {
-            let mut acc = vec![<T::Acc>::zero(); d];
-            for s in (t * k_max..(t + 1) * k_max).filter(|&s| self.slot_pos[s] != DROPPED) {
-                acc.iter_mut().zip(&rows[s * d..(s + 1) * d]).for_each(|(a, v)| *a += v.widen());
+        let mut y = vec![T::narrow(<T::Acc>::zero()); tokens * d];
+        for_each_chunk(&mut y, d, worth_it(tokens * d * k_max), || vec![<T::Acc>::zero(); d], |acc, t, out| {
+            acc.iter_mut().for_each(|a| *a = <T::Acc>::zero());
+            for &pos in self.slot_pos[t * k_max..(t + 1) * k_max].iter().filter(|&&p| p != DROPPED) {
+                let pos = pos as usize;
+                acc.iter_mut().zip(&rows[pos * d..(pos + 1) * d]).for_each(|(a, v)| *a += v.widen());
             }
-            y.extend(acc.into_iter().map(T::narrow));
-        }
+            out.iter_mut().zip(acc.iter()).for_each(|(o, a)| *o = T::narrow(*a));
+        });
         y
     }
+}
+
+/// `buf` (rows of `width`, list order) cut into one slice per block; empty slices when `buf` is.
+fn split_blocks<'b, X>(mut buf: &'b mut [X], blocks: &[Block], width: usize) -> Vec<&'b mut [X]> {
+    let mut out = Vec::with_capacity(blocks.len());
+    for b in blocks {
+        let take = if buf.is_empty() { 0 } else { b.rows * width };
+        let (head, tail) = std::mem::take(&mut buf).split_at_mut(take);
+        out.push(head);
+        buf = tail;
+    }
+    out
 }
 
 fn lists<'a>(offsets: &'a CpuStorage, sorted: &'a CpuStorage, slot_pos: &'a CpuStorage, dims: &SparseDims) -> Result<Lists<'a>> {
@@ -170,96 +223,149 @@ fn lists<'a>(offsets: &'a CpuStorage, sorted: &'a CpuStorage, slot_pos: &'a CpuS
     if let Some(&bad) = l.sorted[..total].iter().find(|&&s| s as usize >= dims.slots()) {
         return Err(Error::IndexOutOfRange { op: OP, index: bad as usize, size: dims.slots() });
     }
+    if l.slot_pos.len() != dims.slots() || l.slot_pos.iter().any(|&p| p != DROPPED && p as usize >= total) {
+        return Err(Error::invalid(OP, "slot positions must name list entries in use (or be DROPPED)"));
+    }
     Ok(l)
+}
+
+/// The cost of `products` GEMMs over the list entries in use, for the profile.
+fn sparse_cost(l: &Lists, products: usize, elem: usize) -> Cost {
+    let SparseDims { tokens, d, f, .. } = l.dims;
+    let total = l.total();
+    Cost { bytes: ((2 * tokens * d + 2 * l.dims.n_experts * f * d + 2 * total * f) * elem) as u64, flops: (2 * products * total * d * f) as u64 }
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(x: &CpuStorage, w1: &CpuStorage, w2: &CpuStorage, weights: &CpuStorage, offsets: &CpuStorage, sorted: &CpuStorage, slot_pos: &CpuStorage, dims: &SparseDims, save: bool) -> Result<(CpuStorage, Option<(CpuStorage, CpuStorage)>)> {
     let l = lists(offsets, sorted, slot_pos, dims)?;
-    with_float!("moe_sparse_mlp", x, |x| {
-        let (w1, w2, w) = (Elem::view("moe_sparse_mlp", w1)?, Elem::view("moe_sparse_mlp", w2)?, Elem::view("moe_sparse_mlp", weights)?);
-        forward_typed(x, w1, w2, w, &l, save)
+    timed(|| "moe_sparse_forward".into(), || sparse_cost(&l, 2, x.dtype().size_in_bytes()), || {
+        with_float!("moe_sparse_mlp", x, |x| {
+            let (w1, w2, w) = (Elem::view("moe_sparse_mlp", w1)?, Elem::view("moe_sparse_mlp", w2)?, Elem::view("moe_sparse_mlp", weights)?);
+            Ok(forward_typed(x, w1, w2, w, &l, save))
+        })
     })
 }
 
-fn forward_typed<T: Float>(x: &[T], w1: &[T], w2: &[T], w: &[T], l: &Lists, save: bool) -> Result<(CpuStorage, Option<(CpuStorage, CpuStorage)>)>
-where
-    T::Acc: Elem,
-{
+/// Per block, in one parallel loop: gather the tokens' rows, `U = X·W1ᵀ`, `H = gelu(U)`,
+/// `Y = H·W2` scaled by each slot's weight into the block's rows of a list-ordered buffer; then one
+/// parallel pass over tokens sums each token's rows (`combine`).
+fn forward_typed<T: Float>(x: &[T], w1: &[T], w2: &[T], w: &[T], l: &Lists, save: bool) -> (CpuStorage, Option<(CpuStorage, CpuStorage)>) {
     let SparseDims { d, f, .. } = l.dims;
     let slots = l.dims.slots();
     let zero = T::narrow(<T::Acc>::zero());
-    let (mut u, mut h, mut rows_out) = (vec![zero; slots * f], vec![zero; slots * f], vec![zero; slots * d]);
-    for (e, first, rows) in l.busy_experts() {
-        let ue = gemm(l.gather(x, first, rows, d), l.slab(w1, e), rows, f, d, false, true)?;
-        let mut he = Vec::with_capacity(rows * f);
-        for (j, v) in ue.into_iter().enumerate() {
-            u[first * f + j] = T::narrow(v);
-            h[first * f + j] = T::narrow(gelu_tanh(v));
-            he.push(h[first * f + j].widen());
+    let (mut u, mut h) = if save { (vec![zero; slots * f], vec![zero; slots * f]) } else { (Vec::new(), Vec::new()) };
+    let mut ys = vec![zero; l.total() * d];
+    let blocks = l.blocks(ROW_BLOCK);
+    let tasks: Vec<_> = blocks.iter().zip(split_blocks(&mut u, &blocks, f)).zip(split_blocks(&mut h, &blocks, f)).zip(split_blocks(&mut ys, &blocks, d)).collect();
+    let parallel = worth_it(l.total() * d * f);
+    let run = |(xg, ue, ye): &mut (Vec<T::Acc>, Vec<T::Acc>, Vec<T::Acc>), (((b, u), h), y): (((&Block, &mut [T]), &mut [T]), &mut [T])| {
+        let b = *b;
+        l.gather(xg, x, b, d);
+        ue.resize(b.rows * f, <T::Acc>::zero());
+        product_serial(ue, xg, &l.slab(w1, b.expert), b.rows, f, d, false, true);
+        for (j, v) in ue.iter_mut().enumerate() {
+            let hv = T::narrow(gelu(*v));
+            if save {
+                u[j] = T::narrow(*v);
+                h[j] = hv;
+            }
+            *v = hv.widen();
         }
-        let ye = gemm(he, l.slab(w2, e), rows, d, f, false, false)?;
-        for r in 0..rows {
-            let s = l.slot(first + r);
-            let ws = w[s].widen();
-            rows_out[s * d..(s + 1) * d].iter_mut().zip(&ye[r * d..(r + 1) * d]).for_each(|(o, v)| *o = T::narrow(*v * ws));
+        ye.resize(b.rows * d, <T::Acc>::zero());
+        product_serial(ye, ue, &l.slab(w2, b.expert), b.rows, d, f, false, false);
+        for r in 0..b.rows {
+            let ws = w[l.slot(b.first + r)].widen();
+            y[r * d..(r + 1) * d].iter_mut().zip(&ye[r * d..(r + 1) * d]).for_each(|(o, v)| *o = T::narrow(*v * ws));
         }
+    };
+    let scratch = || (Vec::new(), Vec::new(), Vec::new());
+    if parallel {
+        tasks.into_par_iter().for_each_init(scratch, run);
+    } else {
+        let mut s = scratch();
+        tasks.into_iter().for_each(|t| run(&mut s, t));
     }
-    let y = T::wrap(l.combine(&rows_out));
-    Ok((y, save.then(|| (T::wrap(u), T::wrap(h)))))
+    let y = T::wrap(l.combine(&ys));
+    (y, save.then(|| (T::wrap(u), T::wrap(h))))
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(dy: &CpuStorage, x: &CpuStorage, w1: &CpuStorage, w2: &CpuStorage, weights: &CpuStorage, offsets: &CpuStorage, sorted: &CpuStorage, slot_pos: &CpuStorage, u: &CpuStorage, h: &CpuStorage, dims: &SparseDims) -> Result<[CpuStorage; 4]> {
     const OP: &str = "moe_sparse_mlp_backward";
     let l = lists(offsets, sorted, slot_pos, dims)?;
-    with_float!(OP, dy, |dy| {
-        let v = |s| Elem::view(OP, s);
-        backward_typed(dy, v(x)?, v(w1)?, v(w2)?, v(weights)?, v(u)?, v(h)?, &l)
+    timed(|| "moe_sparse_backward".into(), || sparse_cost(&l, 4, x.dtype().size_in_bytes()), || {
+        with_float!(OP, dy, |dy| {
+            let v = |s| Elem::view(OP, s);
+            Ok(backward_typed(dy, v(x)?, v(w1)?, v(w2)?, v(weights)?, v(u)?, v(h)?, &l))
+        })
     })
 }
 
+/// The weight gradients reduce over an expert's whole list, so the parallel loop runs over experts
+/// (each writes its own slabs of dW1 / dW2); per expert: `dG = dY·W2ᵀ`, `dU = w·dG·gelu'(U)` with
+/// the slot weight's gradient `Σ dG·H`, `dX = dU·W1`, `dW1 = dUᵀ·X`, `dW2 = Hᵀ·(w·dY)`. dX rows
+/// and weight gradients land in list order and are put in slot order afterwards.
 #[allow(clippy::too_many_arguments)]
-fn backward_typed<T: Float>(dy: &[T], x: &[T], w1: &[T], w2: &[T], w: &[T], u: &[T], h: &[T], l: &Lists) -> Result<[CpuStorage; 4]>
-where
-    T::Acc: Elem,
-{
+fn backward_typed<T: Float>(dy: &[T], x: &[T], w1: &[T], w2: &[T], w: &[T], u: &[T], h: &[T], l: &Lists) -> [CpuStorage; 4] {
     let SparseDims { d, f, .. } = l.dims;
-    let slots = l.dims.slots();
+    let (slots, total) = (l.dims.slots(), l.total());
     let zero = T::narrow(<T::Acc>::zero());
     let (mut dw1, mut dw2) = (vec![zero; w1.len()], vec![zero; w2.len()]);
-    let (mut dweights, mut dx_rows) = (vec![zero; slots], vec![zero; slots * d]);
-    for (e, first, rows) in l.busy_experts() {
-        let dy_rows = l.gather(dy, first, rows, d);
-        let dg = gemm(dy_rows.clone(), l.slab(w2, e), rows, f, d, false, true)?;
-        let (mut du, mut he) = (Vec::with_capacity(rows * f), Vec::with_capacity(rows * f));
-        for r in 0..rows {
-            let s = l.slot(first + r);
-            let ws = w[s].widen();
+    let (mut dw_list, mut dx_list) = (vec![zero; total], vec![zero; total * d]);
+    let experts = l.blocks(usize::MAX);
+    let dw1_parts: Vec<&mut [T]> = dw1.chunks_mut(f * d).collect();
+    let dw2_parts: Vec<&mut [T]> = dw2.chunks_mut(f * d).collect();
+    let mut by_expert: Vec<Option<(&mut [T], &mut [T])>> = dw1_parts.into_iter().zip(dw2_parts).map(Some).collect();
+    let tasks: Vec<_> = experts
+        .iter()
+        .zip(split_blocks(&mut dw_list, &experts, 1))
+        .zip(split_blocks(&mut dx_list, &experts, d))
+        .map(|((b, dwl), dxl)| {
+            let (g1, g2) = by_expert[b.expert].take().expect("one block per expert");
+            (*b, dwl, dxl, g1, g2)
+        })
+        .collect();
+    let run = |(b, dwl, dxl, g1, g2): (Block, &mut [T], &mut [T], &mut [T], &mut [T])| {
+        let (mut dy_rows, mut x_rows) = (Vec::new(), Vec::new());
+        l.gather(&mut dy_rows, dy, b, d);
+        let mut dg = vec![<T::Acc>::zero(); b.rows * f];
+        product_serial(&mut dg, &dy_rows, &l.slab(w2, b.expert), b.rows, f, d, false, true);
+        let (mut du, mut he) = (Vec::with_capacity(b.rows * f), Vec::with_capacity(b.rows * f));
+        for r in 0..b.rows {
+            let ws = w[l.slot(b.first + r)].widen();
             let mut dot = <T::Acc>::zero();
             for c in 0..f {
-                let o = (first + r) * f + c;
+                let o = (b.first + r) * f + c;
                 let g = T::narrow(dg[r * f + c]).widen();
                 dot += g * h[o].widen();
                 du.push(T::narrow(ws * g * gelu_grad(u[o].widen())).widen());
                 he.push(h[o].widen());
             }
-            dweights[s] = T::narrow(dot);
+            dwl[r] = T::narrow(dot);
         }
-        let dxe = gemm(du.clone(), l.slab(w1, e), rows, d, f, false, false)?;
-        for r in 0..rows {
-            let s = l.slot(first + r);
-            dx_rows[s * d..(s + 1) * d].iter_mut().zip(&dxe[r * d..(r + 1) * d]).for_each(|(o, v)| *o = T::narrow(*v));
+        let mut dxe = vec![<T::Acc>::zero(); b.rows * d];
+        product_serial(&mut dxe, &du, &l.slab(w1, b.expert), b.rows, d, f, false, false);
+        dxl.iter_mut().zip(&dxe).for_each(|(o, v)| *o = T::narrow(*v));
+        l.gather(&mut x_rows, x, b, d);
+        let mut acc = vec![<T::Acc>::zero(); f * d];
+        product_serial(&mut acc, &du, &x_rows, f, d, b.rows, true, false);
+        g1.iter_mut().zip(&acc).for_each(|(o, v)| *o = T::narrow(*v));
+        for r in 0..b.rows {
+            let ws = w[l.slot(b.first + r)].widen();
+            dy_rows[r * d..(r + 1) * d].iter_mut().for_each(|v| *v = T::narrow(*v * ws).widen());
         }
-        let dw1e = gemm(du, l.gather(x, first, rows, d), f, d, rows, true, false)?;
-        let mut dyw = dy_rows;
-        for r in 0..rows {
-            let ws = w[l.slot(first + r)].widen();
-            dyw[r * d..(r + 1) * d].iter_mut().for_each(|v| *v = T::narrow(*v * ws).widen());
-        }
-        let dw2e = gemm(he, dyw, f, d, rows, true, false)?;
-        dw1[e * f * d..(e + 1) * f * d].iter_mut().zip(dw1e).for_each(|(o, v)| *o = T::narrow(v));
-        dw2[e * f * d..(e + 1) * f * d].iter_mut().zip(dw2e).for_each(|(o, v)| *o = T::narrow(v));
+        product_serial(&mut acc, &he, &dy_rows, f, d, b.rows, true, false);
+        g2.iter_mut().zip(&acc).for_each(|(o, v)| *o = T::narrow(*v));
+    };
+    if worth_it(total * d * f) {
+        tasks.into_par_iter().for_each(run);
+    } else {
+        tasks.into_iter().for_each(run);
     }
-    Ok([T::wrap(l.combine(&dx_rows)), T::wrap(dw1), T::wrap(dw2), T::wrap(dweights)])
+    let mut dweights = vec![zero; slots];
+    for (i, &v) in dw_list.iter().enumerate() {
+        dweights[l.slot(i)] = v;
+    }
+    [T::wrap(l.combine(&dx_list)), T::wrap(dw1), T::wrap(dw2), T::wrap(dweights)]
 }

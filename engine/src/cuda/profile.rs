@@ -44,7 +44,11 @@ impl KernelStats {
     }
     /// Achieved arithmetic rate, if the launches declared their FLOPs.
     pub fn tflop_per_s(&self) -> Option<f64> {
-        (self.flops > 0 && self.total_ms > 0.0).then(|| self.flops as f64 / (self.total_ms * 1e-3) / 1e12)
+        self.flop_rate(1e12)
+    }
+    /// Achieved FLOP/s divided by `unit` (1e9: GFLOP/s), if the launches declared their FLOPs.
+    pub fn flop_rate(&self, unit: f64) -> Option<f64> {
+        (self.flops > 0 && self.total_ms > 0.0).then(|| self.flops as f64 / (self.total_ms * 1e-3) / unit)
     }
 }
 
@@ -173,13 +177,29 @@ pub fn table() -> Result<Option<String>> {
     if stats.is_empty() {
         return Ok(None);
     }
+    Ok(Some(render(&stats, &RenderAs { title: "dsmoe CUDA profile", calls: "launches", time: "kernel time", name: "kernel", rate: ("TFLOP/s", 1e12) })))
+}
+
+/// How `render` labels a profile: the CUDA one counts kernel launches in TFLOP/s, the CPU one
+/// (cpu/profile.rs) op calls in GFLOP/s.
+pub(crate) struct RenderAs {
+    pub title: &'static str,
+    pub calls: &'static str,
+    pub time: &'static str,
+    pub name: &'static str,
+    /// Column title and FLOP/s per unit.
+    pub rate: (&'static str, f64),
+}
+
+/// Per-entry rows (calls, total ms, mean µs, share, GB/s, FLOP rate) under a one-line summary.
+pub(crate) fn render(stats: &[KernelStats], how: &RenderAs) -> String {
     let total: f64 = stats.iter().map(|s| s.total_ms).sum();
     let calls: u64 = stats.iter().map(|s| s.calls).sum();
-    let width = stats.iter().map(|s| s.kernel.len()).max().unwrap_or(6).max(6);
-    let mut out = format!("dsmoe CUDA profile: {calls} launches, {total:.3} ms of kernel time\n");
-    out += &format!("{:<width$}  {:>8}  {:>10}  {:>10}  {:>6}  {:>8}  {:>8}\n", "kernel", "calls", "total ms", "mean µs", "share", "GB/s", "TFLOP/s");
+    let width = stats.iter().map(|s| s.kernel.len()).max().unwrap_or(6).max(how.name.len());
+    let mut out = format!("{}: {calls} {}, {total:.3} ms of {}\n", how.title, how.calls, how.time);
+    out += &format!("{:<width$}  {:>8}  {:>10}  {:>10}  {:>6}  {:>8}  {:>8}\n", how.name, "calls", "total ms", "mean µs", "share", "GB/s", how.rate.0);
     let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |x| format!("{x:.prec$}"));
-    for s in &stats {
+    for s in stats {
         out += &format!(
             "{:<width$}  {:>8}  {:>10.3}  {:>10.2}  {:>5.1}%  {:>8}  {:>8}\n",
             s.kernel,
@@ -188,10 +208,10 @@ pub fn table() -> Result<Option<String>> {
             s.mean_us(),
             100.0 * s.total_ms / total.max(f64::MIN_POSITIVE),
             opt(s.gb_per_s(), 1),
-            opt(s.tflop_per_s(), 2),
+            opt(s.flop_rate(how.rate.1), 2),
         );
     }
-    Ok(Some(out))
+    out
 }
 
 /// Prints the profile table to stderr (if profiling is on and anything ran) and clears it.

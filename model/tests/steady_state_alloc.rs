@@ -1,0 +1,44 @@
+//! With the host pool as the process allocator, a CPU training step in steady state (after the
+//! first steps have sized every buffer) takes every large block from the pool: no allocation
+//! reaches the OS. Its own test binary, so no other test's allocations run alongside.
+
+mod common;
+
+use engine::cpu::pool::{self, HostPool};
+use engine::{DType, Device};
+use model::config::presets;
+use model::run::{open_corpus, TrainingRun};
+
+use common::Scratch;
+
+#[global_allocator]
+static ALLOC: HostPool = HostPool;
+
+#[test]
+fn steady_state_training_steps_allocate_nothing_from_the_os() {
+    let mut c = presets::load("ds-moe-tiny").unwrap();
+    c.model.d_model = 64;
+    c.model.n_layers = 2;
+    c.model.mlp.expert_width = 32;
+    c.train.batch_size = 4;
+    c.train.seq_len = 64;
+    c.model.max_seq_len = 64;
+    c.train.steps = 6;
+    c.train.warmup_steps = 2;
+    // No evaluation or checkpoint inside the measured steps.
+    c.train.eval_interval = 1000;
+    c.train.checkpoint_interval = 1000;
+    let scratch = Scratch::new("steady-alloc");
+    let mut run = TrainingRun::start(c, open_corpus(None).unwrap(), &scratch.0, &Device::Cpu, DType::F32).unwrap();
+    for _ in 0..3 {
+        run.step().unwrap();
+    }
+    let before = pool::stats();
+    for _ in 0..3 {
+        run.step().unwrap();
+    }
+    let after = pool::stats();
+    assert!(before.os_allocations > 0, "the pool is not the process allocator: {before:?}");
+    assert!(after.pool_hits > before.pool_hits + 100, "steady-state steps made few pooled allocations: {before:?} -> {after:?}");
+    assert_eq!(after.os_allocations, before.os_allocations, "steady-state steps went to the OS: {before:?} -> {after:?}");
+}
