@@ -53,12 +53,23 @@ fn matmul_typed<T: Float>(a: &[T], b: &[T], l: &MatmulLayout) -> Vec<T> {
 /// sizes the slices (m·k, k·n, m·n elements at least).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn product<F: Acc>(dst: &mut [F], a: &[F], b: &[F], m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) {
+    let par = if m * n * k >= GEMM_PAR_MIN { Parallelism::Rayon(0) } else { Parallelism::None };
+    product_with(dst, a, b, (m, n, k), (trans_a, trans_b), par);
+}
+
+/// `product` on the calling thread only, for ops that already run one task per core over many
+/// small products (attention's tiles).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn product_serial<F: Acc>(dst: &mut [F], a: &[F], b: &[F], m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) {
+    product_with(dst, a, b, (m, n, k), (trans_a, trans_b), Parallelism::None);
+}
+
+fn product_with<F: Acc>(dst: &mut [F], a: &[F], b: &[F], (m, n, k): (usize, usize, usize), (trans_a, trans_b): (bool, bool), par: Parallelism) {
     if m * n * k == 0 {
         dst.iter_mut().for_each(|v| *v = F::zero());
         return;
     }
     let l = MatmulLayout { batch: 1, m, n, k, trans_a, trans_b, a_batch_stride: 0, b_batch_stride: 0 };
-    let par = if m * n * k >= GEMM_PAR_MIN { Parallelism::Rayon(0) } else { Parallelism::None };
     gemm_one(dst, a, b, &l, par);
 }
 

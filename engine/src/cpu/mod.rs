@@ -3,6 +3,7 @@
 //! file of its op family; the dtype plumbing is in `elem`, the threading policy in `par`.
 
 mod adamw;
+mod attention;
 mod elem;
 mod elementwise;
 mod gemm;
@@ -90,5 +91,11 @@ impl BackendStorage for CpuStorage {
     }
     fn adamw(&mut self, grad: &Self, m: &mut Self, v: &mut Self, hp: &AdamW) -> Result<()> {
         adamw::adamw(self, grad, m, v, hp)
+    }
+    fn attention_forward(&self, k: &Self, v: &Self, seq_offsets: &[usize], dims: &AttentionDims) -> Result<(Self, Self)> {
+        attention::forward(self, k, v, seq_offsets, dims)
+    }
+    fn attention_backward(&self, q: &Self, k: &Self, v: &Self, out: &Self, lse: &Self, seq_offsets: &[usize], dims: &AttentionDims) -> Result<(Self, Self, Self)> {
+        attention::backward(self, q, k, v, out, lse, seq_offsets, dims)
     }
 }
