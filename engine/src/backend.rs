@@ -188,6 +188,39 @@ pub struct GroupedLayout {
     pub form: GemmForm,
 }
 
+/// Sizes of causal self-attention over packed sequences (FlashAttention's varlen form): q and the
+/// output are `[tokens, q_heads, head_dim]`, k and v `[tokens, kv_heads, head_dim]`, the saved
+/// log-sum-exp `[tokens, q_heads]` in the arithmetic type (f64 for f64, else f32). Sequence s
+/// holds the rows `seq_offsets[s] .. seq_offsets[s + 1]` (the offsets start at 0, never decrease
+/// and end at `tokens`); a query attends to the keys of its own sequence at its position or
+/// before. Query head h reads key/value head `h / (q_heads / kv_heads)` (GQA; MoA's experts share
+/// their key/value heads this way). Scores are `scale · q·k`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionDims {
+    pub tokens: usize,
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f64,
+}
+
+impl AttentionDims {
+    /// Query heads per key/value head.
+    pub fn group(&self) -> usize {
+        self.q_heads / self.kv_heads
+    }
+
+    /// Checks the sequence offsets cut the tokens: they start at 0, never decrease and end at
+    /// `tokens` (the op layer and every backend, which is public, check the same rule).
+    pub fn check_offsets(&self, op: &'static str, seq_offsets: &[usize]) -> Result<()> {
+        let ordered = seq_offsets.windows(2).all(|w| w[0] <= w[1]);
+        if seq_offsets.first() != Some(&0) || seq_offsets.last() != Some(&self.tokens) || !ordered {
+            return Err(crate::Error::shape(op, format!("sequence offsets {seq_offsets:?} must rise from 0 to the {} tokens", self.tokens)));
+        }
+        Ok(())
+    }
+}
+
 pub trait BackendStorage: Sized {
     fn dtype(&self) -> DType;
 
@@ -260,6 +293,15 @@ pub trait BackendStorage: Sized {
 
     /// A grouped GEMM (see GroupedLayout); `self` is a, `counts` u32 [groups].
     fn grouped_matmul(&self, b: &Self, counts: &Self, l: &GroupedLayout) -> Result<Self>;
+
+    /// Causal attention forward (see AttentionDims), `self` = q; returns `(out, lse)`, the output
+    /// and the per-row log-sum-exp of the scaled scores that the backward recomputes them from.
+    fn attention_forward(&self, k: &Self, v: &Self, seq_offsets: &[usize], dims: &AttentionDims) -> Result<(Self, Self)>;
+
+    /// Causal attention backward, `self` = d_out, from the forward's inputs, output and lse;
+    /// returns `(dq, dk, dv)`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(&self, q: &Self, k: &Self, v: &Self, out: &Self, lse: &Self, seq_offsets: &[usize], dims: &AttentionDims) -> Result<(Self, Self, Self)>;
 
     /// One AdamW step in place on f32 `param`, `m`, `v` with an f32 gradient (`self` is the parameter).
     fn adamw(&mut self, grad: &Self, m: &mut Self, v: &mut Self, hp: &AdamW) -> Result<()>;

@@ -15,7 +15,7 @@ mod shape;
 mod storage;
 mod tensor;
 
-pub use backend::{AdamW, BinaryOp, GemmForm, GemmLayout, GroupedLayout, MatmulLayout, MoeDenseDims, ReduceOp, ScalarOp, UnaryOp};
+pub use backend::{AdamW, AttentionDims, BinaryOp, GemmForm, GemmLayout, GroupedLayout, MatmulLayout, MoeDenseDims, ReduceOp, ScalarOp, UnaryOp};
 pub use compare::relative_error;
 pub use device::Device;
 pub use dtype::{DType, WithDType};

@@ -9,6 +9,7 @@ mod cpu_ops {
     mod support;
 
     mod adamw;
+    mod attention;
     mod elementwise;
     mod errors;
     mod index;

@@ -3,6 +3,7 @@
 //! output gradient to the input gradients, capturing only what that formula needs.
 
 mod arith;
+mod attention;
 mod index;
 mod layout;
 mod matmul;

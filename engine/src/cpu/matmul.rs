@@ -57,8 +57,8 @@ pub(super) fn product<F: Acc>(dst: &mut [F], a: &[F], b: &[F], m: usize, n: usiz
     product_with(dst, a, b, (m, n, k), (trans_a, trans_b), par);
 }
 
-/// `product` on the calling thread: for the tasks of an op that is parallel on its own (the sparse
-/// MoE layer runs one task per block of an expert's rows).
+/// `product` on the calling thread only, for ops that already run one task per core over many small
+/// products (the sparse MoE layer's blocks of an expert's rows, attention's tiles).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn product_serial<F: Acc>(dst: &mut [F], a: &[F], b: &[F], m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) {
     product_with(dst, a, b, (m, n, k), (trans_a, trans_b), Parallelism::None);

@@ -5,6 +5,7 @@
 //! caching host allocator in `pool`.
 
 mod adamw;
+mod attention;
 mod elem;
 mod elementwise;
 mod gemm;
@@ -127,5 +128,11 @@ impl BackendStorage for CpuStorage {
     fn adamw(&mut self, grad: &Self, m: &mut Self, v: &mut Self, hp: &AdamW) -> Result<()> {
         let cost = self.pass(4 * self.len(), 3 * self.len(), 12);
         timed(|| "adamw".into(), || cost, || adamw::adamw(self, grad, m, v, hp))
+    }
+    fn attention_forward(&self, k: &Self, v: &Self, seq_offsets: &[usize], dims: &AttentionDims) -> Result<(Self, Self)> {
+        attention::forward(self, k, v, seq_offsets, dims)
+    }
+    fn attention_backward(&self, q: &Self, k: &Self, v: &Self, out: &Self, lse: &Self, seq_offsets: &[usize], dims: &AttentionDims) -> Result<(Self, Self, Self)> {
+        attention::backward(self, q, k, v, out, lse, seq_offsets, dims)
     }
 }

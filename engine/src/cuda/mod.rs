@@ -149,4 +149,12 @@ impl BackendStorage for CudaStorage {
         let _r = nvtx::range(c"adamw");
         ops::optim::adamw(self, grad, m, v, hp)
     }
+    fn attention_forward(&self, k: &Self, v: &Self, seq_offsets: &[usize], dims: &AttentionDims) -> Result<(Self, Self)> {
+        let _r = nvtx::range(c"attention_forward");
+        ops::attention::forward(self, k, v, seq_offsets, dims)
+    }
+    fn attention_backward(&self, q: &Self, k: &Self, v: &Self, out: &Self, lse: &Self, seq_offsets: &[usize], dims: &AttentionDims) -> Result<(Self, Self, Self)> {
+        let _r = nvtx::range(c"attention_backward");
+        ops::attention::backward(self, q, k, v, out, lse, seq_offsets, dims)
+    }
 }

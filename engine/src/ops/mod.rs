@@ -2,6 +2,7 @@
 //! dispatches to the backend that holds the data (`BackendStorage`). Errors name the op and the
 //! offending arguments. The model and autograd use nothing but these functions.
 
+mod attention;
 mod elementwise;
 mod gemm;
 mod index;
@@ -14,6 +15,7 @@ mod reduce;
 mod rope;
 mod softmax;
 
+pub use attention::*;
 pub use elementwise::*;
 pub use gemm::*;
 pub use index::*;

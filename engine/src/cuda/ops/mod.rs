@@ -5,6 +5,7 @@
 //! Every launch site carries a `// SAFETY:` comment giving the kernel's signature, so the argument
 //! list can be checked against the .cu file at a glance.
 
+pub(crate) mod attention;
 pub(crate) mod elementwise;
 pub(crate) mod gemm;
 pub(crate) mod index;
