@@ -14,6 +14,7 @@ mod cpu_ops {
     mod index;
     mod layout;
     mod matmul;
+    mod paged_attention;
     mod reduce;
     mod rope;
 }

@@ -10,6 +10,7 @@ mod index;
 mod layout;
 mod matmul;
 mod moe_dense;
+mod paged_attention;
 pub(crate) mod moe_sparse;
 mod par;
 mod reduce;
@@ -87,6 +88,12 @@ impl BackendStorage for CpuStorage {
     }
     fn grouped_matmul(&self, b: &Self, counts: &Self, l: &GroupedLayout) -> Result<Self> {
         gemm::grouped_matmul(self, b, counts, l)
+    }
+    fn paged_attention(&self, k: &Self, v: &Self, table: &Self, lens: &Self, dims: &PagedAttentionDims) -> Result<Self> {
+        paged_attention::paged_attention(self, k, v, table, lens, dims)
+    }
+    fn write_rows(&mut self, src: &Self, slots: &Self, n: usize, row_len: usize) -> Result<()> {
+        paged_attention::write_rows(self, src, slots, n, row_len)
     }
     fn adamw(&mut self, grad: &Self, m: &mut Self, v: &mut Self, hp: &AdamW) -> Result<()> {
         adamw::adamw(self, grad, m, v, hp)
