@@ -10,6 +10,7 @@ pub mod data;
 mod error;
 pub mod eval;
 pub mod generate;
+pub mod infer;
 mod losses;
 pub mod optim;
 pub mod train;
