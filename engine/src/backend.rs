@@ -221,6 +221,44 @@ impl AttentionDims {
     }
 }
 
+/// Sizes of one paged decode-attention call (the inference KV cache; see `paged_attention`).
+///
+/// The contract every backend implements, and a fused CUDA kernel must keep:
+/// - `q` `[batch, q_heads, head_dim]`: one query row per sequence (a prefill chunk passes one row
+///   per new token, each with its own context length, so the same op is causal attention).
+/// - `k`, `v` pools `[num_blocks, block_size, kv_heads, head_dim]`, q's dtype.
+/// - `block_table` u32 `[batch, max_blocks]`: row b lists the pool blocks holding sequence b's
+///   positions in order (position p lives in block `table[b, p / block_size]`, slot
+///   `p % block_size`); entries past the context are ignored.
+/// - `context_lens` u32 `[batch]`: row b attends to positions `0 .. context_lens[b]`, each in
+///   `1 ..= max_blocks·block_size`, with every block it touches `< num_blocks`. A backend reports a
+///   length or block out of range as an error.
+/// - GQA: query head h reads kv head `h / (q_heads / kv_heads)`.
+/// - `out[b, h] = Σ_p softmax_p(scale · q[b, h]·k[p, kv]) · v[p, kv]`, q's shape and dtype, with
+///   the softmax and the weighted sum accumulated in f32 (f64 for f64).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PagedAttentionDims {
+    pub batch: usize,
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub max_blocks: usize,
+    pub scale: f64,
+}
+
+impl PagedAttentionDims {
+    /// Query heads that share one kv head.
+    pub fn group(&self) -> usize {
+        self.q_heads / self.kv_heads
+    }
+    /// Elements of one cached position (all kv heads).
+    pub fn row_len(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+}
+
 pub trait BackendStorage: Sized {
     fn dtype(&self) -> DType;
 
@@ -302,6 +340,14 @@ pub trait BackendStorage: Sized {
     /// returns `(dq, dk, dv)`.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(&self, q: &Self, k: &Self, v: &Self, out: &Self, lse: &Self, seq_offsets: &[usize], dims: &AttentionDims) -> Result<(Self, Self, Self)>;
+
+    /// Paged decode attention (see `PagedAttentionDims` for the contract); `self` is q, `k` / `v`
+    /// the cache pools, `table` and `lens` u32.
+    fn paged_attention(&self, k: &Self, v: &Self, table: &Self, lens: &Self, dims: &PagedAttentionDims) -> Result<Self>;
+
+    /// In place: `self[slots[i], :] = src[i, :]` for `n` rows of `row_len` (a KV-cache write of
+    /// new positions into their pool slots). Slots are < `self.len() / row_len` and distinct.
+    fn write_rows(&mut self, src: &Self, slots: &Self, n: usize, row_len: usize) -> Result<()>;
 
     /// One AdamW step in place on f32 `param`, `m`, `v` with an f32 gradient (`self` is the parameter).
     fn adamw(&mut self, grad: &Self, m: &mut Self, v: &mut Self, hp: &AdamW) -> Result<()>;

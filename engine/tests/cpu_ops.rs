@@ -15,6 +15,7 @@ mod cpu_ops {
     mod index;
     mod layout;
     mod matmul;
+    mod paged_attention;
     mod reduce;
     mod rope;
 }

@@ -290,6 +290,30 @@ fn rope_matches_cpu_both_directions() {
 }
 
 #[test]
+fn paged_attention_and_cache_write_match_cpu() {
+    let Some((dev, _g)) = gpu() else { return };
+    for dtype in FLOATS {
+        let mut rng = Rng::new(13);
+        // 3 sequences of ragged lengths over shuffled blocks of 5 positions; GQA group 3.
+        let (q_heads, kv_heads, dh, bs, blocks) = (6, 2, 12, 5, 11);
+        let table: Vec<u32> = vec![4, 9, 1, 0, 7, 2, 10, 3, 5, 6, 8, 0];
+        let table = Tensor::from_slice(&table, [3, 4], &Device::Cpu).unwrap();
+        let lens = Tensor::from_slice(&[17u32, 1, 20], [3], &Device::Cpu).unwrap();
+        let q = normal(&[3, q_heads, dh], dtype, &mut rng);
+        let k = normal(&[blocks, bs, kv_heads, dh], dtype, &mut rng);
+        let v = normal(&[blocks, bs, kv_heads, dh], dtype, &mut rng);
+        check("paged_attention", dtype, &dev, &[&q, &k, &v, &table, &lens], |t| ops::paged_attention(&t[0], &t[1], &t[2], &t[3], &t[4], 0.3));
+        let rows = normal(&[4, kv_heads, dh], dtype, &mut rng);
+        let slots = Tensor::from_slice(&[54u32, 0, 13, 31], [4], &Device::Cpu).unwrap();
+        check("write_rows", dtype, &dev, &[&k, &rows, &slots], |t| {
+            let mut cache = t[0].clone();
+            ops::write_rows(&mut cache, &t[1], &t[2])?;
+            Ok(cache)
+        });
+    }
+}
+
+#[test]
 fn adamw_matches_cpu() {
     let Some((dev, _g)) = gpu() else { return };
     let mut rng = Rng::new(12);

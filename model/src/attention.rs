@@ -38,23 +38,25 @@ pub struct Positions {
 
 impl Positions {
     pub fn new(seq: usize, head_dim: usize, theta: f64, dtype: DType, device: &Device) -> Result<Positions> {
-        let half = head_dim / 2;
-        let mut cos = Vec::with_capacity(seq * half);
-        let mut sin = Vec::with_capacity(seq * half);
-        for p in 0..seq {
-            for j in 0..half {
-                let angle = p as f64 * theta.powf(-2.0 * j as f64 / head_dim as f64);
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
+        let (cos, sin) = rotary_tables(seq, head_dim, theta, dtype, device)?;
         let mask: Vec<f64> = (0..seq * seq).map(|i| if i % seq > i / seq { f64::NEG_INFINITY } else { 0.0 }).collect();
-        Ok(Positions {
-            cos: Tensor::from_f64s(&cos, [seq, half], dtype, device)?,
-            sin: Tensor::from_f64s(&sin, [seq, half], dtype, device)?,
-            causal_mask: Tensor::from_f64s(&mask, [seq, seq], dtype, device)?,
-        })
+        Ok(Positions { cos, sin, causal_mask: Tensor::from_f64s(&mask, [seq, seq], dtype, device)? })
     }
+}
+
+/// The rotary cos / sin tables `[seq, head_dim / 2]` of positions `0 .. seq`.
+pub(crate) fn rotary_tables(seq: usize, head_dim: usize, theta: f64, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = head_dim / 2;
+    let mut cos = Vec::with_capacity(seq * half);
+    let mut sin = Vec::with_capacity(seq * half);
+    for p in 0..seq {
+        for j in 0..half {
+            let angle = p as f64 * theta.powf(-2.0 * j as f64 / head_dim as f64);
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    Ok((Tensor::from_f64s(&cos, [seq, half], dtype, device)?, Tensor::from_f64s(&sin, [seq, half], dtype, device)?))
 }
 
 pub struct AttentionOut {

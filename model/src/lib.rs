@@ -11,6 +11,7 @@ mod error;
 pub mod files;
 pub mod eval;
 pub mod generate;
+pub mod infer;
 mod losses;
 pub mod memory;
 pub mod optim;

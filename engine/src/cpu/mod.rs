@@ -13,6 +13,7 @@ mod index;
 mod layout;
 mod matmul;
 mod moe_dense;
+mod paged_attention;
 pub(crate) mod moe_sparse;
 mod par;
 pub mod pool;
@@ -124,6 +125,12 @@ impl BackendStorage for CpuStorage {
     fn grouped_matmul(&self, b: &Self, counts: &Self, l: &GroupedLayout) -> Result<Self> {
         let cost = || products_cost(1, l.m, l.n, l.k, self.len() + b.len() + l.m * l.n, self.elem_bytes());
         timed(|| "grouped_matmul (f64 reference)".into(), cost, || gemm::grouped_matmul(self, b, counts, l))
+    }
+    fn paged_attention(&self, k: &Self, v: &Self, table: &Self, lens: &Self, dims: &PagedAttentionDims) -> Result<Self> {
+        paged_attention::paged_attention(self, k, v, table, lens, dims)
+    }
+    fn write_rows(&mut self, src: &Self, slots: &Self, n: usize, row_len: usize) -> Result<()> {
+        paged_attention::write_rows(self, src, slots, n, row_len)
     }
     fn adamw(&mut self, grad: &Self, m: &mut Self, v: &mut Self, hp: &AdamW) -> Result<()> {
         let cost = self.pass(4 * self.len(), 3 * self.len(), 12);

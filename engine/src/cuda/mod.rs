@@ -145,6 +145,14 @@ impl BackendStorage for CudaStorage {
         let _r = nvtx::range(c"grouped_matmul");
         ops::gemm::grouped_matmul(self, b, counts, l)
     }
+    fn paged_attention(&self, k: &Self, v: &Self, table: &Self, lens: &Self, dims: &PagedAttentionDims) -> Result<Self> {
+        let _r = nvtx::range(c"paged_attention");
+        ops::paged_attention::paged_attention(self, k, v, table, lens, dims)
+    }
+    fn write_rows(&mut self, src: &Self, slots: &Self, n: usize, row_len: usize) -> Result<()> {
+        let _r = nvtx::range(c"write_rows");
+        ops::paged_attention::write_rows(self, src, slots, n, row_len)
+    }
     fn adamw(&mut self, grad: &Self, m: &mut Self, v: &mut Self, hp: &AdamW) -> Result<()> {
         let _r = nvtx::range(c"adamw");
         ops::optim::adamw(self, grad, m, v, hp)

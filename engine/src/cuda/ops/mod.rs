@@ -14,6 +14,7 @@ pub(crate) mod matmul;
 pub(crate) mod moe_dense;
 pub(crate) mod moe_sparse;
 pub(crate) mod optim;
+pub(crate) mod paged_attention;
 pub(crate) mod reduce;
 pub(crate) mod rope;
 pub(crate) mod softmax;
