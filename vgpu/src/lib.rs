@@ -5,3 +5,4 @@
 
 pub mod matrix;
 pub mod mbarrier;
+pub mod tma;
