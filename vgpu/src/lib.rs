@@ -18,9 +18,12 @@ mod error;
 mod exec;
 mod ir;
 mod launch;
+pub mod matrix;
+pub mod mbarrier;
 mod memory;
 mod module;
 mod ptx;
+pub mod tma;
 
 pub use device::{Arch, DeviceConfig, Limits};
 pub use error::{Error, Site};
