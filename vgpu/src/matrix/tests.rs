@@ -111,12 +111,15 @@ fn ldmatrix_rejects_wrong_shapes() {
     assert_eq!(ldmatrix(&indexed_rows(2), 4, false), Err(MatrixError::LdmatrixRows { num: 4, got: 16 }));
 }
 
+/// The 32 lanes' A, B and C fragments of one m16n8k16.
+type Fragments = ([[u32; 4]; 32], [[u32; 2]; 32], [[f32; 4]; 32]);
+
 /// Builds the 32 lanes' fragments of a 16x16 A, a 16x8 B and a 16x8 C from the figure tables.
 fn fragments(
     a: impl Fn(usize, usize) -> u16,
     b: impl Fn(usize, usize) -> u16,
     c: impl Fn(usize, usize) -> f32,
-) -> ([[u32; 4]; 32], [[u32; 2]; 32], [[f32; 4]; 32]) {
+) -> Fragments {
     let (mut fa, mut fb, mut fc) = ([[0u32; 4]; 32], [[0u32; 2]; 32], [[0f32; 4]; 32]);
     for lane in 0..32 {
         let (g, t) = (lane / 4, lane % 4);
