@@ -29,6 +29,8 @@ mod wgmma;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wgmma_tests;
 
 pub use desc::{Major, MatrixDesc};
 pub use ldmatrix::ldmatrix;
