@@ -28,7 +28,7 @@ pub mod swizzle;
 mod wgmma;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod wgmma_tests;
 

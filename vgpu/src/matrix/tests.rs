@@ -18,10 +18,10 @@ pub(super) fn pack(lo: u16, hi: u16) -> u32 {
 }
 
 /// A small deterministic generator (xorshift) for value tests.
-pub(super) struct Rng(pub u64);
+pub(crate) struct Rng(pub u64);
 impl Rng {
     /// A value in [-2, 2) with 7 fractional bits, exact in bf16 and f16.
-    pub fn small(&mut self) -> f32 {
+    pub(crate) fn small(&mut self) -> f32 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

@@ -12,6 +12,8 @@ mod load;
 mod map;
 
 #[cfg(test)]
+mod gemm_tests;
+#[cfg(test)]
 mod tests;
 
 pub use load::{load_tile, Tile};
