@@ -65,7 +65,26 @@ impl Error {
     pub fn at(self, site: &Site) -> Error {
         match self {
             Error::Invalid { what, msg } => Error::Fault { site: site.clone(), check: what, msg },
+            Error::Barrier { site: s, msg } if s.kernel.is_empty() => Error::Barrier { site: site.clone(), msg },
             other => other,
         }
+    }
+}
+
+impl From<crate::matrix::MatrixError> for Error {
+    fn from(e: crate::matrix::MatrixError) -> Error {
+        Error::Invalid { what: "tensor-core instruction", msg: e.to_string() }
+    }
+}
+
+impl From<crate::tma::TmaError> for Error {
+    fn from(e: crate::tma::TmaError) -> Error {
+        Error::Invalid { what: "TMA", msg: e.to_string() }
+    }
+}
+
+impl From<crate::mbarrier::MbarrierError> for Error {
+    fn from(e: crate::mbarrier::MbarrierError) -> Error {
+        Error::Barrier { site: Site { kernel: String::new(), block: [0; 3], thread: [0; 3], line: 0 }, msg: e.to_string() }
     }
 }

@@ -77,8 +77,7 @@ impl std::fmt::Display for State {
     }
 }
 
-/// Misuse of an mbarrier. Converts into [`crate::Error::Invalid`] (what = "mbarrier"); the
-/// interpreter may report it as [`crate::Error::Barrier`] with the site.
+/// Misuse of an mbarrier. Converts into [`crate::Error::Barrier`], located by [`crate::Error::at`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MbarrierError {
     #[error("mbarrier.init: count {count} is outside 1..={MAX_COUNT}")]
@@ -91,12 +90,6 @@ pub enum MbarrierError {
     OverArrival { count: u32, state: State },
     #[error("mbarrier.{op}: {bytes} bytes would take the tx-count outside ±{MAX_TX} ({state})")]
     TxRange { op: &'static str, bytes: u32, state: State },
-}
-
-impl From<MbarrierError> for crate::Error {
-    fn from(e: MbarrierError) -> Self {
-        crate::Error::Invalid { what: "mbarrier", msg: e.to_string() }
-    }
 }
 
 /// Decodes a state word; an uninitialised or corrupt word is an error naming `op`.

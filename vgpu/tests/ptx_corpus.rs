@@ -70,3 +70,22 @@ fn every_module_parses_on_both_arches() {
         }
     }
 }
+
+/// Parses every `*.ptx` file under `VGPU_PTX_DIR` (e.g. one written by `VGPU_PTX_DUMP`), so
+/// parser work can iterate without recompiling the kernels.
+#[test]
+fn every_dumped_module_parses() {
+    let Some(dir) = std::env::var_os("VGPU_PTX_DIR") else { return };
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "ptx")).collect();
+    files.sort();
+    let mut failures = Vec::new();
+    for f in &files {
+        let ptx = std::fs::read_to_string(f).unwrap();
+        let t = std::time::Instant::now();
+        match vgpu::Module::parse(&ptx) {
+            Ok(m) => eprintln!("{}: {} kernels, {} lines, {:.1} ms", f.display(), m.kernels().count(), ptx.lines().count(), t.elapsed().as_secs_f64() * 1e3),
+            Err(e) => failures.push(format!("{}: {e}", f.display())),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -71,8 +71,8 @@ impl std::fmt::Display for Operand {
     }
 }
 
-/// What went wrong inside a matrix instruction. It converts into [`crate::Error::Invalid`] (so `?`
-/// works in the interpreter), which [`crate::Error::at`] turns into a fault report with the site.
+/// What went wrong inside a matrix instruction. It converts into [`crate::Error`] (so `?` works in
+/// the interpreter), which [`crate::Error::at`] turns into a report with the site.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MatrixError {
     #[error("ldmatrix: .x{num} is not a matrix count (1, 2 or 4)")]
@@ -96,14 +96,4 @@ pub enum MatrixError {
         addr + 16
     )]
     SharedOutOfRange { operand: Operand, addr: u32, smem_bytes: usize, desc: u64 },
-}
-
-impl From<MatrixError> for crate::Error {
-    fn from(e: MatrixError) -> Self {
-        let what = match e {
-            MatrixError::LdmatrixCount { .. } | MatrixError::LdmatrixRows { .. } => "ldmatrix",
-            _ => "wgmma",
-        };
-        crate::Error::Invalid { what, msg: e.to_string() }
-    }
 }

@@ -20,8 +20,8 @@ pub use load::{load_tile, Tile};
 pub use map::{DataType, EncodeTiled, Interleave, L2Promotion, OobFill, TensorMap, MAX_RANK};
 
 /// A tensor map the driver must refuse, or a TMA load that cannot run. Converts into
-/// [`crate::Error::Invalid`] (what = "tensor map"), which the interpreter locates with
-/// [`crate::Error::at`]; the driver maps a refused map to CUDA_ERROR_INVALID_VALUE.
+/// [`crate::Error`], which the interpreter locates with [`crate::Error::at`]; the driver maps a
+/// refused map to CUDA_ERROR_INVALID_VALUE.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TmaError {
     #[error("tensor map: rank {rank} is outside 1..={MAX_RANK}")]
@@ -62,10 +62,4 @@ pub enum TmaError {
         "cp.async.bulk.tensor: the {bytes}-byte box at shared {dst:#x} does not fit in the CTA's {smem_bytes} bytes of shared memory"
     )]
     SharedOutOfRange { dst: u32, bytes: u32, smem_bytes: usize },
-}
-
-impl From<TmaError> for crate::Error {
-    fn from(e: TmaError) -> Self {
-        crate::Error::Invalid { what: "tensor map", msg: e.to_string() }
-    }
 }
