@@ -77,6 +77,7 @@ impl std::fmt::Display for State {
     }
 }
 
+/// Misuse of an mbarrier. Converts into [`crate::Error::Barrier`], located by [`crate::Error::at`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MbarrierError {
     #[error("mbarrier.init: count {count} is outside 1..={MAX_COUNT}")]

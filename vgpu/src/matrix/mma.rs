@@ -16,11 +16,11 @@ pub fn mma_m16n8k16(ty: AbType, a: &[[u32; 4]; 32], b: &[[u32; 2]; 32], c: &[[f3
             let (row, k) = a_m16k16(lane, i);
             am[row][k] = ty.to_f32(half_at(&a[lane], i));
         }
-        for i in 0..4 {
+        for (i, &cv) in c[lane].iter().enumerate() {
             let (k, n) = b_k16n8(lane, i);
             bm[k][n] = ty.to_f32(half_at(&b[lane], i));
             let (row, n) = c_m16n8(lane, i);
-            cm[row][n] = c[lane][i];
+            cm[row][n] = cv;
         }
     }
     let mut d = [[0f32; 4]; 32];

@@ -28,7 +28,9 @@ pub mod swizzle;
 mod wgmma;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
+#[cfg(test)]
+mod wgmma_tests;
 
 pub use desc::{Major, MatrixDesc};
 pub use ldmatrix::ldmatrix;
@@ -69,8 +71,8 @@ impl std::fmt::Display for Operand {
     }
 }
 
-/// What went wrong inside a matrix instruction. The interpreter adds where (kernel, block, thread,
-/// PTX line) when it wraps one of these.
+/// What went wrong inside a matrix instruction. It converts into [`crate::Error`] (so `?` works in
+/// the interpreter), which [`crate::Error::at`] turns into a report with the site.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MatrixError {
     #[error("ldmatrix: .x{num} is not a matrix count (1, 2 or 4)")]

@@ -18,10 +18,10 @@ pub(super) fn pack(lo: u16, hi: u16) -> u32 {
 }
 
 /// A small deterministic generator (xorshift) for value tests.
-pub(super) struct Rng(pub u64);
+pub(crate) struct Rng(pub u64);
 impl Rng {
     /// A value in [-2, 2) with 7 fractional bits, exact in bf16 and f16.
-    pub fn small(&mut self) -> f32 {
+    pub(crate) fn small(&mut self) -> f32 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -111,12 +111,15 @@ fn ldmatrix_rejects_wrong_shapes() {
     assert_eq!(ldmatrix(&indexed_rows(2), 4, false), Err(MatrixError::LdmatrixRows { num: 4, got: 16 }));
 }
 
+/// The 32 lanes' A, B and C fragments of one m16n8k16.
+type Fragments = ([[u32; 4]; 32], [[u32; 2]; 32], [[f32; 4]; 32]);
+
 /// Builds the 32 lanes' fragments of a 16x16 A, a 16x8 B and a 16x8 C from the figure tables.
 fn fragments(
     a: impl Fn(usize, usize) -> u16,
     b: impl Fn(usize, usize) -> u16,
     c: impl Fn(usize, usize) -> f32,
-) -> ([[u32; 4]; 32], [[u32; 2]; 32], [[f32; 4]; 32]) {
+) -> Fragments {
     let (mut fa, mut fb, mut fc) = ([[0u32; 4]; 32], [[0u32; 2]; 32], [[0f32; 4]; 32]);
     for lane in 0..32 {
         let (g, t) = (lane / 4, lane % 4);

@@ -51,7 +51,7 @@ const K: usize = 16;
 /// `acc[thread * (n/2) + i]` is register d_i of warpgroup thread `thread`.
 pub fn wgmma(op: &WgmmaOp, a: WgmmaA<'_>, b_desc: u64, smem: &[u8], acc: &mut [f32]) -> Result<(), MatrixError> {
     let n = op.n as usize;
-    if op.n == 0 || op.n > 256 || op.n % 8 != 0 {
+    if op.n == 0 || op.n > 256 || !op.n.is_multiple_of(8) {
         return Err(MatrixError::WgmmaN { n: op.n });
     }
     if acc.len() != 128 * (n / 2) {

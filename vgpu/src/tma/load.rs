@@ -3,9 +3,9 @@
 //! Model. The box starts at the tensor coordinates the instruction gives (signed, in elements) and
 //! takes `ceil(boxDim[i] / elementStrides[i])` elements along dimension i, element j at coordinate
 //! `coord[i] + j·elementStrides[i]`. In shared memory the box is dense with dimension 0 fastest: a row
-//! (the dimension-0 run) is padded to a multiple of 16 bytes (only ever needed with elementStrides[0]
-//! > 1), rows follow each other, and the swizzle of the map permutes the 16-byte chunks by their
-//! absolute shared address ([`crate::matrix::Swizzle`]), the same function wgmma reads through.
+//! (the dimension-0 run) is padded to a multiple of 16 bytes (only ever needed with
+//! elementStrides\[0\] above 1), rows follow each other, and the swizzle of the map permutes the
+//! 16-byte chunks by their absolute shared address ([`crate::matrix::Swizzle`]), the same function wgmma reads through.
 //! Elements outside the tensor (any coordinate < 0 or >= globalDim) read as zero, or as the canonical
 //! NaN with `NAN_REQUEST_ZERO_FMA`. The whole box is written and counted for the mbarrier's
 //! complete_tx, out-of-bounds bytes included (so a box hanging over the edge still completes).
@@ -53,14 +53,13 @@ pub fn load_tile<E: From<TmaError>>(
     smem: &mut [u8],
     dst: u32,
 ) -> Result<u32, E> {
-    let rank = map.rank as usize;
-    if coords.len() != rank {
+    if coords.len() != map.rank as usize {
         return Err(TmaError::Coords { got: coords.len(), rank: map.rank }.into());
     }
     if map.interleave != Interleave::None {
         return Err(TmaError::InterleaveLoad { interleave: map.interleave }.into());
     }
-    if dst % 128 != 0 {
+    if !dst.is_multiple_of(128) {
         return Err(TmaError::DstAlign { dst }.into());
     }
     let tile = Tile::of(map);
@@ -78,10 +77,10 @@ pub fn load_tile<E: From<TmaError>>(
         // The row's coordinates in dimensions 1.., dimension 1 fastest.
         let mut rest = row_index as u32;
         let mut base = Some(map.global_address as i128);
-        for i in 1..rank {
+        for (i, &coord) in coords.iter().enumerate().skip(1) {
             let j = rest % tile.counts[i];
             rest /= tile.counts[i];
-            let c = coords[i] as i64 + (j * map.element_strides[i]) as i64;
+            let c = coord as i64 + (j * map.element_strides[i]) as i64;
             let inside = c >= 0 && (c as u64) < map.global_dims[i];
             base = base.filter(|_| inside).map(|b| b + c as i128 * map.global_strides[i - 1] as i128);
         }

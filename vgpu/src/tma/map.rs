@@ -193,7 +193,7 @@ impl TensorMap {
             return Err(TmaError::InterleaveRank { rank: self.rank });
         }
         let align = if self.interleave == Interleave::B32 { 32 } else { 16 };
-        if self.global_address % align != 0 {
+        if !self.global_address.is_multiple_of(align) {
             return Err(TmaError::Address { addr: self.global_address, align });
         }
         for (i, &dim) in self.global_dims[..r].iter().enumerate() {
@@ -202,7 +202,7 @@ impl TensorMap {
             }
         }
         for (i, &stride) in self.global_strides[..r - 1].iter().enumerate() {
-            if stride == 0 || stride % align != 0 || stride >= 1 << 40 {
+            if stride == 0 || !stride.is_multiple_of(align) || stride >= 1 << 40 {
                 return Err(TmaError::Stride { i, stride, align });
             }
         }
@@ -218,7 +218,7 @@ impl TensorMap {
         }
         let inner = self.box_dims[0] as u64 * self.data_type.size_bytes();
         if self.interleave == Interleave::None {
-            if inner % 16 != 0 {
+            if !inner.is_multiple_of(16) {
                 return Err(TmaError::BoxInnerBytes { bytes: inner });
             }
             let span = self.swizzle.span_bytes();

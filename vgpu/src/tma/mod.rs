@@ -12,12 +12,16 @@ mod load;
 mod map;
 
 #[cfg(test)]
+mod gemm_tests;
+#[cfg(test)]
 mod tests;
 
 pub use load::{load_tile, Tile};
 pub use map::{DataType, EncodeTiled, Interleave, L2Promotion, OobFill, TensorMap, MAX_RANK};
 
-/// A tensor map the driver must refuse, or a TMA load that cannot run. The interpreter adds where.
+/// A tensor map the driver must refuse, or a TMA load that cannot run. Converts into
+/// [`crate::Error`], which the interpreter locates with [`crate::Error::at`]; the driver maps a
+/// refused map to CUDA_ERROR_INVALID_VALUE.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TmaError {
     #[error("tensor map: rank {rank} is outside 1..={MAX_RANK}")]
