@@ -223,6 +223,19 @@ impl Warp {
         }
     }
 
+    /// The 32 lane values of a source operand by reference: a register is borrowed in place,
+    /// anything else is materialised in `tmp`.
+    #[inline(always)]
+    pub fn src<'s>(&'s self, o: &Operand, ctx: &SregCtx, tmp: &'s mut [u64; 32]) -> &'s [u64; 32] {
+        match *o {
+            Operand::Reg(r) => &self.regs[r as usize],
+            _ => {
+                *tmp = self.load(o, ctx);
+                tmp
+            }
+        }
+    }
+
     /// One lane's value of a source operand.
     #[inline]
     pub fn lane(&self, o: &Operand, l: usize, ctx: &SregCtx) -> u64 {
