@@ -115,11 +115,7 @@ fn ldmatrix_rejects_wrong_shapes() {
 type Fragments = ([[u32; 4]; 32], [[u32; 2]; 32], [[f32; 4]; 32]);
 
 /// Builds the 32 lanes' fragments of a 16x16 A, a 16x8 B and a 16x8 C from the figure tables.
-fn fragments(
-    a: impl Fn(usize, usize) -> u16,
-    b: impl Fn(usize, usize) -> u16,
-    c: impl Fn(usize, usize) -> f32,
-) -> Fragments {
+fn fragments(a: impl Fn(usize, usize) -> u16, b: impl Fn(usize, usize) -> u16, c: impl Fn(usize, usize) -> f32) -> Fragments {
     let (mut fa, mut fb, mut fc) = ([[0u32; 4]; 32], [[0u32; 2]; 32], [[0f32; 4]; 32]);
     for lane in 0..32 {
         let (g, t) = (lane / 4, lane % 4);
@@ -156,11 +152,8 @@ fn mma_identity_times_indexed_b_returns_b_in_the_c_layout() {
 fn mma_indexed_a_times_selectors_returns_each_a_element() {
     // B selects column `shift + n` of A into column n: both halves of A's k range.
     for shift in [0, 8] {
-        let (a, b, c) = fragments(
-            |r, k| f16((16 * r + k) as f32),
-            |k, n| if k == n + shift { f16(1.0) } else { 0 },
-            |r, n| (1000 * r + n) as f32,
-        );
+        let (a, b, c) =
+            fragments(|r, k| f16((16 * r + k) as f32), |k, n| if k == n + shift { f16(1.0) } else { 0 }, |r, n| (1000 * r + n) as f32);
         let d = mma_m16n8k16(AbType::F16, &a, &b, &c);
         for row in 0..16 {
             for col in 0..8 {

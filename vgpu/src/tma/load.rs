@@ -29,13 +29,8 @@ pub struct Tile {
 
 impl Tile {
     pub fn of(map: &TensorMap) -> Tile {
-        let counts: [u32; MAX_RANK] = std::array::from_fn(|i| {
-            if i < map.rank as usize {
-                map.box_dims[i].div_ceil(map.element_strides[i])
-            } else {
-                1
-            }
-        });
+        let counts: [u32; MAX_RANK] =
+            std::array::from_fn(|i| if i < map.rank as usize { map.box_dims[i].div_ceil(map.element_strides[i]) } else { 1 });
         let row_bytes = (counts[0] * map.data_type.size_bytes() as u32).next_multiple_of(16);
         Tile { counts, row_bytes, bytes: row_bytes * counts[1..].iter().product::<u32>() }
     }

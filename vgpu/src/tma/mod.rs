@@ -58,8 +58,6 @@ pub enum TmaError {
     InterleaveLoad { interleave: Interleave },
     #[error("cp.async.bulk.tensor: shared destination {dst:#x} is not 128-byte aligned")]
     DstAlign { dst: u32 },
-    #[error(
-        "cp.async.bulk.tensor: the {bytes}-byte box at shared {dst:#x} does not fit in the CTA's {smem_bytes} bytes of shared memory"
-    )]
+    #[error("cp.async.bulk.tensor: the {bytes}-byte box at shared {dst:#x} does not fit in the CTA's {smem_bytes} bytes of shared memory")]
     SharedOutOfRange { dst: u32, bytes: u32, smem_bytes: usize },
 }

@@ -195,7 +195,17 @@ fn reads_are_one_per_in_bounds_run_and_their_errors_pass_through() {
     let map = TensorMap::from_encode_tiled(&args(2, &[70, 20], &[160], &[64, 4], &[1, 1], Swizzle::B128)).unwrap();
     let mut calls = Vec::new();
     let mut smem = vec![0u8; 1024];
-    load_tile(&map, &[32, 18], |a, b: &mut [u8]| { calls.push((a, b.len())); g.read(a, b) }, &mut smem, 0).unwrap();
+    load_tile(
+        &map,
+        &[32, 18],
+        |a, b: &mut [u8]| {
+            calls.push((a, b.len()));
+            g.read(a, b)
+        },
+        &mut smem,
+        0,
+    )
+    .unwrap();
     // Rows 18 and 19 are inside: x 32..70 is one 76-byte run each; rows 20, 21 are read from nowhere.
     assert_eq!(calls, vec![(BASE + 18 * 160 + 64, 76), (BASE + 19 * 160 + 64, 76)]);
     let err = load_tile(&map, &[0, 0], |a, _b: &mut [u8]| Err::<(), _>(TestErr::Global(a)), &mut smem, 0);
