@@ -269,3 +269,24 @@ fn read_chunks_list_each_16_byte_chunk_once() {
         }
     }
 }
+
+#[test]
+fn accumulation_is_d_first_then_k_ascending_rounding_each_step() {
+    // As mma.sync (see the module docs): D = 2^24 plus sixteen 1s stays 2^24; products 2^24,
+    // fourteen 1s, -2^24 from D = 0 give 0 in ascending k order.
+    let a = Placed { major: Major::K, swizzle: Swizzle::B128, start: 0, lbo_bytes: 16, sbo_bytes: 1024 };
+    let b = Placed { major: Major::K, swizzle: Swizzle::B128, start: 8192, lbo_bytes: 16, sbo_bytes: 1024 };
+    let edge = |k: u32, last: f32| match k {
+        0 => f16(4096.0),
+        15 => f16(last),
+        _ => f16(1.0),
+    };
+    let mut smem = vec![0xFFu8; 16384];
+    a.put(&mut smem, 64, 16, |m, k| if m == 0 { edge(k, -4096.0) } else { f16(1.0) });
+    b.put(&mut smem, 8, 16, |n, k| if n == 0 { edge(k, 4096.0) } else { f16(1.0) });
+    let mut acc = vec![16_777_216.0f32; 128 * 4];
+    acc[0] = 0.0;
+    wgmma(&WgmmaOp { scale_d: true, ..op(8, false, false) }, WgmmaA::Desc(a.desc()), b.desc(), &smem, &mut acc).unwrap();
+    assert_eq!(d_at(&acc, 8, 0, 0), 0.0);
+    assert_eq!(d_at(&acc, 8, 5, 3), 16_777_216.0);
+}
