@@ -74,6 +74,22 @@ impl GlobalMemory {
         self.snapshot().check(addr, len).map_err(|msg| Error::Alloc { msg })
     }
 
+    /// Copies host bytes to device memory (checked against the live allocations).
+    pub fn write(&self, addr: u64, src: &[u8]) -> Result<(), Error> {
+        self.check_range(addr, src.len() as u64)?;
+        // SAFETY: the range lies inside one live allocation this object owns.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), addr as *mut u8, src.len()) };
+        Ok(())
+    }
+
+    /// Copies device memory to host bytes (checked).
+    pub fn read(&self, addr: u64, dst: &mut [u8]) -> Result<(), Error> {
+        self.check_range(addr, dst.len() as u64)?;
+        // SAFETY: as in `write`.
+        unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
     pub fn used_bytes(&self) -> u64 {
         self.blocks.read().unwrap_or_else(|e| e.into_inner()).values().sum()
     }
@@ -107,12 +123,19 @@ impl Allocations {
         let i = self.ranges.partition_point(|&(start, _)| start <= addr);
         if i > 0 {
             let (start, end) = self.ranges[i - 1];
-            if addr.checked_add(len).is_some_and(|e| e <= end) {
+            if addr >= start && addr.checked_add(len).is_some_and(|e| e <= end) {
                 return Ok(i - 1);
             }
-            let _ = start;
         }
         Err(self.describe_miss(addr, len, i))
+    }
+
+    /// Adds ranges that are not allocations but may be addressed (a module's `.global` data, a
+    /// launch's parameter buffer).
+    pub fn with_extra(mut self, extra: &[(u64, u64)]) -> Allocations {
+        self.ranges.extend_from_slice(extra);
+        self.ranges.sort_unstable();
+        self
     }
 
     pub fn range(&self, i: usize) -> (u64, u64) {

@@ -11,13 +11,19 @@ use crate::ir::{Operand, Sreg};
 
 pub const FULL: u32 = u32::MAX;
 
-/// Why some lanes of a warp cannot run.
+/// Why a lane cannot run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
-    /// Blocked in `bar.sync id`.
+    None,
+    /// Blocked in `bar.sync id` (resumes after it).
     Bar(u32),
-    /// Waiting for the rest of its warpgroup at a wgmma instruction (its PC).
-    Warpgroup(u32),
+    /// Waiting for the rest of its warpgroup at a wgmma instruction (resumes after it).
+    Warpgroup,
+    /// In `mbarrier.try_wait` on the barrier at this shared offset until the phase with this
+    /// parity completes (then re-runs the instruction).
+    Mbar { addr: u32, parity: u32 },
+    /// In `setmaxnreg.inc` to this many registers until other warps free enough (re-runs it).
+    Regs(u32),
 }
 
 pub struct Warp {
@@ -27,9 +33,9 @@ pub struct Warp {
     pub pcs: [u32; 32],
     /// Lanes that exist (the last warp of a block may be partial) and have not exited.
     pub live: u32,
-    /// Lanes blocked at a barrier (`wait` says which).
+    /// Lanes blocked at a barrier (`wait` says which, per lane).
     pub blocked: u32,
-    pub wait: Option<Wait>,
+    pub wait: [Wait; 32],
     pub cur_pc: u32,
     pub cur_mask: u32,
     /// Lowest PC among runnable lanes outside the running group (u32::MAX if none).
@@ -42,8 +48,6 @@ pub struct Warp {
     /// pending shared ranges (offset, len); `open` collects the copies not yet committed.
     pub cp_groups: Vec<Vec<(u32, u32)>>,
     pub cp_open: Vec<(u32, u32)>,
-    /// Set when the warp gave up its slice on a wait that did not succeed (mbarrier try_wait).
-    pub spinning: bool,
 }
 
 impl Warp {
@@ -63,7 +67,7 @@ impl Warp {
             pcs: [0; 32],
             live,
             blocked: 0,
-            wait: None,
+            wait: [Wait::None; 32],
             cur_pc: 0,
             cur_mask: live,
             other_pc: u32::MAX,
@@ -71,7 +75,6 @@ impl Warp {
             regs_per_thread,
             cp_groups: Vec::new(),
             cp_open: Vec::new(),
-            spinning: false,
         }
     }
 
@@ -146,7 +149,7 @@ impl Warp {
         }
     }
 
-    /// Blocks the running group (its lanes stay at the current PC + `resume`).
+    /// Blocks `lanes` of the running group; they resume at the current PC + `resume`.
     pub fn block(&mut self, lanes: u32, wait: Wait, resume: u32) {
         let pc = self.cur_pc + resume;
         let mut m = lanes;
@@ -154,9 +157,9 @@ impl Warp {
             let l = m.trailing_zeros();
             m &= m - 1;
             self.pcs[l as usize] = pc;
+            self.wait[l as usize] = wait;
         }
         self.blocked |= lanes;
-        self.wait = Some(wait);
         // Lanes of the running group not blocked keep going from the next instruction.
         self.cur_pc += 1;
         self.cur_mask &= !lanes;
@@ -166,10 +169,27 @@ impl Warp {
     /// Releases blocked lanes (their PCs were set when they blocked).
     pub fn unblock(&mut self, lanes: u32) {
         self.blocked &= !lanes;
-        if self.blocked == 0 {
-            self.wait = None;
+        let mut m = lanes;
+        while m != 0 {
+            let l = m.trailing_zeros();
+            m &= m - 1;
+            self.wait[l as usize] = Wait::None;
         }
         self.reselect();
+    }
+
+    /// The blocked lanes waiting for `wait`.
+    pub fn waiting(&self, wait: Wait) -> u32 {
+        let mut out = 0;
+        let mut m = self.blocked;
+        while m != 0 {
+            let l = m.trailing_zeros();
+            m &= m - 1;
+            if self.wait[l as usize] == wait {
+                out |= 1 << l;
+            }
+        }
+        out
     }
 
     /// Ends the lanes of `lanes`.
@@ -274,3 +294,6 @@ pub struct SregCtx {
     pub total_smem: u32,
     pub clock: u64,
 }
+
+/// A context for reading operands known not to be special registers.
+pub const NO_SREG: SregCtx = SregCtx { block: [0; 3], grid: [0; 3], ctaid: [0; 3], warps: 0, sm: 0, sms: 0, dyn_smem: 0, total_smem: 0, clock: 0 };
