@@ -325,3 +325,22 @@ fn f32_rows_of_128_bytes_swizzle_like_u16_ones() {
         }
     }
 }
+
+#[test]
+fn a_box_ending_inside_a_swizzled_line_is_bounded_by_its_chunks() {
+    // 9 rows of 16 bytes under SW128 from dst 0: row 8 is chunk 0 of line 1, stored at chunk 1,
+    // i.e. bytes 144..160, past dst + 144.
+    let g = indexed_u16([8, 9, 1], 16);
+    let map = TensorMap::from_encode_tiled(&args(2, &[8, 9], &[16], &[8, 9], &[1, 1], Swizzle::B128)).unwrap();
+    let tile = Tile::of(&map);
+    assert_eq!(tile.bytes, 144);
+    assert_eq!(tile.chunk_addrs(0).last(), Some(144));
+    let mut smem = vec![0u8; 160];
+    load_tile(&map, &[0, 0], |a, b| g.read(a, b), &mut smem, 0).unwrap();
+    assert_eq!(u16_at(&smem, 144), value(0, 8, 0, [8, 9, 1]));
+    let mut short = vec![0u8; 150];
+    assert_eq!(
+        load_tile(&map, &[0, 0], |a, b| g.read(a, b), &mut short, 0),
+        Err(TestErr::Tma(TmaError::SharedOutOfRange { dst: 0, bytes: 144, smem_bytes: 150 }))
+    );
+}
