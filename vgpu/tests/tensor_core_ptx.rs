@@ -133,8 +133,9 @@ fn desc_high(lbo: u64, sbo: u64) -> u64 {
 /// One warpgroup: thread 0 initialises an mbarrier, announces the bytes and issues two 2-D TMA
 /// loads (SW128 boxes of 64 x 64 bf16); all wait on the barrier's parity 0, run four
 /// m64n64k16 wgmmas (k16 slices by descriptor advance) and store their 32 accumulators at
-/// out[32·thread + i]. `b_mn_major`: B stored [k][n] and read MN-major (imm-trans-b = 1).
-fn tma_and_wgmma_through_the_interpreter(b_mn_major: bool) {
+/// out[32·thread + i]. `b_mn_major`: B stored [k][n] and read MN-major (imm-trans-b = 1);
+/// `negate_a`: imm-scale-a = -1.
+fn tma_and_wgmma_through_the_interpreter(b_mn_major: bool, negate_a: bool) {
     let (b_step, b_high) = if b_mn_major { (2048, desc_high(8192, 1024)) } else { (32, desc_high(16, 1024)) };
     let dregs: Vec<String> = (0..32).map(|i| format!("%f{i}")).collect();
     let zero: String = dregs.iter().map(|r| format!("    mov.f32 {r}, 0f00000000;\n")).collect();
@@ -152,13 +153,14 @@ fn tma_and_wgmma_through_the_interpreter(b_mn_major: bool) {
     and.b32 %r51, %r51, 16383;
     cvt.u64.u32 %rd51, %r51;
     or.b64 %rd51, %rd51, {b_high};
-    wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{d}}}, %rd50, %rd51, %ps, 1, 1, 0, {tb};
+    wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{d}}}, %rd50, %rd51, %ps, {sa}, 1, 0, {tb};
 ",
                 a_off = 32 * kk,
                 a_high = desc_high(16, 1024),
                 b_off = 8192 + b_step * kk,
                 d = dregs.join(", "),
                 tb = b_mn_major as u32,
+                sa = if negate_a { -1 } else { 1 },
             )
         })
         .collect();
@@ -238,7 +240,8 @@ WAIT:
             // d[4j+{0,1}] = (16w+g, 8j+2t+{0,1}), d[4j+{2,3}] = (16w+g+8, ...).
             let row = 16 * w + lane / 4 + 8 * ((i % 4) / 2);
             let col = 8 * (i / 4) + 2 * (lane % 4) + i % 2;
-            let want: f64 = (0..64).map(|kk| a[row * pitch + kk] as f64 * b_at(kk, col) as f64).sum();
+            let sign = if negate_a { -1.0 } else { 1.0 };
+            let want: f64 = sign * (0..64).map(|kk| a[row * pitch + kk] as f64 * b_at(kk, col) as f64).sum::<f64>();
             let got = out[32 * thread + i];
             assert!((got as f64 - want).abs() < 1e-4, "thread {thread} d{i} = D({row},{col}): {got}, want {want}");
         }
@@ -247,10 +250,15 @@ WAIT:
 
 #[test]
 fn tma_sw128_and_wgmma_k_major_through_the_interpreter() {
-    tma_and_wgmma_through_the_interpreter(false);
+    tma_and_wgmma_through_the_interpreter(false, false);
 }
 
 #[test]
 fn tma_sw128_and_wgmma_mn_major_b_through_the_interpreter() {
-    tma_and_wgmma_through_the_interpreter(true);
+    tma_and_wgmma_through_the_interpreter(true, false);
+}
+
+#[test]
+fn wgmma_imm_scale_a_minus_one_through_the_interpreter() {
+    tma_and_wgmma_through_the_interpreter(false, true);
 }
