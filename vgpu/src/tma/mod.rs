@@ -7,6 +7,10 @@
 //! bytes a TMA instruction names back into a map with [`TensorMap::decode`] (a magic word and a
 //! checksum make a garbage or zeroed map an error) and runs [`load_tile`]. Completion (the mbarrier's
 //! complete_tx with the returned byte count) is the interpreter's: see [`crate::mbarrier`].
+//! [`Tile::chunk_addrs`] names the shared chunks a load writes, for the interpreter's shadow memory.
+//!
+//! Not modelled: interleaved maps in loads (an error); im2col mode, multicast and tensor stores or
+//! reductions have no function here (our kernels use none); L2 promotion is stored, with no effect.
 
 mod load;
 mod map;
