@@ -42,7 +42,8 @@ pub struct TrainArgs {
     /// Optimizer steps (overrides the config).
     #[arg(long)]
     pub steps: Option<u64>,
-    /// auto, cpu, cuda or cuda:N.
+    /// auto, cpu, cuda, cuda:N, or emu (the emulated GPU: every CUDA kernel runs on the CPU, with
+    /// sanitizer checks; the same as DSMOE_DEVICE=emu).
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Seed for initialisation and data order (overrides the config).
@@ -80,6 +81,8 @@ pub struct EvalArgs {
     /// Validation windows to evaluate (0 = the whole split).
     #[arg(long, default_value_t = 0)]
     pub windows: usize,
+    /// auto, cpu, cuda, cuda:N, or emu (the emulated GPU: every CUDA kernel runs on the CPU, with
+    /// sanitizer checks; the same as DSMOE_DEVICE=emu).
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Print one JSON object instead of text.
@@ -105,6 +108,8 @@ pub struct GenerateArgs {
     pub temperature: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// auto, cpu, cuda, cuda:N, or emu (the emulated GPU: every CUDA kernel runs on the CPU, with
+    /// sanitizer checks; the same as DSMOE_DEVICE=emu).
     #[arg(long, default_value = "auto")]
     pub device: String,
 }

@@ -29,11 +29,7 @@ fn gradients(case: &common::Case, device: &Device) -> autograd::Result<Vec<Vec<f
 
 #[test]
 fn backward_matches_between_cpu_and_cuda() {
-    if engine::cuda::device_count() == 0 {
-        engine::cuda::report_skip(&format!("no CUDA device ({})", engine::cuda::unavailable_reason().unwrap_or_default()));
-        return;
-    }
-    let gpu = Device::Cuda(0);
+    let Some(gpu) = engine::cuda::test_device() else { return };
     let mut failures = Vec::new();
     for case in common::all_cases() {
         let (cpu, cuda) = match (gradients(&case, &Device::Cpu), gradients(&case, &gpu)) {

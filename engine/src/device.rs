@@ -19,20 +19,26 @@ impl Device {
         }
     }
 
-    /// Parses `auto`, `cpu`, `cuda` or `cuda:N`; `cuda` on a machine without a GPU is an error that
-    /// says why CUDA is unavailable.
+    /// Parses `auto`, `cpu`, `cuda`, `cuda:N` or `emu`; `cuda` on a machine without a GPU is an
+    /// error that says why CUDA is unavailable. `emu` selects the emulated GPU (the `vgpu` crate,
+    /// behind the CUDA driver API; see cuda/driver_lib.rs) and is then `cuda:0`; it must come
+    /// before any other CUDA use in the process.
     pub fn parse(s: &str) -> Result<Device> {
         match s {
             "auto" => Ok(Device::cuda_if_available()),
             "cpu" => Ok(Device::Cpu),
+            "emu" => {
+                cuda::select_emulator().map_err(Error::NoCuda)?;
+                Device::parse("cuda:0")
+            }
             _ => {
                 let ordinal = match s.strip_prefix("cuda") {
                     Some("") => 0,
                     Some(rest) => rest
                         .strip_prefix(':')
                         .and_then(|n| n.parse().ok())
-                        .ok_or_else(|| Error::invalid("device", format!("cannot parse device {s:?}: expected auto, cpu, cuda or cuda:N")))?,
-                    None => return Err(Error::invalid("device", format!("unknown device {s:?}: expected auto, cpu, cuda or cuda:N"))),
+                        .ok_or_else(|| Error::invalid("device", format!("cannot parse device {s:?}: expected auto, cpu, cuda, cuda:N or emu")))?,
+                    None => return Err(Error::invalid("device", format!("unknown device {s:?}: expected auto, cpu, cuda, cuda:N or emu"))),
                 };
                 let count = cuda::device_count();
                 if ordinal >= count {

@@ -4,8 +4,10 @@
 //! the permutation's order, capacity dropping, empty experts; the sparse MLP against a dense
 //! per-token evaluation; error paths.
 //! CUDA (one `skipped:` line without a GPU): routing in all three modes with tied probabilities
-//! (exact match), permutation (empty experts, all tokens on one expert, T = 1, capacity; exact),
-//! the sparse layer forward in every mode on both paths (grouped and decode), the backward (dx,
+//! (exact match), permutation (empty experts, all tokens on one expert, T = 1, capacity; exact, the
+//! whole sorted_slots tensor; experts out of range are an error on both devices),
+//! the sparse layer forward in every mode on both paths (grouped and decode, also with an expert
+//! named twice per token, which gives it more than the decode kernels' 16 rows), the backward (dx,
 //! dw1, dw2, dweights), and K = N sparse against the dense all-experts evaluation. Inputs are fresh
 //! seeded random values at ragged sizes, device outputs are poisoned (NaN) before the kernels
 //! run, errors are relative by norm: f32 < 1e-5, bf16 < 1e-2.
@@ -169,13 +171,66 @@ fn cuda_permutation_matches_cpu() {
         for cap in [None, Some(1), Some((t * k).div_ceil(n))] {
             let c = ops::moe_permute(&r, n, cap).unwrap();
             let g = ops::moe_permute(&rg, n, cap).unwrap();
-            let total = u32s(&c.offsets)[n] as usize;
             assert_eq!(u32s(&g.offsets), u32s(&c.offsets), "{t} tokens, {n} experts, k {k}, cap {cap:?}");
-            assert_eq!(u32s(&g.sorted_slots)[..total], u32s(&c.sorted_slots)[..total]);
+            // The whole tensor: past the kept entries both devices hold DROPPED.
+            assert_eq!(u32s(&g.sorted_slots), u32s(&c.sorted_slots));
             assert_eq!(u32s(&g.slot_pos), u32s(&c.slot_pos));
             assert_eq!(u32s(&g.expert_counts), u32s(&c.expert_counts));
             assert_eq!(u32s(&g.dropped), u32s(&c.dropped));
         }
+    }
+}
+
+/// Hand-built routes on `dev`: `experts` is [T, k_max], `counts` [T].
+fn hand_routes(experts: &[u32], counts: &[u32], k_max: usize, dtype: DType, dev: &Device) -> ops::Routes {
+    let t = counts.len();
+    let slots = t * k_max;
+    let used: Vec<f64> = (0..slots).map(|s| if ((s % k_max) as u32) < counts[s / k_max] { 1.0 } else { 0.0 }).collect();
+    let weights: Vec<f64> = used.iter().enumerate().map(|(s, u)| u * (0.25 + 0.5 * (s % 3) as f64)).collect();
+    ops::Routes {
+        experts: Tensor::from_slice(experts, [t, k_max], dev).unwrap(),
+        weights: Tensor::from_f64s(&weights, [t, k_max], dtype, dev).unwrap(),
+        mask: Tensor::from_f64s(&used, [t, k_max], dtype, dev).unwrap(),
+        counts: Tensor::from_slice(counts, [t], dev).unwrap(),
+    }
+}
+
+#[test]
+fn cuda_permutation_rejects_experts_out_of_range_like_the_cpu() {
+    let Some((dev, _g)) = gpu() else { return };
+    // One used slot names expert 5 of 4; the second token's unused slot (9) is never looked at.
+    let (experts, counts) = ([0u32, 1, 2, 5, 3, 9], [2u32, 2, 1]);
+    for device in [Device::Cpu, dev] {
+        let r = hand_routes(&experts, &counts, 2, DType::F32, &device);
+        match ops::moe_permute(&r, 4, None) {
+            Err(Error::IndexOutOfRange { op: "moe_permute", index: 5, size: 4 }) => {}
+            other => panic!("{device:?}: expected expert 5 of 4 to be out of range, got {other:?}"),
+        }
+        // The same routes with the bad slot unused are fine.
+        let ok = hand_routes(&experts, &[2, 1, 1], 2, DType::F32, &device);
+        assert_eq!(u32s(&ops::moe_permute(&ok, 4, None).unwrap().offsets), [0, 1, 2, 3, 4], "{device:?}");
+    }
+}
+
+#[test]
+fn cuda_decode_with_an_expert_named_twice_per_token_matches_cpu() {
+    let Some((dev, _g)) = gpu() else { return };
+    let mut rng = Rng::new(25);
+    // Every one of 16 tokens names expert 0 in both slots: 32 entries for one expert, past the
+    // decode kernels' 16 rows per pass.
+    let (t, d, n, f) = (16, 8, 2, 8);
+    let l = layer(t, d, n, f, DType::F32, &mut rng);
+    let (experts, counts) = (vec![0u32; 2 * t], vec![2u32; t]);
+    let on = |x: &Tensor| x.to_device(&dev).unwrap();
+    let r = hand_routes(&experts, &counts, 2, DType::F32, &Device::Cpu);
+    let perm = ops::moe_permute(&r, n, None).unwrap();
+    let (y, _) = ops::moe_sparse_mlp(&l.x, &l.w1, &l.w2, &r.weights, &perm, MoePath::Grouped, false).unwrap();
+    let rg = hand_routes(&experts, &counts, 2, DType::F32, &dev);
+    let pg = ops::moe_permute(&rg, n, None).unwrap();
+    for path in [MoePath::Decode, MoePath::Auto] {
+        let (yg, _) = ops::moe_sparse_mlp(&on(&l.x), &on(&l.w1), &on(&l.w2), &rg.weights, &pg, path, false).unwrap();
+        let e = rel_err(&yg, &y);
+        assert!(e < tol(DType::F32), "{path:?}: {e}");
     }
 }
 

@@ -1,7 +1,8 @@
 //! Finding CUDA devices, and the per-device state every op uses: the primary context, one stream,
 //! the caching allocator and the loaded kernel modules.
 //!
-//! Discovery asks three questions in order and caches the answer for the life of the process: does
+//! Discovery first loads the emulated driver when it was asked for (driver_lib.rs), then asks three
+//! questions in order and caches the answer for the life of the process: does
 //! the driver library load, does `cuInit` succeed, does the driver report any device? The first
 //! "no" becomes the one-line reason `unavailable_reason()` gives. Nothing here panics: cudarc panics
 //! when a library it loads lazily is missing, so its presence is checked first, and the driver
@@ -61,11 +62,14 @@ struct Discovery {
 fn discovery() -> &'static Discovery {
     static DISCOVERY: OnceLock<Discovery> = OnceLock::new();
     DISCOVERY.get_or_init(|| {
-        let (count, reason) = match std::panic::catch_unwind(probe) {
+        let (count, reason) = match super::driver_lib::choose().map(|()| std::panic::catch_unwind(probe)) {
+            Err(why) => (0, Some(why)),
+            Ok(probed) => match probed {
             Ok(Ok(0)) => (0, Some("the CUDA driver reports zero devices".to_string())),
             Ok(Ok(n)) => (n, None),
             Ok(Err(why)) => (0, Some(why)),
             Err(_) => (0, Some("the CUDA driver library is missing symbols (a stub or broken libcuda)".to_string())),
+            },
         };
         Discovery { count, reason, devices: (0..count).map(|_| OnceLock::new()).collect() }
     })

@@ -4,7 +4,8 @@
 //! An entry is keyed by sha256 of everything that determines the machine code: the module's source,
 //! every header, the NVRTC options, the architecture and NVRTC's version. Editing a kernel, changing
 //! an option or upgrading NVRTC therefore misses the cache; nothing ever needs invalidating by hand.
-//! Entries are `<module>-<arch>-<key>.cubin` plus a `.log` with the compile warnings, under
+//! Entries are `<module>-<arch>-<key>.cubin`, the `.ptx` it was made from, and a `.log` with the
+//! compile warnings, under
 //! `$DSMOE_KERNEL_CACHE`, else `$XDG_CACHE_HOME/dsmoe/kernels`, else `~/.cache/dsmoe/kernels`.
 //! Files are written to a temporary name and renamed, so a reader (another process compiling the
 //! same module) never sees half a file. The cache is an optimisation: when it cannot be read or
@@ -58,17 +59,20 @@ pub fn load_or_compile(dir: Option<&Path>, src: &KernelSource, arch: &str) -> Re
     };
     let stem = format!("{}-{}-{}", src.name, arch, cache_key(src, arch)?);
     let cubin_path = dir.join(format!("{stem}.cubin"));
+    let ptx_path = dir.join(format!("{stem}.ptx"));
     let log_path = dir.join(format!("{stem}.log"));
-    if let Ok(cubin) = std::fs::read(&cubin_path) {
-        if !cubin.is_empty() {
+    // The CUBIN is written last, so its presence means the PTX and log before it are complete.
+    if let (Ok(cubin), Ok(ptx)) = (std::fs::read(&cubin_path), std::fs::read_to_string(&ptx_path)) {
+        if !cubin.is_empty() && !ptx.is_empty() {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            return Ok((Compiled { cubin, log }, true));
+            return Ok((Compiled { cubin, ptx, log }, true));
         }
     }
     let compiled = nvrtc::compile(src, arch)?;
     // Best effort: a read-only or full disk costs a recompile next time, nothing more.
     let _ = std::fs::create_dir_all(&dir)
         .and_then(|_| write_atomic(&log_path, compiled.log.as_bytes()))
+        .and_then(|_| write_atomic(&ptx_path, compiled.ptx.as_bytes()))
         .and_then(|_| write_atomic(&cubin_path, &compiled.cubin));
     Ok((compiled, false))
 }
@@ -78,6 +82,7 @@ pub fn forget(dir: Option<&Path>, src: &KernelSource, arch: &str) -> Result<()> 
     if let Some(dir) = dir.map(Path::to_path_buf).or_else(cache_dir) {
         let stem = format!("{}-{}-{}", src.name, arch, cache_key(src, arch)?);
         let _ = std::fs::remove_file(dir.join(format!("{stem}.cubin")));
+        let _ = std::fs::remove_file(dir.join(format!("{stem}.ptx")));
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! same binary builds and runs on machines without CUDA: there `device_count()` is 0 and
 //! `unavailable_reason()` says why. The pieces, one per file:
 //!
+//! - driver_lib.rs: the system's libcuda, or the emulated GPU (`DSMOE_DEVICE=emu`).
 //! - device.rs: discovery; per device the primary context, one stream, its facts (`DeviceInfo`).
 //! - alloc.rs: the caching allocator and its counters (`memory_stats`, `empty_cache`).
 //! - nvrtc.rs / kernel_cache.rs / module.rs: compile to CUBIN for the device's architecture, cache
@@ -18,6 +19,7 @@
 
 mod alloc;
 mod device;
+mod driver_lib;
 mod error;
 mod event;
 pub mod kernel_cache;
@@ -31,6 +33,7 @@ mod storage;
 
 pub use alloc::{empty_cache, memory_stats, reset_peak, set_poison, MemoryStats};
 pub use device::{device_count, device_info, stream_handle, synchronize, unavailable_reason, DeviceInfo};
+pub use driver_lib::{emulator_requested, select_emulator, EMULATOR_LIB};
 pub use event::Event;
 pub use module::{kernel_logs, warm_up};
 pub use storage::CudaStorage;
@@ -39,13 +42,18 @@ pub(crate) use ops::moe_sparse;
 use crate::backend::*;
 use crate::{DType, Device, Result};
 
-/// For GPU tests: the first CUDA device, or `None` after printing the single line
-/// `skipped: no CUDA device (<reason>)`, so a test without a GPU reports why it did nothing.
+/// For GPU tests: the first CUDA device (the emulated one under `DSMOE_DEVICE=emu`), or `None`
+/// after printing the single line `skipped: no CUDA device (<reason>)`, so a test without a GPU
+/// reports why it did nothing. With `DSMOE_REQUIRE_GPU=1`, or under `DSMOE_DEVICE=emu` (where a
+/// device must exist), a missing device fails the test instead.
 pub fn test_device() -> Option<Device> {
     if device_count() > 0 {
         return Some(Device::Cuda(0));
     }
-    report_skip(&format!("no CUDA device ({})", unavailable_reason().unwrap_or_else(|| "unknown reason".into())));
+    let why = format!("no CUDA device ({})", unavailable_reason().unwrap_or_else(|| "unknown reason".into()));
+    let required = std::env::var("DSMOE_REQUIRE_GPU").is_ok_and(|v| v == "1") || emulator_requested().unwrap_or(true);
+    assert!(!required, "a GPU test cannot skip here (DSMOE_REQUIRE_GPU=1 or DSMOE_DEVICE set): {why}");
+    report_skip(&why);
     None
 }
 

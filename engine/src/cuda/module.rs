@@ -2,7 +2,11 @@
 //! any of their entry points, then kept for the life of the process; each function is looked up
 //! once and memoised, so a launch costs one hash lookup.
 //!
-//! A cached image that the driver refuses (a truncated file, say) is deleted and rebuilt once. Set
+//! The CUBIN is loaded first; a driver that refuses it gets the PTX of the same compile instead (a
+//! real driver JIT-compiles PTX; the emulated device of the `vgpu` crate has no use for machine code
+//! and executes the PTX). Which one loaded is the driver's answer, not a property of the device.
+//! A cached build that the driver refuses in both forms (a truncated file, say) is deleted and
+//! rebuilt once. Set
 //! `DSMOE_KERNEL_LOG=1` to print each module's compile warnings when it loads; `kernel_logs()`
 //! returns them either way.
 
@@ -74,12 +78,12 @@ fn load(dev: &CudaDevice, src: &'static KernelSource) -> Result<(sys::CUmodule, 
     let arch = nvrtc::arch_for(dev.info.compute_capability);
     let (compiled, cached) = kernel_cache::load_or_compile(None, src, &arch)?;
     dev.bind()?;
-    let module = match load_image(&compiled.cubin) {
+    let module = match load_compiled(&compiled) {
         Ok(m) => m,
         Err(_) if cached => {
             kernel_cache::forget(None, src, &arch)?;
             let fresh = nvrtc::compile(src, &arch)?;
-            load_image(&fresh.cubin).ctx("cuModuleLoadData")?
+            load_compiled(&fresh).ctx("cuModuleLoadData")?
         }
         Err(e) => return Err(super::error::driver("cuModuleLoadData", e)),
     };
@@ -89,10 +93,17 @@ fn load(dev: &CudaDevice, src: &'static KernelSource) -> Result<(sys::CUmodule, 
     Ok((module, compiled.log))
 }
 
-fn load_image(cubin: &[u8]) -> std::result::Result<sys::CUmodule, result::DriverError> {
+/// The CUBIN, or else the PTX; the error is the PTX's when both are refused (the CUBIN's
+/// refusal is expected on a driver that only takes PTX, so it says less).
+fn load_compiled(compiled: &nvrtc::Compiled) -> std::result::Result<sys::CUmodule, result::DriverError> {
     // SAFETY: `cubin` is an ELF image produced by nvrtcGetCUBIN (or read back from the cache, which
     // the driver validates); the driver copies it during the call.
-    unsafe { result::module::load_data(cubin.as_ptr() as *const std::ffi::c_void) }
+    let cubin = unsafe { result::module::load_data(compiled.cubin.as_ptr() as *const std::ffi::c_void) };
+    cubin.or_else(|_| {
+        let ptx = CString::new(compiled.ptx.as_str()).map_err(|_| result::DriverError(sys::CUresult::CUDA_ERROR_INVALID_PTX))?;
+        // SAFETY: a NUL-terminated PTX text, which the driver reads (and copies) during the call.
+        unsafe { result::module::load_data(ptx.as_ptr() as *const std::ffi::c_void) }
+    })
 }
 
 /// Compiles (or loads from the disk cache) and loads every kernel module on a device, so the first

@@ -1,4 +1,5 @@
-//! Compiling kernel sources to CUBIN with NVRTC, for one GPU architecture.
+//! Compiling kernel sources to CUBIN (and the PTX it was made from) with NVRTC, for one GPU
+//! architecture.
 //!
 //! This is the whole pipeline the engine and the compile check (`tests/kernels_compile.rs`) share:
 //! the same options, the same in-memory headers, the same error handling. It needs only libnvrtc
@@ -9,6 +10,9 @@
 //! - CUBIN, not PTX: PTX made by an NVRTC newer than the driver fails to load
 //!   (`CUDA_ERROR_UNSUPPORTED_PTX_VERSION`); machine code does not, and it skips the driver's own
 //!   JIT at load. The price is one build per architecture, which the disk cache absorbs.
+//! - The PTX of the same compile is kept beside the CUBIN (NVRTC produces both in one run), for a
+//!   driver that has no use for machine code: module.rs loads it when the driver refuses the CUBIN
+//!   (the emulated device of the `vgpu` crate executes PTX).
 //! - `sm_90a` on compute capability 9.0 (Hopper), so wgmma, setmaxnreg and TMA are available to
 //!   the kernels that use them; `sm_XY` elsewhere.
 //! - No `--use_fast_math`: the kernels here are reference-grade (tests hold f32 results to 1e-5
@@ -28,10 +32,13 @@ use kernels_cuda::{KernelSource, HEADERS};
 use super::error::DriverContext;
 use crate::{Error, Result};
 
-/// A compiled module: machine code plus NVRTC's log (warnings; empty when clean).
+/// A compiled module: machine code, the PTX it was assembled from, and NVRTC's log (warnings;
+/// empty when clean).
 #[derive(Debug, Clone)]
 pub struct Compiled {
     pub cubin: Vec<u8>,
+    /// PTX text, without a trailing NUL.
+    pub ptx: String,
     pub log: String,
 }
 
@@ -122,6 +129,18 @@ impl Program {
         unsafe { sys::nvrtcGetCUBIN(self.0, buf.as_mut_ptr() as *mut c_char) }.result().ctx("nvrtcGetCUBIN")?;
         Ok(buf)
     }
+
+    fn ptx(&self) -> Result<String> {
+        let mut size = 0usize;
+        // SAFETY: the program compiled; writes one size_t.
+        unsafe { sys::nvrtcGetPTXSize(self.0, &mut size) }.result().ctx("nvrtcGetPTXSize")?;
+        let mut buf = vec![0u8; size.max(1)];
+        // SAFETY: the buffer holds `size` bytes, as NVRTC asked.
+        unsafe { sys::nvrtcGetPTX(self.0, buf.as_mut_ptr() as *mut c_char) }.result().ctx("nvrtcGetPTX")?;
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        buf.truncate(end);
+        String::from_utf8(buf).map_err(|_| Error::Cuda { op: "nvrtcGetPTX".into(), msg: "NVRTC returned PTX that is not UTF-8".into() })
+    }
 }
 
 fn cstring(what: &str, s: &str) -> Result<CString> {
@@ -165,5 +184,5 @@ pub fn compile(src: &KernelSource, arch: &str) -> Result<Compiled> {
         let log = if log.is_empty() { super::error::nvrtc("nvrtcCompileProgram", cudarc::nvrtc::result::NvrtcError(status)).to_string() } else { log };
         return Err(Error::Compile { kernel: src.name.to_string(), arch: arch.to_string(), log });
     }
-    Ok(Compiled { cubin: program.cubin()?, log })
+    Ok(Compiled { cubin: program.cubin()?, ptx: program.ptx()?, log })
 }

@@ -104,8 +104,13 @@ impl CudaStorage {
     /// Storage for `len` zeros.
     pub(crate) fn zeros(dev: &'static CudaDevice, dtype: DType, len: usize) -> Result<Self> {
         let out = CudaStorage::uninit(dev, dtype, len)?;
-        out.buf.fill_bytes(0, out.size_in_bytes())?;
+        out.fill_bytes(0)?;
         Ok(out)
+    }
+
+    /// Queues a fill of every byte with `value`.
+    pub(crate) fn fill_bytes(&self, value: u8) -> Result<()> {
+        self.buf.fill_bytes(value, self.size_in_bytes())
     }
 
     /// Queues a device-to-device copy of all of `src` (same byte size) into `self`.

@@ -1,8 +1,11 @@
 // moe_decode.cu: the sparse MoE MLP for a handful of tokens (decode, T <= DECODE_ROWS = 16), where
 // the layer is a stream of the selected experts' weights and nothing else matters.
 //
-// With T <= 16 an expert serves at most 16 list entries (a token picks an expert once), so each
-// kernel keeps every entry's partial sums in registers and reads each weight element exactly once:
+// With T <= 16 an expert usually serves at most 16 list entries (a token normally picks an expert
+// once), so each kernel keeps every entry's partial sums in registers and reads each weight element
+// exactly once. Hand-built routes may name an expert twice for one token; then an expert can have
+// more than 16 entries, and the kernels walk them in passes of 16 (re-reading the weights once per
+// extra pass) rather than dropping the rest:
 // - moe_decode_up_<T>: grid (E, ceil(f / 8)), 8 warps; warp w owns W1 row c = 8·blockIdx.y + w of
 //   expert blockIdx.x and streams its d elements with 16-byte loads (4 in flight per lane by
 //   unrolling), dotting each with the expert's gathered x rows (L1/L2 resident: T·d·2 bytes), then
@@ -35,13 +38,11 @@ __device__ __forceinline__ float gelu_f(float x) {
 
 template <typename T, int N> struct __align__(N * sizeof(T)) Vec { T v[N]; };
 
+// Up-projection of list entries [first, first + rows) of expert e (rows <= DECODE_ROWS) for W1 row c.
 template <typename T>
-__device__ void decode_up(const T* x, const T* w1, const u32* offsets, const u32* sorted_slots, u32 k_max, T* h, T* u, u64 d,
-                          u64 f) {
-    const u32 e = blockIdx.x, lane = threadIdx.x & (WARP - 1);
-    const u64 c = (u64)blockIdx.y * UP_WARPS + threadIdx.x / WARP;
-    const u32 first = offsets[e], rows = min(offsets[e + 1] - first, (u32)DECODE_ROWS);
-    if (rows == 0 || c >= f) return;
+__device__ void decode_up_rows(const T* x, const T* w1, const u32* sorted_slots, u32 k_max, T* h, T* u, u64 d, u64 f, u32 e,
+                               u64 c, u32 first, u32 rows) {
+    const u32 lane = threadIdx.x & (WARP - 1);
     const T* x_rows[DECODE_ROWS];
 #pragma unroll
     for (int r = 0; r < DECODE_ROWS; ++r) x_rows[r] = x + (u64)(r < (int)rows ? sorted_slots[first + r] / k_max : 0) * d;
@@ -75,12 +76,22 @@ __device__ void decode_up(const T* x, const T* w1, const u32* offsets, const u32
 }
 
 template <typename T>
-__device__ void decode_down(const T* h, const T* w2, const T* weights, const u32* offsets, const u32* sorted_slots, float* partial,
-                            u64 slots, u64 d, u64 f) {
-    const u32 e = blockIdx.x, split = blockIdx.z;
-    const u64 col = ((u64)blockIdx.y * DOWN_THREADS + threadIdx.x) * DOWN_COLS;
-    const u32 first = offsets[e], rows = min(offsets[e + 1] - first, (u32)DECODE_ROWS);
-    if (rows == 0 || col >= d) return;
+__device__ void decode_up(const T* x, const T* w1, const u32* offsets, const u32* sorted_slots, u32 k_max, T* h, T* u, u64 d,
+                          u64 f) {
+    const u32 e = blockIdx.x;
+    const u64 c = (u64)blockIdx.y * UP_WARPS + threadIdx.x / WARP;
+    if (c >= f) return;
+    const u32 end = offsets[e + 1];
+    for (u32 first = offsets[e]; first < end; first += DECODE_ROWS)
+        decode_up_rows(x, w1, sorted_slots, k_max, h, u, d, f, e, c, first, min(end - first, (u32)DECODE_ROWS));
+}
+
+// Down-projection partials of list entries [first, first + rows) of expert e for this thread's
+// columns and this block's split of f.
+template <typename T>
+__device__ void decode_down_rows(const T* h, const T* w2, const T* weights, const u32* sorted_slots, float* partial, u64 slots,
+                                 u64 d, u64 f, u32 e, u64 col, u32 first, u32 rows) {
+    const u32 split = blockIdx.z;
     const u64 c_begin = (u64)split * DOWN_SPLIT, c_end = min(c_begin + DOWN_SPLIT, f);
     float acc[DECODE_ROWS][DOWN_COLS];
 #pragma unroll
@@ -111,6 +122,17 @@ __device__ void decode_down(const T* h, const T* w2, const T* weights, const u32
             *reinterpret_cast<Vec<float, DOWN_COLS>*>(partial + ((u64)split * slots + slot) * d + col) = out;
         }
     }
+}
+
+template <typename T>
+__device__ void decode_down(const T* h, const T* w2, const T* weights, const u32* offsets, const u32* sorted_slots, float* partial,
+                            u64 slots, u64 d, u64 f) {
+    const u32 e = blockIdx.x;
+    const u64 col = ((u64)blockIdx.y * DOWN_THREADS + threadIdx.x) * DOWN_COLS;
+    if (col >= d) return;
+    const u32 end = offsets[e + 1];
+    for (u32 first = offsets[e]; first < end; first += DECODE_ROWS)
+        decode_down_rows(h, w2, weights, sorted_slots, partial, slots, d, f, e, col, first, min(end - first, (u32)DECODE_ROWS));
 }
 
 #define DECODE_KERNELS(T, SFX)                                                                                          \

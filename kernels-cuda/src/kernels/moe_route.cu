@@ -30,7 +30,8 @@
 //    kept, dropped [1] = Σ (total − kept).
 // 4. moe_scatter_slots: per slot, rank = chunk_base + rank_in_chunk; kept when rank < capacity:
 //    pos = offsets[e] + rank, sorted_slots[pos] = s, slot_pos[s] = pos; otherwise slot_pos[s] =
-//    DROPPED (also for unused slots).
+//    DROPPED (also for unused slots). The host fills sorted_slots with DROPPED first, so its tail
+//    past offsets[N] reads DROPPED, as on the CPU.
 // Everything is integer work over T·k_max slots (a few MB at T = 16384, k_max = 8): microseconds.
 // No step depends on the order atomics land in, so the permutation is bit-reproducible.
 
@@ -159,8 +160,11 @@ extern "C" __global__ void moe_batch_k(const u32* above, u64 tokens, u32 k_max, 
 // ---- permutation ---------------------------------------------------------------------------------
 
 // Launched with 32-thread blocks, one per chunk of CHUNK slots.
+// A used slot naming an expert >= n (hand-built routes) is stored in *bad_expert (any one of them;
+// the word is zero before, and n >= 1) and then treated as unused, so no index goes out of range;
+// the host turns a non-zero word into an error.
 extern "C" __global__ void moe_chunk_rank(const u32* experts, const u32* counts, u32* rank_in_chunk, u32* chunk_hist,
-                                          u64 tokens, u32 k_max, u32 n) {
+                                          u32* bad_expert, u64 tokens, u32 k_max, u32 n) {
     __shared__ u32 hist[MAX_EXPERTS];
     const u32 lane = threadIdx.x;
     const u64 slots = tokens * k_max;
@@ -170,7 +174,13 @@ extern "C" __global__ void moe_chunk_rank(const u32* experts, const u32* counts,
     for (u64 s0 = begin; s0 < begin + CHUNK && s0 < slots; s0 += WARP) {
         const u64 s = s0 + lane;
         u32 e = NO_EXPERT;
-        if (s < slots && (u32)(s % k_max) < counts[s / k_max]) e = experts[s];
+        if (s < slots && (u32)(s % k_max) < counts[s / k_max]) {
+            e = experts[s];
+            if (e >= n) {
+                *bad_expert = e;
+                e = NO_EXPERT;
+            }
+        }
         const u32 peers = __match_any_sync(FULL_MASK, e);
         if (e != NO_EXPERT) {
             const u32 below = peers & ((1u << lane) - 1u);

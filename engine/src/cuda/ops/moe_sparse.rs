@@ -12,6 +12,7 @@ use crate::cuda::launch::{kernel_args, launch, launch_with_smem, Grid};
 use crate::cuda::profile::Cost;
 use crate::cuda::CudaStorage;
 use crate::backend::{RouteMode, SparseDims};
+use crate::CpuStorage;
 use crate::{DType, Error, Result};
 
 /// Slots per chunk of the counting sort (CHUNK in moe_route.cu).
@@ -85,15 +86,26 @@ pub(crate) fn permute(experts: &CudaStorage, counts: &CudaStorage, tokens: usize
     let chunks = slots.div_ceil(CHUNK);
     let u32s = |len: usize| CudaStorage::uninit(dev, DType::U32, len);
     let (offsets, sorted, slot_pos, totals, dropped) = (u32s(n + 1)?, u32s(slots)?, u32s(slots)?, u32s(n)?, u32s(1)?);
-    let (rank, hist, base) = (u32s(slots)?, u32s(chunks * n)?, u32s(chunks * n)?);
-    let (ep, cp, rp, hp, bp, tp, op, dp, sp, pp) = (experts.ptr(), counts.ptr(), rank.ptr(), hist.ptr(), base.ptr(), totals.ptr(), offsets.ptr(), dropped.ptr(), sorted.ptr(), slot_pos.ptr());
+    let (rank, hist, base, bad) = (u32s(slots)?, u32s(chunks * n)?, u32s(chunks * n)?, CudaStorage::zeros(dev, DType::U32, 1)?);
+    // Past the kept entries sorted_slots reads DROPPED, as on the CPU (0xff bytes make 0xffffffff).
+    sorted.fill_bytes(0xff)?;
+    let (ep, cp, rp, hp, bp, tp, op, dp, sp, pp, xp) = (experts.ptr(), counts.ptr(), rank.ptr(), hist.ptr(), base.ptr(), totals.ptr(), offsets.ptr(), dropped.ptr(), sorted.ptr(), slot_pos.ptr(), bad.ptr());
     let (t, km, nn, nch) = (tokens as u64, k_max as u32, n as u32, chunks as u32);
     let slot_bytes = 4 * slots as u64;
     if chunks > 0 {
         // SAFETY: moe_chunk_rank(const u32* experts, const u32* counts, u32* rank_in_chunk, u32* chunk_hist,
-        // u64 tokens, u32 k_max, u32 n); one 32-thread block per chunk; n <= 2048 (its shared histogram);
-        // experts and rank hold slots, chunk_hist chunks·n words; experts < n (routing or op layer).
-        unsafe { launch(dev, &MOE_ROUTE, "moe_chunk_rank", fixed((grid_dim(OP, chunks)?, 1, 1), 32), &mut kernel_args![&ep, &cp, &rp, &hp, &t, &km, &nn], Cost { bytes: 2 * slot_bytes, flops: 0 })? };
+        // u32* bad_expert, u64 tokens, u32 k_max, u32 n); one 32-thread block per chunk; n <= 2048 (its
+        // shared histogram); experts and rank hold slots, chunk_hist chunks·n words, bad_expert one
+        // zeroed word. A used slot's expert >= n is reported in bad_expert and treated as unused, so
+        // no later kernel indexes with it.
+        unsafe { launch(dev, &MOE_ROUTE, "moe_chunk_rank", fixed((grid_dim(OP, chunks)?, 1, 1), 32), &mut kernel_args![&ep, &cp, &rp, &hp, &xp, &t, &km, &nn], Cost { bytes: 2 * slot_bytes, flops: 0 })? };
+        // The routes are user data (the CPU path checks them the same way): an expert out of range
+        // is an error, which costs this one-word read (and the wait for the kernel before it).
+        if let CpuStorage::U32(bad) = bad.to_host()? {
+            if bad[0] != 0 {
+                return Err(Error::IndexOutOfRange { op: OP, index: bad[0] as usize, size: n });
+            }
+        }
     }
     // SAFETY: moe_expert_scan(const u32* chunk_hist, u32* chunk_base, u32* expert_total, u32 chunks, u32 n);
     // one 32-thread block per expert; hist and base hold chunks·n words, totals n.
@@ -305,7 +317,7 @@ pub(crate) fn forward(x: &CudaStorage, w1: &CudaStorage, w2: &CudaStorage, weigh
             let weight_bytes = nbytes(tokens.min(n_experts) * k_max * f * d, dtype);
             let flops = 2 * (slots * f * d) as u64;
             // SAFETY: moe_decode_up_<T>(const T* x, const T* w1, const u32* offsets, const u32* sorted_slots,
-            // u32 k_max, T* h, T* u, u64 d, u64 f); tokens <= 16 so an expert has <= 16 entries; d % 8 == 0
+            // u32 k_max, T* h, T* u, u64 d, u64 f); an expert's entries are walked 16 at a time; d % 8 == 0
             // and buffers from the allocator are 16-byte aligned (checked above); u may be null.
             unsafe {
                 launch(dev, &MOE_DECODE, &format!("moe_decode_up_{sfx}"), fixed((ne, grid_dim("moe_sparse_mlp", f.div_ceil(UP_WARPS))?, 1), 256), &mut kernel_args![&xp, &w1p, &op, &sp, &km, &hp, &up, &dd, &ff], Cost { bytes: weight_bytes, flops })?
