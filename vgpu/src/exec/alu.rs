@@ -220,6 +220,30 @@ fn fmax(a: f64, b: f64) -> f64 {
     if a.is_nan() { b } else if b.is_nan() { a } else if a == b && a == 0.0 { if a.is_sign_positive() { a } else { b } } else { a.max(b) }
 }
 
+/// `cvt`, with the common forms (integer widening/narrowing, 32-bit integer <-> f32, bf16/f16 <->
+/// f32) on direct paths and everything else through [`cvt`].
+#[allow(clippy::too_many_arguments)]
+fn cvt_lanes(w: &mut Warp, a: &[Operand], m: u32, c: &SregCtx, dst: Ty, src: Ty, rnd: Option<Rnd>, int_rnd: Option<Rnd>, sat: bool) {
+    let rn = rnd.unwrap_or(Rnd::Rn) == Rnd::Rn && int_rnd.is_none() && !sat;
+    match (dst, src) {
+        (d, s) if !d.is_float() && !s.is_float() && !sat => {
+            let (sb, dm, sm) = (s.bits(), d.mask(), s.mask());
+            if s.is_signed() {
+                un(w, a, m, c, move |x| sext(x, sb) as u64 & dm)
+            } else {
+                un(w, a, m, c, move |x| x & sm & dm)
+            }
+        }
+        (Ty::F32, Ty::U32) if rn => un(w, a, m, c, |x| bits32(x as u32 as f32)),
+        (Ty::F32, Ty::S32) if rn => un(w, a, m, c, |x| bits32(x as u32 as i32 as f32)),
+        (Ty::F32, Ty::Bf16) => un(w, a, m, c, |x| (x & 0xffff) << 16),
+        (Ty::F32, Ty::F16) => un(w, a, m, c, |x| bits32(f16_to_f32(x as u16))),
+        (Ty::Bf16, Ty::F32) if rn => un(w, a, m, c, |x| f32_to_bf16(f32_of(x)) as u64),
+        (Ty::F16, Ty::F32) if rn => un(w, a, m, c, |x| f32_to_f16(f32_of(x)) as u64),
+        _ => un(w, a, m, c, move |x| cvt(x, dst, src, rnd, int_rnd, sat)),
+    }
+}
+
 fn cvt(v: u64, dst: Ty, src: Ty, rnd: Option<Rnd>, int_rnd: Option<Rnd>, sat: bool) -> u64 {
     match (dst.is_float(), src.is_float()) {
         (true, true) => {
@@ -485,7 +509,7 @@ pub fn exec(op: &Op, a: &[Operand], w: &mut Warp, m: u32, c: &SregCtx) -> Alu {
                 let to = if dst == Ty::Bf16x2 { f32_to_bf16 } else { f32_to_f16 };
                 bin(w, a, m, c, move |hi, lo| ((to(f32_of(hi)) as u64) << 16) | to(f32_of(lo)) as u64);
             } else {
-                un(w, a, m, c, move |x| cvt(x, dst, src, rnd, int_rnd, sat));
+                cvt_lanes(w, a, m, c, dst, src, rnd, int_rnd, sat);
             }
         }
         _ => return NotAlu,

@@ -95,7 +95,7 @@ pub(crate) fn run_grid(dev: &DeviceConfig, mem: &GlobalMemory, kernel: &Kernel, 
     let smem = smem_window(kernel, cfg.dynamic_smem) as usize;
     let total = cfg.grid.iter().map(|&d| d as u64).product::<u64>();
     let instructions = AtomicU64::new(0);
-    (0..total).into_par_iter().try_for_each(|id| {
+    (0..total).into_par_iter().try_for_each_init(|| None, |spare: &mut Option<SharedMem>, id| {
         let ctaid = [(id % cfg.grid[0] as u64) as u32, (id / cfg.grid[0] as u64 % cfg.grid[1] as u64) as u32, (id / (cfg.grid[0] as u64 * cfg.grid[1] as u64)) as u32];
         let warps: Vec<Warp> = (0..nwarps).map(|w| Warp::new(w, kernel.slots, cfg.block, threads, kernel.regs)).collect();
         let st = CtaState {
@@ -111,7 +111,13 @@ pub(crate) fn run_grid(dev: &DeviceConfig, mem: &GlobalMemory, kernel: &Kernel, 
                 total_smem: smem as u32,
                 clock: 0,
             },
-            shared: SharedMem::new(smem, nwarps as usize, dev.checks),
+            shared: match spare.take() {
+                Some(mut s) => {
+                    s.reset(smem, nwarps as usize, dev.checks);
+                    s
+                }
+                None => SharedMem::new(smem, nwarps as usize, dev.checks),
+            },
             params,
             view: &view,
             hint: (0, 0),
@@ -125,6 +131,7 @@ pub(crate) fn run_grid(dev: &DeviceConfig, mem: &GlobalMemory, kernel: &Kernel, 
         let mut cta = Cta { warps, st };
         let r = cta.run();
         instructions.fetch_add(cta.st.instructions, Ordering::Relaxed);
+        *spare = Some(cta.st.shared);
         r
     })?;
     Ok(LaunchStats { instructions: instructions.into_inner(), ctas: total })
