@@ -46,7 +46,8 @@ pub struct TrainArgs {
     /// sanitizer checks; the same as DSMOE_DEVICE=emu).
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Seed for initialisation and data order (overrides the config).
+    /// Seed for initialisation and data order (overrides the config; a resumed run keeps its own,
+    /// and a different one is an error).
     #[arg(long)]
     pub seed: Option<u64>,
     /// Output directory for checkpoints, metrics and the loss plot (default: runs/CONFIG, or
@@ -56,7 +57,8 @@ pub struct TrainArgs {
     /// Continue from the latest checkpoint in --out (default runs/CONFIG), exactly where it stopped.
     #[arg(long)]
     pub resume: bool,
-    /// Compute dtype: f32, or bf16 (the default on CUDA; master weights stay f32).
+    /// Compute dtype: f32, f64, or bf16 (the default on CUDA; master weights stay f32); f16 on CUDA
+    /// only. A resumed run keeps its own, and a different one is an error.
     #[arg(long)]
     pub dtype: Option<String>,
     /// Skip the final sparse evaluation and sample.

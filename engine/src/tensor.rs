@@ -202,7 +202,7 @@ impl std::fmt::Debug for Tensor {
 
 /// `n` values `f(0), f(1), ...` in a vector whose allocation may fail: a tensor too large for the
 /// host is an error, not an abort of the process.
-fn host_vec<T>(n: usize, f: impl FnMut(usize) -> T) -> Result<Vec<T>> {
+pub(crate) fn host_vec<T>(n: usize, f: impl FnMut(usize) -> T) -> Result<Vec<T>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|_| Error::HostOutOfMemory { what: "a tensor", bytes: n as u128 * std::mem::size_of::<T>() as u128 })?;
     v.extend((0..n).map(f));

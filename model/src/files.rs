@@ -21,8 +21,8 @@ pub const METADATA_LIMIT: u64 = 1 << 20;
 pub const TOKENIZER_LIMIT: u64 = 256 << 20;
 
 /// Fails unless `path` is (or links to) a regular file; `what` names the file in the message.
-pub fn require_regular_file(path: &Path, what: &str) -> Result<fs::Metadata> {
-    let meta = fs::metadata(path).map_err(|e| Error::io(format!("{what} {}", path.display()), e))?;
+pub fn require_regular_file(path: &Path, what: &str) -> Result<()> {
+    let meta = fs::metadata(path).map_err(|e| Error::io(format!("cannot open the {what} {}", path.display()), e))?;
     if !meta.is_file() {
         return Err(Error::Invalid {
             what: "input file",
@@ -30,7 +30,7 @@ pub fn require_regular_file(path: &Path, what: &str) -> Result<fs::Metadata> {
             msg: format!("the {what} must be a regular file, not a {}", kind(&meta)),
         });
     }
-    Ok(meta)
+    Ok(())
 }
 
 /// Opens a regular file for reading, checked before opening (a pipe would block in `open`).

@@ -39,6 +39,7 @@ pub struct TrainingRun {
     metrics: MetricsLog,
     /// Held for the run's life: one writer per run directory.
     _lock: RunLock,
+    warnings: Vec<String>,
 }
 
 /// What one `TrainingRun::step` did besides the update.
@@ -95,10 +96,11 @@ impl TrainingRun {
         let lock = RunLock::acquire(out)?;
         // Checked again under the lock: another process may have checkpointed here meanwhile.
         refuse_existing_run(out)?;
-        remove_stale_temps(out)?;
+        let removed = remove_stale_temps(out)?;
         // A fresh run in a directory with a stale log (from a run that never checkpointed) starts it over.
         let metrics = MetricsLog::open_resumed(&out.join(METRICS_FILE), 0)?;
-        Ok(TrainingRun { trainer, corpus, out: out.to_path_buf(), metrics, _lock: lock })
+        let warnings = run_dir_warnings(out, removed, &metrics);
+        Ok(TrainingRun { trainer, corpus, out: out.to_path_buf(), metrics, _lock: lock, warnings })
     }
 
     /// Resumes the run in `out` from its latest checkpoint, with the run's own settings. `steps`
@@ -113,7 +115,7 @@ impl TrainingRun {
             return Err(Error::checkpoint(out.display().to_string(), msg));
         }
         let lock = RunLock::acquire(out)?;
-        remove_stale_temps(out)?;
+        let removed = remove_stale_temps(out)?;
         let ckpt = Checkpoint::open(out)?;
         let origin = ckpt.dir().join(checkpoint::STATE_FILE).display().to_string();
         let mut config = checkpoint_config(&ckpt)?;
@@ -138,16 +140,14 @@ impl TrainingRun {
         trainer.optimizer.step = ckpt.step();
         trainer.data_rng = data_rng;
         let metrics = MetricsLog::open_resumed(&out.join(METRICS_FILE), ckpt.step())?;
-        Ok(TrainingRun { trainer, corpus, out: out.to_path_buf(), metrics, _lock: lock })
+        let warnings = run_dir_warnings(out, removed, &metrics);
+        Ok(TrainingRun { trainer, corpus, out: out.to_path_buf(), metrics, _lock: lock, warnings })
     }
 
-    /// Warnings about the run directory for the user: damaged metrics lines passed over.
-    pub fn warnings(&self) -> Vec<String> {
-        self.metrics
-            .skipped_lines()
-            .iter()
-            .map(|n| format!("{} line {n} is not a JSON record; it is left in place and skipped", self.metrics.path().display()))
-            .collect()
+    /// What opening the run directory found and repaired, for the user: temporary files a killed
+    /// writer left (removed), damaged metrics lines (left in place, skipped).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     pub fn out(&self) -> &Path {
@@ -222,6 +222,12 @@ impl TrainingRun {
         write_loss_plot(&self.out.join(METRICS_FILE), &self.out.join(PLOT_FILE), &format!("{}: loss per token", tr.config.model.name))?;
         Ok(dir)
     }
+}
+
+fn run_dir_warnings(out: &Path, removed_temps: usize, metrics: &MetricsLog) -> Vec<String> {
+    let removed = (removed_temps > 0).then(|| format!("{}: removed {removed_temps} temporary files an interrupted write left behind", out.display()));
+    let skipped = metrics.skipped_lines().iter().map(|n| format!("{} line {n} is not a JSON record; it is left in place and skipped", metrics.path().display()));
+    removed.into_iter().chain(skipped).collect()
 }
 
 /// Fails when `out` already holds a run's checkpoints.

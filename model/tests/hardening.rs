@@ -146,14 +146,19 @@ fn a_resume_keeps_the_runs_settings_and_validates_its_state() {
 }
 
 #[test]
-fn temp_files_of_a_killed_writer_are_removed_on_the_next_start() {
+fn temp_files_are_removed_and_damaged_metrics_lines_skipped_on_the_next_start() {
     let scratch = Scratch::new("hardening-temps");
     let dir = &scratch.0;
     run_to_end(tiny_config(3), dir, DType::F32);
     for name in [".metrics.jsonl.4242-0.tmp", ".loss.svg.4242-1.tmp"] {
         fs::write(scratch.path(name), "partial").unwrap();
     }
-    let _run = resume(dir).unwrap();
+    // And a damaged metrics line, which must not block the resume of an intact checkpoint.
+    let metrics = scratch.path(model::run::METRICS_FILE);
+    fs::write(&metrics, format!("{{\"step\": garbage\n{}", fs::read_to_string(&metrics).unwrap())).unwrap();
+    let run = resume(dir).unwrap();
+    let warned = |needle: &str| run.warnings().iter().any(|w| w.contains(needle));
+    assert!(warned("removed 2 temporary files") && warned("line 1 is not a JSON record"), "{:?}", run.warnings());
     let left: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".tmp")).collect();
     assert!(left.is_empty(), "{left:?}");
 }

@@ -55,7 +55,8 @@ impl CudaStorage {
 
     /// Copies the elements to the host (waits for all queued work on the device).
     pub fn to_host(&self) -> Result<CpuStorage> {
-        let mut bytes = vec![0u8; self.size_in_bytes()];
+        // Fallible: a device buffer larger than free host memory is an error, not an abort.
+        let mut bytes = crate::tensor::host_vec(self.size_in_bytes(), |_| 0u8)?;
         if !bytes.is_empty() {
             let dev = self.buf.device();
             dev.bind()?;
