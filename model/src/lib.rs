@@ -20,6 +20,7 @@ pub mod router;
 pub mod run;
 mod transformer;
 
+pub use attention::{causal_heads, AttentionPath};
 pub use config::{Config, Family, ModelConfig, TrainConfig};
 pub use ctx::Ctx;
 pub use error::{Error, Result};
