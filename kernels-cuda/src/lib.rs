@@ -302,7 +302,43 @@ pub const GEMM_SM80: KernelSource = KernelSource {
 };
 
 /// Every kernel module, for whole-set iteration (compile checks, warm-up).
-pub const ALL: &[KernelSource] = &[ELEMENTWISE, BINARY, REDUCE, SOFTMAX, INDEX, TOPK, LAYOUT, ROPE, ADAMW, GEMM, GEMM_SM80, GEMM_SM90, MOE_DENSE, MOE_ROUTE, MOE_SPARSE, MOE_DECODE];
+/// Fused causal attention (forward, dq, dk/dv) for head dims up to 32, 64 and 128.
+pub const ATTENTION: KernelSource = KernelSource {
+    name: "attention",
+    source: include_str!("kernels/attention.cu"),
+    entry_points: &[
+        "attention_fwd_f32_d32",
+        "attention_fwd_f32_d64",
+        "attention_fwd_f32_d128",
+        "attention_fwd_bf16_d32",
+        "attention_fwd_bf16_d64",
+        "attention_fwd_bf16_d128",
+        "attention_fwd_f16_d32",
+        "attention_fwd_f16_d64",
+        "attention_fwd_f16_d128",
+        "attention_dq_f32_d32",
+        "attention_dq_f32_d64",
+        "attention_dq_f32_d128",
+        "attention_dq_bf16_d32",
+        "attention_dq_bf16_d64",
+        "attention_dq_bf16_d128",
+        "attention_dq_f16_d32",
+        "attention_dq_f16_d64",
+        "attention_dq_f16_d128",
+        "attention_dkdv_f32_d32",
+        "attention_dkdv_f32_d64",
+        "attention_dkdv_f32_d128",
+        "attention_dkdv_bf16_d32",
+        "attention_dkdv_bf16_d64",
+        "attention_dkdv_bf16_d128",
+        "attention_dkdv_f16_d32",
+        "attention_dkdv_f16_d64",
+        "attention_dkdv_f16_d128",
+    ],
+    expect_sass: &[],
+};
+
+pub const ALL: &[KernelSource] = &[ELEMENTWISE, BINARY, REDUCE, SOFTMAX, INDEX, TOPK, LAYOUT, ROPE, ADAMW, GEMM, GEMM_SM80, GEMM_SM90, MOE_DENSE, MOE_ROUTE, MOE_SPARSE, MOE_DECODE, ATTENTION];
 
 #[cfg(test)]
 mod tests {

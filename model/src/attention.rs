@@ -7,8 +7,14 @@
 //! `O = Σ_k S_k Σ_j O_kj W_o,kj` (Pan et al. eq. 7-8). At inference an expert whose weight is
 //! zeroed by the selection contributes nothing; like the paper, the heads are still computed
 //! densely (at the >60 % utilisation attention sees, sparse attention does not pay).
+//!
+//! The heads themselves run as one fused op (`Var::causal_attention`: online softmax, no `[T, T]`
+//! tensor, O(T·d) saved for the backward). The composite path it replaced (scores, additive mask,
+//! softmax, weighted values, with keys and values repeated to every query head) stays available
+//! through `Ctx::attention` as the reference the fused path is tested and benchmarked against.
 
 use autograd::Var;
+use engine::ops::Sequences;
 use engine::{DType, Device, Rng, Tensor};
 
 use crate::config::{ModelConfig, RouterKind};
@@ -28,19 +34,25 @@ pub struct Attention {
     kv_heads: usize,
 }
 
-/// Per-sequence tensors every attention layer shares: rotary tables and the causal mask.
+/// Per-sequence tensors every attention layer shares: the rotary tables.
 pub struct Positions {
     pub cos: Tensor,
     pub sin: Tensor,
-    /// `[T, T]`: 0 where a query may attend, −∞ above the diagonal.
-    pub causal_mask: Tensor,
+}
+
+/// How the attention heads are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionPath {
+    /// The fused causal attention op (the default).
+    Fused,
+    /// Generic ops materialising the `[B·Hq, T, T]` scores: the reference.
+    Composite,
 }
 
 impl Positions {
     pub fn new(seq: usize, head_dim: usize, theta: f64, dtype: DType, device: &Device) -> Result<Positions> {
         let (cos, sin) = rotary_tables(seq, head_dim, theta, dtype, device)?;
-        let mask: Vec<f64> = (0..seq * seq).map(|i| if i % seq > i / seq { f64::NEG_INFINITY } else { 0.0 }).collect();
-        Ok(Positions { cos, sin, causal_mask: Tensor::from_f64s(&mask, [seq, seq], dtype, device)? })
+        Ok(Positions { cos, sin })
     }
 }
 
@@ -92,16 +104,7 @@ impl Attention {
         let q = x.matmul(&ctx.p(params.get(self.wq))?)?.reshape([batch, seq, hq, dh])?.rope(&pos.cos, &pos.sin)?;
         let k = x.matmul(&ctx.p(params.get(self.wk))?)?.reshape([batch, seq, hkv, dh])?.rope(&pos.cos, &pos.sin)?;
         let v = x.matmul(&ctx.p(params.get(self.wv))?)?.reshape([batch, seq, hkv, dh])?;
-        // [B, T, H, dh] -> [B·H, T, dh]; keys and values repeated to the query heads that share them.
-        let q = q.permute(&[0, 2, 1, 3])?.reshape([batch * hq, seq, dh])?;
-        let kv_rows = self.kv_row_of_query_head(batch, &x.device())?;
-        let spread = |t: Var| -> Result<Var> {
-            t.permute(&[0, 2, 1, 3])?.reshape([batch * hkv, seq * dh])?.index_select(&kv_rows)?.reshape([batch * hq, seq, dh]).map_err(Into::into)
-        };
-        let (k, v) = (spread(k)?, spread(v)?);
-        let scores = q.matmul_t(&k, false, true)?.mul_scalar(1.0 / (dh as f64).sqrt())?;
-        let probs = scores.add(&Var::constant(pos.causal_mask.clone()))?.softmax()?;
-        let heads = probs.matmul(&v)?.reshape([batch, hq, seq, dh])?.permute(&[0, 2, 1, 3])?;
+        let heads = causal_heads(&q, &k, &v, ctx.attention)?;
         let tokens = batch * seq;
         let (heads, router, experts_per_token) = match &self.router {
             None => (heads.reshape([tokens, hq * dh])?, None, 1.0),
@@ -123,16 +126,30 @@ impl Attention {
         Ok(AttentionOut { y, router, experts_per_token })
     }
 
-    /// For each (batch, query head) row, the (batch, kv head) row it reads.
-    fn kv_row_of_query_head(&self, batch: usize, device: &Device) -> Result<Tensor> {
-        let hq = self.n_experts * self.heads_per_expert;
-        let group = hq / self.kv_heads;
-        let rows: Vec<u32> = (0..batch * hq).map(|r| ((r / hq) * self.kv_heads + (r % hq) / group) as u32).collect();
-        Ok(Tensor::from_slice(&rows, [rows.len()], device)?)
-    }
-
     /// Parameters one attention expert owns (its query heads and output rows).
     pub fn expert_param_count(&self, d: usize) -> usize {
         2 * self.heads_per_expert * self.head_dim * d
     }
+}
+
+/// Causal attention of q `[B, T, Hq, dh]` over k, v `[B, T, Hkv, dh]` (query head h reads key/value
+/// head `h / (Hq / Hkv)`), scores scaled by `1/√dh`; returns `[B, T, Hq, dh]`.
+pub fn causal_heads(q: &Var, k: &Var, v: &Var, path: AttentionPath) -> Result<Var> {
+    let dims = q.dims().to_vec();
+    let (batch, seq, hq, dh, hkv) = (dims[0], dims[1], dims[2], dims[3], k.dims()[2]);
+    let scale = 1.0 / (dh as f64).sqrt();
+    if path == AttentionPath::Fused {
+        return Ok(q.causal_attention(k, v, Sequences::Batched, scale)?);
+    }
+    // [B, T, H, dh] -> [B·H, T, dh]; keys and values repeated to the query heads that share them.
+    let q = q.permute(&[0, 2, 1, 3])?.reshape([batch * hq, seq, dh])?;
+    let device = q.device();
+    let rows: Vec<u32> = (0..batch * hq).map(|r| ((r / hq) * hkv + (r % hq) / (hq / hkv)) as u32).collect();
+    let kv_rows = Tensor::from_slice(&rows, [rows.len()], &device)?;
+    let spread = |t: &Var| -> Result<Var> { Ok(t.permute(&[0, 2, 1, 3])?.reshape([batch * hkv, seq * dh])?.index_select(&kv_rows)?.reshape([batch * hq, seq, dh])?) };
+    let (k, v) = (spread(k)?, spread(v)?);
+    let mask: Vec<f64> = (0..seq * seq).map(|i| if i % seq > i / seq { f64::NEG_INFINITY } else { 0.0 }).collect();
+    let mask = Tensor::from_f64s(&mask, [seq, seq], q.dtype(), &device)?;
+    let probs = q.matmul_t(&k, false, true)?.mul_scalar(scale)?.add(&Var::constant(mask))?.softmax()?;
+    Ok(probs.matmul(&v)?.reshape([batch, hq, seq, dh])?.permute(&[0, 2, 1, 3])?)
 }

@@ -6,20 +6,23 @@
 use autograd::{Param, Tape, Var};
 use engine::DType;
 
+use crate::attention::AttentionPath;
 use crate::Result;
 
 pub struct Ctx<'a> {
     pub tape: Option<&'a Tape>,
     pub dtype: DType,
+    /// Fused attention, or the composite reference path.
+    pub attention: AttentionPath,
 }
 
 impl<'a> Ctx<'a> {
     pub fn train(tape: &'a Tape, dtype: DType) -> Ctx<'a> {
-        Ctx { tape: Some(tape), dtype }
+        Ctx { tape: Some(tape), dtype, attention: AttentionPath::Fused }
     }
 
     pub fn eval(dtype: DType) -> Ctx<'static> {
-        Ctx { tape: None, dtype }
+        Ctx { tape: None, dtype, attention: AttentionPath::Fused }
     }
 
     /// The parameter as a value in the compute dtype, tracked when training.

@@ -24,6 +24,7 @@ pub mod run;
 pub mod run_lock;
 mod transformer;
 
+pub use attention::{causal_heads, AttentionPath};
 pub use config::{Config, Family, ModelConfig, TrainConfig};
 pub use ctx::Ctx;
 pub use error::{Error, Result};

@@ -5,7 +5,7 @@
 use autograd::Tape;
 use engine::{DType, Device, Rng, Tensor};
 use model::config::{AttentionConfig, MlpConfig, RouterKind};
-use model::{Ctx, Family, InferenceMode, Model, ModelConfig, Selection};
+use model::{AttentionPath, Ctx, Family, InferenceMode, Model, ModelConfig, Selection};
 
 fn micro(family: Family, router: RouterKind) -> ModelConfig {
     let moe = family == Family::DsMoe;
@@ -43,7 +43,7 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 
 /// Cross-entropy plus the auxiliary loss, in f64.
 fn loss(model: &Model, tape: Option<&Tape>, input: &Tensor, target: &Tensor, batch: usize, seq: usize) -> autograd::Var {
-    let ctx = Ctx { tape, dtype: DType::F64 };
+    let ctx = Ctx { tape, dtype: DType::F64, attention: AttentionPath::Fused };
     let out = model.forward(&ctx, input, batch, seq, InferenceMode::DENSE).unwrap();
     let ce = out.logits.cross_entropy(target).unwrap().mean_all().unwrap();
     match out.aux_loss {

@@ -1,29 +1,176 @@
-//! Fused causal attention on CUDA (attention.cu).
+//! Fused causal attention (attention.cu): the forward, then for the backward `attention_dq` (which
+//! also stores D = dO·out per row) followed by `attention_dkdv`, in stream order. The kernel file's
+//! header has the algorithm; here: the kernel variant for the head dim, the grids, the sequence
+//! offsets copied to the device.
 
+use kernels_cuda::ATTENTION;
+
+use super::{float_suffix, nbytes};
 use crate::backend::AttentionDims;
+use crate::cuda::launch::{kernel_args, launch_with_smem, Grid};
+use crate::cuda::profile::Cost;
 use crate::cuda::CudaStorage;
-use crate::{Error, Result};
+use crate::{CpuStorage, DType, Error, Result};
 
-pub(crate) fn forward(
-    _q: &CudaStorage,
-    _k: &CudaStorage,
-    _v: &CudaStorage,
-    _seq_offsets: &[usize],
-    _dims: &AttentionDims,
-) -> Result<(CudaStorage, CudaStorage)> {
-    Err(Error::invalid("causal_attention", "no CUDA kernel yet"))
+const OP: &str = "causal_attention";
+
+/// Threads per block (the kernels' __launch_bounds__).
+const THREADS: usize = 128;
+/// Keys per block of attention_dkdv (one thread each).
+const DKDV_KEYS: u32 = 64;
+/// Query rows (positions x heads) attention_dkdv stages per step, at least one position.
+const DKDV_ROWS: usize = 32;
+/// attention.cu's KEY_TILE: keys staged per step by the forward and dq kernels.
+const KEY_TILE: usize = 32;
+
+/// The launch geometry shared by the three kernels.
+struct Plan {
+    /// Kernel-name suffix: dtype and register row width (`f32_d64`).
+    variant: String,
+    /// Device copy of the sequence offsets (u32).
+    offsets: CudaStorage,
+    seqs: u32,
+    max_len: usize,
+    /// Query positions per forward / dq block (times G heads = that block's rows).
+    ppb: usize,
 }
 
-#[allow(clippy::too_many_arguments)]
+fn plan(q: &CudaStorage, seq_offsets: &[usize], dims: &AttentionDims) -> Result<Plan> {
+    let sfx = float_suffix(OP, q.dtype())?;
+    let width = match dims.head_dim {
+        0..=32 => 32,
+        33..=64 => 64,
+        65..=128 => 128,
+        d => return Err(Error::invalid(OP, format!("head dim {d} on CUDA (the kernels take head dims up to 128)"))),
+    };
+    let g = dims.group();
+    if g > THREADS {
+        return Err(Error::invalid(OP, format!("{g} query heads per key/value head on CUDA (at most {THREADS})")));
+    }
+    let max_len = seq_offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    let seqs = seq_offsets.len().saturating_sub(1);
+    if dims.tokens > u32::MAX as usize || dims.kv_heads > 65535 || seqs > 65535 {
+        return Err(Error::invalid(OP, format!("{dims:?} over {seqs} sequences exceeds the kernels' u32 indices or the CUDA grid")));
+    }
+    let host: Vec<u32> = seq_offsets.iter().map(|&o| o as u32).collect();
+    let offsets = CudaStorage::from_host(ordinal(q), &CpuStorage::U32(host))?;
+    Ok(Plan { variant: format!("{sfx}_d{width}"), offsets, seqs: seqs as u32, max_len, ppb: (THREADS / g).max(1) })
+}
+
+fn ordinal(x: &CudaStorage) -> usize {
+    match x.device() {
+        crate::Device::Cuda(i) => i,
+        crate::Device::Cpu => unreachable!("a CUDA storage lives on a CUDA device"),
+    }
+}
+
+impl Plan {
+    /// One block per (query tile of `ppb` positions, key/value head, sequence).
+    fn row_grid(&self, dims: &AttentionDims) -> Grid {
+        let threads = (self.ppb * dims.group()).div_ceil(32) * 32;
+        Grid { grid: (self.max_len.div_ceil(self.ppb) as u32, dims.kv_heads as u32, self.seqs), block: (threads as u32, 1, 1) }
+    }
+
+    /// Shared memory of the forward and dq kernels: one key and one value tile in f32.
+    fn kv_smem(dims: &AttentionDims) -> u32 {
+        (2 * KEY_TILE * dims.head_dim * 4) as u32
+    }
+
+    /// FLOPs of the two products over the causal half of every sequence's scores.
+    fn flops(&self, seq_offsets: &[usize], dims: &AttentionDims) -> u64 {
+        let pairs: usize = seq_offsets.windows(2).map(|w| (w[1] - w[0]) * (w[1] - w[0] + 1) / 2).sum();
+        (4 * pairs * dims.q_heads * dims.head_dim) as u64
+    }
+}
+
+pub(crate) fn forward(q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, seq_offsets: &[usize], dims: &AttentionDims) -> Result<(CudaStorage, CudaStorage)> {
+    let dev = q.dev();
+    let out = CudaStorage::uninit(dev, q.dtype(), q.len())?;
+    let lse = CudaStorage::uninit(dev, DType::F32, dims.tokens * dims.q_heads)?;
+    if out.is_empty() {
+        return Ok((out, lse));
+    }
+    let p = plan(q, seq_offsets, dims)?;
+    let (qp, kp, vp, op, lp, offp) = (q.ptr(), k.ptr(), v.ptr(), out.ptr(), lse.ptr(), p.offsets.ptr());
+    let (hq, hkv, d, ppb, scale) = (dims.q_heads as u32, dims.kv_heads as u32, dims.head_dim as u32, p.ppb as u32, dims.scale as f32);
+    let cost = Cost { bytes: nbytes(2 * q.len() + 2 * k.len(), q.dtype()) + 4 * lse.len() as u64, flops: p.flops(seq_offsets, dims) };
+    let entry = format!("attention_fwd_{}", p.variant);
+    // SAFETY: attention_fwd_<T>_d<W>(const T* q, const T* k, const T* v, T* out, float* lse,
+    // const u32* offsets, u32 hq, u32 hkv, u32 d, u32 ppb, float scale); the op layer checked q
+    // [N, hq, d] and k, v [N, hkv, d], and that the offsets rise from 0 to N; out holds N·hq·d, lse
+    // N·hq, the offsets seqs + 1 entries; d ≤ W (plan); the grid covers every sequence's positions.
+    unsafe {
+        launch_with_smem(dev, &ATTENTION, &entry, p.row_grid(dims), Plan::kv_smem(dims), &mut kernel_args![&qp, &kp, &vp, &op, &lp, &offp, &hq, &hkv, &d, &ppb, &scale], cost)?
+    };
+    Ok((out, lse))
+}
+
+#[allow(clippy::too_many_arguments)] // mirrors BackendStorage::attention_backward
 pub(crate) fn backward(
-    _d_out: &CudaStorage,
-    _q: &CudaStorage,
-    _k: &CudaStorage,
-    _v: &CudaStorage,
-    _out: &CudaStorage,
-    _lse: &CudaStorage,
-    _seq_offsets: &[usize],
-    _dims: &AttentionDims,
+    d_out: &CudaStorage,
+    q: &CudaStorage,
+    k: &CudaStorage,
+    v: &CudaStorage,
+    out: &CudaStorage,
+    lse: &CudaStorage,
+    seq_offsets: &[usize],
+    dims: &AttentionDims,
 ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
-    Err(Error::invalid("causal_attention", "no CUDA kernel yet"))
+    if lse.dtype() != DType::F32 {
+        return Err(Error::DType { op: OP, dtype: lse.dtype(), detail: ": the saved lse must be f32 on CUDA".into() });
+    }
+    let dev = q.dev();
+    let dtype = q.dtype();
+    let dq = CudaStorage::uninit(dev, dtype, q.len())?;
+    let dk = CudaStorage::uninit(dev, dtype, k.len())?;
+    let dv = CudaStorage::uninit(dev, dtype, v.len())?;
+    if dq.is_empty() {
+        return Ok((dq, dk, dv));
+    }
+    let delta = CudaStorage::uninit(dev, DType::F32, lse.len())?;
+    let p = plan(q, seq_offsets, dims)?;
+    let (qp, kp, vp, op, gp, lp, dp, offp) = (q.ptr(), k.ptr(), v.ptr(), out.ptr(), d_out.ptr(), lse.ptr(), delta.ptr(), p.offsets.ptr());
+    let (dqp, dkp, dvp) = (dq.ptr(), dk.ptr(), dv.ptr());
+    let (hq, hkv, d, ppb, scale) = (dims.q_heads as u32, dims.kv_heads as u32, dims.head_dim as u32, p.ppb as u32, dims.scale as f32);
+    let flops = p.flops(seq_offsets, dims);
+    let cost = Cost { bytes: nbytes(4 * q.len() + 2 * k.len(), dtype) + 8 * lse.len() as u64, flops: 3 * flops / 2 };
+    // SAFETY: attention_dq_<T>_d<W>(const T* q, const T* k, const T* v, const T* out, const T* dout,
+    // const float* lse, float* delta, T* dq, const u32* offsets, u32 hq, u32 hkv, u32 d, u32 ppb,
+    // float scale); shapes as in `forward` (op layer), out and dout [N, hq, d], lse and delta N·hq
+    // f32, dq N·hq·d; d ≤ W.
+    unsafe {
+        launch_with_smem(
+            dev,
+            &ATTENTION,
+            &format!("attention_dq_{}", p.variant),
+            p.row_grid(dims),
+            Plan::kv_smem(dims),
+            &mut kernel_args![&qp, &kp, &vp, &op, &gp, &lp, &dp, &dqp, &offp, &hq, &hkv, &d, &ppb, &scale],
+            cost,
+        )?
+    };
+    let g = dims.group();
+    let qpb = (DKDV_ROWS / g).max(1);
+    let rows = qpb * g;
+    let smem = (4 * (2 * rows * dims.head_dim + 2 * rows)) as u32;
+    let grid = Grid { grid: (p.max_len.div_ceil(DKDV_KEYS as usize) as u32, hkv, p.seqs), block: (DKDV_KEYS, 1, 1) };
+    let qpb = qpb as u32;
+    let cost = Cost { bytes: nbytes(2 * q.len() + 4 * k.len(), dtype) + 8 * lse.len() as u64, flops: 2 * flops };
+    // SAFETY: attention_dkdv_<T>_d<W>(const T* q, const T* k, const T* v, const T* dout,
+    // const float* lse, const float* delta, T* dk, T* dv, const u32* offsets, u32 hq, u32 hkv,
+    // u32 d, u32 qpb, float scale); shapes as above, dk and dv N·hkv·d; delta was written by the
+    // dq kernel before this launch (same stream); smem holds qpb·G staged rows of q and dO plus
+    // their lse and D.
+    unsafe {
+        launch_with_smem(
+            dev,
+            &ATTENTION,
+            &format!("attention_dkdv_{}", p.variant),
+            grid,
+            smem,
+            &mut kernel_args![&qp, &kp, &vp, &gp, &lp, &dp, &dkp, &dvp, &offp, &hq, &hkv, &d, &qpb, &scale],
+            cost,
+        )?
+    };
+    Ok((dq, dk, dv))
 }
