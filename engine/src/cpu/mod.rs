@@ -15,6 +15,7 @@ pub(crate) mod moe_sparse;
 mod par;
 mod reduce;
 mod rope;
+mod skinny;
 mod softmax;
 mod strided;
 mod topk;

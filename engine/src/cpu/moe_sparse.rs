@@ -14,6 +14,7 @@ use super::elem::prelude::*;
 use super::elem::{indices, with_float, Acc, Elem, Float};
 use super::elementwise::{gelu_grad, gelu_tanh};
 use super::matmul::matmul;
+use super::skinny;
 use crate::backend::MatmulLayout;
 use crate::ops::moe_sparse::{RouteMode, SparseDims, DROPPED};
 use crate::{CpuStorage, Error, Result};
@@ -191,14 +192,17 @@ where
     let zero = T::narrow(<T::Acc>::zero());
     let (mut u, mut h, mut rows_out) = (vec![zero; slots * f], vec![zero; slots * f], vec![zero; slots * d]);
     for (e, first, rows) in l.busy_experts() {
-        let ue = gemm(l.gather(x, first, rows, d), l.slab(w1, e), rows, f, d, false, true)?;
+        let slab = e * f * d..(e + 1) * f * d;
+        // A few tokens (decode) read the expert's weights in place; more go through the GEMM.
+        let skinny = rows <= skinny::MAX_ROWS;
+        let ue = if skinny { skinny::product(&l.gather(x, first, rows, d), &w1[slab.clone()], rows, f, d, true) } else { gemm(l.gather(x, first, rows, d), l.slab(w1, e), rows, f, d, false, true)? };
         let mut he = Vec::with_capacity(rows * f);
         for (j, v) in ue.into_iter().enumerate() {
             u[first * f + j] = T::narrow(v);
             h[first * f + j] = T::narrow(gelu_tanh(v));
             he.push(h[first * f + j].widen());
         }
-        let ye = gemm(he, l.slab(w2, e), rows, d, f, false, false)?;
+        let ye = if skinny { skinny::product(&he, &w2[slab.clone()], rows, d, f, false) } else { gemm(he, l.slab(w2, e), rows, d, f, false, false)? };
         for r in 0..rows {
             let s = l.slot(first + r);
             let ws = w[s].widen();
