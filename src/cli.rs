@@ -177,17 +177,18 @@ pub struct BenchInferenceArgs {
     /// Protocols to run (comma-separated): latency, input, output, serving.
     #[arg(long, value_delimiter = ',', default_value = "latency,input,output,serving")]
     pub protocols: Vec<String>,
-    /// Latency: batch, prompt length and tokens generated (the paper: 64 x 2000, 20).
+    /// Latency: batch, prompt length and tokens generated (the paper: 64 x 2000, 20). The
+    /// defaults fit the tiny models' context of 128; scale them up for larger ones.
     #[arg(long, default_value_t = 4)]
     pub latency_batch: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 64)]
     pub latency_prompt: usize,
     #[arg(long, default_value_t = 8)]
     pub latency_tokens: usize,
     /// Input throughput: batch and prompt length (the paper: the largest batch that fits, 256).
     #[arg(long, default_value_t = 8)]
     pub input_batch: usize,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 96)]
     pub input_prompt: usize,
     /// Output throughput: batch and decode tokens per sequence after a one-token prompt (the
     /// paper: 512).
@@ -198,9 +199,9 @@ pub struct BenchInferenceArgs {
     /// Serving: requests, and input / output tokens of each (the paper: 1,000 + 1,000).
     #[arg(long, default_value_t = 16)]
     pub serving_requests: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 32)]
     pub serving_input: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 32)]
     pub serving_output: usize,
     /// Measurements per row and protocol, alternating between rows; the median is reported.
     #[arg(long, default_value_t = 3)]
