@@ -22,8 +22,12 @@ pub enum Command {
     Train(TrainArgs),
     /// Evaluate a checkpoint on the validation split under an inference mode.
     Eval(EvalArgs),
-    /// Sample text from a checkpoint.
+    /// Sample text from a checkpoint: one prompt, or a file of prompts run as one continuous batch
+    /// over a paged KV cache.
     Generate(GenerateArgs),
+    /// Benchmarks: `dsmoe bench inference`.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Print total and active parameters of a config (or of every preset).
     Info(InfoArgs),
     /// Train a byte-level BPE on the training split of a text file and write the text as a token
@@ -96,11 +100,25 @@ pub struct EvalArgs {
 pub struct GenerateArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
+    #[arg(long, required_unless_present = "prompts", conflicts_with = "prompts")]
+    pub prompt: Option<String>,
+    /// A file of prompts, one per line, generated together in one continuous batch.
     #[arg(long)]
-    pub prompt: String,
-    /// Tokens to generate.
+    pub prompts: Option<PathBuf>,
+    /// Tokens to generate per prompt (fewer when the model's context fills up first).
     #[arg(long, default_value_t = 200)]
     pub tokens: usize,
+    /// Only the k most probable tokens are sampled.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Only the most probable tokens whose probabilities reach p are sampled (nucleus).
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Stop a sequence when its output contains this text (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     #[arg(long, default_value = "dense")]
     pub mode: String,
     #[arg(long, default_value = "dense")]
@@ -114,6 +132,94 @@ pub struct GenerateArgs {
     /// sanitizer checks; the same as DSMOE_DEVICE=emu).
     #[arg(long, default_value = "auto")]
     pub device: String,
+}
+
+/// How the inference engine runs (shared by `generate` and `bench inference`).
+#[derive(clap::Args, Clone)]
+pub struct EngineArgs {
+    /// Weight and cache dtype: f32, bf16 or f16 (products accumulate in f32); default f32 on the
+    /// CPU, bf16 on CUDA.
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// KV-cache memory budget in MiB (the pool of blocks every sequence draws from).
+    #[arg(long, default_value_t = 256)]
+    pub kv_budget_mib: usize,
+    /// Positions per KV-cache block.
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// Most prompt tokens of one sequence per step (long prompts prefill in chunks).
+    #[arg(long, default_value_t = 512)]
+    pub prefill_chunk: usize,
+    /// Most sequences decoded together.
+    #[arg(long, default_value_t = 64)]
+    pub max_batch: usize,
+    /// Attention experts compute only their selected query heads and output rows (instead of the
+    /// paper's dense attention with gated heads).
+    #[arg(long)]
+    pub per_expert_attention: bool,
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// The paper's inference protocols (latency, input, output and serving throughput) for dense
+    /// and sparse modes, as a table; records appended to perf/results.jsonl.
+    Inference(BenchInferenceArgs),
+}
+
+#[derive(clap::Args)]
+pub struct BenchInferenceArgs {
+    /// A checkpoint directory to bench.
+    #[arg(long, required_unless_present = "random_weights", conflicts_with = "random_weights")]
+    pub checkpoint: Option<PathBuf>,
+    /// Random weights of these configs instead (presets or files, comma-separated; e.g.
+    /// dense-1b,ds-moe-1b). Speedups are over the first row.
+    #[arg(long, value_delimiter = ',')]
+    pub random_weights: Vec<String>,
+    /// Sparse MLP modes to run besides dense for DS-MoE models (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "top-k:2,threshold:1")]
+    pub modes: Vec<String>,
+    /// Attention expert selection for the sparse modes.
+    #[arg(long, default_value = "dense")]
+    pub att_mode: String,
+    /// Protocols to run (comma-separated): latency, input, output, serving.
+    #[arg(long, value_delimiter = ',', default_value = "latency,input,output,serving")]
+    pub protocols: Vec<String>,
+    /// Latency: batch, prompt length and tokens generated (the paper: 64 x 2000, 20). The
+    /// defaults fit the tiny models' context of 128; scale them up for larger ones.
+    #[arg(long, default_value_t = 4)]
+    pub latency_batch: usize,
+    #[arg(long, default_value_t = 64)]
+    pub latency_prompt: usize,
+    #[arg(long, default_value_t = 8)]
+    pub latency_tokens: usize,
+    /// Input throughput: batch and prompt length (the paper: the largest batch that fits, 256).
+    #[arg(long, default_value_t = 8)]
+    pub input_batch: usize,
+    #[arg(long, default_value_t = 96)]
+    pub input_prompt: usize,
+    /// Output throughput: batch and decode tokens per sequence after a one-token prompt (the
+    /// paper: 512).
+    #[arg(long, default_value_t = 1)]
+    pub output_batch: usize,
+    #[arg(long, default_value_t = 64)]
+    pub output_tokens: usize,
+    /// Serving: requests, and input / output tokens of each (the paper: 1,000 + 1,000).
+    #[arg(long, default_value_t = 16)]
+    pub serving_requests: usize,
+    #[arg(long, default_value_t = 32)]
+    pub serving_input: usize,
+    #[arg(long, default_value_t = 32)]
+    pub serving_output: usize,
+    /// Measurements per row and protocol, alternating between rows; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Do not append records to perf/results.jsonl.
+    #[arg(long)]
+    pub no_record: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 #[derive(clap::Args)]

@@ -5,6 +5,8 @@
 //! reverse mode), [`model`] (DS-MoE, dense and sparse-MoE transformers, training, inference). The
 //! `dsmoe` binary is the command line over them.
 
+pub mod perf;
+
 pub use autograd;
 pub use engine;
 pub use model;

@@ -31,6 +31,26 @@ fn train_eval_generate_round_trip() {
     assert!(o.status.success(), "{stderr}");
     assert!(stdout.starts_with("KING:") && stdout.trim_end().len() >= 5, "{stdout}");
 
+    // A file of prompts, generated in one continuous batch, printed in file order.
+    let prompts = dir.join("prompts.txt");
+    std::fs::write(&prompts, "KING:\nQUEEN:\n\nFOOL:\n").unwrap();
+    let o = dsmoe(&["generate", "--checkpoint", out.to_str().unwrap(), "--prompts", prompts.to_str().unwrap(), "--tokens", "6", "--top-k", "5", "--top-p", "0.9", "--max-batch", "2", "--prefill-chunk", "2", "--device", "cpu"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let (k, q, f) = (stdout.find("KING:").unwrap(), stdout.find("QUEEN:").unwrap(), stdout.find("FOOL:").unwrap());
+    assert!(k < q && q < f, "{stdout}");
+
+    // Inference inputs that cannot work: clear errors, non-zero exit.
+    let ckpt = out.to_str().unwrap();
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "\n\n").unwrap();
+    fails_with(&["generate", "--checkpoint", ckpt, "--prompts", empty.to_str().unwrap(), "--device", "cpu"], &["empty.txt", "no prompts"]);
+    let long = "x".repeat(40);
+    fails_with(&["generate", "--checkpoint", ckpt, "--prompt", &long, "--device", "cpu"], &["40 prompt tokens", "context of 32"]);
+    fails_with(&["generate", "--checkpoint", ckpt, "--prompt", "x", "--kv-budget-mib", "0", "--device", "cpu"], &["KV-cache budget", "too small"]);
+    fails_with(&["generate", "--checkpoint", ckpt, "--prompt", "x", "--mode", "sometimes", "--device", "cpu"], &["sometimes", "expected dense, top-k:K"]);
+    fails_with(&["generate", "--checkpoint", ckpt, "--prompt", "x", "--top-p", "0", "--device", "cpu"], &["top-p"]);
+
     // Resuming a finished run with more steps continues it.
     let o = dsmoe(&["train", "--resume", "--out", out.to_str().unwrap(), "--steps", "6", "--device", "cpu", "--no-final-eval"]);
     assert!(o.status.success(), "{}", text(&o).1);
@@ -89,5 +109,32 @@ fn bad_inputs_are_clear_errors() {
     if engine::cuda::device_count() == 0 {
         fails_with(&["train", "--device", "cuda", "--steps", "1", "--out", dir.join("r3").to_str().unwrap()], &["--device cuda"]);
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bench_inference_prints_the_table_and_appends_records() {
+    let dir = scratch("bench");
+    let config = micro_config(&dir, 256);
+    let results = dir.join("results.jsonl");
+    let args = [
+        "bench", "inference", "--random-weights", &format!("dense-tiny,{}", config.display()), "--modes", "top-k:2", "--repeats", "1",
+        "--latency-batch", "2", "--latency-prompt", "6", "--latency-tokens", "2", "--input-batch", "2", "--input-prompt", "8", "--output-tokens", "4",
+        "--serving-requests", "3", "--serving-input", "5", "--serving-output", "3", "--kv-budget-mib", "4",
+    ];
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dsmoe")).args(args).env("DSMOE_RESULTS", &results).output().unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    for needle in ["dense-tiny", "micro.json", "top-k:2", "latency s", "input tok/s", "output tok/s", "serving", "copy bandwidth", "1.00x"] {
+        assert!(stdout.contains(needle), "bench output lacks {needle:?}:\n{stdout}");
+    }
+    // 3 rows (dense-tiny dense; the micro DS-MoE dense and top-k:2) x 4 protocols.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&results).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 12);
+    for key in ["bench", "case", "device", "commit", "date", "unit", "ours", "baseline_name", "baseline"] {
+        assert!(lines.iter().all(|l| l.get(key).is_some()), "records lack {key}");
+    }
+    fails_with(&["bench", "inference", "--random-weights", "dense-tiny", "--protocols", "speed"], &["speed", "unknown protocol"]);
+    fails_with(&["bench", "inference", "--random-weights", "dense-tiny", "--latency-prompt", "200"], &["context of 128"]);
     let _ = std::fs::remove_dir_all(&dir);
 }

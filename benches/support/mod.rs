@@ -12,7 +12,6 @@
 #![allow(dead_code)] // each bench uses the part it needs
 
 use std::ffi::c_void;
-use std::io::Write;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -174,42 +173,12 @@ pub fn ceiling(blas: &Blas, dev: &Device) -> Ceiling {
     })
 }
 
-fn commit() -> String {
-    if let Ok(c) = std::env::var("DSMOE_COMMIT") {
-        return c;
-    }
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn utc_now() -> String {
-    std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
 /// Appends one measurement (ours and the same-run baseline, in `unit`) to the results file.
 pub fn record(bench: &str, case: &str, unit: &str, ours: f64, baseline_name: &str, baseline: f64) {
     let f = facts();
     let line = serde_json::json!({
-        "bench": bench, "case": case, "device": f.name, "driver": f.driver, "commit": commit(), "date": utc_now(),
+        "bench": bench, "case": case, "device": f.name, "driver": f.driver, "commit": dsmoe::perf::commit(), "date": dsmoe::perf::utc_now(),
         "unit": unit, "ours": ours, "baseline_name": baseline_name, "baseline": baseline,
     });
-    let path = std::env::var_os("DSMOE_RESULTS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("perf/results.jsonl"));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).expect("create the results folder");
-    }
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("open the results file");
-    writeln!(file, "{line}").expect("append a result");
+    dsmoe::perf::append(&[line]).expect("append a result");
 }

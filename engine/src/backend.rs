@@ -257,6 +257,30 @@ impl PagedAttentionDims {
     pub fn row_len(&self) -> usize {
         self.kv_heads * self.head_dim
     }
+
+    /// Checks host copies of the block table and context lengths against the contract (every
+    /// backend runs this before reading the cache); returns, per sequence, the blocks it reads.
+    pub fn sequence_blocks<'a>(&self, table: &'a [u32], lens: &[u32]) -> Result<Vec<&'a [u32]>> {
+        const OP: &str = "paged_attention";
+        if table.len() != self.batch * self.max_blocks || lens.len() != self.batch {
+            return Err(crate::Error::shape(OP, format!("block table of {} and context lengths of {} entries for {self:?}", table.len(), lens.len())));
+        }
+        let capacity = self.max_blocks * self.block_size;
+        lens.iter()
+            .enumerate()
+            .map(|(b, &len)| {
+                let len = len as usize;
+                if len == 0 || len > capacity {
+                    return Err(crate::Error::invalid(OP, format!("sequence {b} has context length {len}: must be 1..={capacity} (max_blocks {} x block_size {})", self.max_blocks, self.block_size)));
+                }
+                let blocks = &table[b * self.max_blocks..][..len.div_ceil(self.block_size)];
+                match blocks.iter().find(|&&x| x as usize >= self.num_blocks) {
+                    Some(&bad) => Err(crate::Error::IndexOutOfRange { op: OP, index: bad as usize, size: self.num_blocks }),
+                    None => Ok(blocks),
+                }
+            })
+            .collect()
+    }
 }
 
 pub trait BackendStorage: Sized {

@@ -1,20 +1,37 @@
-//! `dsmoe generate`: sample text from a checkpoint, densely or with sparse expert selection.
+//! `dsmoe generate`: sample text from a checkpoint, densely or with sparse expert selection, on
+//! the inference engine (paged KV cache, continuous batching). One `--prompt`, or `--prompts FILE`
+//! with one prompt per line, all generated in one continuous batch and printed in file order.
 //! Byte-token models read and print bytes; a model trained on a BPE token file uses the tokenizer
 //! `dsmoe tokenize` left beside that file (the checkpoint records the data path).
 
 use anyhow::{bail, Context, Result};
-use engine::Rng;
 use model::data::bpe::sidecar_path;
 use model::data::BpeTokenizer;
+use model::infer::{Finish, InferWeights, Request, SamplingParams};
 use model::run::load_model;
 
-use super::{compute_dtype, device, inference_mode};
+use super::runner::{infer_dtype, scheduler};
+use super::{device, inference_mode};
 use crate::cli::GenerateArgs;
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     let mode = inference_mode(&a.mode, &a.att_mode)?;
+    let sampling = SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
+    sampling.validate()?;
+    let prompts: Vec<String> = match (&a.prompt, &a.prompts) {
+        (Some(p), _) => vec![p.clone()],
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("--prompts {}", path.display()))?;
+            let lines: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+            if lines.is_empty() {
+                bail!("--prompts {}: the file has no prompts (one per line expected)", path.display());
+            }
+            lines
+        }
+        (None, None) => bail!("give --prompt TEXT or --prompts FILE"),
+    };
     let device = device(&a.device)?;
-    let dtype = compute_dtype(None, &device)?;
+    let dtype = infer_dtype(&a.engine, &device)?;
     let loaded = load_model(&a.checkpoint, &device)?;
     let vocab = loaded.config.model.vocab_size;
     let tokenizer = match loaded.data.as_deref().map(sidecar_path).filter(|p| p.is_file()) {
@@ -29,15 +46,41 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             }
         ),
     };
-    let prompt: Vec<u32> = match &tokenizer {
-        Some(t) => t.encode(&a.prompt)?,
-        None => a.prompt.bytes().map(u32::from).collect(),
+    let encode = |text: &str| -> Result<Vec<u32>> {
+        Ok(match &tokenizer {
+            Some(t) => t.encode(text)?,
+            None => text.bytes().map(u32::from).collect(),
+        })
     };
-    let mut rng = Rng::new(a.seed);
-    let tokens = model::generate::generate(&loaded.model, &prompt, a.tokens, a.temperature, mode, dtype, &mut rng)?;
-    match &tokenizer {
-        Some(t) => println!("{}", t.decode(&tokens)?),
-        None => println!("{}", bytes_to_text(&tokens)),
+    let decode = |tokens: &[u32]| -> String {
+        match &tokenizer {
+            Some(t) => t.decode(tokens).unwrap_or_else(|_| bytes_to_text(tokens)),
+            None => bytes_to_text(tokens),
+        }
+    };
+    let requests = prompts
+        .iter()
+        .map(|p| Ok(Request { prompt: encode(p)?, max_new_tokens: a.tokens, stop_tokens: vec![], stop_strings: a.stop.clone(), sampling }))
+        .collect::<Result<Vec<_>>>()?;
+    let weights = InferWeights::from_model(&loaded.model, dtype, a.engine.per_expert_attention)?;
+    drop(loaded);
+    let mut engine = scheduler(&weights, &a.engine, mode)?;
+    let completions = engine.run(&requests, Some(&decode), |_| {})?;
+    for (i, (prompt, c)) in prompts.iter().zip(&completions).enumerate() {
+        let mut text = decode(&c.generated);
+        if c.finish == Finish::StopString {
+            // Cut after the first stop string, as the sequence stopped there.
+            if let Some((at, s)) = a.stop.iter().filter_map(|s| text.find(s.as_str()).map(|at| (at, s))).min() {
+                text.truncate(at + s.len());
+            }
+        }
+        if i > 0 {
+            println!();
+        }
+        println!("{prompt}{text}");
+        if c.finish == Finish::Context && c.generated.len() < a.tokens {
+            eprintln!("note: prompt {} stopped after {} tokens, at the model's context of {} tokens", i + 1, c.generated.len(), weights.config.max_seq_len);
+        }
     }
     Ok(())
 }

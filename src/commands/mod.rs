@@ -1,5 +1,7 @@
 //! One module per subcommand, plus what they share: device and mode parsing, loss formatting.
 
+mod bench;
+mod runner;
 mod eval;
 mod generate;
 mod info;
@@ -18,6 +20,7 @@ pub fn run(args: Args) -> Result<()> {
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Bench(c) => bench::run(c),
         Command::Info(a) => info::run(a),
         Command::Tokenize(a) => tokenize::run(a),
     }

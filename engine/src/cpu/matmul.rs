@@ -13,6 +13,7 @@ use gemm::Parallelism;
 use super::elem::prelude::*;
 use super::elem::{with_float, Acc, Elem, Float};
 use super::par::{chunks, worth_it};
+use super::skinny;
 use crate::backend::MatmulLayout;
 use crate::{CpuStorage, Error, Result};
 
@@ -28,6 +29,10 @@ pub(super) fn matmul(a: &CpuStorage, b: &CpuStorage, l: &MatmulLayout) -> Result
 }
 
 fn matmul_typed<T: Float>(a: &[T], b: &[T], l: &MatmulLayout) -> Vec<T> {
+    if l.batch == 1 && !l.trans_a && l.m <= skinny::MAX_ROWS && l.m * l.n * l.k > 0 {
+        // A few rows (decode): read b in place rather than widening and packing all of it.
+        return T::narrow_vec(skinny::product(&T::widen_slice(&a[..l.m * l.k]), b, l.m, l.n, l.k, l.trans_b));
+    }
     let (a, b) = (T::widen_slice(a), T::widen_slice(b));
     let mut out = vec![T::Acc::zero(); l.batch * l.m * l.n];
     let per_product = l.m * l.n * l.k;

@@ -20,6 +20,7 @@ pub mod pool;
 pub mod profile;
 mod reduce;
 mod rope;
+mod skinny;
 mod softmax;
 mod strided;
 mod topk;

@@ -25,6 +25,7 @@ use super::elem::prelude::*;
 use super::elem::{indices, with_float, Acc, Elem, Float};
 use super::elementwise::{gelu, gelu_grad};
 use super::matmul::product_serial;
+use super::skinny;
 use super::par::{for_each_chunk, worth_it};
 use super::profile::{timed, Cost};
 use crate::backend::{RouteMode, SparseDims, DROPPED};
@@ -262,8 +263,15 @@ fn forward_typed<T: Float>(x: &[T], w1: &[T], w2: &[T], w: &[T], l: &Lists, save
     let run = |(xg, ue, ye): &mut (Vec<T::Acc>, Vec<T::Acc>, Vec<T::Acc>), (((b, u), h), y): (((&Block, &mut [T]), &mut [T]), &mut [T])| {
         let b = *b;
         l.gather(xg, x, b, d);
-        ue.resize(b.rows * f, <T::Acc>::zero());
-        product_serial(ue, xg, &l.slab(w1, b.expert), b.rows, f, d, false, true);
+        // A few rows (decode) read the expert's weights in place; more widen them for the GEMM.
+        let in_place = b.rows <= skinny::MAX_ROWS;
+        let slab = b.expert * f * d..(b.expert + 1) * f * d;
+        if in_place {
+            *ue = skinny::product::<T>(xg, &w1[slab.clone()], b.rows, f, d, true);
+        } else {
+            ue.resize(b.rows * f, <T::Acc>::zero());
+            product_serial(ue, xg, &l.slab(w1, b.expert), b.rows, f, d, false, true);
+        }
         for (j, v) in ue.iter_mut().enumerate() {
             let hv = T::narrow(gelu(*v));
             if save {
@@ -272,8 +280,12 @@ fn forward_typed<T: Float>(x: &[T], w1: &[T], w2: &[T], w: &[T], l: &Lists, save
             }
             *v = hv.widen();
         }
-        ye.resize(b.rows * d, <T::Acc>::zero());
-        product_serial(ye, ue, &l.slab(w2, b.expert), b.rows, d, f, false, false);
+        if in_place {
+            *ye = skinny::product::<T>(ue, &w2[slab], b.rows, d, f, false);
+        } else {
+            ye.resize(b.rows * d, <T::Acc>::zero());
+            product_serial(ye, ue, &l.slab(w2, b.expert), b.rows, d, f, false, false);
+        }
         for r in 0..b.rows {
             let ws = w[l.slot(b.first + r)].widen();
             y[r * d..(r + 1) * d].iter_mut().zip(&ye[r * d..(r + 1) * d]).for_each(|(o, v)| *o = T::narrow(*v * ws));

@@ -25,30 +25,9 @@ pub(super) fn paged_attention(
 ) -> Result<CpuStorage> {
     const OP: &str = "paged_attention";
     let (table, lens) = (indices(OP, table)?, indices(OP, lens)?);
-    if table.len() != d.batch * d.max_blocks
-        || lens.len() != d.batch
-        || q.len() != d.batch * d.q_heads * d.head_dim
-    {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "q of {} elements, table of {}, lens of {} for {d:?}",
-                q.len(),
-                table.len(),
-                lens.len()
-            ),
-        ));
-    }
-    for (b, &len) in lens.iter().enumerate() {
-        let len = len as usize;
-        if len == 0 || len > d.max_blocks * d.block_size {
-            return Err(Error::invalid(OP, format!("sequence {b} has context length {len}: must be 1..={} (max_blocks {} x block_size {})", d.max_blocks * d.block_size, d.max_blocks, d.block_size)));
-        }
-        check_bounds(
-            OP,
-            &table[b * d.max_blocks..][..len.div_ceil(d.block_size)],
-            d.num_blocks,
-        )?;
+    d.sequence_blocks(table, lens)?;
+    if q.len() != d.batch * d.q_heads * d.head_dim {
+        return Err(Error::shape(OP, format!("q of {} elements for {d:?}", q.len())));
     }
     with_float!(OP, q, |q| {
         let (k, v) = (Elem::view(OP, k)?, Elem::view(OP, v)?);

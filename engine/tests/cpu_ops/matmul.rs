@@ -36,8 +36,9 @@ fn stored(lead: &[usize], r: usize, c: usize, t: bool) -> Vec<usize> {
 #[test]
 fn all_transpose_combinations_match_reference() {
     let mut rng = Rng::new(10);
-    // The second size is big enough for gemm's own threading.
-    for (m, n, k) in [(7, 5, 13), (71, 67, 83)] {
+    // The second size is big enough for gemm's own threading; the rest have a few rows (the
+    // skinny decode path), with column counts across its block edge and a multi-threaded one.
+    for (m, n, k) in [(7, 5, 13), (71, 67, 83), (1, 300, 19), (3, 257, 21), (4, 600, 400)] {
         for dtype in FLOATS {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 let (a, av) = randn(&mut rng, &stored(&[], m, k, ta), 1.0, dtype);

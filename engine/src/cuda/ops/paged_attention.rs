@@ -42,25 +42,8 @@ pub(crate) fn paged_attention(
     };
     let block_elems = d.block_size * row;
     let mut outs = Vec::with_capacity(d.batch);
-    for (b, &len) in lens.iter().enumerate() {
+    for (b, (blocks, &len)) in d.sequence_blocks(&table, &lens)?.into_iter().zip(&lens).enumerate() {
         let len = len as usize;
-        if len == 0 || len > d.max_blocks * d.block_size {
-            return Err(Error::invalid(
-                OP,
-                format!(
-                    "sequence {b} has context length {len}: must be 1..={}",
-                    d.max_blocks * d.block_size
-                ),
-            ));
-        }
-        let blocks = &table[b * d.max_blocks..][..len.div_ceil(d.block_size)];
-        if let Some(&bad) = blocks.iter().find(|&&x| x as usize >= d.num_blocks) {
-            return Err(Error::IndexOutOfRange {
-                op: OP,
-                index: bad as usize,
-                size: d.num_blocks,
-            });
-        }
         let idx = CudaStorage::from_host(ordinal, &CpuStorage::U32(blocks.to_vec()))?;
         // [len, kv_heads, dh] -> [kv_heads, len, dh]
         let gather = |pool: &CudaStorage| -> Result<CudaStorage> {
