@@ -142,7 +142,7 @@ fn inference(a: BenchInferenceArgs) -> Result<()> {
     bar.finish_and_clear();
     let copy = copy_before.max(copy_bandwidth_gbs());
     let medians: Vec<Vec<Sample>> = samples.into_iter().map(|per_row| per_row.into_iter().map(median).collect()).collect();
-    print_table(&a, &subjects, &rows, &protocols, &medians, copy, dtype);
+    print_table(&a, &subjects, &rows, &protocols, &medians, copy, dtype)?;
     if !a.no_record {
         record(&a, &subjects, &rows, &protocols, &medians, copy, dtype)?;
     }
@@ -167,7 +167,7 @@ fn measure(weights: &InferWeights, mode: InferenceMode, protocol: Protocol, a: &
         prompt_tokens: count * prompt,
         generated: out.iter().map(|c| c.generated.len()).sum(),
         requests: count,
-        active: weights.config.counts(att, mlp).active,
+        active: weights.config.counts(att, mlp)?.active,
     })
 }
 
@@ -191,7 +191,7 @@ fn weight_bytes_per_token(w: &InferWeights, active: f64) -> f64 {
     (active + (w.config.vocab_size * w.config.d_model) as f64) * w.dtype.size_in_bytes() as f64
 }
 
-fn print_table(a: &BenchInferenceArgs, subjects: &[Subject], rows: &[Row], protocols: &[Protocol], m: &[Vec<Sample>], copy: f64, dtype: engine::DType) {
+fn print_table(a: &BenchInferenceArgs, subjects: &[Subject], rows: &[Row], protocols: &[Protocol], m: &[Vec<Sample>], copy: f64, dtype: engine::DType) -> Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("inference on the CPU ({threads} threads), {dtype} weights; median of {} alternating runs; speedups over the first row", a.repeats);
     let headers: Vec<String> = protocols
@@ -213,7 +213,7 @@ fn print_table(a: &BenchInferenceArgs, subjects: &[Subject], rows: &[Row], proto
     println!();
     for (r, row) in rows.iter().enumerate() {
         let s = &subjects[row.subject];
-        let total = s.weights.config.counts(None, None).total as f64;
+        let total = s.weights.config.counts(None, None)?.total as f64;
         let active = m[r][0].active;
         print!("{:<22} {:<28} {:>16}", s.name, row.label, format!("{} ({:.0}%)", human(active), 100.0 * active / total));
         for (p, &protocol) in protocols.iter().enumerate() {
@@ -248,6 +248,7 @@ fn print_table(a: &BenchInferenceArgs, subjects: &[Subject], rows: &[Row], proto
             );
         }
     }
+    Ok(())
 }
 
 fn human(n: f64) -> String {
