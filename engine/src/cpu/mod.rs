@@ -18,6 +18,7 @@ pub mod pool;
 pub mod profile;
 mod reduce;
 mod rope;
+mod simd;
 mod softmax;
 mod strided;
 mod topk;
