@@ -44,15 +44,17 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shapes", default="tiny,d256,d512")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    ap.add_argument("--bench-exe", help="the built cpu_peer bench executable (default: through cargo bench)")
     args = ap.parse_args()
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
     os.makedirs("perf", exist_ok=True)
     log = open("perf/cpu-peer.jsonl", "a")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     rows = []
+    load_before = os.getloadavg()[0]
     for shape in args.shapes.split(","):
         config = f"target/cpu-peer-{shape}.json"
-        bench = ["cargo", "bench", "-q", "--bench", "cpu_peer", "--", shape]
+        bench = ([args.bench_exe] if args.bench_exe else ["cargo", "bench", "-q", "--bench", "cpu_peer", "--"]) + [shape]
         results = {}
         for r in range(args.rounds):
             runs = [("dsmoe", bench + (["--config-out", config] if r == 0 else []))]
@@ -76,7 +78,11 @@ def main():
         f.write(f"{cpu_model()}, {args.threads} threads, PyTorch {torch_version}, commit {commit}, "
                 f"{datetime.date.today()}; median of {args.rounds} alternated rounds; tokens/s.\n")
         f.write("Produced by `python3 scripts/cpu_peer.py --python VENV/bin/python --rounds "
-                f"{args.rounds}`. Ratios above 1 mean dsmoe is faster.\n\n")
+                f"{args.rounds}`. Ratios above 1 mean dsmoe is faster. Load average (1 min) "
+                f"{load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end")
+        if "OMP_WAIT_POLICY" in os.environ:
+            f.write(f"; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
+        f.write(".\n\n")
         f.write("| shape | train dsmoe | / eager | / compile | eval dense dsmoe | / eager | eval top-k:2 dsmoe | / eager loop | top-k:2 / own dense |\n")
         f.write("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
         for shape, ds, te, tc, ed, es in rows:

@@ -31,16 +31,36 @@ pub(crate) trait Elem: WithDType {
 pub(crate) trait Acc: num_traits::Float + AddAssign + MulAssign + Send + Sync + std::fmt::Debug + 'static {
     /// A constant or hyper-parameter given in f64, rounded to this type.
     fn of(x: f64) -> Self;
+    /// `out[i] = e^(x[i] − shift)` over `x`; returns the sum. f32 runs the run-time-dispatched SIMD
+    /// loop (simd.rs), f64 libm.
+    fn exp_shifted_sum(x: &[Self], shift: Self, out: &mut [Self]) -> Self;
+    /// `out[i] = gate · gelu(u[i])`, the σ form of the tanh GeLU (SIMD for f32, as above).
+    fn gated_gelu(u: &[Self], gate: Self, out: &mut [Self]);
 }
 
 impl Acc for f32 {
     fn of(x: f64) -> f32 {
         x as f32
     }
+    fn exp_shifted_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
+        super::simd::exp_shifted_sum(x, shift, out)
+    }
+    fn gated_gelu(u: &[f32], gate: f32, out: &mut [f32]) {
+        super::simd::gated_gelu(u, gate, out)
+    }
 }
 impl Acc for f64 {
     fn of(x: f64) -> f64 {
         x
+    }
+    fn exp_shifted_sum(x: &[f64], shift: f64, out: &mut [f64]) -> f64 {
+        x.iter().zip(out.iter_mut()).fold(0.0, |s, (v, o)| {
+            *o = (v - shift).exp();
+            s + *o
+        })
+    }
+    fn gated_gelu(u: &[f64], gate: f64, out: &mut [f64]) {
+        out.iter_mut().zip(u).for_each(|(o, &v)| *o = gate * super::elementwise::gelu(v));
     }
 }
 

@@ -15,8 +15,8 @@ use crate::backend::{BinaryOp, ScalarOp, UnaryOp};
 use crate::{CpuStorage, Error, Result};
 
 /// √(2/π), the GeLU tanh-approximation constant.
-const GELU_C: f64 = 0.797_884_560_802_865_4;
-const GELU_A: f64 = 0.044_715;
+pub(super) const GELU_C: f64 = 0.797_884_560_802_865_4;
+pub(super) const GELU_A: f64 = 0.044_715;
 
 pub(super) fn unary(x: &CpuStorage, op: UnaryOp) -> Result<CpuStorage> {
     with_float!("unary", x, |x| Ok(Elem::wrap(unary_typed(x, op))))

@@ -20,6 +20,7 @@ pub mod pool;
 pub mod profile;
 mod reduce;
 mod rope;
+mod simd;
 mod skinny;
 mod softmax;
 mod strided;

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use super::elem::prelude::*;
 use super::elem::{with_float, Acc, Elem, Float};
-use super::elementwise::{gelu, gelu_and_grad};
+use super::elementwise::gelu_and_grad;
 use super::matmul::product;
 use super::par::worth_it;
 use crate::backend::MoeDenseDims;
@@ -76,9 +76,8 @@ fn forward_typed<T: Float>(x: &[T], w1: &[T], w2: &[T], p: &[T], dims: &MoeDense
     for_each_row(&mut g, &mut [], h, 0, |t, g_row, _| {
         let u_row = &u[t * h..(t + 1) * h];
         for e in 0..experts {
-            let pe = p[t * experts + e];
             let cols = e * width..(e + 1) * width;
-            g_row[cols.clone()].iter_mut().zip(&u_row[cols]).for_each(|(gj, &uj)| *gj = pe * gelu(uj));
+            T::Acc::gated_gelu(&u_row[cols.clone()], p[t * experts + e], &mut g_row[cols]);
         }
     });
     let g = T::narrow_vec(g);

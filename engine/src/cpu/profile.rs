@@ -20,7 +20,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::pool;
-use crate::cuda::profile::{render, KernelStats, RenderAs};
+use crate::cuda::profile::{enabled_with_exit_report, render, KernelStats, RenderAs};
 
 /// What one op call moves and computes (see the module comment).
 #[derive(Debug, Clone, Copy, Default)]
@@ -52,14 +52,7 @@ fn state() -> Option<&'static Mutex<State>> {
     static STATE: OnceLock<Option<Mutex<State>>> = OnceLock::new();
     STATE
         .get_or_init(|| {
-            let on = std::env::var("DSMOE_PROFILE").is_ok_and(|v| v == "1");
-            if on {
-                extern "C" {
-                    fn atexit(f: extern "C" fn()) -> std::ffi::c_int;
-                }
-                // SAFETY: registers a plain function with the C runtime; it runs once at exit.
-                unsafe { atexit(report_at_exit) };
-            }
+            let on = enabled_with_exit_report(report_at_exit);
             on.then(|| Mutex::new(State { totals: HashMap::new(), wall_start: Instant::now(), cpu_start: process_cpu_time() }))
         })
         .as_ref()

@@ -72,18 +72,22 @@ const MAX_PENDING: usize = 8192;
 fn state() -> Option<&'static Mutex<State>> {
     static STATE: OnceLock<Option<Mutex<State>>> = OnceLock::new();
     STATE
-        .get_or_init(|| {
-            let on = std::env::var("DSMOE_PROFILE").is_ok_and(|v| v == "1");
-            if on {
-                extern "C" {
-                    fn atexit(f: extern "C" fn()) -> std::ffi::c_int;
-                }
-                // SAFETY: registers a plain function with the C runtime; it runs once at exit.
-                unsafe { atexit(report_at_exit) };
-            }
-            on.then(|| Mutex::new(State::default()))
-        })
+        .get_or_init(|| enabled_with_exit_report(report_at_exit).then(|| Mutex::new(State::default())))
         .as_ref()
+}
+
+/// True when `DSMOE_PROFILE=1`, and then `at_exit` is registered to print the report when the
+/// process exits (shared with the CPU profile).
+pub(crate) fn enabled_with_exit_report(at_exit: extern "C" fn()) -> bool {
+    let on = std::env::var("DSMOE_PROFILE").is_ok_and(|v| v == "1");
+    if on {
+        extern "C" {
+            fn atexit(f: extern "C" fn()) -> std::ffi::c_int;
+        }
+        // SAFETY: registers a plain function with the C runtime; it runs once at exit.
+        unsafe { atexit(at_exit) };
+    }
+    on
 }
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
