@@ -41,8 +41,8 @@ pub struct CtaState<'a> {
     pub shared: SharedMem,
     pub params: &'a [u8],
     pub view: &'a Allocations,
-    /// The last allocation a global access hit: (start, end).
-    pub hint: (u64, u64),
+    /// The last allocations global accesses hit, (start, end), most recent first.
+    pub hints: [(u64, u64); 4],
     pub arch: Arch,
     pub instructions: u64,
     pub bars: [Bar; 16],

@@ -73,12 +73,21 @@ impl CtaState<'_> {
 
     /// Checks that `[addr, addr+len)` is inside one live allocation (or the module's globals / the
     /// parameter buffer), returning the report text otherwise.
+    #[inline]
     fn check_global(&mut self, addr: u64, len: u64) -> Result<(), String> {
-        if addr >= self.hint.0 && addr.wrapping_add(len) <= self.hint.1 && addr.wrapping_add(len) >= addr {
-            return Ok(());
+        let end = addr.wrapping_add(len);
+        for k in 0..self.hints.len() {
+            let (s, e) = self.hints[k];
+            if addr >= s && end <= e && end >= addr {
+                if k > 0 {
+                    self.hints.swap(0, k);
+                }
+                return Ok(());
+            }
         }
         let i = self.view.find(addr, len)?;
-        self.hint = self.view.range(i);
+        self.hints.rotate_right(1);
+        self.hints[0] = self.view.range(i);
         Ok(())
     }
 
@@ -87,6 +96,7 @@ impl CtaState<'_> {
     }
 
     /// Reads `buf.len()` bytes at `t` for lane `l` of warp `w`.
+    #[inline]
     pub fn read(&mut self, t: Target, buf: &mut [u8], w: &Warp, l: usize, line: u32) -> Result<(), Error> {
         match t {
             Target::Global(a) => {
