@@ -294,35 +294,28 @@ fn cvt(v: u64, dst: Ty, src: Ty, rnd: Option<Rnd>, int_rnd: Option<Rnd>, sat: bo
 pub fn exec(op: &Op, a: &[Operand], w: &mut Warp, m: u32, c: &SregCtx) -> Alu {
     use Alu::*;
     match *op {
-        Op::Add { ty, rnd, sat } => match ty {
-            Ty::F32 => {
-                let r = rnd.unwrap_or(Rnd::Rn);
-                bin(w, a, m, c, f32op2(move |x, y| {
-                    let s = add_f32(x, y, r);
-                    if sat { if s.is_nan() { 0.0 } else { s.clamp(0.0, 1.0) } } else { s }
-                }))
+        Op::Add { ty, rnd, sat } | Op::Sub { ty, rnd, sat } => {
+            let sub = matches!(op, Op::Sub { .. });
+            match ty {
+                Ty::F32 => {
+                    let r = rnd.unwrap_or(Rnd::Rn);
+                    bin(w, a, m, c, f32op2(move |x, y| {
+                        let s = add_f32(x, if sub { -y } else { y }, r);
+                        if sat { if s.is_nan() { 0.0 } else { s.clamp(0.0, 1.0) } } else { s }
+                    }))
+                }
+                Ty::F64 => bin(w, a, m, c, f64op2(move |x, y| if sub { x - y } else { x + y })),
+                t if t.is_float() => return Unsupported,
+                _ if sat => bin(w, a, m, c, move |x, y| {
+                    let (p, q) = (sext(x, 32) as i32, sext(y, 32) as i32);
+                    (if sub { p.saturating_sub(q) } else { p.saturating_add(q) }) as u32 as u64
+                }),
+                t => {
+                    let mk = t.mask();
+                    bin(w, a, m, c, move |x, y| (if sub { x.wrapping_sub(y) } else { x.wrapping_add(y) }) & mk)
+                }
             }
-            Ty::F64 => bin(w, a, m, c, f64op2(|x, y| x + y)),
-            t if t.is_float() => return Unsupported,
-            _ if sat => bin(w, a, m, c, move |x, y| (sext(x, 32) as i32).saturating_add(sext(y, 32) as i32) as u32 as u64),
-            t => {
-                let mk = t.mask();
-                bin(w, a, m, c, move |x, y| x.wrapping_add(y) & mk)
-            }
-        },
-        Op::Sub { ty, rnd, sat } => match ty {
-            Ty::F32 => {
-                let r = rnd.unwrap_or(Rnd::Rn);
-                bin(w, a, m, c, f32op2(move |x, y| add_f32(x, -y, r)))
-            }
-            Ty::F64 => bin(w, a, m, c, f64op2(|x, y| x - y)),
-            t if t.is_float() => return Unsupported,
-            _ if sat => bin(w, a, m, c, move |x, y| (sext(x, 32) as i32).saturating_sub(sext(y, 32) as i32) as u32 as u64),
-            t => {
-                let mk = t.mask();
-                bin(w, a, m, c, move |x, y| x.wrapping_sub(y) & mk)
-            }
-        },
+        }
         Op::Mul { ty, mode, rnd } => match ty {
             Ty::F32 => {
                 let r = rnd.unwrap_or(Rnd::Rn);
