@@ -12,7 +12,7 @@ use crate::ir::{BoolOp, Cmp, MulMode, Op, Operand, Rnd, Ty};
 pub enum Alu {
     Done,
     /// Not a lane-wise op: the caller dispatches it.
-    NotAlu,
+    Other,
     /// A lane-wise op with a type/modifier combination not implemented.
     Unsupported,
 }
@@ -141,8 +141,8 @@ fn mul_lanes(w: &mut Warp, a: &[Operand], m: u32, c: &SregCtx, ty: Ty, mode: Mul
     let (x, y) = (w.src(&a[1], c, &mut t1), w.src(&a[2], c, &mut t2));
     let z = if add { w.src(&a[3], c, &mut t3) } else { &t3 };
     let d: [u64; 32] = match (ty.bits(), ty.is_signed(), mode) {
-        (32, false, MulMode::Lo) => std::array::from_fn(|l| (x[l] as u32).wrapping_mul(y[l] as u32) as u64 + z[l] & out_mask),
-        (32, true, MulMode::Lo) => std::array::from_fn(|l| (x[l] as i32).wrapping_mul(y[l] as i32) as u32 as u64 + z[l] & out_mask),
+        (32, false, MulMode::Lo) => std::array::from_fn(|l| ((x[l] as u32).wrapping_mul(y[l] as u32) as u64 + z[l]) & out_mask),
+        (32, true, MulMode::Lo) => std::array::from_fn(|l| ((x[l] as i32).wrapping_mul(y[l] as i32) as u32 as u64 + z[l]) & out_mask),
         (32, false, MulMode::Wide) => std::array::from_fn(|l| (x[l] as u32 as u64 * y[l] as u32 as u64).wrapping_add(z[l])),
         (32, true, MulMode::Wide) => std::array::from_fn(|l| ((x[l] as i32 as i64 * y[l] as i32 as i64) as u64).wrapping_add(z[l])),
         (64, _, MulMode::Lo) => std::array::from_fn(|l| x[l].wrapping_mul(y[l]).wrapping_add(z[l])),

@@ -254,7 +254,7 @@ impl Cta<'_> {
 impl CtaState<'_> {
     /// The 8-byte mbarrier word at a shared offset.
     pub fn mbar_word(&mut self, addr: u32) -> Result<u64, String> {
-        if addr % 8 != 0 {
+        if !addr.is_multiple_of(8) {
             return Err(format!("mbarrier at shared offset {addr:#x} is not 8-byte aligned"));
         }
         let b = self.shared.raw(addr as u64, 8).map_err(|_| format!("mbarrier at shared offset {addr:#x} is outside shared memory"))?;
