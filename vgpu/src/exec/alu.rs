@@ -505,7 +505,7 @@ pub fn exec(op: &Op, a: &[Operand], w: &mut Warp, m: u32, c: &SregCtx) -> Alu {
                 cvt_lanes(w, a, m, c, dst, src, rnd, int_rnd, sat);
             }
         }
-        _ => return NotAlu,
+        _ => return Other,
     }
     Done
 }
