@@ -12,7 +12,7 @@ use crate::ir::{BoolOp, Cmp, MulMode, Op, Operand, Rnd, Ty};
 pub enum Alu {
     Done,
     /// Not a lane-wise op: the caller dispatches it.
-    NotAlu,
+    Other,
     /// A lane-wise op with a type/modifier combination not implemented.
     Unsupported,
 }
@@ -26,27 +26,39 @@ pub fn sext(v: u64, bits: u32) -> i64 {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn un(w: &mut Warp, a: &[Operand], m: u32, c: &SregCtx, f: impl Fn(u64) -> u64) {
-    let x = w.load(&a[1], c);
-    let d: [u64; 32] = std::array::from_fn(|l| f(x[l]));
+    let mut t = [0; 32];
+    let x = w.src(&a[1], c, &mut t);
+    let mut d = [0u64; 32];
+    for l in 0..32 {
+        d[l] = f(x[l]);
+    }
     w.store(&a[0], &d, m);
 }
 
-#[inline]
+#[inline(always)]
 fn bin(w: &mut Warp, a: &[Operand], m: u32, c: &SregCtx, f: impl Fn(u64, u64) -> u64) {
-    let x = w.load(&a[1], c);
-    let y = w.load(&a[2], c);
-    let d: [u64; 32] = std::array::from_fn(|l| f(x[l], y[l]));
+    let (mut t1, mut t2) = ([0; 32], [0; 32]);
+    let x = w.src(&a[1], c, &mut t1);
+    let y = w.src(&a[2], c, &mut t2);
+    let mut d = [0u64; 32];
+    for l in 0..32 {
+        d[l] = f(x[l], y[l]);
+    }
     w.store(&a[0], &d, m);
 }
 
-#[inline]
+#[inline(always)]
 fn tern(w: &mut Warp, a: &[Operand], m: u32, c: &SregCtx, f: impl Fn(u64, u64, u64) -> u64) {
-    let x = w.load(&a[1], c);
-    let y = w.load(&a[2], c);
-    let z = w.load(&a[3], c);
-    let d: [u64; 32] = std::array::from_fn(|l| f(x[l], y[l], z[l]));
+    let (mut t1, mut t2, mut t3) = ([0; 32], [0; 32], [0; 32]);
+    let x = w.src(&a[1], c, &mut t1);
+    let y = w.src(&a[2], c, &mut t2);
+    let z = w.src(&a[3], c, &mut t3);
+    let mut d = [0u64; 32];
+    for l in 0..32 {
+        d[l] = f(x[l], y[l], z[l]);
+    }
     w.store(&a[0], &d, m);
 }
 
@@ -79,24 +91,99 @@ fn mul_int(a: u64, b: u64, ty: Ty, mode: MulMode) -> u64 {
     }
 }
 
-fn cmp_int(a: u64, b: u64, ty: Ty, c: Cmp) -> Option<bool> {
-    let bits = ty.bits();
-    let (sa, sb) = (sext(a, bits), sext(b, bits));
-    let (ua, ub) = (a & ty.mask(), b & ty.mask());
+/// Integer `setp`, with the comparison chosen once per instruction rather than per lane.
+fn setp_int(w: &Warp, a: &[Operand], c: &SregCtx, ty: Ty, cmp: Cmp) -> Option<[u64; 32]> {
+    let (mut t1, mut t2) = ([0; 32], [0; 32]);
+    let (x, y) = (w.src(&a[1], c, &mut t1), w.src(&a[2], c, &mut t2));
+    let (bits, mk) = (ty.bits(), ty.mask());
     let signed = ty.is_signed();
-    Some(match c {
-        Cmp::Eq => ua == ub,
-        Cmp::Ne => ua != ub,
-        Cmp::Lt => if signed { sa < sb } else { ua < ub },
-        Cmp::Le => if signed { sa <= sb } else { ua <= ub },
-        Cmp::Gt => if signed { sa > sb } else { ua > ub },
-        Cmp::Ge => if signed { sa >= sb } else { ua >= ub },
-        Cmp::Lo => ua < ub,
-        Cmp::Ls => ua <= ub,
-        Cmp::Hi => ua > ub,
-        Cmp::Hs => ua >= ub,
+    #[inline(always)]
+    fn lanes(x: &[u64; 32], y: &[u64; 32], f: impl Fn(u64, u64) -> bool) -> [u64; 32] {
+        let mut d = [0u64; 32];
+        for l in 0..32 {
+            d[l] = f(x[l], y[l]) as u64;
+        }
+        d
+    }
+    let s = move |v: u64| sext(v, bits);
+    Some(match (cmp, signed) {
+        (Cmp::Eq, _) => lanes(x, y, |p, q| p & mk == q & mk),
+        (Cmp::Ne, _) => lanes(x, y, |p, q| p & mk != q & mk),
+        (Cmp::Lt, true) => lanes(x, y, |p, q| s(p) < s(q)),
+        (Cmp::Le, true) => lanes(x, y, |p, q| s(p) <= s(q)),
+        (Cmp::Gt, true) => lanes(x, y, |p, q| s(p) > s(q)),
+        (Cmp::Ge, true) => lanes(x, y, |p, q| s(p) >= s(q)),
+        (Cmp::Lt | Cmp::Lo, false) => lanes(x, y, |p, q| p & mk < q & mk),
+        (Cmp::Le | Cmp::Ls, false) => lanes(x, y, |p, q| p & mk <= q & mk),
+        (Cmp::Gt | Cmp::Hi, false) => lanes(x, y, |p, q| p & mk > q & mk),
+        (Cmp::Ge | Cmp::Hs, false) => lanes(x, y, |p, q| p & mk >= q & mk),
+        (Cmp::Lo, true) => lanes(x, y, |p, q| p & mk < q & mk),
+        (Cmp::Ls, true) => lanes(x, y, |p, q| p & mk <= q & mk),
+        (Cmp::Hi, true) => lanes(x, y, |p, q| p & mk > q & mk),
+        (Cmp::Hs, true) => lanes(x, y, |p, q| p & mk >= q & mk),
         _ => return None,
     })
+}
+
+fn setp_float(w: &Warp, a: &[Operand], c: &SregCtx, ty: Ty, cmp: Cmp) -> [u64; 32] {
+    let (mut t1, mut t2) = ([0; 32], [0; 32]);
+    let (x, y) = (w.src(&a[1], c, &mut t1), w.src(&a[2], c, &mut t2));
+    if ty == Ty::F32 {
+        return std::array::from_fn(|l| cmp_float(f32_of(x[l]) as f64, f32_of(y[l]) as f64, cmp) as u64);
+    }
+    std::array::from_fn(|l| cmp_float(float_of(x[l], ty), float_of(y[l], ty), cmp) as u64)
+}
+
+/// Integer `mul`/`mad` (`add`: the mad form), the type's width and signedness fixed per instruction.
+fn mul_lanes(w: &mut Warp, a: &[Operand], m: u32, c: &SregCtx, ty: Ty, mode: MulMode, add: bool) {
+    let out_mask = if mode == MulMode::Wide && ty.bits() < 64 { (1u64 << (2 * ty.bits())) - 1 } else { ty.mask() };
+    let (mut t1, mut t2, mut t3) = ([0; 32], [0; 32], [0; 32]);
+    let (x, y) = (w.src(&a[1], c, &mut t1), w.src(&a[2], c, &mut t2));
+    let z = if add { w.src(&a[3], c, &mut t3) } else { &t3 };
+    let d: [u64; 32] = match (ty.bits(), ty.is_signed(), mode) {
+        (32, false, MulMode::Lo) => std::array::from_fn(|l| ((x[l] as u32).wrapping_mul(y[l] as u32) as u64 + z[l]) & out_mask),
+        (32, true, MulMode::Lo) => std::array::from_fn(|l| ((x[l] as i32).wrapping_mul(y[l] as i32) as u32 as u64 + z[l]) & out_mask),
+        (32, false, MulMode::Wide) => std::array::from_fn(|l| (x[l] as u32 as u64 * y[l] as u32 as u64).wrapping_add(z[l])),
+        (32, true, MulMode::Wide) => std::array::from_fn(|l| ((x[l] as i32 as i64 * y[l] as i32 as i64) as u64).wrapping_add(z[l])),
+        (64, _, MulMode::Lo) => std::array::from_fn(|l| x[l].wrapping_mul(y[l]).wrapping_add(z[l])),
+        _ => std::array::from_fn(|l| mul_int(x[l], y[l], ty, mode).wrapping_add(z[l]) & out_mask),
+    };
+    w.store(&a[0], &d, m);
+}
+
+/// `fma.rn.f32` / `mad.rn.f32` on 32 lanes, with the host's fused multiply-add instruction when it
+/// has one (the portable `f32::mul_add` falls back to a slow software fmaf on baseline x86-64).
+fn fma_rn_lanes(w: &mut Warp, a: &[Operand], m: u32, c: &SregCtx) {
+    let (mut t1, mut t2, mut t3) = ([0; 32], [0; 32], [0; 32]);
+    let x = w.src(&a[1], c, &mut t1);
+    let y = w.src(&a[2], c, &mut t2);
+    let z = w.src(&a[3], c, &mut t3);
+    let d = fma_rn_32(x, y, z);
+    w.store(&a[0], &d, m);
+}
+
+#[inline(always)]
+fn fma_rn_portable(x: &[u64; 32], y: &[u64; 32], z: &[u64; 32]) -> [u64; 32] {
+    let mut d = [0u64; 32];
+    for l in 0..32 {
+        d[l] = (f32::from_bits(x[l] as u32).mul_add(f32::from_bits(y[l] as u32), f32::from_bits(z[l] as u32))).to_bits() as u64;
+    }
+    d
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+fn fma_rn_x86(x: &[u64; 32], y: &[u64; 32], z: &[u64; 32]) -> [u64; 32] {
+    fma_rn_portable(x, y, z)
+}
+
+fn fma_rn_32(x: &[u64; 32], y: &[u64; 32], z: &[u64; 32]) -> [u64; 32] {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports FMA (checked just above).
+        return unsafe { fma_rn_x86(x, y, z) };
+    }
+    fma_rn_portable(x, y, z)
 }
 
 fn cmp_float(a: f64, b: f64, c: Cmp) -> bool {
@@ -131,6 +218,30 @@ fn fmin(a: f64, b: f64) -> f64 {
 
 fn fmax(a: f64, b: f64) -> f64 {
     if a.is_nan() { b } else if b.is_nan() { a } else if a == b && a == 0.0 { if a.is_sign_positive() { a } else { b } } else { a.max(b) }
+}
+
+/// `cvt`, with the common forms (integer widening/narrowing, 32-bit integer <-> f32, bf16/f16 <->
+/// f32) on direct paths and everything else through [`cvt`].
+#[allow(clippy::too_many_arguments)]
+fn cvt_lanes(w: &mut Warp, a: &[Operand], m: u32, c: &SregCtx, dst: Ty, src: Ty, rnd: Option<Rnd>, int_rnd: Option<Rnd>, sat: bool) {
+    let rn = rnd.unwrap_or(Rnd::Rn) == Rnd::Rn && int_rnd.is_none() && !sat;
+    match (dst, src) {
+        (d, s) if !d.is_float() && !s.is_float() && !sat => {
+            let (sb, dm, sm) = (s.bits(), d.mask(), s.mask());
+            if s.is_signed() {
+                un(w, a, m, c, move |x| sext(x, sb) as u64 & dm)
+            } else {
+                un(w, a, m, c, move |x| x & sm & dm)
+            }
+        }
+        (Ty::F32, Ty::U32) if rn => un(w, a, m, c, |x| bits32(x as u32 as f32)),
+        (Ty::F32, Ty::S32) if rn => un(w, a, m, c, |x| bits32(x as u32 as i32 as f32)),
+        (Ty::F32, Ty::Bf16) => un(w, a, m, c, |x| (x & 0xffff) << 16),
+        (Ty::F32, Ty::F16) => un(w, a, m, c, |x| bits32(f16_to_f32(x as u16))),
+        (Ty::Bf16, Ty::F32) if rn => un(w, a, m, c, |x| f32_to_bf16(f32_of(x)) as u64),
+        (Ty::F16, Ty::F32) if rn => un(w, a, m, c, |x| f32_to_f16(f32_of(x)) as u64),
+        _ => un(w, a, m, c, move |x| cvt(x, dst, src, rnd, int_rnd, sat)),
+    }
 }
 
 fn cvt(v: u64, dst: Ty, src: Ty, rnd: Option<Rnd>, int_rnd: Option<Rnd>, sat: bool) -> u64 {
@@ -183,29 +294,28 @@ fn cvt(v: u64, dst: Ty, src: Ty, rnd: Option<Rnd>, int_rnd: Option<Rnd>, sat: bo
 pub fn exec(op: &Op, a: &[Operand], w: &mut Warp, m: u32, c: &SregCtx) -> Alu {
     use Alu::*;
     match *op {
-        Op::Add { ty, rnd, sat } => match ty {
-            Ty::F32 => {
-                let r = rnd.unwrap_or(Rnd::Rn);
-                bin(w, a, m, c, f32op2(move |x, y| {
-                    let s = add_f32(x, y, r);
-                    if sat { if s.is_nan() { 0.0 } else { s.clamp(0.0, 1.0) } } else { s }
-                }))
+        Op::Add { ty, rnd, sat } | Op::Sub { ty, rnd, sat } => {
+            let sub = matches!(op, Op::Sub { .. });
+            match ty {
+                Ty::F32 => {
+                    let r = rnd.unwrap_or(Rnd::Rn);
+                    bin(w, a, m, c, f32op2(move |x, y| {
+                        let s = add_f32(x, if sub { -y } else { y }, r);
+                        if sat { if s.is_nan() { 0.0 } else { s.clamp(0.0, 1.0) } } else { s }
+                    }))
+                }
+                Ty::F64 => bin(w, a, m, c, f64op2(move |x, y| if sub { x - y } else { x + y })),
+                t if t.is_float() => return Unsupported,
+                _ if sat => bin(w, a, m, c, move |x, y| {
+                    let (p, q) = (sext(x, 32) as i32, sext(y, 32) as i32);
+                    (if sub { p.saturating_sub(q) } else { p.saturating_add(q) }) as u32 as u64
+                }),
+                t => {
+                    let mk = t.mask();
+                    bin(w, a, m, c, move |x, y| (if sub { x.wrapping_sub(y) } else { x.wrapping_add(y) }) & mk)
+                }
             }
-            Ty::F64 => bin(w, a, m, c, f64op2(|x, y| x + y)),
-            t if t.is_float() => return Unsupported,
-            t if sat => bin(w, a, m, c, move |x, y| (sext(x, 32) as i32).saturating_add(sext(y, 32) as i32) as u32 as u64 & t.mask()),
-            t => bin(w, a, m, c, move |x, y| x.wrapping_add(y) & t.mask()),
-        },
-        Op::Sub { ty, rnd, sat } => match ty {
-            Ty::F32 => {
-                let r = rnd.unwrap_or(Rnd::Rn);
-                bin(w, a, m, c, f32op2(move |x, y| add_f32(x, -y, r)))
-            }
-            Ty::F64 => bin(w, a, m, c, f64op2(|x, y| x - y)),
-            t if t.is_float() => return Unsupported,
-            t if sat => bin(w, a, m, c, move |x, y| (sext(x, 32) as i32).saturating_sub(sext(y, 32) as i32) as u32 as u64 & t.mask()),
-            t => bin(w, a, m, c, move |x, y| x.wrapping_sub(y) & t.mask()),
-        },
+        }
         Op::Mul { ty, mode, rnd } => match ty {
             Ty::F32 => {
                 let r = rnd.unwrap_or(Rnd::Rn);
@@ -213,21 +323,20 @@ pub fn exec(op: &Op, a: &[Operand], w: &mut Warp, m: u32, c: &SregCtx) -> Alu {
             }
             Ty::F64 => bin(w, a, m, c, f64op2(|x, y| x * y)),
             t if t.is_float() => return Unsupported,
-            t => bin(w, a, m, c, move |x, y| mul_int(x, y, t, mode)),
+            t => mul_lanes(w, a, m, c, t, mode, false),
         },
         Op::Mad { ty, mode, rnd } => match ty {
+            Ty::F32 if rnd.unwrap_or(Rnd::Rn) == Rnd::Rn => fma_rn_lanes(w, a, m, c),
             Ty::F32 => {
                 let r = rnd.unwrap_or(Rnd::Rn);
                 tern(w, a, m, c, move |x, y, z| bits32(fma_f32(f32_of(x), f32_of(y), f32_of(z), r)))
             }
             Ty::F64 => tern(w, a, m, c, |x, y, z| f64_of(x).mul_add(f64_of(y), f64_of(z)).to_bits()),
             t if t.is_float() => return Unsupported,
-            t => {
-                let out_mask = if mode == MulMode::Wide && t.bits() < 64 { (1u64 << (2 * t.bits())) - 1 } else { t.mask() };
-                tern(w, a, m, c, move |x, y, z| mul_int(x, y, t, mode).wrapping_add(z) & out_mask)
-            }
+            t => mul_lanes(w, a, m, c, t, mode, true),
         },
         Op::Fma { ty, rnd } => match ty {
+            Ty::F32 if rnd == Rnd::Rn => fma_rn_lanes(w, a, m, c),
             Ty::F32 => tern(w, a, m, c, move |x, y, z| bits32(fma_f32(f32_of(x), f32_of(y), f32_of(z), rnd))),
             Ty::F64 => tern(w, a, m, c, |x, y, z| f64_of(x).mul_add(f64_of(y), f64_of(z)).to_bits()),
             _ => return Unsupported,
@@ -298,24 +407,40 @@ pub fn exec(op: &Op, a: &[Operand], w: &mut Warp, m: u32, c: &SregCtx) -> Alu {
         Op::Rcp { ty: Ty::F64, .. } => un(w, a, m, c, |x| (1.0 / f64_of(x)).to_bits()),
         Op::Sqrt { ty: Ty::F32, .. } => un(w, a, m, c, f32op1(f32::sqrt)),
         Op::Sqrt { ty: Ty::F64, .. } => un(w, a, m, c, |x| f64_of(x).sqrt().to_bits()),
-        Op::And { ty } => bin(w, a, m, c, move |x, y| x & y & ty.mask()),
-        Op::Or { ty } => bin(w, a, m, c, move |x, y| (x | y) & ty.mask()),
-        Op::Xor { ty } => bin(w, a, m, c, move |x, y| (x ^ y) & ty.mask()),
-        Op::Not { ty } => un(w, a, m, c, move |x| !x & ty.mask()),
-        Op::Shl { ty } => bin(w, a, m, c, move |x, y| {
-            let s = y & 0xffff_ffff;
-            if s >= ty.bits() as u64 { 0 } else { (x << s) & ty.mask() }
-        }),
-        Op::Shr { ty } => bin(w, a, m, c, move |x, y| {
-            let s = (y & 0xffff_ffff).min(ty.bits() as u64 - 1 + (!ty.is_signed()) as u64);
+        Op::And { ty } => {
+            let mk = ty.mask();
+            bin(w, a, m, c, move |x, y| x & y & mk)
+        }
+        Op::Or { ty } => {
+            let mk = ty.mask();
+            bin(w, a, m, c, move |x, y| (x | y) & mk)
+        }
+        Op::Xor { ty } => {
+            let mk = ty.mask();
+            bin(w, a, m, c, move |x, y| (x ^ y) & mk)
+        }
+        Op::Not { ty } => {
+            let mk = ty.mask();
+            un(w, a, m, c, move |x| !x & mk)
+        }
+        Op::Shl { ty } => {
+            let (mk, bits) = (ty.mask(), ty.bits() as u64);
+            bin(w, a, m, c, move |x, y| {
+                let s = y & 0xffff_ffff;
+                if s >= bits { 0 } else { (x << s) & mk }
+            })
+        }
+        Op::Shr { ty } => {
+            let (mk, bits) = (ty.mask(), ty.bits());
             if ty.is_signed() {
-                (sext(x, ty.bits()) >> s.min(63)) as u64 & ty.mask()
-            } else if s >= ty.bits() as u64 {
-                0
+                bin(w, a, m, c, move |x, y| (sext(x, bits) >> (y & 0xffff_ffff).min(63)) as u64 & mk)
             } else {
-                (x & ty.mask()) >> s
+                bin(w, a, m, c, move |x, y| {
+                    let s = y & 0xffff_ffff;
+                    if s >= bits as u64 { 0 } else { (x & mk) >> s }
+                })
             }
-        }),
+        }
         Op::Bfi { ty } => {
             let (x, y) = (w.load(&a[1], c), w.load(&a[2], c));
             let (p, n) = (w.load(&a[3], c), w.load(&a[4], c));
@@ -346,18 +471,14 @@ pub fn exec(op: &Op, a: &[Operand], w: &mut Warp, m: u32, c: &SregCtx) -> Alu {
         Op::Clz { ty } => un(w, a, m, c, move |x| ((x & ty.mask()).leading_zeros() - (64 - ty.bits())) as u64),
         Op::Brev { ty } => un(w, a, m, c, move |x| (x.reverse_bits() >> (64 - ty.bits())) & ty.mask()),
         Op::Setp { cmp, ty, bop } => {
-            let (x, y) = (w.load(&a[1], c), w.load(&a[2], c));
-            let mut d = [0u64; 32];
-            for l in 0..32 {
-                d[l] = if ty.is_float() {
-                    cmp_float(float_of(x[l], ty), float_of(y[l], ty), cmp)
-                } else {
-                    match cmp_int(x[l], y[l], ty, cmp) {
-                        Some(b) => b,
-                        None => return Unsupported,
-                    }
-                } as u64;
-            }
+            let mut d = if ty.is_float() {
+                setp_float(w, a, c, ty, cmp)
+            } else {
+                match setp_int(w, a, c, ty, cmp) {
+                    Some(d) => d,
+                    None => return Unsupported,
+                }
+            };
             if let Some(bop) = bop {
                 let z = w.load(&a[3], c);
                 for l in 0..32 {
@@ -370,7 +491,10 @@ pub fn exec(op: &Op, a: &[Operand], w: &mut Warp, m: u32, c: &SregCtx) -> Alu {
             }
             w.store(&a[0], &d, m);
         }
-        Op::Selp { ty } => tern(w, a, m, c, move |x, y, p| if p != 0 { x & ty.mask() } else { y & ty.mask() }),
+        Op::Selp { ty } => {
+            let mk = ty.mask();
+            tern(w, a, m, c, move |x, y, p| if p != 0 { x & mk } else { y & mk })
+        }
         Op::Mov { ty } => mov(w, a, m, c, ty),
         Op::Cvt { dst, src, rnd, int_rnd, sat } => {
             if matches!(dst, Ty::Bf16x2 | Ty::F16x2) {
@@ -378,10 +502,10 @@ pub fn exec(op: &Op, a: &[Operand], w: &mut Warp, m: u32, c: &SregCtx) -> Alu {
                 let to = if dst == Ty::Bf16x2 { f32_to_bf16 } else { f32_to_f16 };
                 bin(w, a, m, c, move |hi, lo| ((to(f32_of(hi)) as u64) << 16) | to(f32_of(lo)) as u64);
             } else {
-                un(w, a, m, c, move |x| cvt(x, dst, src, rnd, int_rnd, sat));
+                cvt_lanes(w, a, m, c, dst, src, rnd, int_rnd, sat);
             }
         }
-        _ => return NotAlu,
+        _ => return Other,
     }
     Done
 }
@@ -417,7 +541,8 @@ fn mov(w: &mut Warp, a: &[Operand], m: u32, c: &SregCtx, ty: Ty) {
             w.store(dst, &v, m);
         }
         (dst, src) => {
-            let x = w.load(src, c);
+            let mut t = [0; 32];
+            let x = w.src(src, c, &mut t);
             let mask = ty.mask();
             let v: [u64; 32] = std::array::from_fn(|l| x[l] & mask);
             w.store(dst, &v, m);

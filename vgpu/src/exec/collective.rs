@@ -133,7 +133,7 @@ pub fn ldmatrix(w: &mut Warp, st: &mut CtaState, i: &Instr, num: u8, trans: bool
     let mut rows = vec![[0u16; 8]; rows_n];
     for (l, row) in rows.iter_mut().enumerate() {
         let a = address(w, &i.args[1], l);
-        if a % 16 != 0 {
+        if !a.is_multiple_of(16) {
             return Err(Error::Memory { site: st.site(w, l, i.line), space: "shared", msg: format!("ldmatrix row address {a:#x} is not 16-byte aligned") });
         }
         let mut buf = [0u8; 16];

@@ -15,6 +15,26 @@ use crate::Error;
 /// Generic addresses of the shared window: offset + this base (outside any host address).
 pub const SHARED_GENERIC: u64 = 0xffff_0000_0000_0000;
 
+/// Copies `n` bytes (an access size: 1, 2, 4, 8 or 16, else any) with fixed-size moves, so the
+/// common sizes compile to plain loads and stores instead of a `memmove` call.
+///
+/// # Safety
+/// `src` and `dst` must be valid for `n` bytes and not overlap.
+#[inline(always)]
+pub unsafe fn copy_small(src: *const u8, dst: *mut u8, n: usize) {
+    // SAFETY: the caller guarantees both ranges; unaligned reads/writes need no alignment.
+    unsafe {
+        match n {
+            1 => *dst = *src,
+            2 => (dst as *mut [u8; 2]).write_unaligned((src as *const [u8; 2]).read_unaligned()),
+            4 => (dst as *mut [u8; 4]).write_unaligned((src as *const [u8; 4]).read_unaligned()),
+            8 => (dst as *mut [u8; 8]).write_unaligned((src as *const [u8; 8]).read_unaligned()),
+            16 => (dst as *mut [u8; 16]).write_unaligned((src as *const [u8; 16]).read_unaligned()),
+            _ => std::ptr::copy_nonoverlapping(src, dst, n),
+        }
+    }
+}
+
 /// Where an address points once its state space is known.
 #[derive(Clone, Copy)]
 pub enum Target {
@@ -53,12 +73,21 @@ impl CtaState<'_> {
 
     /// Checks that `[addr, addr+len)` is inside one live allocation (or the module's globals / the
     /// parameter buffer), returning the report text otherwise.
+    #[inline]
     fn check_global(&mut self, addr: u64, len: u64) -> Result<(), String> {
-        if addr >= self.hint.0 && addr.wrapping_add(len) <= self.hint.1 && addr.wrapping_add(len) >= addr {
-            return Ok(());
+        let end = addr.wrapping_add(len);
+        for k in 0..self.hints.len() {
+            let (s, e) = self.hints[k];
+            if addr >= s && end <= e && end >= addr {
+                if k > 0 {
+                    self.hints.swap(0, k);
+                }
+                return Ok(());
+            }
         }
         let i = self.view.find(addr, len)?;
-        self.hint = self.view.range(i);
+        self.hints.rotate_right(1);
+        self.hints[0] = self.view.range(i);
         Ok(())
     }
 
@@ -67,13 +96,14 @@ impl CtaState<'_> {
     }
 
     /// Reads `buf.len()` bytes at `t` for lane `l` of warp `w`.
+    #[inline]
     pub fn read(&mut self, t: Target, buf: &mut [u8], w: &Warp, l: usize, line: u32) -> Result<(), Error> {
         match t {
             Target::Global(a) => {
                 self.check_global(a, buf.len() as u64).map_err(|m| self.global_err(w, l, line, m))?;
                 // SAFETY: the range lies inside a live allocation (or the module's globals / the
                 // parameter buffer), all of which outlive the launch.
-                unsafe { std::ptr::copy_nonoverlapping(a as *const u8, buf.as_mut_ptr(), buf.len()) };
+                unsafe { copy_small(a as *const u8, buf.as_mut_ptr(), buf.len()) };
                 Ok(())
             }
             Target::Shared(off) => self.shared.read(off, buf, w.id as usize).map_err(|f| self.shared_fault(w, l, line, f)),
@@ -96,7 +126,7 @@ impl CtaState<'_> {
                 self.check_global(a, src.len() as u64).map_err(|m| self.global_err(w, l, line, m))?;
                 // SAFETY: inside a live allocation (checked above); other CTAs touch other bytes unless
                 // the kernel races, as it would on a GPU.
-                unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), a as *mut u8, src.len()) };
+                unsafe { copy_small(src.as_ptr(), a as *mut u8, src.len()) };
                 Ok(())
             }
             Target::Shared(off) => self.shared.write(off, src, w.id as usize, 0).map_err(|f| self.shared_fault(w, l, line, f)),
@@ -126,14 +156,17 @@ pub fn ld(w: &mut Warp, st: &mut CtaState, i: &Instr, space: Space, ty: Ty, exec
         let l = m.trailing_zeros() as usize;
         m &= m - 1;
         let a = address(w, &i.args[1], l);
-        if a % total as u64 != 0 {
+        if !a.is_multiple_of(total as u64) {
             return Err(st.misaligned(w, l, i.line, a, total));
         }
         st.read(target(space, a), &mut buf[..total], w, l, i.line)?;
         for (k, d) in dst.iter().enumerate() {
-            let mut v = [0u8; 8];
-            v[..eb].copy_from_slice(&buf[k * eb..(k + 1) * eb]);
-            let raw = u64::from_le_bytes(v);
+            let raw = match eb {
+                1 => buf[k] as u64,
+                2 => u16::from_le_bytes([buf[2 * k], buf[2 * k + 1]]) as u64,
+                4 => u32::from_le_bytes(buf[4 * k..4 * k + 4].try_into().expect("4 bytes")) as u64,
+                _ => u64::from_le_bytes(buf[8 * k..8 * k + 8].try_into().expect("8 bytes")),
+            };
             w.set_lane(d, l, if ty.is_signed() { sext(raw, ty.bits()) as u64 } else { raw });
         }
     }
@@ -150,7 +183,7 @@ pub fn st(w: &mut Warp, st: &mut CtaState, i: &Instr, space: Space, ty: Ty, exec
         let l = m.trailing_zeros() as usize;
         m &= m - 1;
         let a = address(w, &i.args[0], l);
-        if a % total as u64 != 0 {
+        if !a.is_multiple_of(total as u64) {
             return Err(st.misaligned(w, l, i.line, a, total));
         }
         for (k, s) in src.iter().enumerate() {
@@ -198,7 +231,7 @@ pub fn atom(w: &mut Warp, st: &mut CtaState, i: &Instr, space: Space, op: AtomOp
         let l = m.trailing_zeros() as usize;
         m &= m - 1;
         let a = address(w, &i.args[addr_arg], l);
-        if a % size as u64 != 0 {
+        if !a.is_multiple_of(size as u64) {
             return Err(st.misaligned(w, l, i.line, a, size));
         }
         let b = w.lane(&i.args[first], l, &st.ctx);
@@ -272,8 +305,8 @@ pub fn cp_async(w: &mut Warp, st: &mut CtaState, i: &Instr, bytes: u32, exec: u3
         let dst = address(w, &i.args[0], l) & 0xffff_ffff;
         let src = address(w, &i.args[1], l);
         let n = i.args.get(3).map_or(bytes as u64, |o| w.lane(o, l, &st.ctx) & 0xffff_ffff).min(bytes as u64) as usize;
-        if dst % bytes as u64 != 0 || (n > 0 && src % bytes as u64 != 0) {
-            return Err(st.misaligned(w, l, i.line, if dst % bytes as u64 != 0 { dst } else { src }, bytes as usize));
+        if !dst.is_multiple_of(bytes as u64) || (n > 0 && !src.is_multiple_of(bytes as u64)) {
+            return Err(st.misaligned(w, l, i.line, if !dst.is_multiple_of(bytes as u64) { dst } else { src }, bytes as usize));
         }
         let mut buf = [0u8; 16];
         if n > 0 {

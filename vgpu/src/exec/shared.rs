@@ -49,19 +49,33 @@ fn split(e: u32) -> (usize, u32) {
 
 impl SharedMem {
     pub fn new(bytes: usize, warps: usize, checks: bool) -> SharedMem {
-        let shadow = checks.then(|| Shadow {
-            write: vec![0; bytes],
-            read: vec![0; bytes],
-            pending: vec![0; bytes],
-            vc: (0..warps)
-                .map(|w| {
-                    let mut v = [0u32; MAX_WARPS];
-                    v[w] = 1;
-                    v
-                })
-                .collect(),
-        });
-        SharedMem { data: vec![0; bytes], shadow }
+        let mut s = SharedMem { data: Vec::new(), shadow: None };
+        s.reset(bytes, warps, checks);
+        s
+    }
+
+    /// Makes this the fresh shared memory of a new CTA, reusing the buffers (a CTA's shadow is
+    /// up to 2 MB: allocating it per CTA costs more in page faults than clearing it).
+    pub fn reset(&mut self, bytes: usize, warps: usize, checks: bool) {
+        fn fill<T: Copy>(v: &mut Vec<T>, n: usize, x: T) {
+            v.clear();
+            v.resize(n, x);
+        }
+        fill(&mut self.data, bytes, 0);
+        if !checks {
+            self.shadow = None;
+            return;
+        }
+        let s = self.shadow.get_or_insert_with(|| Shadow { write: Vec::new(), read: Vec::new(), pending: Vec::new(), vc: Vec::new() });
+        fill(&mut s.write, bytes, 0);
+        fill(&mut s.read, bytes, 0);
+        fill(&mut s.pending, bytes, 0);
+        s.vc.clear();
+        s.vc.extend((0..warps).map(|w| {
+            let mut v = [0u32; MAX_WARPS];
+            v[w] = 1;
+            v
+        }));
     }
 
     fn bounds(&self, off: u64, len: usize) -> Result<usize, SharedFault> {
@@ -97,14 +111,16 @@ impl SharedMem {
                 s.read[b] = me;
             }
         }
-        out.copy_from_slice(&self.data[o..o + out.len()]);
+        // SAFETY: `o..o+len` is inside `data` (bounds above); `out` is a distinct buffer.
+        unsafe { super::mem::copy_small(self.data.as_ptr().add(o), out.as_mut_ptr(), out.len()) };
         Ok(())
     }
 
     /// A write by warp `w`, checked. `pending`: 0 for a plain store, 1 cp.async, 2 TMA.
     pub fn write(&mut self, off: u64, src: &[u8], w: usize, pending: u8) -> Result<(), SharedFault> {
         let o = self.write_shadow(off, src.len(), w, pending)?;
-        self.data[o..o + src.len()].copy_from_slice(src);
+        // SAFETY: as in `read`.
+        unsafe { super::mem::copy_small(src.as_ptr(), self.data.as_mut_ptr().add(o), src.len()) };
         Ok(())
     }
 
