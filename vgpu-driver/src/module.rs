@@ -70,7 +70,8 @@ fn load(image: *const c_void) -> Result<Module, CuResult> {
     // NUL-terminated PTX text; both have at least 4 readable bytes, or a NUL before them.
     let head = unsafe { CStr::from_ptr(image as *const c_char) }.to_bytes();
     if head.starts_with(b"\x7fELF") {
-        return Err(status::fail(status::NO_BINARY_FOR_GPU, "the emulated device executes PTX, not machine code (load the module's PTX)"));
+        // Expected of a program that tries machine code first (the engine does), so not printed.
+        return Err(status::NO_BINARY_FOR_GPU);
     }
     let text = std::str::from_utf8(head).map_err(|_| status::fail(status::INVALID_PTX, "the module image is neither an ELF image nor UTF-8 PTX text"))?;
     let target = text.lines().map(str::trim).find_map(|l| l.strip_prefix(".target")).map(|t| t.split([',', ' ', '\t']).find(|s| !s.is_empty()).unwrap_or("").to_string());

@@ -63,11 +63,7 @@ impl MatrixDesc {
     /// The descriptor as a kernel builds it (addresses and offsets truncated as encode() does).
     pub fn encode(&self) -> u64 {
         let enc = |x: u32| ((x as u64) & 0x3FFFF) >> 4;
-        enc(self.start)
-            | enc(self.lbo) << 16
-            | enc(self.sbo) << 32
-            | ((self.base_offset as u64) & 7) << 49
-            | self.swizzle.desc_bits() << 62
+        enc(self.start) | enc(self.lbo) << 16 | enc(self.sbo) << 32 | ((self.base_offset as u64) & 7) << 49 | self.swizzle.desc_bits() << 62
     }
 
     /// Shared byte address holding 16-bit element (`mn`, `k`) of the tile, swizzle applied; `k` < 16

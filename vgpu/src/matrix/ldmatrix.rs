@@ -27,11 +27,7 @@ pub fn ldmatrix(rows: &[[u16; 8]], num: usize, trans: bool) -> Result<[[u32; 4];
         let (g, t) = (lane / 4, lane % 4);
         for (m, reg) in regs.iter_mut().enumerate().take(num) {
             let matrix = &rows[8 * m..8 * m + 8];
-            let (lo, hi) = if trans {
-                (matrix[2 * t][g], matrix[2 * t + 1][g])
-            } else {
-                (matrix[g][2 * t], matrix[g][2 * t + 1])
-            };
+            let (lo, hi) = if trans { (matrix[2 * t][g], matrix[2 * t + 1][g]) } else { (matrix[g][2 * t], matrix[g][2 * t + 1]) };
             *reg = lo as u32 | (hi as u32) << 16;
         }
     }

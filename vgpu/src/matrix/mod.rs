@@ -19,6 +19,14 @@
 //! multiply-add) except when a bf16 product falls below f32's normal range (|p| < 2^-126), where it is
 //! rounded once more. Subnormal inputs and results are kept (no flush to zero). Hardware may differ
 //! from this in the last bits of a sum; it never differs in which elements meet.
+//!
+//! Not modelled (each is an error, never a silent guess): a non-zero descriptor base offset under a
+//! swizzle; element types other than bf16/f16 (tf32, fp8, integer); wgmma shapes other than
+//! m64nNk16. The LBO of a swizzled K-major descriptor is ignored, as the ISA says ("assumed 1").
+//!
+//! For the interpreter's checks: [`wgmma_read_chunks`] lists the shared 16-byte chunks an operand
+//! reads (to test them for initialisation and pending async writes); ldmatrix rows must be 16-byte
+//! aligned (checked by the caller, which reads them).
 
 pub mod desc;
 pub mod fragment;

@@ -115,11 +115,7 @@ fn ldmatrix_rejects_wrong_shapes() {
 type Fragments = ([[u32; 4]; 32], [[u32; 2]; 32], [[f32; 4]; 32]);
 
 /// Builds the 32 lanes' fragments of a 16x16 A, a 16x8 B and a 16x8 C from the figure tables.
-fn fragments(
-    a: impl Fn(usize, usize) -> u16,
-    b: impl Fn(usize, usize) -> u16,
-    c: impl Fn(usize, usize) -> f32,
-) -> Fragments {
+fn fragments(a: impl Fn(usize, usize) -> u16, b: impl Fn(usize, usize) -> u16, c: impl Fn(usize, usize) -> f32) -> Fragments {
     let (mut fa, mut fb, mut fc) = ([[0u32; 4]; 32], [[0u32; 2]; 32], [[0f32; 4]; 32]);
     for lane in 0..32 {
         let (g, t) = (lane / 4, lane % 4);
@@ -156,11 +152,8 @@ fn mma_identity_times_indexed_b_returns_b_in_the_c_layout() {
 fn mma_indexed_a_times_selectors_returns_each_a_element() {
     // B selects column `shift + n` of A into column n: both halves of A's k range.
     for shift in [0, 8] {
-        let (a, b, c) = fragments(
-            |r, k| f16((16 * r + k) as f32),
-            |k, n| if k == n + shift { f16(1.0) } else { 0 },
-            |r, n| (1000 * r + n) as f32,
-        );
+        let (a, b, c) =
+            fragments(|r, k| f16((16 * r + k) as f32), |k, n| if k == n + shift { f16(1.0) } else { 0 }, |r, n| (1000 * r + n) as f32);
         let d = mma_m16n8k16(AbType::F16, &a, &b, &c);
         for row in 0..16 {
             for col in 0..8 {
@@ -215,4 +208,41 @@ fn ldmatrix_x4_and_x2_trans_feed_mma_like_the_sm80_mainloop() {
             assert!((d_at(&d, row, col) as f64 - want).abs() < 1e-4, "D({row},{col})");
         }
     }
+}
+
+#[test]
+fn accumulation_is_c_first_then_k_ascending_rounding_each_step() {
+    // The documented model. C = 2^24 plus sixteen products of 1: each f32 step 2^24 + 1 ties to
+    // even and stays 2^24 (adding the products first would give 2^24 + 16, exactly).
+    let (a, b, c) = fragments(|_, _| f16(1.0), |_, _| f16(1.0), |_, _| 16_777_216.0);
+    assert_eq!(d_at(&mma_m16n8k16(AbType::F16, &a, &b, &c), 0, 0), 16_777_216.0);
+    // Products 2^24, fourteen 1s, -2^24 in k order from C = 0: ascending k gives 0 (descending
+    // would give 14).
+    let a_val = |_: usize, k: usize| match k {
+        0 => f16(4096.0),
+        15 => f16(-4096.0),
+        _ => f16(1.0),
+    };
+    let (a, b, c) = fragments(a_val, |k, _| if k == 0 || k == 15 { f16(4096.0) } else { f16(1.0) }, |_, _| 0.0);
+    assert_eq!(d_at(&mma_m16n8k16(AbType::F16, &a, &b, &c), 0, 0), 0.0);
+}
+
+#[test]
+fn special_values_propagate_like_ieee_arithmetic() {
+    let inf = f16(f32::INFINITY);
+    // Row 0: A(0, 0) = inf times B(0, n) = 0 for n = 0 (NaN), 1 for n = 1 (inf).
+    let (a, b, c) =
+        fragments(|r, k| if r == 0 && k == 0 { inf } else { 0 }, |k, n| if k == 0 && n == 1 { f16(1.0) } else { 0 }, |_, _| 0.0);
+    let d = mma_m16n8k16(AbType::F16, &a, &b, &c);
+    assert!(d_at(&d, 0, 0).is_nan());
+    assert_eq!(d_at(&d, 0, 1), f32::INFINITY);
+    assert_eq!(d_at(&d, 1, 1), 0.0);
+    // bf16 keeps f32's exponent range: 2^100 · 2^100 overflows to inf; 2^-70 · 2^-70 = 2^-140 is an
+    // f32 subnormal, kept (no flush to zero).
+    let big = bf16(2f32.powi(100));
+    let tiny = bf16(2f32.powi(-70));
+    let (a, b, c) = fragments(|_, k| if k == 0 { big } else { 0 }, |k, _| if k == 0 { big } else { 0 }, |_, _| 0.0);
+    assert_eq!(d_at(&mma_m16n8k16(AbType::Bf16, &a, &b, &c), 0, 0), f32::INFINITY);
+    let (a, b, c) = fragments(|_, k| if k == 0 { tiny } else { 0 }, |k, _| if k == 0 { tiny } else { 0 }, |_, _| 0.0);
+    assert_eq!(d_at(&mma_m16n8k16(AbType::Bf16, &a, &b, &c), 0, 0), 2f32.powi(-140));
 }

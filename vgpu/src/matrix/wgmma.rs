@@ -79,13 +79,33 @@ pub fn wgmma(op: &WgmmaOp, a: WgmmaA<'_>, b_desc: u64, smem: &[u8], acc: &mut [f
     let mut bm = read_operand(op, Operand::B, b_desc, n, smem)?;
     bm.iter_mut().for_each(|x| *x *= sign(op.negate_b));
 
+    // D row-major; each element still sums in the model's order (D, then k ascending), but a row's
+    // N columns advance together, so the loop vectorises instead of waiting on one chain.
     let half_n = n / 2;
+    let mut dm = vec![0f32; M * n];
+    if op.scale_d {
+        for (thread, regs) in acc.chunks_exact(half_n).enumerate() {
+            for (i, &d) in regs.iter().enumerate() {
+                let (row, col) = d_m64(thread, i);
+                dm[row * n + col] = d;
+            }
+        }
+    }
+    let mut bt = vec![0f32; K * n];
+    for (col, bk) in bm.chunks_exact(K).enumerate() {
+        for (k, &b) in bk.iter().enumerate() {
+            bt[k * n + col] = b;
+        }
+    }
+    for (drow, arow) in dm.chunks_exact_mut(n).zip(am.chunks_exact(K)) {
+        for (&a, brow) in arow.iter().zip(bt.chunks_exact(n)) {
+            drow.iter_mut().zip(brow).for_each(|(d, &b)| *d += a * b);
+        }
+    }
     for (thread, regs) in acc.chunks_exact_mut(half_n).enumerate() {
         for (i, d) in regs.iter_mut().enumerate() {
             let (row, col) = d_m64(thread, i);
-            let (arow, bcol) = (&am[row * K..row * K + K], &bm[col * K..col * K + K]);
-            let init = if op.scale_d { *d } else { 0.0 };
-            *d = arow.iter().zip(bcol).fold(init, |s, (x, y)| s + x * y);
+            *d = dm[row * n + col];
         }
     }
     Ok(())
@@ -95,16 +115,12 @@ pub fn wgmma(op: &WgmmaOp, a: WgmmaA<'_>, b_desc: u64, smem: &[u8], acc: &mut [f
 fn read_operand(op: &WgmmaOp, operand: Operand, raw: u64, rows: usize, smem: &[u8]) -> Result<Vec<f32>, MatrixError> {
     let (desc, major) = checked_desc(op, operand, raw)?;
     let mut out = vec![0f32; rows * K];
-    for mn in 0..rows {
-        for k in 0..K {
-            let addr = desc.element_addr(major, mn as u32, k as u32) as usize;
-            let bytes = smem.get(addr..addr + 2).ok_or(MatrixError::SharedOutOfRange {
-                operand,
-                addr: addr as u32 & !15,
-                smem_bytes: smem.len(),
-                desc: raw,
-            })?;
-            out[mn * K + k] = op.ty.to_f32(u16::from_le_bytes([bytes[0], bytes[1]]));
+    for (addr, mn, k) in chunks(desc, major, rows as u32) {
+        let at = addr as usize;
+        let bytes = smem.get(at..at + 16).ok_or(MatrixError::SharedOutOfRange { operand, addr, smem_bytes: smem.len(), desc: raw })?;
+        for (e, pair) in bytes.chunks_exact(2).enumerate() {
+            let (mn, k) = if major == Major::K { (mn as usize, k as usize + e) } else { (mn as usize + e, k as usize) };
+            out[mn * K + k] = op.ty.to_f32(u16::from_le_bytes([pair[0], pair[1]]));
         }
     }
     Ok(out)
@@ -119,14 +135,20 @@ fn checked_desc(op: &WgmmaOp, operand: Operand, raw: u64) -> Result<(MatrixDesc,
     Ok((desc, if trans { Major::Mn } else { Major::K }))
 }
 
-/// The 16-byte shared-memory chunks one operand of a wgmma reads (each chunk holds 8 elements that
-/// are contiguous in the operand's major dimension), for the interpreter's checks (initialised
-/// memory, async-proxy ordering). `rows` is 64 for A and N for B. An operand the instruction would
-/// reject gives its error here too.
+/// The 16-byte chunks of a `rows` x 16 operand as (shared address, first mn, first k): every
+/// layout keeps 8 elements contiguous along the major dimension (k for K-major, mn for MN-major),
+/// and swizzles move whole 16-byte chunks, so each chunk holds 8 consecutive elements.
+fn chunks(desc: MatrixDesc, major: Major, rows: u32) -> impl Iterator<Item = (u32, u32, u32)> {
+    (0..2 * rows).map(move |c| {
+        let (mn, k) = if major == Major::K { (c / 2, 8 * (c % 2)) } else { (8 * (c / 16), c % 16) };
+        (desc.element_addr(major, mn, k), mn, k)
+    })
+}
+
+/// The 16-byte shared-memory chunks one operand of a wgmma reads, for the interpreter's checks
+/// (initialised memory, async-proxy ordering). `rows` is 64 for A and N for B. An operand the
+/// instruction would reject gives its error here too.
 pub fn wgmma_read_chunks(op: &WgmmaOp, operand: Operand, raw: u64, rows: u32) -> Result<Vec<u32>, MatrixError> {
     let (desc, major) = checked_desc(op, operand, raw)?;
-    Ok(match major {
-        Major::K => (0..rows).flat_map(|mn| [0, 8].map(|k| desc.element_addr(major, mn, k))).collect(),
-        Major::Mn => (0..rows / 8).flat_map(|blk| (0..K as u32).map(move |k| desc.element_addr(major, 8 * blk, k))).collect(),
-    })
+    Ok(chunks(desc, major, rows).map(|(addr, _, _)| addr).collect())
 }

@@ -100,6 +100,17 @@ fn d_at(acc: &[f32], n: u32, row: u32, col: u32) -> f32 {
     acc[((32 * w + 4 * g + t) * (n / 2) + 4 * j + 2 * half + c) as usize]
 }
 
+/// Runs one wgmma from poisoned accumulators (scale-d false) and checks every D(row, col).
+fn check_product(o: &WgmmaOp, a: WgmmaA<'_>, b_desc: u64, smem: &[u8], want: impl Fn(u32, u32) -> f32, what: &str) {
+    let mut acc = vec![f32::NAN; 32 * o.n as usize * 2];
+    wgmma(o, a, b_desc, smem, &mut acc).unwrap();
+    for row in 0..64 {
+        for col in 0..o.n {
+            assert_eq!(d_at(&acc, o.n, row, col), want(row, col), "{what}: D({row},{col})");
+        }
+    }
+}
+
 /// Layout parameters per (major, swizzle): (LBO, SBO) in bytes, LBO != SBO so a swap shows.
 fn offsets(major: Major, swizzle: Swizzle) -> (u32, u32) {
     match (major, swizzle) {
@@ -115,49 +126,32 @@ fn offsets(major: Major, swizzle: Swizzle) -> (u32, u32) {
 
 const MODES: [Swizzle; 4] = [Swizzle::None, Swizzle::B32, Swizzle::B64, Swizzle::B128];
 
-#[test]
-fn every_a_element_lands_where_the_layout_table_puts_it() {
-    // A indexed (m·16 + k), B selects column n % 16 of A: D(m, n) = A(m, n % 16).
-    let n = 32;
-    for major in [Major::K, Major::Mn] {
-        for swizzle in MODES {
-            let (lbo, sbo) = offsets(major, swizzle);
-            let a = Placed { major, swizzle, start: 0, lbo_bytes: lbo, sbo_bytes: sbo };
-            let b = Placed { major: Major::K, swizzle: Swizzle::B128, start: 32768, lbo_bytes: 16, sbo_bytes: 1024 };
-            let mut smem = vec![0xFFu8; 65536];
-            a.put(&mut smem, 64, 16, |m, k| f16((16 * m + k) as f32));
-            b.put(&mut smem, n, 16, |col, k| if k == col % 16 { f16(1.0) } else { 0 });
-            let mut acc = vec![f32::NAN; 64 * n as usize];
-            wgmma(&op(n, major == Major::Mn, false), WgmmaA::Desc(a.desc()), b.desc(), &smem, &mut acc).unwrap();
-            for row in 0..64 {
-                for col in 0..n {
-                    let want = (16 * row + col % 16) as f32;
-                    assert_eq!(d_at(&acc, n, row, col), want, "A {major:?} {swizzle:?}: D({row},{col})");
-                }
-            }
-        }
-    }
+/// The operand under test holds index values (16·mn + k) in the layout of (major, swizzle); the other
+/// one, K-major SW128, selects: B(k, n) = [k == n % 16] gives D(m, n) = A(m, n % 16), and
+/// A(m, k) = [k == m % 16] gives D(m, n) = B(m % 16, n) = 16n + m % 16 (exact in f16 up to N = 128).
+fn check_placement(tested: Operand, major: Major, swizzle: Swizzle) {
+    let (lbo, sbo) = offsets(major, swizzle);
+    let under_test = Placed { major, swizzle, start: 0, lbo_bytes: lbo, sbo_bytes: sbo };
+    let selector = Placed { major: Major::K, swizzle: Swizzle::B128, start: 32768, lbo_bytes: 16, sbo_bytes: 1024 };
+    let n = if tested == Operand::A { 32 } else { 128 };
+    let (tested_rows, selector_rows) = if tested == Operand::A { (64, n) } else { (n, 64) };
+    let mut smem = vec![0xFFu8; 65536];
+    under_test.put(&mut smem, tested_rows, 16, |mn, k| f16((16 * mn + k) as f32));
+    selector.put(&mut smem, selector_rows, 16, |mn, k| if k == mn % 16 { f16(1.0) } else { 0 });
+    let mn_major = major == Major::Mn;
+    let (a, b, o, want): (&Placed, &Placed, _, fn(u32, u32) -> f32) = match tested {
+        Operand::A => (&under_test, &selector, op(n, mn_major, false), |row, col| (16 * row + col % 16) as f32),
+        Operand::B => (&selector, &under_test, op(n, false, mn_major), |row, col| (16 * col + row % 16) as f32),
+    };
+    check_product(&o, WgmmaA::Desc(a.desc()), b.desc(), &smem, want, &format!("{tested} {major:?} {swizzle:?}"));
 }
 
 #[test]
-fn every_b_element_lands_where_the_layout_table_puts_it() {
-    // A selects row m % 16 of B: D(m, n) = B(m % 16, n) = 16 n + m % 16 (exact in f16 up to N = 128).
-    let n = 128;
-    for major in [Major::K, Major::Mn] {
-        for swizzle in MODES {
-            let (lbo, sbo) = offsets(major, swizzle);
-            let b = Placed { major, swizzle, start: 16384, lbo_bytes: lbo, sbo_bytes: sbo };
-            let a = Placed { major: Major::Mn, swizzle: Swizzle::B64, start: 0, lbo_bytes: 1024, sbo_bytes: 512 };
-            let mut smem = vec![0xFFu8; 65536];
-            a.put(&mut smem, 64, 16, |m, k| if k == m % 16 { f16(1.0) } else { 0 });
-            b.put(&mut smem, n, 16, |col, k| f16((16 * col + k) as f32));
-            let mut acc = vec![0f32; 64 * n as usize];
-            wgmma(&op(n, true, major == Major::Mn), WgmmaA::Desc(a.desc()), b.desc(), &smem, &mut acc).unwrap();
-            for row in 0..64 {
-                for col in 0..n {
-                    let want = (16 * col + row % 16) as f32;
-                    assert_eq!(d_at(&acc, n, row, col), want, "B {major:?} {swizzle:?}: D({row},{col})");
-                }
+fn every_element_lands_where_the_layout_table_puts_it() {
+    for tested in [Operand::A, Operand::B] {
+        for major in [Major::K, Major::Mn] {
+            for swizzle in MODES {
+                check_placement(tested, major, swizzle);
             }
         }
     }
@@ -177,14 +171,9 @@ fn k16_slices_of_a_wider_swizzled_tile_advance_the_start_address() {
         b.put(&mut smem, n, 16, |col, k| if k == col { f16(1.0) } else { 0 });
         for kk in 0..4u32 {
             let slice = Placed { start: kk * step, ..a };
-            let mut acc = vec![0f32; 64 * n as usize];
-            wgmma(&op(n, major == Major::Mn, false), WgmmaA::Desc(slice.desc()), b.desc(), &smem, &mut acc).unwrap();
-            for row in 0..64 {
-                for col in 0..n {
-                    let want = (64 * (row % 16) + 16 * kk + col) as f32;
-                    assert_eq!(d_at(&acc, n, row, col), want, "{major:?} slice {kk}: D({row},{col})");
-                }
-            }
+            let want = |row: u32, col: u32| (64 * (row % 16) + 16 * kk + col) as f32;
+            let what = format!("{major:?} slice {kk}");
+            check_product(&op(n, major == Major::Mn, false), WgmmaA::Desc(slice.desc()), b.desc(), &smem, want, &what);
         }
     }
 }
@@ -197,23 +186,20 @@ fn register_a_uses_the_m16n8k16_layout_per_warp() {
         let (w, g, t) = (thread as u32 / 32, (thread as u32 % 32) / 4, thread as u32 % 4);
         let a = |row: u32, k: u32| f16((16 * row + k) as f32);
         let (row, k) = (16 * w + g, 2 * t);
-        *r = [pack(a(row, k), a(row, k + 1)), pack(a(row + 8, k), a(row + 8, k + 1)), pack(a(row, k + 8), a(row, k + 9)), pack(a(row + 8, k + 8), a(row + 8, k + 9))];
+        *r = [
+            pack(a(row, k), a(row, k + 1)),
+            pack(a(row + 8, k), a(row + 8, k + 1)),
+            pack(a(row, k + 8), a(row, k + 9)),
+            pack(a(row + 8, k + 8), a(row + 8, k + 9)),
+        ];
     }
     let n = 16;
     let b = Placed { major: Major::Mn, swizzle: Swizzle::None, start: 256, lbo_bytes: 2048, sbo_bytes: 128 };
     let mut smem = vec![0xFFu8; 8192];
     b.put(&mut smem, n, 16, |col, k| if k == col { f16(1.0) } else { 0 });
+    check_product(&op(n, false, true), WgmmaA::Regs(&regs), b.desc(), &smem, |row, col| (16 * row + col) as f32, "register A");
     let mut acc = vec![0f32; 64 * n as usize];
-    wgmma(&op(n, false, true), WgmmaA::Regs(&regs), b.desc(), &smem, &mut acc).unwrap();
-    for row in 0..64 {
-        for col in 0..n {
-            assert_eq!(d_at(&acc, n, row, col), (16 * row + col) as f32, "D({row},{col})");
-        }
-    }
-    assert_eq!(
-        wgmma(&op(n, true, true), WgmmaA::Regs(&regs), b.desc(), &smem, &mut acc),
-        Err(MatrixError::TransposedRegisterA)
-    );
+    assert_eq!(wgmma(&op(n, true, true), WgmmaA::Regs(&regs), b.desc(), &smem, &mut acc), Err(MatrixError::TransposedRegisterA));
 }
 
 #[test]
@@ -229,7 +215,9 @@ fn scale_d_and_operand_negation() {
     b.put(&mut smem, n, 16, |col, k| f16(bv[(16 * col + k) as usize]));
     let prod = |row: u32, col: u32| (0..16).map(|k| av[(16 * row + k) as usize] * bv[(16 * col + k) as usize]).sum::<f32>();
     let start: Vec<f32> = (0..64 * n).map(|i| i as f32 / 4.0).collect();
-    for (scale_d, negate_a, negate_b) in [(false, false, false), (true, false, false), (true, true, false), (true, false, true), (false, true, true)] {
+    for (scale_d, negate_a, negate_b) in
+        [(false, false, false), (true, false, false), (true, true, false), (true, false, true), (false, true, true)]
+    {
         let mut acc = start.clone();
         let o = WgmmaOp { scale_d, negate_a, negate_b, ..op(n, false, false) };
         wgmma(&o, WgmmaA::Desc(a.desc()), b.desc(), &smem, &mut acc).unwrap();
@@ -253,10 +241,7 @@ fn malformed_instructions_are_errors() {
     let mut acc = vec![0f32; 64 * 8];
     assert_eq!(wgmma(&op(12, false, false), WgmmaA::Desc(a), b, &smem, &mut acc), Err(MatrixError::WgmmaN { n: 12 }));
     assert_eq!(wgmma(&op(264, false, false), WgmmaA::Desc(a), b, &smem, &mut acc), Err(MatrixError::WgmmaN { n: 264 }));
-    assert_eq!(
-        wgmma(&op(16, false, false), WgmmaA::Desc(a), b, &smem, &mut acc),
-        Err(MatrixError::Accumulators { n: 16, got: 512 })
-    );
+    assert_eq!(wgmma(&op(16, false, false), WgmmaA::Desc(a), b, &smem, &mut acc), Err(MatrixError::Accumulators { n: 16, got: 512 }));
     let shifted = MatrixDesc { base_offset: 2, ..k128(256) }.encode();
     assert_eq!(
         wgmma(&op(8, false, false), WgmmaA::Desc(shifted), b, &smem, &mut acc),
@@ -275,11 +260,33 @@ fn read_chunks_list_each_16_byte_chunk_once() {
             let t = Placed { major, swizzle, start: 1024, lbo_bytes: lbo, sbo_bytes: sbo };
             let o = op(64, major == Major::Mn, major == Major::Mn);
             let mut got = wgmma_read_chunks(&o, Operand::B, t.desc(), 64).unwrap();
-            let mut want: Vec<u32> = (0..64).flat_map(|mn| (0..16).map(move |k| (mn, k))).map(|(mn, k)| t.addr(mn, k) as u32 & !15).collect();
+            let mut want: Vec<u32> =
+                (0..64).flat_map(|mn| (0..16).map(move |k| (mn, k))).map(|(mn, k)| t.addr(mn, k) as u32 & !15).collect();
             want.sort();
             want.dedup();
             got.sort();
             assert_eq!(got, want, "{major:?} {swizzle:?}");
         }
     }
+}
+
+#[test]
+fn accumulation_is_d_first_then_k_ascending_rounding_each_step() {
+    // As mma.sync (see the module docs): D = 2^24 plus sixteen 1s stays 2^24; products 2^24,
+    // fourteen 1s, -2^24 from D = 0 give 0 in ascending k order.
+    let a = Placed { major: Major::K, swizzle: Swizzle::B128, start: 0, lbo_bytes: 16, sbo_bytes: 1024 };
+    let b = Placed { major: Major::K, swizzle: Swizzle::B128, start: 8192, lbo_bytes: 16, sbo_bytes: 1024 };
+    let edge = |k: u32, last: f32| match k {
+        0 => f16(4096.0),
+        15 => f16(last),
+        _ => f16(1.0),
+    };
+    let mut smem = vec![0xFFu8; 16384];
+    a.put(&mut smem, 64, 16, |m, k| if m == 0 { edge(k, -4096.0) } else { f16(1.0) });
+    b.put(&mut smem, 8, 16, |n, k| if n == 0 { edge(k, 4096.0) } else { f16(1.0) });
+    let mut acc = vec![16_777_216.0f32; 128 * 4];
+    acc[0] = 0.0;
+    wgmma(&WgmmaOp { scale_d: true, ..op(8, false, false) }, WgmmaA::Desc(a.desc()), b.desc(), &smem, &mut acc).unwrap();
+    assert_eq!(d_at(&acc, 8, 0, 0), 0.0);
+    assert_eq!(d_at(&acc, 8, 5, 3), 16_777_216.0);
 }

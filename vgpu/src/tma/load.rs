@@ -15,6 +15,7 @@
 
 use super::map::{Interleave, OobFill, TensorMap, MAX_RANK};
 use super::TmaError;
+use crate::matrix::Swizzle;
 
 /// The shape of a map's box in shared memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,29 +24,35 @@ pub struct Tile {
     pub counts: [u32; MAX_RANK],
     /// Bytes per dimension-0 row (a multiple of 16).
     pub row_bytes: u32,
-    /// Bytes of the whole box: what one load writes and counts for complete_tx.
+    /// Bytes of the whole box: what one load writes and counts for complete_tx (saturated at
+    /// u32::MAX for boxes no shared memory could hold).
     pub bytes: u32,
+    pub swizzle: Swizzle,
 }
 
 impl Tile {
     pub fn of(map: &TensorMap) -> Tile {
-        let counts: [u32; MAX_RANK] = std::array::from_fn(|i| {
-            if i < map.rank as usize {
-                map.box_dims[i].div_ceil(map.element_strides[i])
-            } else {
-                1
-            }
-        });
+        let counts: [u32; MAX_RANK] =
+            std::array::from_fn(|i| if i < map.rank as usize { map.box_dims[i].div_ceil(map.element_strides[i]) } else { 1 });
         let row_bytes = (counts[0] * map.data_type.size_bytes() as u32).next_multiple_of(16);
-        Tile { counts, row_bytes, bytes: row_bytes * counts[1..].iter().product::<u32>() }
+        let bytes = counts[1..].iter().fold(row_bytes as u64, |b, &c| b * c as u64);
+        Tile { counts, row_bytes, bytes: bytes.min(u32::MAX as u64) as u32, swizzle: map.swizzle }
+    }
+
+    /// The shared address of each 16-byte chunk a load of this box to `dst` writes, in box order.
+    /// They are the chunks of `[dst, dst + bytes)` permuted within their 128-byte lines, so the
+    /// same range whenever `dst` and `bytes` are multiples of 128 or there is no swizzle; a box
+    /// ending inside a line under a swizzle may put a chunk past `dst + bytes`.
+    pub fn chunk_addrs(&self, dst: u32) -> impl Iterator<Item = u32> {
+        let swizzle = self.swizzle;
+        (0..self.bytes / 16).map(move |c| swizzle.apply(dst + 16 * c))
     }
 }
 
 /// Loads the box at `coords` into shared memory at `dst` (`smem` indexed by shared address) and
 /// returns its byte count for complete_tx. `read_global(addr, buf)` fills `buf` from device memory;
 /// it is called once per contiguous in-bounds run (the interpreter checks the range there), and its
-/// error is returned as is. Writes exactly the swizzle images of `[dst, dst + bytes)`: the chunks of
-/// that range, permuted within their 128-byte lines.
+/// error is returned as is. Writes exactly the chunks of [`Tile::chunk_addrs`].
 pub fn load_tile<E: From<TmaError>>(
     map: &TensorMap,
     coords: &[i32],
@@ -64,7 +71,7 @@ pub fn load_tile<E: From<TmaError>>(
     }
     let tile = Tile::of(map);
     let out_of_range = TmaError::SharedOutOfRange { dst, bytes: tile.bytes, smem_bytes: smem.len() };
-    if dst as usize + tile.bytes as usize > smem.len() {
+    if dst as usize + tile.bytes as usize > smem.len() || tile.chunk_addrs(dst).any(|a| a as usize + 16 > smem.len()) {
         return Err(out_of_range.into());
     }
     let esize = map.data_type.size_bytes() as usize;
@@ -107,9 +114,8 @@ pub fn load_tile<E: From<TmaError>>(
             }
         }
     }
-    for (c, chunk) in boxed.chunks_exact(16).enumerate() {
-        let at = map.swizzle.apply(dst + 16 * c as u32) as usize;
-        smem.get_mut(at..at + 16).ok_or(out_of_range.clone())?.copy_from_slice(chunk);
+    for (chunk, at) in boxed.chunks_exact(16).zip(tile.chunk_addrs(dst)) {
+        smem[at as usize..at as usize + 16].copy_from_slice(chunk);
     }
     Ok(tile.bytes)
 }

@@ -21,41 +21,51 @@ pub const MAX_RANK: usize = 5;
 const MAGIC: u32 = u32::from_le_bytes(*b"vgTM");
 const VERSION: u8 = 1;
 
-/// `CUtensorMapDataType`, by value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DataType {
-    U8 = 0,
-    U16 = 1,
-    U32 = 2,
-    I32 = 3,
-    U64 = 4,
-    I64 = 5,
-    F16 = 6,
-    F32 = 7,
-    F64 = 8,
-    Bf16 = 9,
-    F32Ftz = 10,
-    Tf32 = 11,
-    Tf32Ftz = 12,
+/// Declares a C enum of the driver API by its values, with `from_raw` refusing unknown values.
+macro_rules! driver_enum {
+    ($(#[$doc:meta])* $name:ident ($c_name:literal) { $($variant:ident = $value:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name {
+            $($variant = $value),+
+        }
+
+        impl $name {
+            /// The variant with this C value.
+            pub fn from_raw(value: u32) -> Result<Self, TmaError> {
+                match value {
+                    $($value => Ok($name::$variant),)+
+                    _ => Err(TmaError::Enum { what: $c_name, value }),
+                }
+            }
+        }
+    };
+}
+
+driver_enum! {
+    /// `CUtensorMapDataType`.
+    DataType("DataType") {
+        U8 = 0, U16 = 1, U32 = 2, I32 = 3, U64 = 4, I64 = 5, F16 = 6, F32 = 7, F64 = 8, Bf16 = 9,
+        F32Ftz = 10, Tf32 = 11, Tf32Ftz = 12,
+    }
+}
+
+driver_enum! {
+    /// `CUtensorMapInterleave`.
+    Interleave("Interleave") { None = 0, B16 = 1, B32 = 2 }
+}
+
+driver_enum! {
+    /// `CUtensorMapL2promotion` (a cache hint: stored, no effect here).
+    L2Promotion("L2promotion") { None = 0, B64 = 1, B128 = 2, B256 = 3 }
+}
+
+driver_enum! {
+    /// `CUtensorMapFloatOOBfill`: NONE reads out-of-bounds elements as zero.
+    OobFill("FloatOOBfill") { Zero = 0, NanRequestZeroFma = 1 }
 }
 
 impl DataType {
-    const ALL: [DataType; 13] = [
-        DataType::U8,
-        DataType::U16,
-        DataType::U32,
-        DataType::I32,
-        DataType::U64,
-        DataType::I64,
-        DataType::F16,
-        DataType::F32,
-        DataType::F64,
-        DataType::Bf16,
-        DataType::F32Ftz,
-        DataType::Tf32,
-        DataType::Tf32Ftz,
-    ];
-
     pub fn size_bytes(self) -> u64 {
         match self {
             DataType::U8 => 1,
@@ -75,30 +85,6 @@ impl DataType {
             _ => None,
         }
     }
-}
-
-/// `CUtensorMapInterleave`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Interleave {
-    None = 0,
-    B16 = 1,
-    B32 = 2,
-}
-
-/// `CUtensorMapL2promotion` (a cache hint: stored, no effect here).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum L2Promotion {
-    None = 0,
-    B64 = 1,
-    B128 = 2,
-    B256 = 3,
-}
-
-/// `CUtensorMapFloatOOBfill`: NONE reads out-of-bounds elements as zero.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OobFill {
-    Zero = 0,
-    NanRequestZeroFma = 1,
 }
 
 /// The arguments of `cuTensorMapEncodeTiled` after the output pointer, as the C API passes them
@@ -136,10 +122,6 @@ pub struct TensorMap {
     pub oob_fill: OobFill,
 }
 
-fn pick<T: Copy>(all: &[T], value: u32, what: &'static str, ok: impl Fn(&T) -> bool) -> Result<T, TmaError> {
-    all.iter().copied().find(ok).ok_or(TmaError::Enum { what, value })
-}
-
 fn copy_in<T: Copy + Default, const N: usize>(src: &[T], want: usize, what: &'static str, rank: u32) -> Result<[T; N], TmaError> {
     if src.len() != want {
         return Err(TmaError::ArgLen { what, got: src.len(), want, rank });
@@ -158,26 +140,17 @@ impl TensorMap {
         }
         let r = rank as usize;
         let map = TensorMap {
-            data_type: pick(&DataType::ALL, args.data_type, "DataType", |d| *d as u32 == args.data_type)?,
+            data_type: DataType::from_raw(args.data_type)?,
             rank,
             global_address: args.global_address,
             global_dims: copy_in(args.global_dims, r, "globalDim", rank)?,
             global_strides: copy_in(args.global_strides, r - 1, "globalStrides", rank)?,
             box_dims: copy_in(args.box_dims, r, "boxDim", rank)?,
             element_strides: copy_in(args.element_strides, r, "elementStrides", rank)?,
-            interleave: pick(&[Interleave::None, Interleave::B16, Interleave::B32], args.interleave, "Interleave", |v| {
-                *v as u32 == args.interleave
-            })?,
+            interleave: Interleave::from_raw(args.interleave)?,
             swizzle: Swizzle::from_tensor_map(args.swizzle).ok_or(TmaError::Enum { what: "Swizzle", value: args.swizzle })?,
-            l2_promotion: pick(
-                &[L2Promotion::None, L2Promotion::B64, L2Promotion::B128, L2Promotion::B256],
-                args.l2_promotion,
-                "L2promotion",
-                |v| *v as u32 == args.l2_promotion,
-            )?,
-            oob_fill: pick(&[OobFill::Zero, OobFill::NanRequestZeroFma], args.oob_fill, "FloatOOBfill", |v| {
-                *v as u32 == args.oob_fill
-            })?,
+            l2_promotion: L2Promotion::from_raw(args.l2_promotion)?,
+            oob_fill: OobFill::from_raw(args.oob_fill)?,
         };
         map.validate()?;
         Ok(map)

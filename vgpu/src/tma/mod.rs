@@ -7,6 +7,10 @@
 //! bytes a TMA instruction names back into a map with [`TensorMap::decode`] (a magic word and a
 //! checksum make a garbage or zeroed map an error) and runs [`load_tile`]. Completion (the mbarrier's
 //! complete_tx with the returned byte count) is the interpreter's: see [`crate::mbarrier`].
+//! [`Tile::chunk_addrs`] names the shared chunks a load writes, for the interpreter's shadow memory.
+//!
+//! Not modelled: interleaved maps in loads (an error); im2col mode, multicast and tensor stores or
+//! reductions have no function here (our kernels use none); L2 promotion is stored, with no effect.
 
 mod load;
 mod map;
@@ -58,8 +62,6 @@ pub enum TmaError {
     InterleaveLoad { interleave: Interleave },
     #[error("cp.async.bulk.tensor: shared destination {dst:#x} is not 128-byte aligned")]
     DstAlign { dst: u32 },
-    #[error(
-        "cp.async.bulk.tensor: the {bytes}-byte box at shared {dst:#x} does not fit in the CTA's {smem_bytes} bytes of shared memory"
-    )]
+    #[error("cp.async.bulk.tensor: the {bytes}-byte box at shared {dst:#x} does not fit in the CTA's {smem_bytes} bytes of shared memory")]
     SharedOutOfRange { dst: u32, bytes: u32, smem_bytes: usize },
 }

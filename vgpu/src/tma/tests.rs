@@ -195,7 +195,17 @@ fn reads_are_one_per_in_bounds_run_and_their_errors_pass_through() {
     let map = TensorMap::from_encode_tiled(&args(2, &[70, 20], &[160], &[64, 4], &[1, 1], Swizzle::B128)).unwrap();
     let mut calls = Vec::new();
     let mut smem = vec![0u8; 1024];
-    load_tile(&map, &[32, 18], |a, b: &mut [u8]| { calls.push((a, b.len())); g.read(a, b) }, &mut smem, 0).unwrap();
+    load_tile(
+        &map,
+        &[32, 18],
+        |a, b: &mut [u8]| {
+            calls.push((a, b.len()));
+            g.read(a, b)
+        },
+        &mut smem,
+        0,
+    )
+    .unwrap();
     // Rows 18 and 19 are inside: x 32..70 is one 76-byte run each; rows 20, 21 are read from nowhere.
     assert_eq!(calls, vec![(BASE + 18 * 160 + 64, 76), (BASE + 19 * 160 + 64, 76)]);
     let err = load_tile(&map, &[0, 0], |a, _b: &mut [u8]| Err::<(), _>(TestErr::Global(a)), &mut smem, 0);
@@ -261,4 +271,76 @@ fn the_driver_rules_are_enforced() {
     }
     // Without a swizzle the inner box may exceed 128 bytes.
     assert!(ok(EncodeTiled { box_dims: &[128, 8], swizzle: 0, ..base }).is_ok());
+}
+
+#[test]
+fn one_and_five_dimensional_boxes() {
+    // 1-D: 100 elements, a 64-element box from 64 runs 28 elements past the end.
+    let g = indexed_u16([100, 1, 1], 200);
+    let map = TensorMap::from_encode_tiled(&args(1, &[100], &[], &[64], &[1], Swizzle::None)).unwrap();
+    let mut smem = vec![0xEEu8; 256];
+    assert_eq!(load_tile(&map, &[64], |a, b| g.read(a, b), &mut smem, 0).unwrap(), 128);
+    for e in 0..64 {
+        assert_eq!(u16_at(&smem, 2 * e), value(64 + e as i64, 0, 0, [100, 1, 1]), "element {e}");
+    }
+    // 5-D, dense, element (x0..x4) = 1 + its linear index; the box hangs over dimensions 3 and 4.
+    let dims = [8u64, 2, 2, 2, 3];
+    let count: u64 = dims.iter().product();
+    let bytes: Vec<u8> = (0..count).flat_map(|i| (1 + i as u16).to_le_bytes()).collect();
+    let g = Global { base: BASE, bytes };
+    let map = TensorMap::from_encode_tiled(&args(5, &dims, &[16, 32, 64, 128], &[8, 2, 1, 2, 2], &[1; 5], Swizzle::None)).unwrap();
+    let coords = [0, 0, 1, 1, 2];
+    let mut smem = vec![0xEEu8; 256];
+    assert_eq!(load_tile(&map, &coords, |a, b| g.read(a, b), &mut smem, 0).unwrap(), 8 * 2 * 2 * 2 * 2);
+    for i in 0..64usize {
+        // Box index i = x + 8 (y + 2 (w + 2 v)) (the box's third dimension has one element).
+        let (x, y, w, v) = (i % 8, (i / 8) % 2, (i / 16) % 2, i / 32);
+        let c = [x, y, 1, 1 + w, 2 + v];
+        let inside = c.iter().zip(dims).all(|(&c, d)| (c as u64) < d);
+        let linear = c[0] + 8 * (c[1] + 2 * (c[2] + 2 * (c[3] + 2 * c[4])));
+        let want = if inside { 1 + linear as u16 } else { 0 };
+        assert_eq!(u16_at(&smem, 2 * i), want, "box element {i} at {c:?}");
+    }
+}
+
+#[test]
+fn f32_rows_of_128_bytes_swizzle_like_u16_ones() {
+    // 32 f32 per 128-byte row: 16-byte chunk c of row r lands at chunk c ^ (r % 8) (dst 1024-aligned).
+    let (w, h) = (40u64, 12u64);
+    let bytes: Vec<u8> = (0..w * h).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let g = Global { base: BASE, bytes };
+    let map = TensorMap::from_encode_tiled(&EncodeTiled {
+        data_type: DataType::F32 as u32,
+        ..args(2, &[w, h], &[w * 4], &[32, 8], &[1, 1], Swizzle::B128)
+    })
+    .unwrap();
+    let mut smem = vec![0u8; 2048];
+    load_tile(&map, &[16, 6], |a, b| g.read(a, b), &mut smem, 1024).unwrap();
+    for r in 0..8u64 {
+        for e in 0..32u64 {
+            let (x, y) = (16 + e, 6 + r);
+            let want = if x < w && y < h { (y * w + x) as f32 } else { 0.0 };
+            let at = (1024 + 128 * r + 16 * ((e / 4) ^ (r % 8)) + 4 * (e % 4)) as usize;
+            assert_eq!(f32::from_le_bytes(smem[at..at + 4].try_into().unwrap()), want, "row {r} element {e}");
+        }
+    }
+}
+
+#[test]
+fn a_box_ending_inside_a_swizzled_line_is_bounded_by_its_chunks() {
+    // 9 rows of 16 bytes under SW128 from dst 0: row 8 is chunk 0 of line 1, stored at chunk 1,
+    // i.e. bytes 144..160, past dst + 144.
+    let g = indexed_u16([8, 9, 1], 16);
+    let map = TensorMap::from_encode_tiled(&args(2, &[8, 9], &[16], &[8, 9], &[1, 1], Swizzle::B128)).unwrap();
+    let tile = Tile::of(&map);
+    assert_eq!(tile.bytes, 144);
+    assert_eq!(tile.chunk_addrs(0).last(), Some(144));
+    let mut smem = vec![0u8; 160];
+    load_tile(&map, &[0, 0], |a, b| g.read(a, b), &mut smem, 0).unwrap();
+    assert_eq!(u16_at(&smem, 144), value(0, 8, 0, [8, 9, 1]));
+    let mut short = vec![0u8; 150];
+    assert_eq!(
+        load_tile(&map, &[0, 0], |a, b| g.read(a, b), &mut short, 0),
+        Err(TestErr::Tma(TmaError::SharedOutOfRange { dst: 0, bytes: 144, smem_bytes: 150 }))
+    );
 }
