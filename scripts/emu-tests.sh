@@ -33,6 +33,6 @@ cargo build --release -p vgpu-driver
 for arch in "${ARCHS[@]}"; do
     echo "== GPU tests on the emulated $arch ($DSMOE_EMU_SMS SMs)"
     start=$(date +%s)
-    DSMOE_EMU_ARCH="$arch" cargo test --workspace --release "${GPU_TESTS[@]}" -- "$@"
+    DSMOE_EMU_ARCH="$arch" cargo test --workspace --release --no-fail-fast "${GPU_TESTS[@]}" -- "$@"
     echo "== emulated $arch: $(( $(date +%s) - start )) s"
 done

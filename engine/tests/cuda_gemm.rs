@@ -2,7 +2,10 @@
 //! against the CPU f64 reference: every form (NN, NT, TN) x input dtype (bf16, f16) x output dtype
 //! (input, f32), ragged sizes, each fused epilogue, the grouped GEMM with unequal, empty and
 //! one-row groups (row-grouped and reduction-grouped), the engine's matmul routed through it, and
-//! the alignment errors.
+//! the alignment errors. The persistent kernels run a grid of at most 2 blocks per SM, so one test
+//! sizes its problems from the device's SM count to give every block several tiles (the ring and
+//! mbarrier phases carried across tiles, scratch reuse, the producer running ahead into the next
+//! tile, the tile walker's group cursor), on a GPU and on the emulated one alike.
 //!
 //! Method: fresh seeded random inputs (never zeros) in the dtype under test; the CPU computes on
 //! the same rounded values in f64; every device allocation is poisoned (NaN) so an element a kernel
@@ -94,6 +97,55 @@ fn each_epilogue_matches_the_cpu() {
             }
         }
     }
+}
+
+/// Rows giving at least `tiles_per_block` 128-row tiles per block of the largest persistent grid
+/// (2 blocks per SM on sm_80, 1 on sm_90) when each row band holds `col_tiles` tiles, less a few
+/// rows so the last band is ragged.
+fn multi_tile_rows(dev: &Device, col_tiles: usize, tiles_per_block: usize) -> usize {
+    (tiles_per_block * persistent_blocks(dev)).div_ceil(col_tiles) * 128 - 5
+}
+
+/// The largest persistent grid: 2 blocks per SM.
+fn persistent_blocks(dev: &Device) -> usize {
+    let Device::Cuda(ordinal) = dev else { unreachable!("a CUDA test device") };
+    2 * engine::cuda::device_info(*ordinal).unwrap().sm_count as usize
+}
+
+#[test]
+fn persistent_blocks_walk_several_tiles() {
+    let Some((dev, _g)) = gpu() else { return };
+    let mut rng = Rng::new(0x7113);
+    // n = 1000: 4 column tiles of 256 (sm_90), 8 of 128 (sm_80); k = 200 is not a multiple of 64.
+    let (n, k) = (1000, 200);
+    let m = multi_tile_rows(&dev, 4, 3);
+    for form in FORMS {
+        let m = if form == GemmForm::TN { m + 5 } else { m };
+        let (sa, sb) = operand_shapes(form, m, n, k);
+        let (a, b) = (normal(&sa, DType::BF16, &mut rng), normal(&sb, DType::BF16, &mut rng));
+        let ep = GemmEpilogue { out_dtype: Some(DType::F32), gelu: true, ..Default::default() };
+        let cpu = ops::gemm(&a, &b, form, &ep).unwrap();
+        let gpu = ops::gemm(&a.to_device(&dev).unwrap(), &b.to_device(&dev).unwrap(), form, &ep).unwrap();
+        assert_close(&format!("multi-tile {form:?} bf16 -> f32 at {m}x{n}x{k}"), DType::BF16, &gpu, &cpu);
+    }
+    // Row-grouped NN over many small groups (empty, 1, ragged, several tiles) and reduction-grouped
+    // TN with a 256 x 264 output per group (4 tiles or more each): both walk groups and tiles
+    // across blocks.
+    let (n, k) = (264, 136);
+    let mut groups: Vec<u32> = [0u32, 1, 63, 64, 65, 300].iter().copied().cycle().take(persistent_blocks(&dev).max(12)).collect();
+    groups.push(multi_tile_rows(&dev, 2, 2) as u32);
+    let total = groups.iter().sum::<u32>() as usize;
+    let a = normal(&[total, k], DType::BF16, &mut rng);
+    let b = normal(&[groups.len(), k, n], DType::BF16, &mut rng);
+    let cpu = ops::grouped_matmul(&a, &b, &counts(&groups), GemmForm::NN).unwrap();
+    let gpu = ops::grouped_matmul(&a.to_device(&dev).unwrap(), &b.to_device(&dev).unwrap(), &counts(&groups).to_device(&dev).unwrap(), GemmForm::NN).unwrap();
+    assert_close("multi-tile row-grouped NN", DType::BF16, &gpu, &cpu);
+    let m = 256;
+    let a = normal(&[total, m], DType::BF16, &mut rng);
+    let b = normal(&[total, n], DType::BF16, &mut rng);
+    let cpu = ops::grouped_matmul(&a, &b, &counts(&groups), GemmForm::TN).unwrap();
+    let gpu = ops::grouped_matmul(&a.to_device(&dev).unwrap(), &b.to_device(&dev).unwrap(), &counts(&groups).to_device(&dev).unwrap(), GemmForm::TN).unwrap();
+    assert_close("multi-tile reduction-grouped TN", DType::BF16, &gpu, &cpu);
 }
 
 fn counts(values: &[u32]) -> Tensor {

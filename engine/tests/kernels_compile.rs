@@ -119,26 +119,51 @@ fn cuobjdump() -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join("cuobjdump")).find(|p| p.is_file())
 }
 
+/// cuobjdump over the CUBINs of `builds()`, written to a scratch directory removed on drop.
+struct Disassembler {
+    tool: PathBuf,
+    dir: PathBuf,
+}
+
+impl Disassembler {
+    /// None (after a `skipped:` line) without NVRTC or cuobjdump, unless they are required.
+    fn or_skip(purpose: &str) -> Option<Disassembler> {
+        if !nvrtc_or_skip() {
+            return None;
+        }
+        let Some(tool) = cuobjdump() else {
+            assert!(!required("DSMOE_REQUIRE_CUOBJDUMP"), "DSMOE_REQUIRE_CUOBJDUMP=1 but cuobjdump is neither on PATH nor in DSMOE_CUOBJDUMP");
+            engine::cuda::report_skip("cuobjdump not found (put it on PATH or set DSMOE_CUOBJDUMP)");
+            return None;
+        };
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{purpose}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Some(Disassembler { tool, dir })
+    }
+
+    /// `cuobjdump <flag>` of the module's CUBIN, as text.
+    fn run(&self, flag: &str, name: &str, cubin: &[u8]) -> String {
+        let path = self.dir.join(format!("{name}.cubin"));
+        std::fs::write(&path, cubin).expect("write cubin");
+        let out = std::process::Command::new(&self.tool).arg(flag).arg(&path).output().expect("run cuobjdump");
+        assert!(out.status.success(), "cuobjdump {flag} {} failed: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Disassembler {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[test]
 fn sm90a_sass_has_every_entry_point_and_expected_instructions() {
-    if !nvrtc_or_skip() {
-        return;
-    }
-    let Some(tool) = cuobjdump() else {
-        assert!(!required("DSMOE_REQUIRE_CUOBJDUMP"), "DSMOE_REQUIRE_CUOBJDUMP=1 but cuobjdump is neither on PATH nor in DSMOE_CUOBJDUMP");
-        engine::cuda::report_skip("cuobjdump not found (put it on PATH or set DSMOE_CUOBJDUMP)");
-        return;
-    };
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("sass-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
+    let Some(objdump) = Disassembler::or_skip("sass") else { return };
     let mut failures = Vec::new();
     for b in builds().iter().filter(|b| b.arch == "sm_90a") {
         let Ok(c) = &b.result else { continue }; // reported by the compile test
-        let path = dir.join(format!("{}.cubin", b.src.name));
-        std::fs::write(&path, &c.cubin).expect("write cubin");
-        let out = std::process::Command::new(&tool).arg("-sass").arg(&path).output().expect("run cuobjdump");
-        assert!(out.status.success(), "cuobjdump -sass {} failed: {}", path.display(), String::from_utf8_lossy(&out.stderr));
-        let sass = String::from_utf8_lossy(&out.stdout);
+        let sass = objdump.run("-sass", b.src.name, &c.cubin);
         for entry in b.src.entry_points {
             if !sass.contains(&format!("Function : {entry}\n")) {
                 failures.push(format!("{}: no SASS for entry point {entry}", b.src.name));
@@ -150,7 +175,6 @@ fn sm90a_sass_has_every_entry_point_and_expected_instructions() {
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -159,6 +183,7 @@ fn sm90a_sass_has_every_entry_point_and_expected_instructions() {
 /// R >= 168, while `__launch_bounds__(384, 1)` caps R at 65536/384 rounded down to the allocation
 /// granularity of 8, which is 168.
 const GEMM90_REGS: u32 = (128 * 40 + 256 * 232) / 384;
+const _: () = assert!(GEMM90_REGS == 168);
 
 /// `REG:` of each function in `cuobjdump -res-usage` output, by name.
 fn registers(res_usage: &str) -> Vec<(String, u32)> {
@@ -178,33 +203,19 @@ fn registers(res_usage: &str) -> Vec<(String, u32)> {
 
 #[test]
 fn sm90a_gemm_uses_the_registers_its_setmaxnreg_split_needs() {
-    assert_eq!(GEMM90_REGS, 168);
-    if !nvrtc_or_skip() {
-        return;
-    }
-    let Some(tool) = cuobjdump() else {
-        assert!(!required("DSMOE_REQUIRE_CUOBJDUMP"), "DSMOE_REQUIRE_CUOBJDUMP=1 but cuobjdump is neither on PATH nor in DSMOE_CUOBJDUMP");
-        engine::cuda::report_skip("cuobjdump not found (put it on PATH or set DSMOE_CUOBJDUMP)");
-        return;
-    };
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("regs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
+    let Some(objdump) = Disassembler::or_skip("regs") else { return };
     let mut checked = 0;
     let mut failures = Vec::new();
     for b in builds().iter().filter(|b| b.arch == "sm_90a" && b.src.entry_points.iter().any(|e| e.starts_with("gemm90_"))) {
         let Ok(c) = &b.result else { continue }; // reported by the compile test
-        let path = dir.join(format!("{}.cubin", b.src.name));
-        std::fs::write(&path, &c.cubin).expect("write cubin");
-        let out = std::process::Command::new(&tool).arg("-res-usage").arg(&path).output().expect("run cuobjdump");
-        assert!(out.status.success(), "cuobjdump -res-usage {} failed: {}", path.display(), String::from_utf8_lossy(&out.stderr));
-        for (name, regs) in registers(&String::from_utf8_lossy(&out.stdout)).into_iter().filter(|(n, _)| n.starts_with("gemm90_")) {
+        let usage = objdump.run("-res-usage", b.src.name, &c.cubin);
+        for (name, regs) in registers(&usage).into_iter().filter(|(n, _)| n.starts_with("gemm90_")) {
             checked += 1;
             if regs != GEMM90_REGS {
                 failures.push(format!("{name}: {regs} registers per thread, but its setmaxnreg 40/232 split needs exactly {GEMM90_REGS} (fewer: setmaxnreg.inc hangs)"));
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(checked >= 12, "found only {checked} gemm90_* functions in cuobjdump's resource usage");
 }

@@ -25,6 +25,13 @@ fn idx(v: &[u32], dims: &[usize]) -> Tensor {
     Tensor::from_slice(v, dims.to_vec(), &Device::Cpu).unwrap()
 }
 
+/// A constant of a case (indices, rope tables; built on the CPU) on the device of the input `like`,
+/// float constants in its dtype: the cases also run on CUDA and in f32 (backward_parity.rs).
+fn beside(t: &Tensor, like: &Var) -> Result<Tensor> {
+    let t = if t.dtype() == DType::U32 { t.clone() } else { engine::ops::cast(t, like.value().dtype())? };
+    Ok(t.to_device(&like.device())?)
+}
+
 /// One differentiable graph and the f64 inputs to check it at.
 pub struct Case {
     pub name: String,
@@ -135,7 +142,7 @@ fn softmax_family(c: &mut Cases) {
     c.check("softmax", move |v| v[0].softmax(), &[x.clone()]);
     c.check("log_softmax", move |v| v[0].log_softmax(), &[x.clone()]);
     let targets = idx(&[0, 6, 3, 3, 1, 5], &[2, 3]);
-    c.check("cross_entropy", move |v| v[0].cross_entropy(&targets), &[x]);
+    c.check("cross_entropy", move |v| v[0].cross_entropy(&beside(&targets, &v[0])?), &[x]);
 }
 
 fn indexing(c: &mut Cases) {
@@ -143,13 +150,13 @@ fn indexing(c: &mut Cases) {
     let table = randn(&mut r, &[5, 3]);
     let rows = idx(&[4, 0, 4, 2], &[4]);
     let rows2 = rows.clone();
-    c.check("index_select", move |v| v[0].index_select(&rows2), &[table.clone()]);
-    c.check("scatter_add_rows", move |v| v[0].scatter_add_rows(&rows, 6), &[randn(&mut r, &[4, 3])]);
+    c.check("index_select", move |v| v[0].index_select(&beside(&rows2, &v[0])?), &[table.clone()]);
+    c.check("scatter_add_rows", move |v| v[0].scatter_add_rows(&beside(&rows, &v[0])?, 6), &[randn(&mut r, &[4, 3])]);
     let x = randn(&mut r, &[3, 6]);
     let cols = idx(&[5, 0, 5, 1, 1, 2, 0, 3, 4], &[3, 3]);
     let cols2 = cols.clone();
-    c.check("gather_last", move |v| v[0].gather_last(&cols2), &[x.clone()]);
-    c.check("scatter_add_last", move |v| v[0].scatter_add_last(&cols, 7), &[randn(&mut r, &[3, 3])]);
+    c.check("gather_last", move |v| v[0].gather_last(&beside(&cols2, &v[0])?), &[x.clone()]);
+    c.check("scatter_add_last", move |v| v[0].scatter_add_last(&beside(&cols, &v[0])?, 7), &[randn(&mut r, &[3, 3])]);
     c.check("topk", move |v| Ok(v[0].topk(2)?.0), &[x]);
 }
 
@@ -169,7 +176,7 @@ fn layout_ops(c: &mut Cases) {
     let angles: Vec<f64> = (0..t * d / 2).map(|i| 0.3 * i as f64).collect();
     let cos = Tensor::from_f64s(&angles.iter().map(|a| a.cos()).collect::<Vec<_>>(), [t, d / 2], DType::F64, &Device::Cpu).unwrap();
     let sin = Tensor::from_f64s(&angles.iter().map(|a| a.sin()).collect::<Vec<_>>(), [t, d / 2], DType::F64, &Device::Cpu).unwrap();
-    c.check("rope", move |v| v[0].rope(&cos, &sin), &[randn(&mut r, &[2, t, 2, d])]);
+    c.check("rope", move |v| v[0].rope(&beside(&cos, &v[0])?, &beside(&sin, &v[0])?), &[randn(&mut r, &[2, t, 2, d])]);
 }
 
 fn norms_and_linear(c: &mut Cases) {
