@@ -12,6 +12,23 @@
 //!
 //! The tensor-core and async-copy data movement (ldmatrix, mma.sync, wgmma, TMA tiles, mbarrier
 //! state) are plain functions in `matrix/`, `tma/` and `mbarrier.rs`, called from the dispatch.
+//!
+//! Settings ([`DeviceConfig::from_env`]): `DSMOE_EMU_ARCH` (sm_90a | sm_80), `DSMOE_EMU_SMS`,
+//! `DSMOE_EMU_CHECKS=0` (bounds checks stay on; shadow checks off).
+//!
+//! Modelling choices a kernel author should know:
+//! - Asynchronous operations complete when issued: a TMA box lands (and completes its bytes on the
+//!   mbarrier) at `cp.async.bulk.tensor`, a cp.async copy at issue, a wgmma when the fourth warp of
+//!   its warpgroup reaches it. Their destinations stay *pending* for the checks until the wait that
+//!   covers them (`cp.async.wait_group`, the mbarrier wait), so reading early is still reported;
+//!   reading wgmma accumulators before `wgmma.wait_group` is not.
+//! - The race checker orders warps (vector clocks over bar.sync, mbarrier arrive/wait); lanes of
+//!   one warp count as ordered, and each byte keeps one last reader, so it can miss a race but
+//!   does not invent one.
+//! - CTAs run to completion independently: a kernel whose CTAs wait on each other deadlocks.
+//! - Registers start with whatever the reused register file holds (as on a GPU), not zero.
+//! - Not implemented (an `Unsupported` error naming the form and line): `bar.arrive`, mbarrier
+//!   waits on a state token, local memory, calls, f16x2/bf16x2 arithmetic, clusters beyond one CTA.
 
 mod device;
 mod error;

@@ -49,15 +49,14 @@ fn every_module_parses_on_both_arches() {
         return;
     }
     let dump = std::env::var_os("VGPU_PTX_DUMP").map(std::path::PathBuf::from);
-    let mut corpus = Vec::new();
-    for arch in ["sm_80", "sm_90a"] {
-        for src in ALL {
-            let ptx = compile_ptx(src, arch);
-            if let Some(dir) = &dump {
-                std::fs::create_dir_all(dir).unwrap();
-                std::fs::write(dir.join(format!("{}.{arch}.ptx", src.name)), &ptx).unwrap();
-            }
-            corpus.push((arch, src, ptx));
+    // NVRTC compiles independent programs concurrently: one per worker.
+    use rayon::prelude::*;
+    let jobs: Vec<(&str, &KernelSource)> = ["sm_80", "sm_90a"].iter().flat_map(|&a| ALL.iter().map(move |s| (a, s))).collect();
+    let corpus: Vec<(&str, &KernelSource, String)> = jobs.into_par_iter().map(|(arch, src)| (arch, src, compile_ptx(src, arch))).collect();
+    if let Some(dir) = &dump {
+        std::fs::create_dir_all(dir).unwrap();
+        for (arch, src, ptx) in &corpus {
+            std::fs::write(dir.join(format!("{}.{arch}.ptx", src.name)), ptx).unwrap();
         }
     }
     for (arch, src, ptx) in &corpus {

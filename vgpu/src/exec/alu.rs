@@ -12,7 +12,7 @@ use crate::ir::{BoolOp, Cmp, MulMode, Op, Operand, Rnd, Ty};
 pub enum Alu {
     Done,
     /// Not a lane-wise op: the caller dispatches it.
-    NotAlu,
+    Other,
     /// A lane-wise op with a type/modifier combination not implemented.
     Unsupported,
 }
@@ -141,8 +141,8 @@ fn mul_lanes(w: &mut Warp, a: &[Operand], m: u32, c: &SregCtx, ty: Ty, mode: Mul
     let (x, y) = (w.src(&a[1], c, &mut t1), w.src(&a[2], c, &mut t2));
     let z = if add { w.src(&a[3], c, &mut t3) } else { &t3 };
     let d: [u64; 32] = match (ty.bits(), ty.is_signed(), mode) {
-        (32, false, MulMode::Lo) => std::array::from_fn(|l| (x[l] as u32).wrapping_mul(y[l] as u32) as u64 + z[l] & out_mask),
-        (32, true, MulMode::Lo) => std::array::from_fn(|l| (x[l] as i32).wrapping_mul(y[l] as i32) as u32 as u64 + z[l] & out_mask),
+        (32, false, MulMode::Lo) => std::array::from_fn(|l| ((x[l] as u32).wrapping_mul(y[l] as u32) as u64 + z[l]) & out_mask),
+        (32, true, MulMode::Lo) => std::array::from_fn(|l| ((x[l] as i32).wrapping_mul(y[l] as i32) as u32 as u64 + z[l]) & out_mask),
         (32, false, MulMode::Wide) => std::array::from_fn(|l| (x[l] as u32 as u64 * y[l] as u32 as u64).wrapping_add(z[l])),
         (32, true, MulMode::Wide) => std::array::from_fn(|l| ((x[l] as i32 as i64 * y[l] as i32 as i64) as u64).wrapping_add(z[l])),
         (64, _, MulMode::Lo) => std::array::from_fn(|l| x[l].wrapping_mul(y[l]).wrapping_add(z[l])),
@@ -294,35 +294,28 @@ fn cvt(v: u64, dst: Ty, src: Ty, rnd: Option<Rnd>, int_rnd: Option<Rnd>, sat: bo
 pub fn exec(op: &Op, a: &[Operand], w: &mut Warp, m: u32, c: &SregCtx) -> Alu {
     use Alu::*;
     match *op {
-        Op::Add { ty, rnd, sat } => match ty {
-            Ty::F32 => {
-                let r = rnd.unwrap_or(Rnd::Rn);
-                bin(w, a, m, c, f32op2(move |x, y| {
-                    let s = add_f32(x, y, r);
-                    if sat { if s.is_nan() { 0.0 } else { s.clamp(0.0, 1.0) } } else { s }
-                }))
+        Op::Add { ty, rnd, sat } | Op::Sub { ty, rnd, sat } => {
+            let sub = matches!(op, Op::Sub { .. });
+            match ty {
+                Ty::F32 => {
+                    let r = rnd.unwrap_or(Rnd::Rn);
+                    bin(w, a, m, c, f32op2(move |x, y| {
+                        let s = add_f32(x, if sub { -y } else { y }, r);
+                        if sat { if s.is_nan() { 0.0 } else { s.clamp(0.0, 1.0) } } else { s }
+                    }))
+                }
+                Ty::F64 => bin(w, a, m, c, f64op2(move |x, y| if sub { x - y } else { x + y })),
+                t if t.is_float() => return Unsupported,
+                _ if sat => bin(w, a, m, c, move |x, y| {
+                    let (p, q) = (sext(x, 32) as i32, sext(y, 32) as i32);
+                    (if sub { p.saturating_sub(q) } else { p.saturating_add(q) }) as u32 as u64
+                }),
+                t => {
+                    let mk = t.mask();
+                    bin(w, a, m, c, move |x, y| (if sub { x.wrapping_sub(y) } else { x.wrapping_add(y) }) & mk)
+                }
             }
-            Ty::F64 => bin(w, a, m, c, f64op2(|x, y| x + y)),
-            t if t.is_float() => return Unsupported,
-            _ if sat => bin(w, a, m, c, move |x, y| (sext(x, 32) as i32).saturating_add(sext(y, 32) as i32) as u32 as u64),
-            t => {
-                let mk = t.mask();
-                bin(w, a, m, c, move |x, y| x.wrapping_add(y) & mk)
-            }
-        },
-        Op::Sub { ty, rnd, sat } => match ty {
-            Ty::F32 => {
-                let r = rnd.unwrap_or(Rnd::Rn);
-                bin(w, a, m, c, f32op2(move |x, y| add_f32(x, -y, r)))
-            }
-            Ty::F64 => bin(w, a, m, c, f64op2(|x, y| x - y)),
-            t if t.is_float() => return Unsupported,
-            _ if sat => bin(w, a, m, c, move |x, y| (sext(x, 32) as i32).saturating_sub(sext(y, 32) as i32) as u32 as u64),
-            t => {
-                let mk = t.mask();
-                bin(w, a, m, c, move |x, y| x.wrapping_sub(y) & mk)
-            }
-        },
+        }
         Op::Mul { ty, mode, rnd } => match ty {
             Ty::F32 => {
                 let r = rnd.unwrap_or(Rnd::Rn);
@@ -512,7 +505,7 @@ pub fn exec(op: &Op, a: &[Operand], w: &mut Warp, m: u32, c: &SregCtx) -> Alu {
                 cvt_lanes(w, a, m, c, dst, src, rnd, int_rnd, sat);
             }
         }
-        _ => return NotAlu,
+        _ => return Other,
     }
     Done
 }

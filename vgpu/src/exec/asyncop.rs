@@ -125,9 +125,12 @@ pub fn tma_load(w: &mut Warp, st: &mut CtaState, i: &Instr, exec: u32) -> Result
         let site = st.site(w, l, i.line);
         let map = TensorMap::decode(&raw).map_err(|e| Error::from(e).at(&site))?;
         let c: Vec<i32> = coords.iter().map(|o| w.lane(o, l, &st.ctx) as i32).collect();
-        let bytes = crate::tma::Tile::of(&map).bytes;
-        // Race/initialisation bookkeeping for the box, then the copy itself.
-        st.shared.write_shadow(dst as u64, bytes as usize, w.id as usize, 2).map_err(|f| st.shared_fault(w, l, i.line, f))?;
+        let tile = crate::tma::Tile::of(&map);
+        // Race/initialisation bookkeeping for the chunks the box lands in, then the copy itself.
+        let chunks: Vec<u32> = if dst % 128 == 0 { tile.chunk_addrs(dst).collect() } else { Vec::new() };
+        for &c in &chunks {
+            st.shared.write_shadow(c as u64, 16, w.id as usize, 2).map_err(|f| st.shared_fault(w, l, i.line, f))?;
+        }
         let view = st.view;
         let read_global = |addr: u64, buf: &mut [u8]| -> Result<(), Error> {
             view.check(addr, buf.len() as u64).map_err(|msg| Error::Memory { site: site.clone(), space: "global (TMA)", msg })?;
@@ -142,7 +145,7 @@ pub fn tma_load(w: &mut Warp, st: &mut CtaState, i: &Instr, exec: u32) -> Result
         let mut clock = st.mbar_clock.remove(&mbar).unwrap_or([0; MAX_WARPS]);
         st.shared.release(w.id as usize, &mut clock);
         st.mbar_clock.insert(mbar, clock);
-        st.tma_pending.entry(mbar).or_default().push((dst, bytes));
+        st.tma_pending.entry(mbar).or_default().extend(chunks.iter().map(|&c| (c, 16)));
     }
     Ok(())
 }

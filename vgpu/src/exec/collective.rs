@@ -133,7 +133,7 @@ pub fn ldmatrix(w: &mut Warp, st: &mut CtaState, i: &Instr, num: u8, trans: bool
     let mut rows = vec![[0u16; 8]; rows_n];
     for (l, row) in rows.iter_mut().enumerate() {
         let a = address(w, &i.args[1], l);
-        if a % 16 != 0 {
+        if !a.is_multiple_of(16) {
             return Err(Error::Memory { site: st.site(w, l, i.line), space: "shared", msg: format!("ldmatrix row address {a:#x} is not 16-byte aligned") });
         }
         let mut buf = [0u8; 16];
@@ -208,7 +208,21 @@ pub fn wgmma(warps: &mut [Warp], st: &mut CtaState, i: &Instr) -> Result<(), Err
     } else {
         WgmmaA::Desc(w0.lane(&args[1], 0, &st.ctx))
     };
-    matrix::wgmma(&op, a, b_desc, &st.shared.data, &mut acc).map_err(|e| Error::from(e).at(&st.site(&warps[0], 0, i.line)))?;
+    let site = st.site(&warps[0], 0, i.line);
+    // The shared operands go through the checks as reads by the warpgroup's first warp (each warp
+    // of it waited for the data): initialised, not pending an async copy, ordered after its writes.
+    let mut operands = vec![(matrix::Operand::B, b_desc, n)];
+    if let WgmmaA::Desc(a_desc) = a {
+        operands.push((matrix::Operand::A, a_desc, 64));
+    }
+    for (which, desc, rows) in operands {
+        let chunks = matrix::wgmma_read_chunks(&op, which, desc, rows).map_err(|e| Error::from(e).at(&site))?;
+        let mut buf = [0u8; 16];
+        for c in chunks {
+            st.shared.read(c as u64, &mut buf, warps[0].id as usize).map_err(|f| st.shared_fault(&warps[0], 0, i.line, f))?;
+        }
+    }
+    matrix::wgmma(&op, a, b_desc, &st.shared.data, &mut acc).map_err(|e| Error::from(e).at(&site))?;
     for (k, w) in warps.iter_mut().enumerate() {
         for (r, d) in dregs.iter().enumerate() {
             let v: [u64; 32] = std::array::from_fn(|l| acc[(k * 32 + l) * half + r].to_bits() as u64);

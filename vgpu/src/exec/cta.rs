@@ -41,8 +41,8 @@ pub struct CtaState<'a> {
     pub shared: SharedMem,
     pub params: &'a [u8],
     pub view: &'a Allocations,
-    /// The last allocation a global access hit: (start, end).
-    pub hint: (u64, u64),
+    /// The last allocations global accesses hit, (start, end), most recent first.
+    pub hints: [(u64, u64); 4],
     pub arch: Arch,
     pub instructions: u64,
     pub bars: [Bar; 16],
@@ -254,7 +254,7 @@ impl Cta<'_> {
 impl CtaState<'_> {
     /// The 8-byte mbarrier word at a shared offset.
     pub fn mbar_word(&mut self, addr: u32) -> Result<u64, String> {
-        if addr % 8 != 0 {
+        if !addr.is_multiple_of(8) {
             return Err(format!("mbarrier at shared offset {addr:#x} is not 8-byte aligned"));
         }
         let b = self.shared.raw(addr as u64, 8).map_err(|_| format!("mbarrier at shared offset {addr:#x} is outside shared memory"))?;

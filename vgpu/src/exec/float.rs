@@ -16,6 +16,7 @@
 //!   the hardware at 1 ulp.
 //! - `lg2.approx`, `rsqrt.approx`, `tanh.approx`: f64 evaluation rounded to f32 (ISA bounds:
 //!   2^-22.6 absolute for lg2, 2^-22.9 relative for rsqrt, 2^-10.987 for tanh).
+//!
 //! `.ftz` flushes subnormal inputs and results to sign-preserving zero.
 
 use crate::ir::{Rnd, Ty};

@@ -73,12 +73,21 @@ impl CtaState<'_> {
 
     /// Checks that `[addr, addr+len)` is inside one live allocation (or the module's globals / the
     /// parameter buffer), returning the report text otherwise.
+    #[inline]
     fn check_global(&mut self, addr: u64, len: u64) -> Result<(), String> {
-        if addr >= self.hint.0 && addr.wrapping_add(len) <= self.hint.1 && addr.wrapping_add(len) >= addr {
-            return Ok(());
+        let end = addr.wrapping_add(len);
+        for k in 0..self.hints.len() {
+            let (s, e) = self.hints[k];
+            if addr >= s && end <= e && end >= addr {
+                if k > 0 {
+                    self.hints.swap(0, k);
+                }
+                return Ok(());
+            }
         }
         let i = self.view.find(addr, len)?;
-        self.hint = self.view.range(i);
+        self.hints.rotate_right(1);
+        self.hints[0] = self.view.range(i);
         Ok(())
     }
 
@@ -87,6 +96,7 @@ impl CtaState<'_> {
     }
 
     /// Reads `buf.len()` bytes at `t` for lane `l` of warp `w`.
+    #[inline]
     pub fn read(&mut self, t: Target, buf: &mut [u8], w: &Warp, l: usize, line: u32) -> Result<(), Error> {
         match t {
             Target::Global(a) => {
@@ -146,7 +156,7 @@ pub fn ld(w: &mut Warp, st: &mut CtaState, i: &Instr, space: Space, ty: Ty, exec
         let l = m.trailing_zeros() as usize;
         m &= m - 1;
         let a = address(w, &i.args[1], l);
-        if a % total as u64 != 0 {
+        if !a.is_multiple_of(total as u64) {
             return Err(st.misaligned(w, l, i.line, a, total));
         }
         st.read(target(space, a), &mut buf[..total], w, l, i.line)?;
@@ -173,7 +183,7 @@ pub fn st(w: &mut Warp, st: &mut CtaState, i: &Instr, space: Space, ty: Ty, exec
         let l = m.trailing_zeros() as usize;
         m &= m - 1;
         let a = address(w, &i.args[0], l);
-        if a % total as u64 != 0 {
+        if !a.is_multiple_of(total as u64) {
             return Err(st.misaligned(w, l, i.line, a, total));
         }
         for (k, s) in src.iter().enumerate() {
@@ -221,7 +231,7 @@ pub fn atom(w: &mut Warp, st: &mut CtaState, i: &Instr, space: Space, op: AtomOp
         let l = m.trailing_zeros() as usize;
         m &= m - 1;
         let a = address(w, &i.args[addr_arg], l);
-        if a % size as u64 != 0 {
+        if !a.is_multiple_of(size as u64) {
             return Err(st.misaligned(w, l, i.line, a, size));
         }
         let b = w.lane(&i.args[first], l, &st.ctx);
@@ -295,8 +305,8 @@ pub fn cp_async(w: &mut Warp, st: &mut CtaState, i: &Instr, bytes: u32, exec: u3
         let dst = address(w, &i.args[0], l) & 0xffff_ffff;
         let src = address(w, &i.args[1], l);
         let n = i.args.get(3).map_or(bytes as u64, |o| w.lane(o, l, &st.ctx) & 0xffff_ffff).min(bytes as u64) as usize;
-        if dst % bytes as u64 != 0 || (n > 0 && src % bytes as u64 != 0) {
-            return Err(st.misaligned(w, l, i.line, if dst % bytes as u64 != 0 { dst } else { src }, bytes as usize));
+        if !dst.is_multiple_of(bytes as u64) || (n > 0 && !src.is_multiple_of(bytes as u64)) {
+            return Err(st.misaligned(w, l, i.line, if !dst.is_multiple_of(bytes as u64) { dst } else { src }, bytes as usize));
         }
         let mut buf = [0u8; 16];
         if n > 0 {

@@ -77,6 +77,13 @@ fn validate(dev: &DeviceConfig, kernel: &Kernel, cfg: &LaunchConfig, args: &[&[u
     Ok(())
 }
 
+/// Buffers a worker thread hands from one CTA to its next.
+#[derive(Default)]
+struct Spare {
+    shared: Option<SharedMem>,
+    regs: Vec<Vec<[u64; 32]>>,
+}
+
 pub(crate) fn run_grid(dev: &DeviceConfig, mem: &GlobalMemory, kernel: &Kernel, cfg: &LaunchConfig, args: &[&[u8]]) -> Result<LaunchStats, Error> {
     validate(dev, kernel, cfg, args)?;
     let mut pbuf = vec![0u64; kernel.param_bytes.div_ceil(8).max(1)];
@@ -95,9 +102,9 @@ pub(crate) fn run_grid(dev: &DeviceConfig, mem: &GlobalMemory, kernel: &Kernel, 
     let smem = smem_window(kernel, cfg.dynamic_smem) as usize;
     let total = cfg.grid.iter().map(|&d| d as u64).product::<u64>();
     let instructions = AtomicU64::new(0);
-    (0..total).into_par_iter().try_for_each_init(|| None, |spare: &mut Option<SharedMem>, id| {
+    (0..total).into_par_iter().try_for_each_init(Spare::default, |spare: &mut Spare, id| {
         let ctaid = [(id % cfg.grid[0] as u64) as u32, (id / cfg.grid[0] as u64 % cfg.grid[1] as u64) as u32, (id / (cfg.grid[0] as u64 * cfg.grid[1] as u64)) as u32];
-        let warps: Vec<Warp> = (0..nwarps).map(|w| Warp::new(w, kernel.slots, cfg.block, threads, kernel.regs)).collect();
+        let warps: Vec<Warp> = (0..nwarps).map(|w| Warp::new(w, spare.regs.pop().unwrap_or_default(), kernel.slots, cfg.block, threads, kernel.regs)).collect();
         let st = CtaState {
             kernel,
             ctx: SregCtx {
@@ -111,7 +118,7 @@ pub(crate) fn run_grid(dev: &DeviceConfig, mem: &GlobalMemory, kernel: &Kernel, 
                 total_smem: smem as u32,
                 clock: 0,
             },
-            shared: match spare.take() {
+            shared: match spare.shared.take() {
                 Some(mut s) => {
                     s.reset(smem, nwarps as usize, dev.checks);
                     s
@@ -120,7 +127,7 @@ pub(crate) fn run_grid(dev: &DeviceConfig, mem: &GlobalMemory, kernel: &Kernel, 
             },
             params,
             view: &view,
-            hint: (0, 0),
+            hints: [(0, 0); 4],
             arch: dev.arch,
             instructions: 0,
             bars: [Bar::default(); 16],
@@ -131,7 +138,8 @@ pub(crate) fn run_grid(dev: &DeviceConfig, mem: &GlobalMemory, kernel: &Kernel, 
         let mut cta = Cta { warps, st };
         let r = cta.run();
         instructions.fetch_add(cta.st.instructions, Ordering::Relaxed);
-        *spare = Some(cta.st.shared);
+        spare.shared = Some(cta.st.shared);
+        spare.regs.extend(cta.warps.into_iter().map(|w| w.regs));
         r
     })?;
     Ok(LaunchStats { instructions: instructions.into_inner(), ctas: total })

@@ -41,7 +41,7 @@ impl Cta<'_> {
                 return Ok(Event::Next);
             }
             Alu::Unsupported => return Err(unsupported(i)),
-            Alu::NotAlu => {}
+            Alu::Other => {}
         }
         if st.arch == Arch::Sm80 && matches!(i.op, Op::Wgmma { .. } | Op::CpAsyncBulkTensor { .. } | Op::Setmaxnreg { .. } | Op::WgmmaFence | Op::WgmmaCommit | Op::WgmmaWait) {
             return Err(Error::Unsupported { line: i.line, form: format!("{:?} on sm_80 (an sm_90a instruction)", i.op) });
@@ -156,7 +156,7 @@ impl Cta<'_> {
     fn setmaxnreg(&mut self, wi: usize, n: u32, inc: bool, i: &Instr) -> Result<bool, Error> {
         let w = &self.warps[wi];
         let site = self.st.site(w, 0, i.line);
-        if !(24..=256).contains(&n) || n % 8 != 0 {
+        if !(24..=256).contains(&n) || !n.is_multiple_of(8) {
             return Err(Error::Fault { site, check: "setmaxnreg", msg: format!("register count {n} is not a multiple of 8 in 24..=256") });
         }
         if inc && n < w.regs_per_thread || !inc && n > w.regs_per_thread {

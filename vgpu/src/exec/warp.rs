@@ -51,7 +51,10 @@ pub struct Warp {
 }
 
 impl Warp {
-    pub fn new(id: u32, slots: u32, block: [u32; 3], threads: u32, regs_per_thread: u32) -> Warp {
+    /// A warp at the start of the kernel. `regs` is a register file to reuse (from an earlier CTA
+    /// on this worker): registers start with whatever it holds, like a GPU's, since zeroing
+    /// thousands of virtual registers per warp would cost more than many kernels' whole run.
+    pub fn new(id: u32, mut regs: Vec<[u64; 32]>, slots: u32, block: [u32; 3], threads: u32, regs_per_thread: u32) -> Warp {
         let mut tid = [[0u32; 3]; 32];
         let mut live = 0u32;
         for (lane, t) in tid.iter_mut().enumerate() {
@@ -63,7 +66,10 @@ impl Warp {
         }
         Warp {
             id,
-            regs: vec![[0u64; 32]; slots.max(1) as usize],
+            regs: {
+                regs.resize(slots.max(1) as usize, [0; 32]);
+                regs
+            },
             pcs: [0; 32],
             live,
             blocked: 0,

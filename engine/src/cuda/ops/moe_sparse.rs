@@ -280,7 +280,9 @@ fn combine(rows: &CudaStorage, slot_pos: &CudaStorage, dims: &SparseDims, splits
     let (rp, sp, yp, t, km, dd, sl) = (rows.ptr(), slot_pos.ptr(), y.ptr(), tokens as u64, k_max as u32, d as u64, splits as u32);
     let grid = Grid::rows_by_cols(dev, t, dd);
     let cost = Cost { bytes: nbytes(tokens * k_max * d * splits, rows.dtype()) + nbytes(tokens * d, dtype), flops: (tokens * k_max * d * splits) as u64 };
-    if splits == 1 {
+    // The decode path's partial sums are f32 whatever T is: they need the f32-rows kernel even as
+    // one split (moe_combine_<bf16> would read them as bf16).
+    if splits == 1 && rows.dtype() == dtype {
         // SAFETY: moe_combine_<T>(const T* rows, const u32* slot_pos, T* y, u64 tokens, u32 k_max, u64 d);
         // rows holds tokens·k_max rows of d, written for every slot whose slot_pos is not DROPPED.
         unsafe { launch(dev, &MOE_SPARSE, &format!("moe_combine_{sfx}"), grid, &mut kernel_args![&rp, &sp, &yp, &t, &km, &dd], cost)? };
