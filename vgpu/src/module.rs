@@ -37,6 +37,8 @@ pub struct Kernel {
     pub(crate) params: Vec<ParamInfo>,
     pub(crate) param_bytes: usize,
     pub(crate) static_smem: u32,
+    /// Bytes of each thread's local memory (`.local` frame).
+    pub(crate) local_bytes: u32,
     /// Alignment of the dynamic (`.extern .shared`) window.
     pub(crate) dyn_smem_align: u32,
     pub(crate) max_threads: Option<u32>,

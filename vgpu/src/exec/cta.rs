@@ -52,6 +52,8 @@ pub struct CtaState<'a> {
     pub tma_pending: HashMap<u32, Vec<(u32, u32)>>,
     /// The register file the CTA holds (threads x registers at launch), for setmaxnreg.
     pub regs_budget: u32,
+    /// Every thread's local frame, `kernel.local_bytes` each, thread-major (zeroed at launch).
+    pub local: Vec<u8>,
 }
 
 pub struct Cta<'a> {

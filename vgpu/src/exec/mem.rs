@@ -14,6 +14,9 @@ use crate::Error;
 
 /// Generic addresses of the shared window: offset + this base (outside any host address).
 pub const SHARED_GENERIC: u64 = 0xffff_0000_0000_0000;
+/// Generic addresses of a thread's local window: offset + this base (below the shared window; the
+/// same generic address names each thread's own frame).
+pub const LOCAL_GENERIC: u64 = 0xfffe_0000_0000_0000;
 
 /// Copies `n` bytes (an access size: 1, 2, 4, 8 or 16, else any) with fixed-size moves, so the
 /// common sizes compile to plain loads and stores instead of a `memmove` call.
@@ -41,6 +44,8 @@ pub enum Target {
     Global(u64),
     Shared(u64),
     Param(u64),
+    /// Byte offset in the accessing thread's local frame.
+    Local(u64),
 }
 
 pub fn address(w: &Warp, o: &Operand, l: usize) -> u64 {
@@ -55,7 +60,9 @@ pub fn target(space: Space, addr: u64) -> Target {
     match space {
         Space::Shared => Target::Shared(addr & 0xffff_ffff),
         Space::Param => Target::Param(addr),
+        Space::Local => Target::Local(addr),
         Space::Generic if addr >= SHARED_GENERIC => Target::Shared(addr - SHARED_GENERIC),
+        Space::Generic if addr >= LOCAL_GENERIC => Target::Local(addr - LOCAL_GENERIC),
         _ => Target::Global(addr),
     }
 }
@@ -117,7 +124,22 @@ impl CtaState<'_> {
                 buf.copy_from_slice(src);
                 Ok(())
             }
+            Target::Local(off) => {
+                let at = self.local_range(off, buf.len(), w, l, line)?;
+                buf.copy_from_slice(&self.local[at]);
+                Ok(())
+            }
         }
+    }
+
+    /// The bytes `[off, off+len)` of lane `l`'s local frame in `self.local`, or a report.
+    fn local_range(&self, off: u64, len: usize, w: &Warp, l: usize, line: u32) -> Result<std::ops::Range<usize>, Error> {
+        let frame = self.kernel.local_bytes as usize;
+        if off.saturating_add(len as u64) > frame as u64 {
+            return Err(Error::Memory { site: self.site(w, l, line), space: "local", msg: format!("{len} bytes at local offset {off} are outside the {frame}-byte local frame") });
+        }
+        let start = (w.id as usize * 32 + l) * frame + off as usize;
+        Ok(start..start + len)
     }
 
     pub fn write(&mut self, t: Target, src: &[u8], w: &Warp, l: usize, line: u32) -> Result<(), Error> {
@@ -131,6 +153,11 @@ impl CtaState<'_> {
             }
             Target::Shared(off) => self.shared.write(off, src, w.id as usize, 0).map_err(|f| self.shared_fault(w, l, line, f)),
             Target::Param(_) => Err(Error::Memory { site: self.site(w, l, line), space: "param", msg: "store to the parameter space".into() }),
+            Target::Local(off) => {
+                let at = self.local_range(off, src.len(), w, l, line)?;
+                self.local[at].copy_from_slice(src);
+                Ok(())
+            }
         }
     }
 
@@ -289,6 +316,8 @@ pub fn cvta(w: &mut Warp, st: &CtaState, i: &Instr, space: Space, to: bool, exec
         (Space::Shared, true) => x[l].wrapping_sub(SHARED_GENERIC),
         (Space::Param, false) => x[l].wrapping_add(params),
         (Space::Param, true) => x[l].wrapping_sub(params),
+        (Space::Local, false) => x[l].wrapping_add(LOCAL_GENERIC),
+        (Space::Local, true) => x[l].wrapping_sub(LOCAL_GENERIC),
         _ => x[l],
     });
     w.store(&i.args[0], &d, exec);

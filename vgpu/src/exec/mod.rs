@@ -134,6 +134,7 @@ pub(crate) fn run_grid(dev: &DeviceConfig, mem: &GlobalMemory, kernel: &Kernel, 
             mbar_clock: HashMap::new(),
             tma_pending: HashMap::new(),
             regs_budget: nwarps * 32 * kernel.regs,
+            local: vec![0; nwarps as usize * 32 * kernel.local_bytes as usize],
         };
         let mut cta = Cta { warps, st };
         let r = cta.run();

@@ -18,6 +18,8 @@ pub struct Body {
     pub slots: u32,
     pub regs_declared: u32,
     pub fixups: Vec<Fixup>,
+    /// Bytes of each thread's local frame.
+    pub local_bytes: u64,
 }
 
 /// Static shared layout of one kernel, shared with the module-scope symbol resolution.
@@ -105,6 +107,7 @@ impl<'a> BodyParser<'a, '_> {
         let mut labels: HashMap<&'a str, u32> = HashMap::new();
         let mut branch_fixups: Vec<(usize, usize, &'a str, u32)> = Vec::new();
         let mut fixups = Vec::new();
+        let mut local_bytes = 0u64;
         while let Some((line, item)) = self.lex.next_item() {
             match item {
                 Item::Open => scopes.push(Scope { saved_next: next_slot, ..Scope::default() }),
@@ -153,6 +156,15 @@ impl<'a> BodyParser<'a, '_> {
                         self.symbols.insert(name, Symbol::Shared(off));
                     }
                 }
+                Item::Stmt(s) if s.starts_with(".local") => {
+                    let d = decl(&s[6..], line)?;
+                    for n in d.names {
+                        let (name, len) = array(n, line)?;
+                        let off = local_bytes.next_multiple_of(d.align.unwrap_or(d.ty.bytes() as u64).max(1));
+                        local_bytes = off + d.ty.bytes() as u64 * len.unwrap_or(1);
+                        self.symbols.insert(name, Symbol::Local(off));
+                    }
+                }
                 Item::Stmt(s) if s.starts_with(".pragma") || s.starts_with(".loc") || s.is_empty() => {}
                 Item::Stmt(s) if s.starts_with('.') => return Err(Error::Unsupported { line, form: s.split_whitespace().next().unwrap_or(s).to_string() }),
                 Item::Stmt(s) => {
@@ -172,7 +184,7 @@ impl<'a> BodyParser<'a, '_> {
             let target = *labels.get(name).ok_or_else(|| perr(line, format!("branch to unknown label `{name}`")))?;
             instrs[idx].args[arg] = Operand::Label(target);
         }
-        Ok(Body { instrs, slots: max_slot, regs_declared, fixups })
+        Ok(Body { instrs, slots: max_slot, regs_declared, fixups, local_bytes })
     }
 
     /// Resolves a module-scope shared symbol on first use, placing it in this kernel's layout.

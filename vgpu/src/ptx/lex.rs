@@ -1,8 +1,9 @@
 //! Splits PTX text into items: statements (up to `;`), labels, scope braces and function headers.
 //!
 //! One pass over the bytes, no allocation per item (items borrow the text). Comments (`//`,
-//! `/* */`) and the newline-terminated debug directives (`.loc`, `.file`) are skipped, string
-//! literals (pragmas) kept intact. A `{` opens a scope
+//! `/* */`) and the newline-terminated debug directives (`.loc`, `.file`) are skipped; the header
+//! directives (`.version`, `.target`, `.address_size`) end at the newline; string literals
+//! (pragmas) are kept intact. A `{` opens a scope
 //! when it starts a statement, ends a function header when the statement so far declares an
 //! `.entry`/`.func`, and is otherwise part of the statement (vector operands, initialisers).
 
@@ -65,12 +66,21 @@ impl<'a> Lexer<'a> {
                 }
                 _ => {}
             }
-            if start.is_none() && (self.text[self.pos..].starts_with(".loc") || self.text[self.pos..].starts_with(".file")) {
-                // Debug-line directives end at the newline, without `;`.
+            if start.is_none() && [".loc", ".file"].iter().any(|d| self.text[self.pos..].strip_prefix(d).is_some_and(|r| r.starts_with([' ', '\t']))) {
+                // Debug-line directives end at the newline, without `;` (`.local` is no `.loc`).
                 while self.pos < bytes.len() && bytes[self.pos] != b'\n' {
                     self.pos += 1;
                 }
                 continue;
+            }
+            if start.is_none() && [".version", ".target", ".address_size"].iter().any(|d| self.text[self.pos..].starts_with(d)) {
+                // Module header directives also end at the newline, without `;`: one statement each,
+                // so they never swallow the declaration after them.
+                let (s, line) = (self.pos, self.line);
+                while self.pos < bytes.len() && bytes[self.pos] != b'\n' {
+                    self.pos += 1;
+                }
+                return Some((line, Item::Stmt(self.text[s..self.pos].trim())));
             }
             if start.is_none() && self.text[self.pos..].starts_with(".section") {
                 // Debug sections (`.section .debug_str { ... }`) carry nothing to execute.

@@ -106,7 +106,7 @@ pub(crate) fn parse_module(ptx: &str) -> Result<Module, Error> {
             let add = match f.sym {
                 Symbol::Global(_) => globals.base(),
                 Symbol::DynShared => p.dyn_base,
-                Symbol::Param(_) | Symbol::Shared(_) => continue,
+                Symbol::Param(_) | Symbol::Shared(_) | Symbol::Local(_) => continue,
             };
             match &mut p.kernel.body[f.instr].args[f.arg] {
                 Operand::Imm(v) => *v = v.wrapping_add(add),
@@ -215,6 +215,7 @@ fn entry<'a>(
         params,
         param_bytes: offset,
         static_smem,
+        local_bytes: u32::try_from(body.local_bytes).map_err(|_| perr(line, format!("`{name}`: local memory too large")))?,
         dyn_smem_align: layout.dyn_align as u32,
         max_threads,
         regs: regs_estimate(body.regs_declared, max_threads, maxnreg),

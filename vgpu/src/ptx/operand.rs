@@ -15,6 +15,8 @@ pub enum Symbol {
     DynShared,
     /// Byte offset in the module's `.global` block; the base is added once the module is read.
     Global(u64),
+    /// Byte offset in each thread's local frame (`.local` arrays: the stack NVRTC spills to).
+    Local(u64),
 }
 
 /// A symbol reference whose value is patched after parsing: instruction, operand index.
@@ -205,7 +207,7 @@ pub fn operand(env: &Env, s: &str) -> Result<(Operand, Option<Symbol>), String> 
 
 pub fn sym_value(sym: Symbol) -> u64 {
     match sym {
-        Symbol::Param(v) | Symbol::Shared(v) | Symbol::Global(v) => v,
+        Symbol::Param(v) | Symbol::Shared(v) | Symbol::Global(v) | Symbol::Local(v) => v,
         Symbol::DynShared => 0,
     }
 }
