@@ -66,3 +66,38 @@ fn out_of_bounds_global_store_is_reported_with_the_nearest_allocation() {
     let err = dev.run(&ptx, "k", [1, 1, 1], [32, 1, 1], 0, &[arg(y)]).unwrap_err().to_string();
     assert!(err.contains("thread (31,0,0)") && err.contains("PTX line 12") && err.contains("past the end"), "{err}");
 }
+
+#[test]
+fn local_frames_are_per_thread_through_local_and_generic_addresses() {
+    // NVRTC's spill pattern: a `.local` depot, its generic address through `cvta.local`, stores by
+    // `st.local` and loads through the generic window; every thread must see only its own frame.
+    let ptx = module(
+        ".param .u64 y",
+        &format!(
+            "{REGS}
+            .local .align 16 .b8 depot[64];
+            .reg .b64 %SP;
+            .reg .b64 %SPL;
+            mov.u64 %SPL, depot;
+            cvta.local.u64 %SP, %SPL;
+            ld.param.u64 %rd1, [y];
+            mov.u32 %r1, %tid.x;
+            st.local.u32 [%SPL+60], %r1;
+            add.s64 %rd2, %SP, 60;
+            bar.sync 0;
+            ld.u32 %r2, [%rd2];
+            mul.wide.u32 %rd3, %r1, 4;
+            add.s64 %rd4, %rd1, %rd3;
+            st.global.u32 [%rd4], %r2;
+            bar.sync 0;
+            ld.local.u32 %r3, [%SPL+64];
+            ret;"
+        ),
+    );
+    let dev = Dev::new();
+    let y = dev.upload(&[0u32; 64]);
+    let err = dev.run(&ptx, "k", [1, 1, 1], [64, 1, 1], 0, &[arg(y)]).unwrap_err().to_string();
+    let out: Vec<u32> = dev.download(y, 64);
+    assert_eq!(out, (0..64).collect::<Vec<u32>>());
+    assert!(err.contains("local frame"), "an access past the frame is reported: {err}");
+}

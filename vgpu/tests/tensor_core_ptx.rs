@@ -164,9 +164,7 @@ fn tma_and_wgmma_through_the_interpreter(b_mn_major: bool, negate_a: bool) {
             )
         })
         .collect();
-    // Opens like NVRTC's modules: global constants, then the dynamic shared array. (The parser at
-    // this commit drops the first module-scope declaration after `.address_size`, which ends
-    // without `;`; the constant takes that place here.)
+    // Opens like NVRTC's modules: global constants, then the dynamic shared array.
     let ptx = format!(
         "{}
 .global .align 4 .u32 tile_bytes = 16384;
