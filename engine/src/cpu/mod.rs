@@ -46,6 +46,13 @@ fn products_cost(products: usize, m: usize, n: usize, k: usize, operands: usize,
     Cost { bytes: (operands * elem) as u64, flops: (2 * products * m * n * k) as u64 }
 }
 
+/// The cost of causal attention with `flops_per_pair` flops per (query, key) pair, head and head
+/// element, and `operands` elements read and written.
+fn attention_cost(operands: usize, seq_offsets: &[usize], dims: &AttentionDims, flops_per_pair: usize, elem: usize) -> Cost {
+    let pairs: usize = seq_offsets.windows(2).map(|w| (w[1] - w[0]) * (w[1] - w[0] + 1) / 2).sum();
+    Cost { bytes: (operands * elem) as u64, flops: (flops_per_pair * pairs * dims.q_heads * dims.head_dim) as u64 }
+}
+
 impl BackendStorage for CpuStorage {
     fn dtype(&self) -> DType {
         CpuStorage::dtype(self)
@@ -129,19 +136,33 @@ impl BackendStorage for CpuStorage {
         timed(|| "grouped_matmul (f64 reference)".into(), cost, || gemm::grouped_matmul(self, b, counts, l))
     }
     fn paged_attention(&self, k: &Self, v: &Self, table: &Self, lens: &Self, dims: &PagedAttentionDims) -> Result<Self> {
-        paged_attention::paged_attention(self, k, v, table, lens, dims)
+        // Each query row reads its context's keys and values once: two products over the context.
+        let cost = || {
+            let positions: usize = match lens {
+                CpuStorage::U32(l) => l.iter().map(|&n| n as usize).sum(),
+                _ => 0,
+            };
+            let (row, q) = (dims.row_len(), self.len());
+            Cost { bytes: ((2 * q + 2 * positions * row) * self.elem_bytes()) as u64, flops: (4 * positions * dims.q_heads * dims.head_dim) as u64 }
+        };
+        timed(|| "paged_attention".into(), cost, || paged_attention::paged_attention(self, k, v, table, lens, dims))
     }
     fn write_rows(&mut self, src: &Self, slots: &Self, n: usize, row_len: usize) -> Result<()> {
-        paged_attention::write_rows(self, src, slots, n, row_len)
+        let cost = src.pass(n * row_len, n * row_len, 0);
+        timed(|| "write_rows".into(), || cost, || paged_attention::write_rows(self, src, slots, n, row_len))
     }
     fn adamw(&mut self, grad: &Self, m: &mut Self, v: &mut Self, hp: &AdamW) -> Result<()> {
         let cost = self.pass(4 * self.len(), 3 * self.len(), 12);
         timed(|| "adamw".into(), || cost, || adamw::adamw(self, grad, m, v, hp))
     }
     fn attention_forward(&self, k: &Self, v: &Self, seq_offsets: &[usize], dims: &AttentionDims) -> Result<(Self, Self)> {
-        attention::forward(self, k, v, seq_offsets, dims)
+        // Two products (scores, then probabilities times values) over the causal pairs.
+        let cost = || attention_cost(self.len() + k.len() + v.len() + self.len(), seq_offsets, dims, 4, self.elem_bytes());
+        timed(|| "attention forward".into(), cost, || attention::forward(self, k, v, seq_offsets, dims))
     }
     fn attention_backward(&self, q: &Self, k: &Self, v: &Self, out: &Self, lse: &Self, seq_offsets: &[usize], dims: &AttentionDims) -> Result<(Self, Self, Self)> {
-        attention::backward(self, q, k, v, out, lse, seq_offsets, dims)
+        // Five products over the causal pairs: the recomputed scores, dP, dV, dQ and dK.
+        let cost = || attention_cost(2 * (q.len() + k.len() + v.len()) + out.len() + self.len(), seq_offsets, dims, 10, self.elem_bytes());
+        timed(|| "attention backward".into(), cost, || attention::backward(self, q, k, v, out, lse, seq_offsets, dims))
     }
 }
