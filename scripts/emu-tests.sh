@@ -12,6 +12,12 @@
 #   at test sizes (ring and mbarrier phases across tiles, scratch reuse).
 # - NVRTC must be loadable (LD_LIBRARY_PATH), as for a real GPU: the kernels are compiled at run
 #   time and the emulator executes their PTX.
+# - Entry coverage: the driver logs every launched kernel entry (DSMOE_EMU_LAUNCH_LOG, one file per
+#   architecture under target/); after the suite, engine/tests/emu_entry_coverage.rs compiles every
+#   module for the architecture and fails with the names of the `.entry`s of its PTX that no test
+#   launched (entries that only trap there, the sm_90a GEMM on sm_80, excepted). On sm_90a the
+#   GEMM test runs once more with DSMOE_GEMM_PATH=sm80, the sm_80 kernels being real code there
+#   too. Skipped when extra arguments select a subset of the tests.
 # Prints the wall time of each architecture's run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +39,15 @@ cargo build --release -p vgpu-driver
 for arch in "${ARCHS[@]}"; do
     echo "== GPU tests on the emulated $arch ($DSMOE_EMU_SMS SMs)"
     start=$(date +%s)
-    DSMOE_EMU_ARCH="$arch" cargo test --workspace --release --no-fail-fast "${GPU_TESTS[@]}" -- "$@"
+    log="$PWD/target/emu-launches-$arch.log"
+    rm -f "$log"
+    DSMOE_EMU_ARCH="$arch" DSMOE_EMU_LAUNCH_LOG="$log" cargo test --workspace --release --no-fail-fast "${GPU_TESTS[@]}" -- "$@"
+    if [ $# -eq 0 ]; then
+        if [ "$arch" = sm_90a ]; then
+            # The sm_80 GEMM is real code on Hopper too (DSMOE_GEMM_PATH=sm80 selects it there).
+            DSMOE_EMU_ARCH="$arch" DSMOE_EMU_LAUNCH_LOG="$log" DSMOE_GEMM_PATH=sm80 cargo test --workspace --release --test cuda_gemm -- every_form_and_dtype
+        fi
+        DSMOE_EMU_ARCH="$arch" DSMOE_EMU_LAUNCH_LOG="$log" cargo test --workspace --release --test emu_entry_coverage -- --ignored --nocapture
+    fi
     echo "== emulated $arch: $(( $(date +%s) - start )) s"
 done

@@ -251,10 +251,11 @@ fn layer(t: usize, d: usize, n: usize, f: usize, dtype: DType, rng: &mut Rng) ->
 fn cuda_sparse_layer_forward_and_backward_match_cpu() {
     let Some((dev, _g)) = gpu() else { return };
     let mut rng = Rng::new(23);
-    for dtype in [DType::F32, DType::BF16] {
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
         // The last shape routes T·K >= 128·E pairs, so its list products take the wide tile; the
-        // others the narrow one (moe_sparse.cu); every shape is ragged against both.
-        for (t, d, n, f) in [(1, 72, 4, 40), (13, 136, 8, 72), (203, 200, 8, 136), (16, 264, 32, 24), (300, 136, 4, 72)] {
+        // others the narrow one (moe_sparse.cu); every shape is ragged against both. (11, 70, 4,
+        // 38): d and f not multiples of 8, so bf16 / f16 take the exact (element-wise) products.
+        for (t, d, n, f) in [(1, 72, 4, 40), (13, 136, 8, 72), (203, 200, 8, 136), (16, 264, 32, 24), (300, 136, 4, 72), (11, 70, 4, 38)] {
             let l = layer(t, d, n, f, dtype, &mut rng);
             let on = |x: &Tensor| x.to_device(&dev).unwrap();
             for (mode, cap) in [(RouteMode::TopK(2), None), (RouteMode::TopK(2), Some(t.div_ceil(n).max(1))), (RouteMode::Threshold { eps: 1.0, k_max: 4 }, None), (RouteMode::ThresholdK { eps: 1.0, k_max: 4 }, None)] {

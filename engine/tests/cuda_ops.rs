@@ -215,6 +215,11 @@ fn gathers_and_scatters_match_cpu() {
         let idx = indices(&[13, 6], 5, &mut rng);
         check("scatter_add_last", dtype, &dev, &[&src, &idx], |t| ops::scatter_add_last(&t[0], &t[1], 9));
     }
+    // 8-byte elements move as 8-byte words.
+    let mut rng = Rng::new(11);
+    let src = normal(&[13, 50], DType::F64, &mut rng);
+    let idx = indices(&[13, 4], 50, &mut rng);
+    check("gather_last f64", DType::F64, &dev, &[&src, &idx], |t| ops::gather_last(&t[0], &t[1]));
     // Row moves are dtype-agnostic: u32 rows too.
     let mut rng = Rng::new(8);
     let src = indices(&[20, 11], 1000, &mut rng);
@@ -249,7 +254,7 @@ fn casts_match_cpu() {
 #[test]
 fn concat_narrow_permute_match_cpu() {
     let Some((dev, _g)) = gpu() else { return };
-    for dtype in [DType::F32, DType::BF16, DType::F16, DType::U32] {
+    for dtype in [DType::F32, DType::F64, DType::BF16, DType::F16, DType::U32] {
         let mut rng = Rng::new(10);
         let make = |shape: &[usize], rng: &mut Rng| if dtype == DType::U32 { indices(shape, 1 << 20, rng) } else { normal(shape, dtype, rng) };
         let (a, b, c) = (make(&[3, 5, 7], &mut rng), make(&[3, 2, 7], &mut rng), make(&[3, 8, 7], &mut rng));
@@ -268,6 +273,35 @@ fn concat_narrow_permute_match_cpu() {
         }
         let x = make(&[5, 1, 7], &mut rng);
         check("permute moving a unit axis", dtype, &dev, &[&x], |t| ops::permute(&t[0], &[1, 0, 2]));
+    }
+}
+
+/// The 64-bit index variants of the strided kernels (binary_bcast64_*, copy_strided64_*), which the
+/// engine picks past 2^31 elements or offsets, forced at small sizes: same results as the CPU.
+#[test]
+fn wide_index_kernels_match_cpu() {
+    let Some((dev, _g)) = gpu() else { return };
+    struct Narrow;
+    impl Drop for Narrow {
+        fn drop(&mut self) {
+            engine::cuda::force_wide_indices(false);
+        }
+    }
+    engine::cuda::force_wide_indices(true);
+    let _narrow_again = Narrow;
+    let mut rng = Rng::new(12);
+    for dtype in FLOATS {
+        for (sa, sb) in [(&[5usize, 9, 31][..], &[31usize][..]), (&[6, 1, 13], &[1, 5, 1])] {
+            let (a, b) = (normal(sa, dtype, &mut rng), normal(sb, dtype, &mut rng));
+            check(&format!("binary Add (64-bit indices) {sa:?} {sb:?}"), dtype, &dev, &[&a, &b], |t| ops::binary(&t[0], &t[1], BinaryOp::Add));
+        }
+    }
+    // 2-, 4- and 8-byte words.
+    for dtype in [DType::BF16, DType::F32, DType::F64] {
+        let x = normal(&[3, 4, 5, 6], dtype, &mut rng);
+        for perm in [[0usize, 2, 1, 3], [3, 2, 1, 0]] {
+            check(&format!("permute {perm:?} (64-bit indices)"), dtype, &dev, &[&x], |t| ops::permute(&t[0], &perm));
+        }
     }
 }
 

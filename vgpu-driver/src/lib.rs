@@ -14,16 +14,19 @@
 //! - module.rs: `cuModuleLoadData` (PTX), `cuModuleGetFunction`, `cuFunc{Get,Set}Attribute`,
 //!   `cuLaunchKernel`.
 //! - tensor_map.rs: `cuTensorMapEncodeTiled`.
+//! - launch_log.rs: `DSMOE_EMU_LAUNCH_LOG`, the record of launched entries for the coverage check.
 //! - status.rs: `cuGetErrorName`/`String`, and how emulator reports reach the caller.
 //!
 //! Settings (read by `cuInit`): `DSMOE_EMU_ARCH` = `sm_90a` (default) or `sm_80`, `DSMOE_EMU_SMS`
 //! (SM count, default 4), `DSMOE_EMU_CHECKS=0` (sanitizer checks off), `DSMOE_EMU_MEM_GIB` (device
-//! memory, default 16). Everything runs when issued: a launch returns after the whole grid ran.
+//! memory, default 16), `DSMOE_EMU_LAUNCH_LOG` (a file that collects the launched entries; see
+//! launch_log.rs). Everything runs when issued: a launch returns after the whole grid ran.
 //! Not provided: anything else of the driver API (a missing symbol is the caller's error at
 //! lookup), so libraries such as cuBLAS, which ship their own kernels as machine code, cannot run
 //! on this device.
 
 pub mod device;
+pub mod launch_log;
 pub mod memory;
 pub mod module;
 pub mod state;

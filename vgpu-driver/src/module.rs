@@ -13,21 +13,26 @@
 //! emulator's checks find (memcheck, race, initialisation, async-proxy, mbarrier misuse, deadlock)
 //! fails the launch with `CUDA_ERROR_LAUNCH_FAILED` and the full report on stderr and in
 //! `cuGetErrorString`. Unlike on a GPU the error is not sticky: the next launch runs normally.
+//! A completed launch is recorded in the launch log when one is asked for (launch_log.rs).
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use crate::launch_log;
 use crate::state::{self, code, write, Handles};
 use crate::status::{self, CuResult};
 use crate::stream::check_stream;
 
 struct Module {
     ptx: Arc<vgpu::Module>,
+    /// For the launch log (launch_log.rs).
+    name: Arc<str>,
 }
 
 struct Function {
     module: Arc<vgpu::Module>,
+    module_name: Arc<str>,
     name: String,
     max_dynamic_smem: AtomicU32,
 }
@@ -82,7 +87,7 @@ fn load(image: *const c_void) -> Result<Module, CuResult> {
         return Err(status::fail(status::NO_BINARY_FOR_GPU, &format!("PTX for {target} cannot run on the emulated {}", dev.config.arch.name())));
     }
     let ptx = vgpu::Module::parse(text).map_err(|e| status::from_emulator(&e))?;
-    Ok(Module { ptx: Arc::new(ptx) })
+    Ok(Module { ptx: Arc::new(ptx), name: launch_log::module_name(text).into() })
 }
 
 /// `cuModuleLoadData`: a NUL-terminated PTX text.
@@ -116,7 +121,7 @@ pub unsafe extern "C" fn cuModuleGetFunction(function: *mut *mut c_void, module:
         let name = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
         let kernel = m.ptx.kernel(&name).ok_or(status::NOT_FOUND)?;
         let max_dynamic_smem = AtomicU32::new(DEFAULT_SMEM.saturating_sub(kernel.static_smem_bytes()));
-        let f = Function { module: m.ptx.clone(), name, max_dynamic_smem };
+        let f = Function { module: m.ptx.clone(), module_name: m.name.clone(), name, max_dynamic_smem };
         // SAFETY: forwarded from the caller.
         unsafe { write(function, FUNCTIONS.insert(f)) }
     }))
@@ -239,7 +244,9 @@ pub unsafe extern "C" fn cuLaunchKernel(
         // SAFETY: forwarded from the caller.
         let args = unsafe { arguments(kernel, params) }?;
         let cfg = vgpu::LaunchConfig { grid: [grid_x, grid_y, grid_z], block: [block_x, block_y, block_z], dynamic_smem: shared_bytes };
-        vgpu::launch(&dev.config, &dev.memory, kernel, &cfg, &args).map(|_| ()).map_err(|e| status::from_emulator(&e))
+        vgpu::launch(&dev.config, &dev.memory, kernel, &cfg, &args).map_err(|e| status::from_emulator(&e))?;
+        launch_log::record(&f.module_name, &f.name);
+        Ok(())
     }))
 }
 

@@ -197,6 +197,19 @@ pub enum AbType {
     F16,
 }
 
+/// Half-precision operations (exec/half.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HalfOp {
+    Add,
+    Sub,
+    Mul,
+    Fma,
+    Min,
+    Max,
+    Neg,
+    Abs,
+}
+
 /// One decoded opcode with its modifiers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -212,6 +225,9 @@ pub enum Op {
     Abs { ty: Ty },
     Neg { ty: Ty },
     Copysign { ty: Ty },
+    /// `add sub mul fma min max neg abs` on f16 / bf16 / f16x2 / bf16x2 (`relu`: fma's `.relu`;
+    /// `nan`: min/max's `.NaN`).
+    Half { op: HalfOp, ty: Ty, sat: bool, relu: bool, nan: bool },
     Ex2 { ty: Ty },
     Rcp { ty: Ty, rnd: Option<Rnd> },
     Sqrt { ty: Ty, rnd: Option<Rnd> },

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::ir::Instr;
+use crate::ir::{Instr, Op};
 use crate::Error;
 
 /// One kernel parameter, in declaration order.
@@ -71,6 +71,12 @@ impl Kernel {
     /// capped at 255; an estimate, as ptxas allocates the real number.
     pub fn regs_per_thread(&self) -> u32 {
         self.regs
+    }
+
+    /// Whether the body does nothing but `trap` (and `ret`/`exit` after it): an entry a module
+    /// keeps for an architecture that lacks the instructions it needs.
+    pub fn only_traps(&self) -> bool {
+        self.body.iter().any(|i| i.op == Op::Trap && i.guard.is_none()) && self.body.iter().all(|i| matches!(i.op, Op::Trap | Op::Ret | Op::Exit))
     }
 
     /// Number of decoded instructions.

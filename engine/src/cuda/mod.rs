@@ -38,6 +38,7 @@ pub use event::Event;
 pub use module::{kernel_logs, warm_up};
 pub use storage::CudaStorage;
 pub(crate) use ops::moe_sparse;
+pub use ops::strided::force_wide_indices;
 
 use crate::backend::*;
 use crate::{DType, Device, Result};

@@ -396,6 +396,7 @@ pub fn exec(op: &Op, a: &[Operand], w: &mut Warp, m: u32, c: &SregCtx) -> Alu {
             Ty::F64 => bin(w, a, m, c, |x, y| (y & !(1u64 << 63)) | (x & (1u64 << 63))),
             _ => return Unsupported,
         },
+        Op::Half { .. } => return super::half::exec(op, a, w, m, c),
         Op::Ex2 { ty: Ty::F32 } => un(w, a, m, c, f32op1(ex2_approx)),
         Op::Lg2 { ty: Ty::F32 } => un(w, a, m, c, f32op1(|x| ftz((ftz(x) as f64).log2() as f32))),
         Op::Tanh { ty: Ty::F32 } => un(w, a, m, c, f32op1(|x| (x as f64).tanh() as f32)),

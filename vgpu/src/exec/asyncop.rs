@@ -9,7 +9,7 @@
 use super::cta::CtaState;
 use super::mem::{address, target, Target};
 use super::shared::MAX_WARPS;
-use super::warp::{Wait, Warp};
+use super::warp::{MbarPhase, Wait, Warp};
 use crate::ir::{Instr, Operand, Space};
 use crate::tma::TensorMap;
 use crate::Error;
@@ -77,16 +77,18 @@ pub fn expect_tx(w: &mut Warp, st: &mut CtaState, i: &Instr, exec: u32) -> Resul
     Ok(())
 }
 
-/// `mbarrier.{try,test}_wait.parity p, [addr], parity`. Returns true when lanes were blocked
-/// (try_wait on an incomplete phase).
-pub fn wait(w: &mut Warp, st: &mut CtaState, i: &Instr, blocking: bool, exec: u32) -> Result<bool, Error> {
+/// `mbarrier.{try,test}_wait.parity p, [addr], parity` (`parity`) or `mbarrier.{try,test}_wait p,
+/// [addr], state` with the token of an arrive. Returns true when lanes were blocked (try_wait on
+/// an incomplete phase).
+pub fn wait(w: &mut Warp, st: &mut CtaState, i: &Instr, parity: bool, blocking: bool, exec: u32) -> Result<bool, Error> {
     let mut not_done = 0u32;
     let mut results = [0u64; 32];
     for l in lanes(exec) {
         let addr = bar_addr(w, &i.args[1], l);
-        let parity = w.lane(&i.args[2], l, &st.ctx) as u32;
+        let named = w.lane(&i.args[2], l, &st.ctx);
+        let phase = if parity { MbarPhase::Parity(named as u32) } else { MbarPhase::Token(named) };
         let wd = word(st, w, l, i.line, addr)?;
-        let done = crate::mbarrier::test_wait_parity(wd, parity).map_err(barrier_err(st, w, l, i.line))?;
+        let done = phase.completed(wd).map_err(barrier_err(st, w, l, i.line))?;
         if done {
             results[l] = 1;
             if let Some(clock) = st.mbar_clock.get(&addr).copied() {
@@ -99,7 +101,7 @@ pub fn wait(w: &mut Warp, st: &mut CtaState, i: &Instr, blocking: bool, exec: u3
             }
         } else if blocking {
             not_done |= 1 << l;
-            w.wait[l] = Wait::Mbar { addr, parity };
+            w.wait[l] = Wait::Mbar { addr, phase };
         }
     }
     if not_done != 0 {
@@ -129,7 +131,8 @@ pub fn tma_load(w: &mut Warp, st: &mut CtaState, i: &Instr, exec: u32) -> Result
         // Race/initialisation bookkeeping for the chunks the box lands in, then the copy itself.
         let chunks: Vec<u32> = if dst % 128 == 0 { tile.chunk_addrs(dst).collect() } else { Vec::new() };
         for &c in &chunks {
-            st.shared.write_shadow(c as u64, 16, w.id as usize, 2).map_err(|f| st.shared_fault(w, l, i.line, f))?;
+            let acc = st.accessor(w, l, false);
+            st.shared.write_shadow(c as u64, 16, &acc, 2).map_err(|f| st.shared_fault(w, l, i.line, f))?;
         }
         let view = st.view;
         let read_global = |addr: u64, buf: &mut [u8]| -> Result<(), Error> {

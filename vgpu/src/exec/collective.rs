@@ -215,11 +215,16 @@ pub fn wgmma(warps: &mut [Warp], st: &mut CtaState, i: &Instr) -> Result<(), Err
     if let WgmmaA::Desc(a_desc) = a {
         operands.push((matrix::Operand::A, a_desc, 64));
     }
+    // The warpgroup meets at the instruction: its lanes are synchronised.
+    for w in warps.iter() {
+        st.shared.warp_sync(w.id as usize, st.instructions);
+    }
+    let acc0 = st.accessor(&warps[0], 0, false);
     for (which, desc, rows) in operands {
         let chunks = matrix::wgmma_read_chunks(&op, which, desc, rows).map_err(|e| Error::from(e).at(&site))?;
         let mut buf = [0u8; 16];
         for c in chunks {
-            st.shared.read(c as u64, &mut buf, warps[0].id as usize).map_err(|f| st.shared_fault(&warps[0], 0, i.line, f))?;
+            st.shared.read(c as u64, &mut buf, &acc0).map_err(|f| st.shared_fault(&warps[0], 0, i.line, f))?;
         }
     }
     matrix::wgmma(&op, a, b_desc, &st.shared.data, &mut acc).map_err(|e| Error::from(e).at(&site))?;

@@ -20,8 +20,9 @@ const SLICE: u32 = 256;
 /// What a step asks the scheduler to do besides moving on.
 pub enum Event {
     Next,
-    /// Lanes arrived at `bar.sync id[, count]` (already blocked).
-    Bar { id: u32, count: Option<u32>, lanes: u32 },
+    /// Lanes arrived at `bar.sync id[, count]` (already blocked) or, `arrive`, at `bar.arrive id,
+    /// count` (not waiting: they release their shared-memory writes to the waiters, acquire nothing).
+    Bar { id: u32, count: Option<u32>, lanes: u32, arrive: bool },
     /// The warp blocked at a wgmma; see whether its warpgroup is complete.
     Warpgroup,
     /// Lanes exited: bar.sync without a count now needs fewer threads.
@@ -32,7 +33,10 @@ pub enum Event {
 pub struct Bar {
     pub arrived: u32,
     pub count: Option<u32>,
+    /// Warps with lanes waiting at the barrier (bar.sync).
     pub members: u32,
+    /// Warps whose lanes only arrived (bar.arrive).
+    pub arrivers: u32,
 }
 
 pub struct CtaState<'a> {
@@ -89,7 +93,7 @@ impl Cta<'_> {
                     n += 1;
                     match self.step(wi)? {
                         Event::Next => {}
-                        Event::Bar { id, count, lanes } => self.arrive(wi, id, count, lanes)?,
+                        Event::Bar { id, count, lanes, arrive } => self.arrive(wi, id, count, lanes, arrive)?,
                         Event::Warpgroup => self.warpgroup(wi)?,
                         Event::Exit => self.recheck_bars()?,
                     }
@@ -105,11 +109,14 @@ impl Cta<'_> {
         }
     }
 
-    fn arrive(&mut self, wi: usize, id: u32, count: Option<u32>, lanes: u32) -> Result<(), Error> {
+    fn arrive(&mut self, wi: usize, id: u32, count: Option<u32>, lanes: u32, only_arrive: bool) -> Result<(), Error> {
         let bar = self.st.bars[id as usize];
         if bar.arrived > 0 && bar.count != count {
             let w = &self.warps[wi];
-            let line = self.st.kernel.body[w.pcs[lanes.trailing_zeros() as usize] as usize - 1].line;
+            // bar.arrive lanes have moved past it: the running group's PC or, after a reselect, their own.
+            let l = lanes.trailing_zeros() as usize;
+            let pc = if only_arrive && w.cur_mask >> l & 1 == 1 { w.cur_pc } else { w.pcs[l] };
+            let line = self.st.kernel.body[pc as usize - 1].line;
             return Err(Error::Barrier {
                 site: self.st.site(w, lanes.trailing_zeros() as usize, line),
                 msg: format!("bar.sync {id} with thread count {count:?} while earlier arrivals used {:?}", bar.count),
@@ -118,7 +125,11 @@ impl Cta<'_> {
         let bar = &mut self.st.bars[id as usize];
         bar.count = count;
         bar.arrived += lanes.count_ones();
-        bar.members |= 1 << wi;
+        if only_arrive {
+            bar.arrivers |= 1 << wi;
+        } else {
+            bar.members |= 1 << wi;
+        }
         self.complete_bar(id)
     }
 
@@ -132,7 +143,7 @@ impl Cta<'_> {
             return Ok(());
         }
         if bar.arrived > expected {
-            let wi = bar.members.trailing_zeros() as usize;
+            let wi = (bar.members | bar.arrivers).trailing_zeros() as usize;
             let w = &self.warps[wi];
             let lane = w.waiting(Wait::Bar(id)).trailing_zeros() as usize;
             let line = self.st.kernel.body[w.pcs[lane.min(31)] as usize - 1].line;
@@ -141,16 +152,14 @@ impl Cta<'_> {
                 msg: format!("{} threads arrived at bar.sync {id}, which expects {expected}", bar.arrived),
             });
         }
-        let mut members = Vec::new();
         let mut m = bar.members;
         while m != 0 {
             let wi = m.trailing_zeros() as usize;
             m &= m - 1;
             let lanes = self.warps[wi].waiting(Wait::Bar(id));
             self.warps[wi].unblock(lanes);
-            members.push(wi);
         }
-        self.st.shared.barrier(&members);
+        self.st.shared.barrier(bar.members, bar.arrivers & !bar.members);
         self.st.bars[id as usize] = Bar::default();
         Ok(())
     }
@@ -173,9 +182,9 @@ impl Cta<'_> {
         while m != 0 {
             let l = m.trailing_zeros() as usize;
             m &= m - 1;
-            if let Wait::Mbar { addr, parity } = w.wait[l] {
+            if let Wait::Mbar { addr, phase } = w.wait[l] {
                 let word = self.st.mbar_word(addr).map_err(|msg| Error::Barrier { site: self.st.site(w, l, 0), msg })?;
-                if crate::mbarrier::test_wait_parity(word, parity).map_err(|e| Error::from(e).at(&self.st.site(w, l, 0)))? {
+                if phase.completed(word).map_err(|e| Error::from(e).at(&self.st.site(w, l, 0)))? {
                     ready |= 1 << l;
                 }
             }
@@ -239,7 +248,7 @@ impl Cta<'_> {
                         format!("in bar.sync {id} ({} of {} threads arrived)", b.arrived, b.count.unwrap_or_else(|| CtaState::live_threads(&self.warps)))
                     }
                     Wait::Warpgroup => "at wgmma, waiting for the rest of its warpgroup".to_string(),
-                    Wait::Mbar { addr, parity } => format!("in mbarrier.try_wait.parity on shared {addr:#x} for parity {parity}"),
+                    Wait::Mbar { addr, phase } => format!("in {phase} on shared {addr:#x}"),
                     Wait::Regs(n) => format!(
                         "in setmaxnreg.inc to {n} registers per thread: the CTA's warps hold {} of the {} registers it was launched with",
                         self.warps.iter().map(|w| w.regs_per_thread * 32).sum::<u32>(),

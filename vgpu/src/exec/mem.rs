@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::alu::sext;
 use super::cta::CtaState;
-use super::shared::SharedFault;
+use super::shared::{Accessor, SharedFault};
 use super::warp::Warp;
 use crate::ir::{AddrBase, AtomOp, Instr, Operand, Space, Ty};
 use crate::Error;
@@ -68,6 +68,11 @@ pub fn target(space: Space, addr: u64) -> Target {
 }
 
 impl CtaState<'_> {
+    /// Lane `l` of warp `w` at the current instruction, for the shared-memory checks.
+    pub fn accessor(&self, w: &Warp, l: usize, atomic: bool) -> Accessor {
+        Accessor { warp: w.id as usize, lane: l, instance: self.instructions, atomic }
+    }
+
     pub fn shared_fault(&self, w: &Warp, l: usize, line: u32, f: SharedFault) -> Error {
         let site = self.site(w, l, line);
         match f {
@@ -113,7 +118,10 @@ impl CtaState<'_> {
                 unsafe { copy_small(a as *const u8, buf.as_mut_ptr(), buf.len()) };
                 Ok(())
             }
-            Target::Shared(off) => self.shared.read(off, buf, w.id as usize).map_err(|f| self.shared_fault(w, l, line, f)),
+            Target::Shared(off) => {
+                let a = self.accessor(w, l, false);
+                self.shared.read(off, buf, &a).map_err(|f| self.shared_fault(w, l, line, f))
+            }
             Target::Param(off) => {
                 let src = (off as usize).checked_add(buf.len()).and_then(|e| self.params.get(off as usize..e));
                 let src = src.ok_or_else(|| Error::Memory {
@@ -151,7 +159,10 @@ impl CtaState<'_> {
                 unsafe { copy_small(src.as_ptr(), a as *mut u8, src.len()) };
                 Ok(())
             }
-            Target::Shared(off) => self.shared.write(off, src, w.id as usize, 0).map_err(|f| self.shared_fault(w, l, line, f)),
+            Target::Shared(off) => {
+                let a = self.accessor(w, l, false);
+                self.shared.write(off, src, &a, 0).map_err(|f| self.shared_fault(w, l, line, f))
+            }
             Target::Param(_) => Err(Error::Memory { site: self.site(w, l, line), space: "param", msg: "store to the parameter space".into() }),
             Target::Local(off) => {
                 let at = self.local_range(off, src.len(), w, l, line)?;
@@ -291,6 +302,16 @@ pub fn atom(w: &mut Warp, st: &mut CtaState, i: &Instr, space: Space, op: AtomOp
                     }
                 }
             }
+            Target::Shared(off) => {
+                // A CTA runs on one host thread: a read and a write make the atomic.
+                let acc = st.accessor(w, l, true);
+                let mut buf = [0u8; 8];
+                st.shared.read(off, &mut buf[..size], &acc).map_err(|f| st.shared_fault(w, l, i.line, f))?;
+                let old = u64::from_le_bytes(buf);
+                let new = atom_value(op, ty, old, b, c);
+                st.shared.write(off, &new.to_le_bytes()[..size], &acc, 0).map_err(|f| st.shared_fault(w, l, i.line, f))?;
+                old
+            }
             t => {
                 let mut buf = [0u8; 8];
                 st.read(t, &mut buf[..size], w, l, i.line)?;
@@ -341,7 +362,8 @@ pub fn cp_async(w: &mut Warp, st: &mut CtaState, i: &Instr, bytes: u32, exec: u3
         if n > 0 {
             st.read(Target::Global(src), &mut buf[..n], w, l, i.line)?;
         }
-        st.shared.write(dst, &buf[..bytes as usize], w.id as usize, 1).map_err(|f| st.shared_fault(w, l, i.line, f))?;
+        let acc = st.accessor(w, l, false);
+        st.shared.write(dst, &buf[..bytes as usize], &acc, 1).map_err(|f| st.shared_fault(w, l, i.line, f))?;
         w.cp_open.push((dst as u32, bytes));
     }
     Ok(())

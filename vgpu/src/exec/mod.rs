@@ -1,7 +1,7 @@
 //! The interpreter: a launch runs every CTA of the grid to completion, CTAs in parallel (rayon),
 //! each CTA's warps cooperatively on one host thread (cta.rs). Global atomics are host atomics, so
 //! CTAs running at once see each other's updates as on a GPU. Files: warp.rs (lanes, registers,
-//! lane groups), step.rs (dispatch), alu.rs/float.rs (arithmetic), mem.rs (ld/st/atom/cp.async),
+//! lane groups), step.rs (dispatch), alu.rs/float.rs/half.rs (arithmetic), mem.rs (ld/st/atom/cp.async),
 //! shared.rs (shared memory and its checks), collective.rs (warp collectives, tensor cores),
 //! asyncop.rs (mbarrier, TMA).
 
@@ -10,6 +10,7 @@ mod asyncop;
 mod collective;
 mod cta;
 mod float;
+mod half;
 mod mem;
 mod shared;
 mod step;

@@ -7,8 +7,15 @@
 //!   mbarrier arrive/complete_tx release into the barrier's clock and a successful wait acquires
 //!   it. An access is ordered after an earlier one by another warp iff the accessor's clock for
 //!   that warp has reached the earlier epoch's clock; a write unordered with the last write or
-//!   read, or a read unordered with the last write, is a race. Lanes of one warp count as ordered
-//!   (a single last-reader slot can miss races; it never reports one that is not there);
+//!   read, or a read unordered with the last write, is a race (a single last-reader slot can miss
+//!   races; it never reports one that is not there);
+//! - races between lanes of one warp: with independent thread scheduling (Volta+) the lanes of a
+//!   warp are not ordered unless they synchronise, so each access also records its lane and the
+//!   instruction instance (the CTA's instruction count). Two lanes of one warp touching a byte in
+//!   different instructions, at least one a write, race unless the warp synchronised in between:
+//!   `bar.warp.sync` or a warp collective (shfl, vote, match, wgmma; `Shadow::warp_sync`), or
+//!   anything that advanced the warp's clock (bar.sync, an mbarrier arrive). Lanes of one
+//!   instruction never race with each other, and shared-memory atomics race with nothing;
 //! - async-proxy hazards: bytes written by a cp.async or TMA stay pending until the issuing warp's
 //!   `cp.async.wait_group` / the mbarrier wait that covers them; reading them earlier is an error.
 //!
@@ -16,6 +23,22 @@
 //! allocated only with checks on.
 
 pub const MAX_WARPS: usize = 32;
+
+/// Who accesses shared memory: the warp, its lane, and the instruction instance.
+#[derive(Clone, Copy)]
+pub struct Accessor {
+    pub warp: usize,
+    pub lane: usize,
+    /// The CTA's instruction count when the instruction ran: equal for the lanes of one execution.
+    pub instance: u64,
+    /// Atomics are not ordered with each other and do not race; they are neither checked nor
+    /// recorded (a plain access racing with one can be missed).
+    pub atomic: bool,
+}
+
+/// Bits of the instruction instance kept per access (it wraps; see `unsynced`).
+const INSTANCE_BITS: u32 = 27;
+const INSTANCE_MASK: u64 = (1 << INSTANCE_BITS) - 1;
 
 /// Why an access failed; the caller adds the site.
 pub enum SharedFault {
@@ -30,13 +53,68 @@ pub struct SharedMem {
     shadow: Option<Shadow>,
 }
 
+/// One recorded access: the epoch (warp, clock) in the low 32 bits, then the lane (5 bits) and the
+/// instruction instance (27 bits, wrapping). 0 means none.
+type Stamp = u64;
+
 struct Shadow {
-    write: Vec<u32>,
-    read: Vec<u32>,
+    write: Vec<Stamp>,
+    read: Vec<Stamp>,
     /// 0: settled; 1: pending cp.async; 2: pending TMA.
     pending: Vec<u8>,
     /// vc[w][v]: what warp w knows of warp v's clock.
     vc: Vec<[u32; MAX_WARPS]>,
+    /// The instruction instance of each warp's last intra-warp synchronisation.
+    synced: [u64; MAX_WARPS],
+}
+
+impl Shadow {
+    fn stamp(&self, a: &Accessor) -> Stamp {
+        let e = epoch(a.warp, self.vc[a.warp][a.warp]) as u64;
+        e | ((a.lane as u64) << 32 + INSTANCE_BITS) | (a.instance & INSTANCE_MASK) << 32
+    }
+
+    /// Whether the earlier access `prev` is unordered with `a`: by another warp whose clock `a`'s
+    /// warp has not reached, or by another lane of the same warp in another instruction since the
+    /// warp last synchronised (and within the same clock epoch of the warp). Instances are compared
+    /// as 27-bit distances, exact while a warp's clock advances at least every 2^27 instructions
+    /// of its CTA.
+    fn unsynced(&self, prev: Stamp, a: &Accessor) -> Option<Conflict> {
+        let (pw, pc) = split(prev as u32);
+        if pw != a.warp {
+            return (self.vc[a.warp][pw] < pc).then_some(Conflict::Warp(pw));
+        }
+        let lane = (prev >> (32 + INSTANCE_BITS)) as usize;
+        if lane == a.lane || pc != self.vc[a.warp][a.warp] {
+            return None;
+        }
+        let then = (prev >> 32) & INSTANCE_MASK;
+        let now = a.instance & INSTANCE_MASK;
+        let since_access = now.wrapping_sub(then) & INSTANCE_MASK;
+        let since_sync = now.wrapping_sub(self.synced[a.warp] & INSTANCE_MASK) & INSTANCE_MASK;
+        (since_access != 0 && since_access < since_sync).then_some(Conflict::Lane(lane))
+    }
+}
+
+/// The other side of a race.
+enum Conflict {
+    Warp(usize),
+    Lane(usize),
+}
+
+impl Conflict {
+    fn describe(&self, what: &str, by: &str, b: usize, a: &Accessor) -> String {
+        match self {
+            Conflict::Warp(pw) => {
+                format!("{by} of shared byte {b:#x} by warp {} races with a {what} by warp {pw}: no barrier, mbarrier or fence orders them", a.warp)
+            }
+            Conflict::Lane(pl) => format!(
+                "{by} of shared byte {b:#x} by lane {} of warp {} races with a {what} by lane {pl} of the same warp in an earlier instruction: \
+                 lanes of a warp are unordered (independent thread scheduling) unless __syncwarp (bar.warp.sync), a warp collective or a barrier orders them",
+                a.lane, a.warp
+            ),
+        }
+    }
 }
 
 fn epoch(w: usize, clock: u32) -> u32 {
@@ -66,7 +144,8 @@ impl SharedMem {
             self.shadow = None;
             return;
         }
-        let s = self.shadow.get_or_insert_with(|| Shadow { write: Vec::new(), read: Vec::new(), pending: Vec::new(), vc: Vec::new() });
+        let s = self.shadow.get_or_insert_with(|| Shadow { write: Vec::new(), read: Vec::new(), pending: Vec::new(), vc: Vec::new(), synced: [0; MAX_WARPS] });
+        s.synced = [0; MAX_WARPS];
         fill(&mut s.write, bytes, 0);
         fill(&mut s.read, bytes, 0);
         fill(&mut s.pending, bytes, 0);
@@ -88,11 +167,11 @@ impl SharedMem {
         }
     }
 
-    /// A read by warp `w`, checked.
-    pub fn read(&mut self, off: u64, out: &mut [u8], w: usize) -> Result<(), SharedFault> {
+    /// A read, checked.
+    pub fn read(&mut self, off: u64, out: &mut [u8], a: &Accessor) -> Result<(), SharedFault> {
         let o = self.bounds(off, out.len())?;
         if let Some(s) = &mut self.shadow {
-            let me = epoch(w, s.vc[w][w]);
+            let me = s.stamp(a);
             for b in o..o + out.len() {
                 let wr = s.write[b];
                 if wr == 0 {
@@ -102,11 +181,11 @@ impl SharedMem {
                     let what = if s.pending[b] == 1 { "cp.async (before its cp.async.wait_group)" } else { "TMA (before the mbarrier wait that completes it)" };
                     return Err(SharedFault::Async(format!("read of shared byte {b:#x} while a {what} write to it is pending")));
                 }
-                let (ww, wc) = split(wr);
-                if ww != w && s.vc[w][ww] < wc {
-                    return Err(SharedFault::Race(format!(
-                        "read of shared byte {b:#x} by warp {w} races with a write by warp {ww}: no barrier, mbarrier or fence orders them"
-                    )));
+                if a.atomic {
+                    continue;
+                }
+                if let Some(c) = s.unsynced(wr, a) {
+                    return Err(SharedFault::Race(c.describe("write", "read", b, a)));
                 }
                 s.read[b] = me;
             }
@@ -116,29 +195,32 @@ impl SharedMem {
         Ok(())
     }
 
-    /// A write by warp `w`, checked. `pending`: 0 for a plain store, 1 cp.async, 2 TMA.
-    pub fn write(&mut self, off: u64, src: &[u8], w: usize, pending: u8) -> Result<(), SharedFault> {
-        let o = self.write_shadow(off, src.len(), w, pending)?;
+    /// A write, checked. `pending`: 0 for a plain store, 1 cp.async, 2 TMA.
+    pub fn write(&mut self, off: u64, src: &[u8], a: &Accessor, pending: u8) -> Result<(), SharedFault> {
+        let o = self.write_shadow(off, src.len(), a, pending)?;
         // SAFETY: as in `read`.
         unsafe { super::mem::copy_small(src.as_ptr(), self.data.as_mut_ptr().add(o), src.len()) };
         Ok(())
     }
 
     /// The checks and shadow update of a write of `len` bytes (the data is the caller's).
-    pub fn write_shadow(&mut self, off: u64, len: usize, w: usize, pending: u8) -> Result<usize, SharedFault> {
+    pub fn write_shadow(&mut self, off: u64, len: usize, a: &Accessor, pending: u8) -> Result<usize, SharedFault> {
         let o = self.bounds(off, len)?;
         if let Some(s) = &mut self.shadow {
-            let me = epoch(w, s.vc[w][w]);
+            let me = s.stamp(a);
             for b in o..o + len {
+                if a.atomic {
+                    if s.write[b] == 0 {
+                        s.write[b] = me;
+                    }
+                    continue;
+                }
                 for (prev, what) in [(s.write[b], "write"), (s.read[b], "read")] {
                     if prev == 0 {
                         continue;
                     }
-                    let (pw, pc) = split(prev);
-                    if pw != w && s.vc[w][pw] < pc {
-                        return Err(SharedFault::Race(format!(
-                            "write of shared byte {b:#x} by warp {w} races with a {what} by warp {pw}: no barrier, mbarrier or fence orders them"
-                        )));
+                    if let Some(c) = s.unsynced(prev, a) {
+                        return Err(SharedFault::Race(c.describe(what, "write", b, a)));
                     }
                 }
                 s.write[b] = me;
@@ -164,19 +246,31 @@ impl SharedMem {
         }
     }
 
-    /// `bar.sync` completed for the warps in `members`: join their clocks, then tick each.
-    pub fn barrier(&mut self, members: &[usize]) {
+    /// A barrier completed: the warps in the bit set `waiters` (bar.sync) get the join of their
+    /// clocks and those of `arrivers` (bar.arrive: they release, acquire nothing); each ticks.
+    pub fn barrier(&mut self, waiters: u32, arrivers: u32) {
         if let Some(s) = &mut self.shadow {
+            let warps = |set: u32| (0..MAX_WARPS).filter(move |w| set >> w & 1 == 1);
             let mut j = [0u32; MAX_WARPS];
-            for &m in members {
+            for m in warps(waiters | arrivers) {
                 for v in 0..MAX_WARPS {
                     j[v] = j[v].max(s.vc[m][v]);
                 }
             }
-            for &m in members {
+            for m in warps(waiters) {
                 s.vc[m] = j;
+            }
+            for m in warps(waiters | arrivers) {
                 s.vc[m][m] += 1;
             }
+        }
+    }
+
+    /// The lanes of warp `w` synchronised at instruction `instance` (bar.warp.sync, a collective):
+    /// their earlier accesses are ordered before their later ones.
+    pub fn warp_sync(&mut self, w: usize, instance: u64) {
+        if let Some(s) = &mut self.shadow {
+            s.synced[w] = instance;
         }
     }
 

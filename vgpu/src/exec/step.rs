@@ -71,26 +71,36 @@ impl Cta<'_> {
             Op::Cvta { space, to } => mem::cvta(w, st, i, space, to, exec),
             Op::Bar { arrive } => {
                 if exec != 0 {
-                    if arrive {
-                        return Err(unsupported(i));
-                    }
                     let l = exec.trailing_zeros() as usize;
                     let id = w.lane(&i.args[0], l, &st.ctx) as u32;
                     let count = i.args.get(1).map(|o| w.lane(o, l, &st.ctx) as u32);
-                    if id >= 16 || count.is_some_and(|c| c == 0 || c % 32 != 0) {
+                    let name = if arrive { "bar.arrive" } else { "bar.sync" };
+                    if id >= 16 || count.is_some_and(|c| c == 0 || c % 32 != 0) || arrive && count.is_none() {
                         return Err(Error::Barrier {
                             site: st.site(w, l, i.line),
-                            msg: format!("bar.sync {id}, {count:?}: the id must be below 16 and the thread count a non-zero multiple of 32"),
+                            msg: format!("{name} {id}, {count:?}: the id must be below 16 and the thread count a non-zero multiple of 32 (required by bar.arrive)"),
                         });
                     }
-                    w.block(exec, Wait::Bar(id), 1);
-                    return Ok(Event::Bar { id, count, lanes: exec });
+                    if arrive {
+                        // Arrives and goes on: counts toward the barrier, waits for nothing.
+                        w.advance_to(pc + 1);
+                    } else {
+                        w.block(exec, Wait::Bar(id), 1);
+                    }
+                    return Ok(Event::Bar { id, count, lanes: exec, arrive });
                 }
             }
-            Op::BarWarpSync => collective::bar_warp_sync(w, st, i, exec)?,
-            Op::Shfl { mode } => collective::shfl(w, st, i, mode, exec)?,
-            Op::MatchAny { .. } => collective::match_any(w, st, i, exec)?,
-            Op::Vote { mode } => collective::vote(w, st, i, mode, exec)?,
+            Op::BarWarpSync | Op::Shfl { .. } | Op::MatchAny { .. } | Op::Vote { .. } => {
+                match i.op {
+                    Op::BarWarpSync => collective::bar_warp_sync(w, st, i, exec)?,
+                    Op::Shfl { mode } => collective::shfl(w, st, i, mode, exec)?,
+                    Op::MatchAny { .. } => collective::match_any(w, st, i, exec)?,
+                    Op::Vote { mode } => collective::vote(w, st, i, mode, exec)?,
+                    _ => unreachable!("matched above"),
+                }
+                // The member lanes met here: their shared-memory accesses are ordered across it.
+                st.shared.warp_sync(w.id as usize, st.instructions);
+            }
             Op::Ldmatrix { num, trans } => collective::ldmatrix(w, st, i, num, trans, exec)?,
             Op::MmaM16n8k16 { ab } => collective::mma(w, st, i, ab, exec)?,
             Op::Wgmma { .. } => {
@@ -121,13 +131,13 @@ impl Cta<'_> {
             Op::MbarInit => asyncop::init(w, st, i, exec)?,
             Op::MbarArrive { expect_tx } => asyncop::arrive(w, st, i, expect_tx, exec)?,
             Op::MbarExpectTx => asyncop::expect_tx(w, st, i, exec)?,
-            Op::MbarTryWait { parity: true } => {
-                if asyncop::wait(w, st, i, true, exec)? {
+            Op::MbarTryWait { parity } => {
+                if asyncop::wait(w, st, i, parity, true, exec)? {
                     return Ok(Event::Next);
                 }
             }
-            Op::MbarTestWait { parity: true } => {
-                asyncop::wait(w, st, i, false, exec)?;
+            Op::MbarTestWait { parity } => {
+                asyncop::wait(w, st, i, parity, false, exec)?;
             }
             Op::Setmaxnreg { inc } => {
                 if exec != 0 {

@@ -19,11 +19,38 @@ pub enum Wait {
     Bar(u32),
     /// Waiting for the rest of its warpgroup at a wgmma instruction (resumes after it).
     Warpgroup,
-    /// In `mbarrier.try_wait` on the barrier at this shared offset until the phase with this
-    /// parity completes (then re-runs the instruction).
-    Mbar { addr: u32, parity: u32 },
+    /// In `mbarrier.try_wait` on the barrier at this shared offset until the phase it names
+    /// completes (then re-runs the instruction).
+    Mbar { addr: u32, phase: MbarPhase },
     /// In `setmaxnreg.inc` to this many registers until other warps free enough (re-runs it).
     Regs(u32),
+}
+
+/// The phase an mbarrier wait names: by parity (`.parity` forms) or by the state token an
+/// `mbarrier.arrive` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MbarPhase {
+    Parity(u32),
+    Token(u64),
+}
+
+impl MbarPhase {
+    /// Whether the phase has completed on the barrier word `word`.
+    pub fn completed(self, word: u64) -> Result<bool, crate::mbarrier::MbarrierError> {
+        match self {
+            MbarPhase::Parity(p) => crate::mbarrier::test_wait_parity(word, p),
+            MbarPhase::Token(t) => crate::mbarrier::test_wait(word, t),
+        }
+    }
+}
+
+impl std::fmt::Display for MbarPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MbarPhase::Parity(p) => write!(f, "mbarrier.try_wait.parity for parity {p}"),
+            MbarPhase::Token(t) => write!(f, "mbarrier.try_wait for the phase of state token {t:#018x}"),
+        }
+    }
 }
 
 pub struct Warp {

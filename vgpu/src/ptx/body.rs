@@ -267,6 +267,11 @@ fn finish(op: &mut Op, args: &[Operand], vec: u8, opcode: &str, line: u32) -> Re
         Op::Bfi { .. } => need(5),
         Op::Abs { .. } | Op::Neg { .. } | Op::Not { .. } | Op::Ex2 { .. } | Op::Rcp { .. } | Op::Sqrt { .. } | Op::Rsqrt { .. } | Op::Lg2 { .. }
         | Op::Tanh { .. } | Op::Popc { .. } | Op::Clz { .. } | Op::Brev { .. } | Op::Mov { .. } | Op::Cvta { .. } => need(2),
+        Op::Half { op: h, .. } => need(match h {
+            crate::ir::HalfOp::Neg | crate::ir::HalfOp::Abs => 2,
+            crate::ir::HalfOp::Fma => 4,
+            _ => 3,
+        }),
         Op::Cvt { dst, .. } => need(if matches!(dst, Ty::Bf16x2 | Ty::F16x2) { 3 } else { 2 }),
         Op::Setp { bop, .. } => need(if bop.is_some() { 4 } else { 3 }),
         Op::Ld { .. } | Op::St { .. } => {
@@ -332,6 +337,6 @@ fn finish(op: &mut Op, args: &[Operand], vec: u8, opcode: &str, line: u32) -> Re
         }
         Op::MbarInit | Op::MbarExpectTx => need(2),
         Op::MbarArrive { .. } => (2..=3).contains(&args.len()).then_some(()).ok_or_else(|| bad("expected state, [bar][, count|tx]")),
-        Op::MbarTryWait { .. } | Op::MbarTestWait { .. } => (3..=4).contains(&args.len()).then_some(()).ok_or_else(|| bad("expected pred, [bar], parity")),
+        Op::MbarTryWait { .. } | Op::MbarTestWait { .. } => (3..=4).contains(&args.len()).then_some(()).ok_or_else(|| bad("expected pred, [bar], parity|state")),
     }
 }

@@ -6,7 +6,7 @@
 //! real hardware scheduling (`.sync`, `.aligned`, `.uni`, `.ftz` on forms without denormal
 //! inputs in our kernels, cache hints) are accepted and ignored; see the notes per arm.
 
-use crate::ir::{AbType, AtomOp, BoolOp, Cmp, MulMode, Op, Rnd, ShflMode, Space, Ty, VoteMode};
+use crate::ir::{AbType, AtomOp, BoolOp, Cmp, HalfOp, MulMode, Op, Rnd, ShflMode, Space, Ty, VoteMode};
 use crate::Error;
 
 /// The modifiers of one opcode, sorted by kind.
@@ -125,7 +125,25 @@ pub fn decode(opcode: &str, line: u32) -> Result<(Op, u8), Error> {
     let m = split(rest);
     let t0 = m.ty(0);
     let ty = || t0.ok_or_else(unsupported);
+    let half = t0.is_some_and(|t| matches!(t, Ty::F16 | Ty::Bf16 | Ty::F16x2 | Ty::Bf16x2));
     let op = match base {
+        "add" | "sub" | "mul" | "fma" | "min" | "max" | "neg" | "abs" if half => {
+            // Only round-to-nearest exists for half arithmetic; min.xorsign.abs is not modelled.
+            if m.rnd.is_some_and(|r| r != Rnd::Rn) || m.has("xorsign") {
+                return Err(unsupported());
+            }
+            let op = match base {
+                "add" => HalfOp::Add,
+                "sub" => HalfOp::Sub,
+                "mul" => HalfOp::Mul,
+                "fma" => HalfOp::Fma,
+                "min" => HalfOp::Min,
+                "max" => HalfOp::Max,
+                "neg" => HalfOp::Neg,
+                _ => HalfOp::Abs,
+            };
+            Op::Half { op, ty: ty()?, sat: m.sat, relu: m.has("relu"), nan: m.has("NaN") }
+        }
         "add" => Op::Add { ty: ty()?, rnd: m.rnd, sat: m.sat },
         "sub" => Op::Sub { ty: ty()?, rnd: m.rnd, sat: m.sat },
         "mul" => Op::Mul { ty: ty()?, mode: mul_mode(&m), rnd: m.rnd },

@@ -5,7 +5,18 @@
 //! element, and most real layouts collapse to one to three axes (a contiguous tensor to one, a
 //! bias add [rows, cols] + [cols] to two).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::{Error, Result};
+
+static WIDE_INDICES: AtomicBool = AtomicBool::new(false);
+
+/// Makes every strided kernel take its 64-bit index variant (`*64_*`) whatever the size, so tests
+/// can check those kernels at sizes that fit in memory (they otherwise run only past 2^31
+/// elements or offsets). Process-wide; off by default.
+pub fn force_wide_indices(on: bool) {
+    WIDE_INDICES.store(on, Ordering::Relaxed);
+}
 
 /// Axes a kernel can walk; mirrors MAX_DIMS in common.cuh.
 pub(crate) const MAX_DIMS: usize = 6;
@@ -65,9 +76,13 @@ impl StridedLayout {
     }
 
     /// Whether every index and offset stays below 2^31, so the kernels' 32-bit index variant is
-    /// safe (the grid-stride increment is added before the bound check, hence the headroom).
+    /// safe (the grid-stride increment is added before the bound check, hence the headroom);
+    /// never under [`force_wide_indices`].
     pub(crate) fn fits_u32(&self, n: u64) -> bool {
         const LIMIT: u64 = 1 << 31;
+        if WIDE_INDICES.load(Ordering::Relaxed) {
+            return false;
+        }
         let max_offset = |s: &[u64; MAX_DIMS]| (0..self.rank as usize).map(|d| (self.dims[d] - 1) * s[d]).sum::<u64>();
         n < LIMIT && max_offset(&self.sa) < LIMIT && max_offset(&self.sb) < LIMIT
     }
