@@ -20,15 +20,20 @@
 //! - Asynchronous operations complete when issued: a TMA box lands (and completes its bytes on the
 //!   mbarrier) at `cp.async.bulk.tensor`, a cp.async copy at issue, a wgmma when the fourth warp of
 //!   its warpgroup reaches it. Their destinations stay *pending* for the checks until the wait that
-//!   covers them (`cp.async.wait_group`, the mbarrier wait), so reading early is still reported;
-//!   reading wgmma accumulators before `wgmma.wait_group` is not.
-//! - The race checker orders warps (vector clocks over bar.sync, mbarrier arrive/wait); lanes of
-//!   one warp count as ordered, and each byte keeps one last reader, so it can miss a race but
-//!   does not invent one.
+//!   covers them (`cp.async.wait_group`, the mbarrier wait), so reading early is still reported,
+//!   and so is touching a wgmma accumulator register before the `wgmma.wait_group` that retires
+//!   its group (`exec/accum.rs`).
+//! - The race checker orders warps (vector clocks over bar.sync, bar.arrive, mbarrier
+//!   arrive/wait) and the lanes of one warp (independent thread scheduling: ordered by
+//!   `bar.warp.sync`, a warp collective or a barrier, never by running converged; the lanes of
+//!   one instruction do not race with each other, nor atomics with anything). Each byte keeps one
+//!   last reader, so it can miss a race but does not invent one.
 //! - CTAs run to completion independently: a kernel whose CTAs wait on each other deadlocks.
 //! - Registers start with whatever the reused register file holds (as on a GPU), not zero.
-//! - Not implemented (an `Unsupported` error naming the form and line): `bar.arrive`, mbarrier
-//!   waits on a state token, local memory, calls, f16x2/bf16x2 arithmetic, clusters beyond one CTA.
+//! - Half-precision arithmetic (f16, bf16 and the packed x2 forms) rounds once, to nearest even
+//!   (`exec/half.rs`).
+//! - Not implemented (an `Unsupported` error naming the form and line): `call` (non-inlined device
+//!   functions), `min`/`max` `.xorsign.abs`, clusters beyond one CTA.
 
 mod device;
 mod error;

@@ -3,7 +3,7 @@
 //! nobody completes is reported as a deadlock naming the barrier.
 
 mod common;
-use common::{arg, module, Dev};
+use common::{arg, module, store_at_tid, Dev, LANE_WORD_OF_DATA};
 
 fn kernel(consumer_waits: bool, arrive: bool) -> String {
     let wait = if consumer_waits {
@@ -14,6 +14,7 @@ fn kernel(consumer_waits: bool, arrive: bool) -> String {
         ""
     };
     let arrive = if arrive { "mbarrier.arrive.shared::cta.b64 _, [bar];" } else { "" };
+    let store = store_at_tid("%r10");
     module(
         ".param .u64 out",
         &format!(
@@ -25,12 +26,7 @@ fn kernel(consumer_waits: bool, arrive: bool) -> String {
             setp.eq.u32 %p1, %r1, 0;
             @%p1 mbarrier.init.shared::cta.b64 [bar], 32;
             bar.sync 0;
-            and.b32 %r2, %r1, 31;
-            shl.b32 %r3, %r2, 2;
-            mov.u32 %r4, data;
-            add.u32 %r4, %r4, %r3;
-            mov.u32 %r9, 0;
-            mov.u32 %r10, 0;
+            {LANE_WORD_OF_DATA}
         ROUND:
             setp.ge.u32 %p3, %r1, 32;
             @%p3 bra PRODUCER;
@@ -47,9 +43,7 @@ fn kernel(consumer_waits: bool, arrive: bool) -> String {
             add.u32 %r9, %r9, 1;
             setp.lt.u32 %p3, %r9, 2;
             @%p3 bra ROUND;
-            mul.wide.u32 %rd2, %r1, 4;
-            add.s64 %rd3, %rd1, %rd2;
-            st.global.u32 [%rd3], %r10;"
+            {store}"
         ),
     )
 }

@@ -5,26 +5,17 @@
 //! complete once the phase the token was taken in has completed).
 
 mod common;
-use common::{arg, module, Dev};
+use common::{arg, out_kernel, store_at_tid, Dev, LANE_WORD_OF_DATA};
 
 /// Warp 0 consumes what warp 1 produces, `rounds` times, through one shared buffer guarded by
 /// named barrier 1 ("full": producer arrives, consumer syncs) and 2 ("empty": consumer arrives,
 /// producer syncs before overwriting). `wait_empty = false` drops the producer's wait.
 fn producer_consumer(wait_empty: bool) -> String {
     let wait = if wait_empty { "@%p4 bar.sync 2, 64;" } else { "" };
-    module(
-        ".param .u64 out",
-        &format!(
-            ".reg .pred %p<8>; .reg .b32 %r<16>; .reg .b64 %rd<8>;
-            .shared .align 16 .b8 data[128];
-            ld.param.u64 %rd1, [out];
-            mov.u32 %r1, %tid.x;
-            and.b32 %r2, %r1, 31;
-            shl.b32 %r3, %r2, 2;
-            mov.u32 %r4, data;
-            add.u32 %r4, %r4, %r3;
-            mov.u32 %r9, 0;
-            mov.u32 %r10, 0;
+    let store = store_at_tid("%r10");
+    out_kernel(&format!(
+        ".shared .align 16 .b8 data[128];
+            {LANE_WORD_OF_DATA}
             setp.ge.u32 %p1, %r1, 32;
         ROUND:
             setp.ne.u32 %p4, %r9, 0;
@@ -44,11 +35,8 @@ fn producer_consumer(wait_empty: bool) -> String {
             add.u32 %r9, %r9, 1;
             setp.lt.u32 %p3, %r9, 3;
             @%p3 bra ROUND;
-            mul.wide.u32 %rd2, %r1, 4;
-            add.s64 %rd3, %rd1, %rd2;
-            st.global.u32 [%rd3], %r10;"
-        ),
-    )
+            {store}"
+    ))
 }
 
 fn run(ptx: &str, threads: u32) -> Result<Vec<u32>, String> {
@@ -75,7 +63,7 @@ fn a_producer_that_does_not_wait_for_the_empty_barrier_races_with_the_consumer()
 
 #[test]
 fn bar_arrive_needs_a_thread_count() {
-    let err = run(&module(".param .u64 out", "bar.arrive 1;\nret;"), 32).unwrap_err();
+    let err = run(&out_kernel("bar.arrive 1;\nret;"), 32).unwrap_err();
     assert!(err.contains("bar.arrive"), "{err}");
 }
 
@@ -83,15 +71,11 @@ fn bar_arrive_needs_a_thread_count() {
 /// state token, waits on that token (`try_wait` or a `test_wait` loop), then reads the word of the
 /// thread 32 places on (the other warp). `arrivals` is the count the barrier is initialised with.
 fn token_kernel(test_wait: bool, arrivals: u32) -> String {
+    let store = store_at_tid("%r9");
     let wait = if test_wait { "mbarrier.test_wait.shared::cta.b64 %p2, [bar], %rd5;" } else { "mbarrier.try_wait.shared::cta.b64 %p2, [bar], %rd5;" };
-    module(
-        ".param .u64 out",
-        &format!(
-            ".reg .pred %p<4>; .reg .b32 %r<16>; .reg .b64 %rd<8>;
-            .shared .align 8 .b8 bar[8];
+    out_kernel(&format!(
+        ".shared .align 8 .b8 bar[8];
             .shared .align 16 .b8 data[256];
-            ld.param.u64 %rd1, [out];
-            mov.u32 %r1, %tid.x;
             setp.eq.u32 %p1, %r1, 0;
             @%p1 mbarrier.init.shared::cta.b64 [bar], {arrivals};
             bar.sync 0;
@@ -109,11 +93,8 @@ fn token_kernel(test_wait: bool, arrivals: u32) -> String {
             shl.b32 %r7, %r7, 2;
             add.u32 %r8, %r4, %r7;
             ld.shared.u32 %r9, [%r8];
-            mul.wide.u32 %rd2, %r1, 4;
-            add.s64 %rd3, %rd1, %rd2;
-            st.global.u32 [%rd3], %r9;"
-        ),
-    )
+            {store}"
+    ))
 }
 
 #[test]

@@ -6,25 +6,18 @@
 //! hand-offs) stay quiet.
 
 mod common;
-use common::{arg, module, Dev};
+use common::{arg, out_kernel, store_at_tid, Dev};
 
 fn run(body: &str) -> Result<Vec<u32>, String> {
-    let ptx = module(
-        ".param .u64 out",
-        &format!(
-            ".reg .pred %p<8>; .reg .b32 %r<32>; .reg .b64 %rd<8>;
-            .shared .align 16 .b8 sm[256];
-            ld.param.u64 %rd1, [out];
-            mov.u32 %r1, %tid.x;
-            mov.u32 %r2, sm;
-            shl.b32 %r3, %r1, 2;
-            add.u32 %r4, %r2, %r3;
-            {body}
-            mul.wide.u32 %rd2, %r1, 4;
-            add.s64 %rd3, %rd1, %rd2;
-            st.global.u32 [%rd3], %r20;"
-        ),
-    );
+    let store = store_at_tid("%r20");
+    let ptx = out_kernel(&format!(
+        ".shared .align 16 .b8 sm[256];
+        mov.u32 %r2, sm;
+        shl.b32 %r3, %r1, 2;
+        add.u32 %r4, %r2, %r3;
+        {body}
+        {store}"
+    ));
     let dev = Dev::new();
     let out = dev.upload(&[0u32; 32]);
     dev.run(&ptx, "k", [1, 1, 1], [32, 1, 1], 0, &[arg(out)]).map_err(|e| e.to_string())?;

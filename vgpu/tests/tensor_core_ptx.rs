@@ -136,6 +136,40 @@ fn desc_high(lbo: u64, sbo: u64) -> u64 {
 /// out[32·thread + i]. `b_mn_major`: B stored [k][n] and read MN-major (imm-trans-b = 1);
 /// `negate_a`: imm-scale-a = -1.
 fn tma_and_wgmma_through_the_interpreter(b_mn_major: bool, negate_a: bool) {
+    let ptx = tma_and_wgmma_kernel(b_mn_major, negate_a, "");
+    // A [64 m][64 k] (K-major); B [64 n][64 k] (K-major) or [64 k][64 n] (MN-major); rows padded.
+    let pitch = 72usize;
+    let a = values(21, 64 * pitch);
+    let b = values(22, 64 * pitch);
+    let out = run_tma_and_wgmma(&ptx, &a, &b, pitch).unwrap();
+    let b_at = |kk: usize, n: usize| if b_mn_major { b[kk * pitch + n] } else { b[n * pitch + kk] };
+    for thread in 0..128 {
+        let (w, lane) = (thread / 32, thread % 32);
+        for i in 0..32 {
+            // d[4j+{0,1}] = (16w+g, 8j+2t+{0,1}), d[4j+{2,3}] = (16w+g+8, ...).
+            let row = 16 * w + lane / 4 + 8 * ((i % 4) / 2);
+            let col = 8 * (i / 4) + 2 * (lane % 4) + i % 2;
+            let sign = if negate_a { -1.0 } else { 1.0 };
+            let want: f64 = sign * (0..64).map(|kk| a[row * pitch + kk] as f64 * b_at(kk, col) as f64).sum::<f64>();
+            let got = out[32 * thread + i];
+            assert!((got as f64 - want).abs() < 1e-4, "thread {thread} d{i} = D({row},{col}): {got}, want {want}");
+        }
+    }
+}
+
+fn run_tma_and_wgmma(ptx: &str, a: &[f32], b: &[f32], pitch: usize) -> Result<Vec<f32>, String> {
+    let bits = |v: &[f32]| -> Vec<u16> { v.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect() };
+    let dev = Dev::new();
+    let (da, db, dout) = (dev.upload(&bits(a)), dev.upload(&bits(b)), dev.upload(&[0f32; 128 * 32]));
+    let map_a = tensor_map(da, [64, 64], 2 * pitch as u64);
+    let map_b = tensor_map(db, [64, 64], 2 * pitch as u64);
+    dev.run(ptx, "k", [1, 1, 1], [128, 1, 1], 18432, &[map_a.to_vec(), map_b.to_vec(), arg(dout)]).map_err(|e| e.to_string())?;
+    Ok(dev.download(dout, 128 * 32))
+}
+
+/// The kernel of `tma_and_wgmma_through_the_interpreter`, with `before_wait` placed between the
+/// wgmmas' commit_group and their wait_group.
+fn tma_and_wgmma_kernel(b_mn_major: bool, negate_a: bool, before_wait: &str) -> String {
     let (b_step, b_high) = if b_mn_major { (2048, desc_high(8192, 1024)) } else { (32, desc_high(16, 1024)) };
     let dregs: Vec<String> = (0..32).map(|i| format!("%f{i}")).collect();
     let zero: String = dregs.iter().map(|r| format!("    mov.f32 {r}, 0f00000000;\n")).collect();
@@ -165,7 +199,7 @@ fn tma_and_wgmma_through_the_interpreter(b_mn_major: bool, negate_a: bool) {
         })
         .collect();
     // Opens like NVRTC's modules: global constants, then the dynamic shared array.
-    let ptx = format!(
+    format!(
         "{}
 .global .align 4 .u32 tile_bytes = 16384;
 .extern .shared .align 1024 .b8 smem[];
@@ -211,6 +245,7 @@ WAIT:
     setp.ne.u32 %ps, %r9, 0;
     wgmma.fence.sync.aligned;
 {wgmmas}    wgmma.commit_group.sync.aligned;
+{before_wait}
     wgmma.wait_group.sync.aligned 0;
     ld.param.u64 %rd30, [pout];
     mul.wide.u32 %rd31, %r1, 128;
@@ -219,31 +254,19 @@ WAIT:
 }}
 ",
         header()
-    );
-    // A [64 m][64 k] (K-major); B [64 n][64 k] (K-major) or [64 k][64 n] (MN-major); rows padded.
-    let pitch = 72usize;
-    let a = values(21, 64 * pitch);
-    let b = values(22, 64 * pitch);
-    let bits = |v: &[f32]| -> Vec<u16> { v.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect() };
-    let dev = Dev::new();
-    let (da, db, dout) = (dev.upload(&bits(&a)), dev.upload(&bits(&b)), dev.upload(&[0f32; 128 * 32]));
-    let map_a = tensor_map(da, [64, 64], 2 * pitch as u64);
-    let map_b = tensor_map(db, [64, 64], 2 * pitch as u64);
-    dev.run(&ptx, "k", [1, 1, 1], [128, 1, 1], 18432, &[map_a.to_vec(), map_b.to_vec(), arg(dout)]).unwrap();
-    let out: Vec<f32> = dev.download(dout, 128 * 32);
-    let b_at = |kk: usize, n: usize| if b_mn_major { b[kk * pitch + n] } else { b[n * pitch + kk] };
-    for thread in 0..128 {
-        let (w, lane) = (thread / 32, thread % 32);
-        for i in 0..32 {
-            // d[4j+{0,1}] = (16w+g, 8j+2t+{0,1}), d[4j+{2,3}] = (16w+g+8, ...).
-            let row = 16 * w + lane / 4 + 8 * ((i % 4) / 2);
-            let col = 8 * (i / 4) + 2 * (lane % 4) + i % 2;
-            let sign = if negate_a { -1.0 } else { 1.0 };
-            let want: f64 = sign * (0..64).map(|kk| a[row * pitch + kk] as f64 * b_at(kk, col) as f64).sum::<f64>();
-            let got = out[32 * thread + i];
-            assert!((got as f64 - want).abs() < 1e-4, "thread {thread} d{i} = D({row},{col}): {got}, want {want}");
-        }
+    )
+}
+
+#[test]
+fn reading_a_wgmma_accumulator_before_its_wait_group_is_an_async_hazard() {
+    let (a, b) = (values(21, 64 * 72), values(22, 64 * 72));
+    // Reading (mov) or writing an accumulator register between commit and wait.
+    for early in ["mov.b32 %r55, %f3;", "mov.f32 %f7, 0f00000000;"] {
+        let err = run_tma_and_wgmma(&tma_and_wgmma_kernel(false, false, early), &a, &b, 72).unwrap_err();
+        assert!(err.contains("async hazard") && err.contains("wgmma.wait_group"), "{early}: {err}");
     }
+    // Other registers are free to use, and fence/commit are not accesses.
+    run_tma_and_wgmma(&tma_and_wgmma_kernel(false, false, "mov.u32 %r55, 7;\n    wgmma.fence.sync.aligned;"), &a, &b, 72).unwrap();
 }
 
 #[test]

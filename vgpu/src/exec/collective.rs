@@ -233,6 +233,7 @@ pub fn wgmma(warps: &mut [Warp], st: &mut CtaState, i: &Instr) -> Result<(), Err
             let v: [u64; 32] = std::array::from_fn(|l| acc[(k * 32 + l) * half + r].to_bits() as u64);
             w.store(d, &v, FULL);
         }
+        w.acc.issue(dregs.iter().filter_map(|d| if let Operand::Reg(s) = d { Some(*s) } else { None }));
     }
     Ok(())
 }

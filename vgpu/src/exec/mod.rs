@@ -3,8 +3,9 @@
 //! CTAs running at once see each other's updates as on a GPU. Files: warp.rs (lanes, registers,
 //! lane groups), step.rs (dispatch), alu.rs/float.rs/half.rs (arithmetic), mem.rs (ld/st/atom/cp.async),
 //! shared.rs (shared memory and its checks), collective.rs (warp collectives, tensor cores),
-//! asyncop.rs (mbarrier, TMA).
+//! asyncop.rs (mbarrier, TMA), accum.rs (wgmma accumulators in flight).
 
+mod accum;
 mod alu;
 mod asyncop;
 mod collective;

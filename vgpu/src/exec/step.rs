@@ -35,6 +35,12 @@ impl Cta<'_> {
                 e & w.cur_mask
             }
         };
+        if w.acc.any() && exec != 0 && !matches!(i.op, Op::Wgmma { .. } | Op::WgmmaFence | Op::WgmmaCommit | Op::WgmmaWait) {
+            if let Some(slot) = w.acc.touched(&i.args) {
+                let msg = format!("register slot {slot} is a wgmma accumulator still in flight: touched before the wgmma.wait_group that completes its group");
+                return Err(Error::Fault { site: st.site(w, exec.trailing_zeros() as usize, i.line), check: "async hazard", msg });
+            }
+        }
         match alu::exec(&i.op, &i.args, w, exec, &st.ctx) {
             Alu::Done => {
                 w.advance_to(pc + 1);
@@ -113,7 +119,12 @@ impl Cta<'_> {
                 w.block(exec, Wait::Warpgroup, 1);
                 return Ok(Event::Warpgroup);
             }
-            Op::WgmmaFence | Op::WgmmaCommit | Op::WgmmaWait | Op::Fence { .. } | Op::Prefetch | Op::Nop => {}
+            Op::WgmmaCommit => w.acc.commit(),
+            Op::WgmmaWait => {
+                let n = w.lane(&i.args[0], 0, &st.ctx) as usize;
+                w.acc.wait(n);
+            }
+            Op::WgmmaFence | Op::Fence { .. } | Op::Prefetch | Op::Nop => {}
             Op::CpAsync { bytes } => mem::cp_async(w, st, i, bytes, exec)?,
             Op::CpAsyncCommit => {
                 let open = std::mem::take(&mut w.cp_open);

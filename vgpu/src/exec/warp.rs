@@ -75,6 +75,8 @@ pub struct Warp {
     /// pending shared ranges (offset, len); `open` collects the copies not yet committed.
     pub cp_groups: Vec<Vec<(u32, u32)>>,
     pub cp_open: Vec<(u32, u32)>,
+    /// wgmma accumulators in flight (accum.rs).
+    pub acc: super::accum::Accumulators,
 }
 
 impl Warp {
@@ -108,6 +110,7 @@ impl Warp {
             regs_per_thread,
             cp_groups: Vec::new(),
             cp_open: Vec::new(),
+            acc: Default::default(),
         }
     }
 
