@@ -31,7 +31,7 @@ done
 [ ${#ARCHS[@]} -eq 0 ] && ARCHS=(sm_90a sm_80)
 
 # Every test file that takes a device from engine::cuda::test_device().
-GPU_TESTS=(--test cuda_ops --test cuda_gemm --test cuda_moe_dense --test cuda_moe_sparse --test cuda_attention --test devices --test backward_parity --test gpu_step --test emulated_train)
+GPU_TESTS=(--test cuda_ops --test cuda_gemm --test cuda_moe_dense --test cuda_moe_sparse --test cuda_attention --test cuda_paged_attention --test devices --test backward_parity --test gpu_step --test emulated_train)
 
 export DSMOE_DEVICE=emu DSMOE_REQUIRE_GPU=1
 export DSMOE_EMU_SMS="${DSMOE_EMU_SMS:-2}"

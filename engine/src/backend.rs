@@ -231,8 +231,10 @@ impl AttentionDims {
 ///   positions in order (position p lives in block `table[b, p / block_size]`, slot
 ///   `p % block_size`); entries past the context are ignored.
 /// - `context_lens` u32 `[batch]`: row b attends to positions `0 .. context_lens[b]`, each in
-///   `1 ..= max_blocks·block_size`, with every block it touches `< num_blocks`. A backend reports a
-///   length or block out of range as an error.
+///   `1 ..= max_blocks·block_size`, with every block it touches `< num_blocks`. The CPU backend
+///   reports a length or block out of range as an error; CUDA, which never reads the lengths or
+///   tables back to the host (that would stall a decode step), writes NaN for such a row and
+///   reads nothing out of range.
 /// - GQA: query head h reads kv head `h / (q_heads / kv_heads)`.
 /// - `out[b, h] = Σ_p softmax_p(scale · q[b, h]·k[p, kv]) · v[p, kv]`, q's shape and dtype, with
 ///   the softmax and the weighted sum accumulated in f32 (f64 for f64).

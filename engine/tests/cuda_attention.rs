@@ -6,6 +6,9 @@
 //! variant (16 and 32 → the 32-wide kernels, 64, 96 → 128, 128), GQA groupings 1:1, 2:1, 4:1 and
 //! MoA's 8:1 (four experts of two heads on one key/value head), packed sequences of different
 //! lengths with an empty one, and one multi-tile shape (T = 150: five key tiles, two dk/dv blocks).
+//! bf16 and f16 at head dims 64, 96 and 128 take the tensor-core forward (64-row query and key
+//! tiles): T = 150 gives it three key tiles and five query tiles, [66, 9] at MoA's 8:1 a key tile of
+//! two keys and query tiles of 8 positions x 8 heads, and G = 3 a tile with an idle row (21 x 3).
 //! Every device allocation is poisoned with NaN bytes, so a row a kernel forgot fails. Relative
 //! error by norm below the dtype's tolerance (f32 1e-5, f16 2e-3, bf16 1e-2). Without a GPU each
 //! test prints one `skipped:` line.
@@ -24,7 +27,7 @@ struct Case {
     lens: &'static [usize],
 }
 
-const CASES: [Case; 7] = [
+const CASES: [Case; 9] = [
     Case { q_heads: 2, kv_heads: 2, d: 16, lens: &[33] },
     Case { q_heads: 4, kv_heads: 2, d: 32, lens: &[31, 0, 65] },
     Case { q_heads: 4, kv_heads: 1, d: 64, lens: &[40] },
@@ -32,6 +35,8 @@ const CASES: [Case; 7] = [
     Case { q_heads: 2, kv_heads: 1, d: 96, lens: &[37] },
     Case { q_heads: 1, kv_heads: 1, d: 128, lens: &[35, 1] },
     Case { q_heads: 4, kv_heads: 2, d: 64, lens: &[150] },
+    Case { q_heads: 8, kv_heads: 1, d: 128, lens: &[66, 9] },
+    Case { q_heads: 6, kv_heads: 2, d: 64, lens: &[20] },
 ];
 
 fn offsets(lens: &[usize]) -> Vec<usize> {

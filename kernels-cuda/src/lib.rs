@@ -301,7 +301,6 @@ pub const GEMM_SM80: KernelSource = KernelSource {
     expect_sass: &["HMMA", "LDGSTS", "LDSM"],
 };
 
-/// Every kernel module, for whole-set iteration (compile checks, warm-up).
 /// Fused causal attention (forward, dq, dk/dv) for head dims up to 32, 64 and 128.
 pub const ATTENTION: KernelSource = KernelSource {
     name: "attention",
@@ -338,7 +337,43 @@ pub const ATTENTION: KernelSource = KernelSource {
     expect_sass: &[],
 };
 
-pub const ALL: &[KernelSource] = &[ELEMENTWISE, BINARY, REDUCE, SOFTMAX, INDEX, TOPK, LAYOUT, ROPE, ADAMW, GEMM, GEMM_SM80, GEMM_SM90, MOE_DENSE, MOE_ROUTE, MOE_SPARSE, MOE_DECODE, ATTENTION];
+/// The tensor-core (mma.sync) forward of fused causal attention, bf16 / f16, head dims 64, 96, 128.
+pub const ATTENTION_SM80: KernelSource = KernelSource {
+    name: "attention_sm80",
+    source: include_str!("kernels/attention_sm80.cu"),
+    entry_points: &[
+        "attention_fwd_tc_bf16_d64",
+        "attention_fwd_tc_bf16_d96",
+        "attention_fwd_tc_bf16_d128",
+        "attention_fwd_tc_f16_d64",
+        "attention_fwd_tc_f16_d96",
+        "attention_fwd_tc_f16_d128",
+    ],
+    // HMMA fed by ldmatrix (LDSM) from cp.async (LDGSTS) copies.
+    expect_sass: &["HMMA", "LDGSTS", "LDSM"],
+};
+
+/// Paged decode attention (split along the sequence, log-sum-exp merge) and the KV-cache row write.
+pub const PAGED_ATTENTION: KernelSource = KernelSource {
+    name: "paged_attention",
+    source: include_str!("kernels/paged_attention.cu"),
+    entry_points: &[
+        "paged_decode_f32",
+        "paged_decode_bf16",
+        "paged_decode_f16",
+        "paged_combine_f32",
+        "paged_combine_bf16",
+        "paged_combine_f16",
+        "paged_write_rows_w2",
+        "paged_write_rows_w4",
+        "paged_write_rows_w8",
+        "paged_write_rows_w16",
+    ],
+    expect_sass: &[],
+};
+
+/// Every kernel module, for whole-set iteration (compile checks, warm-up).
+pub const ALL: &[KernelSource] = &[ELEMENTWISE, BINARY, REDUCE, SOFTMAX, INDEX, TOPK, LAYOUT, ROPE, ADAMW, GEMM, GEMM_SM80, GEMM_SM90, MOE_DENSE, MOE_ROUTE, MOE_SPARSE, MOE_DECODE, ATTENTION, ATTENTION_SM80, PAGED_ATTENTION];
 
 #[cfg(test)]
 mod tests {

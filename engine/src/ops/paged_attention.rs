@@ -3,8 +3,8 @@
 //! `PagedAttentionDims` in backend.rs).
 //!
 //! Block tables and context lengths are u32 tensors on the compute device, so a decode step does
-//! not need the host; the op layer checks shapes and dtypes only, and the backend reports a length
-//! or block index out of range.
+//! not need the host; the op layer checks shapes and dtypes only. A length or block index out of
+//! range is an error on the CPU and a NaN output row on CUDA (see `PagedAttentionDims`).
 
 use super::{check_float, check_index, check_same_device, check_same_dtype};
 use crate::backend::{BackendStorage, PagedAttentionDims};

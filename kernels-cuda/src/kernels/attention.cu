@@ -23,9 +23,9 @@
 // MAXD = 32, 64 or 128 floats lives in registers (the host picks the smallest MAXD ≥ d) and the
 // score and value products are serial dot products over shared memory (broadcast reads: every
 // thread of a warp reads the same key row). It is correct for every head dim up to 128, any
-// length and any grouping, and it is the GPU reference for a tensor-core (mma.sync m16n8k16)
-// variant, which would replace the per-thread dot products with 16 x 8 x 16 fragment products
-// and is not written yet. Ragged tails: a thread past the end of its sequence computes nothing but
+// length and any grouping. The forward of bf16 / f16 at head dims 64, 96 and 128 runs on tensor
+// cores instead (attention_sm80.cu); this forward serves f32 and the other head dims, and the
+// backward kernels here serve every dtype. Ragged tails: a thread past the end of its sequence computes nothing but
 // still joins every barrier; key rows past the end are never read (loops stop at the diagonal).
 
 #include "common.cuh"

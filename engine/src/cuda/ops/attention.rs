@@ -1,14 +1,16 @@
-//! Fused causal attention (attention.cu): the forward, then for the backward `attention_dq` (which
-//! also stores D = dO·out per row) followed by `attention_dkdv`, in stream order. The kernel file's
-//! header has the algorithm; here: the kernel variant for the head dim, the grids, the sequence
-//! offsets copied to the device.
+//! Fused causal attention: the forward on tensor cores (attention_sm80.cu) for bf16 / f16 at head
+//! dims 64, 96 and 128, else on CUDA cores (attention.cu); the backward (attention.cu)
+//! `attention_dq` (which also stores D = dO·out per row) followed by `attention_dkdv`, in stream
+//! order. The kernel files' headers have the algorithms; here: the kernel variant for the dtype and
+//! head dim, the grids, the sequence offsets copied to the device.
 
-use kernels_cuda::ATTENTION;
+use kernels_cuda::{ATTENTION, ATTENTION_SM80};
 
 use super::{float_suffix, nbytes};
 use crate::backend::AttentionDims;
 use crate::cuda::launch::{kernel_args, launch_with_smem, Grid};
 use crate::cuda::profile::Cost;
+use crate::cuda::device::CudaDevice;
 use crate::cuda::CudaStorage;
 use crate::{CpuStorage, DType, Error, Result};
 
@@ -23,7 +25,25 @@ const DKDV_ROWS: usize = 32;
 /// attention.cu's KEY_TILE: keys staged per step by the forward and dq kernels.
 const KEY_TILE: usize = 32;
 
-/// The launch geometry shared by the three kernels.
+/// Query rows (positions x heads) and threads of a block of the tensor-core forward
+/// (attention_sm80.cu's BR and FWD_THREADS).
+const TC_ROWS: usize = 64;
+const TC_THREADS: u32 = 128;
+
+/// The tensor-core forward's entry point where it applies: bf16 / f16, head dim 64, 96 or 128, at
+/// most 64 query heads per key/value head, compute capability 8.0 or above. Everything else (f32,
+/// other head dims) takes the CUDA-core kernels.
+fn tensor_core_forward(dev: &CudaDevice, dtype: DType, dims: &AttentionDims) -> Option<String> {
+    let sfx = match dtype {
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        _ => return None,
+    };
+    let fits = matches!(dims.head_dim, 64 | 96 | 128) && dims.group() <= TC_ROWS && dev.info.compute_capability.0 >= 8;
+    fits.then(|| format!("attention_fwd_tc_{sfx}_d{}", dims.head_dim))
+}
+
+/// The launch geometry shared by the three CUDA-core kernels.
 struct Plan {
     /// Kernel-name suffix: dtype and register row width (`f32_d64`).
     variant: String,
@@ -94,6 +114,17 @@ pub(crate) fn forward(q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, seq_off
     let (qp, kp, vp, op, lp, offp) = (q.ptr(), k.ptr(), v.ptr(), out.ptr(), lse.ptr(), p.offsets.ptr());
     let (hq, hkv, d, ppb, scale) = (dims.q_heads as u32, dims.kv_heads as u32, dims.head_dim as u32, p.ppb as u32, dims.scale as f32);
     let cost = Cost { bytes: nbytes(2 * q.len() + 2 * k.len(), q.dtype()) + 4 * lse.len() as u64, flops: p.flops(seq_offsets, dims) };
+    if let Some(entry) = tensor_core_forward(dev, q.dtype(), dims) {
+        let ppb = TC_ROWS / dims.group();
+        let grid = Grid { grid: (p.max_len.div_ceil(ppb) as u32, hkv, p.seqs), block: (TC_THREADS, 1, 1) };
+        let smem = (5 * TC_ROWS * dims.head_dim.next_multiple_of(64) * 2) as u32;
+        // SAFETY: attention_fwd_tc_<T>_d<D>(const T* q, const T* k, const T* v, T* out, float* lse,
+        // const u32* offsets, u32 hq, u32 hkv, float scale); shapes as below with d = D exactly and
+        // G ≤ 64 (tensor_core_forward), so every block has ppb = 64 / G ≥ 1 positions; smem holds
+        // the Q tile and two stages of K and V tiles of 64 rows of D rounded up to 64 elements.
+        unsafe { launch_with_smem(dev, &ATTENTION_SM80, &entry, grid, smem, &mut kernel_args![&qp, &kp, &vp, &op, &lp, &offp, &hq, &hkv, &scale], cost)? };
+        return Ok((out, lse));
+    }
     let entry = format!("attention_fwd_{}", p.variant);
     // SAFETY: attention_fwd_<T>_d<W>(const T* q, const T* k, const T* v, T* out, float* lse,
     // const u32* offsets, u32 hq, u32 hkv, u32 d, u32 ppb, float scale); the op layer checked q
