@@ -12,13 +12,17 @@
 //! Measured, in tokens per second of wall time after warm-up: training steps (forward, backward,
 //! clipping, AdamW: `TrainingRun::step` with evaluation and checkpoints pushed past the run), and
 //! evaluation of the validation windows densely and with top-k:2 MLP routing (the sparse path).
+//! Each also in tokens per second of process CPU time (user + system, all threads; the `_cpu`
+//! keys): on a machine shared with other work, wall time counts their time too, CPU time mostly
+//! does not, so ratios of CPU-time throughputs are the steadier comparison there.
 //!
 //! Usage: `cargo bench --bench cpu_peer -- SHAPE [--config-out PATH] [--train-steps N]
 //! [--eval-batches N]`; prints one JSON line. `--config-out` writes the shape's config, which the
 //! PyTorch peer reads, so both sides build the same model.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use engine::cpu::profile::process_cpu_time;
 use engine::{DType, Device};
 use model::config::presets;
 use model::run::{open_corpus, TrainingRun};
@@ -50,6 +54,19 @@ fn shape(name: &str) -> Config {
     t.eval_interval = 0;
     t.checkpoint_interval = 0;
     c
+}
+
+/// Tokens per second of wall time and of process CPU time.
+struct Throughput {
+    wall: f64,
+    cpu: f64,
+}
+
+impl Throughput {
+    /// `tokens` processed since the wall instant `t0` and the process CPU time `c0`.
+    fn since(tokens: f64, t0: Instant, c0: Duration) -> Throughput {
+        Throughput { wall: tokens / t0.elapsed().as_secs_f64(), cpu: tokens / (process_cpu_time() - c0).as_secs_f64() }
+    }
 }
 
 const VALUE_FLAGS: [&str; 3] = ["--config-out", "--train-steps", "--eval-batches"];
@@ -93,18 +110,18 @@ fn main() {
     for _ in 0..2 {
         run.step().expect("a training step");
     }
-    let t0 = Instant::now();
+    let (t0, c0) = (Instant::now(), process_cpu_time());
     for _ in 0..train_steps {
         run.step().expect("a training step");
     }
-    let train = (train_steps * batch * seq) as f64 / t0.elapsed().as_secs_f64();
+    let train = Throughput::since((train_steps * batch * seq) as f64, t0, c0);
 
     // The model as trained so far (its routers have started to specialise).
     let eval = |mode: InferenceMode| {
         run.evaluate(mode, batch).expect("warm-up evaluation");
-        let t0 = Instant::now();
+        let (t0, c0) = (Instant::now(), process_cpu_time());
         let r = run.evaluate(mode, eval_batches * batch).expect("evaluation");
-        r.tokens as f64 / t0.elapsed().as_secs_f64()
+        Throughput::since(r.tokens as f64, t0, c0)
     };
     let dense = eval(InferenceMode::DENSE);
     let sparse = eval(InferenceMode { mlp: Selection::TopK(2), attention: Selection::Dense });
@@ -116,9 +133,12 @@ fn main() {
             "impl": "dsmoe",
             "shape": name,
             "threads": std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-            "train_tok_s": train,
-            "eval_dense_tok_s": dense,
-            "eval_topk2_tok_s": sparse,
+            "train_tok_s": train.wall,
+            "eval_dense_tok_s": dense.wall,
+            "eval_topk2_tok_s": sparse.wall,
+            "train_cpu_tok_s": train.cpu,
+            "eval_dense_cpu_tok_s": dense.cpu,
+            "eval_topk2_cpu_tok_s": sparse.cpu,
             "pool_os_allocations": pool.os_allocations,
             "pool_hits": pool.pool_hits,
         })

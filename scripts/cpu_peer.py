@@ -24,6 +24,25 @@ SHAPES = {
     "d512": "d512, 8 layers, 16 experts of 256, B8 x T256",
 }
 
+NOTES = "## Notes"
+
+RERUN = """To rerun, on a machine as quiet as you can get (nothing else running; the numbers below say how
+busy theirs was), from the repository root, with PyTorch in a virtual environment outside it:
+
+```
+python3 -m venv ../venv && ../venv/bin/pip install torch numpy
+cargo bench --bench cpu_peer --no-run          # builds the dsmoe side once
+OMP_WAIT_POLICY=passive python3 scripts/cpu_peer.py --python ../venv/bin/python --rounds 3
+```
+
+`--shapes tiny` for one shape, `--no-compile` to skip torch.compile, `--threads N` for another
+thread count. The script alternates dsmoe, PyTorch eager and torch.compile runs, appends every
+run to `perf/cpu-peer.jsonl` and rewrites the table below (this file's `## Notes` section is kept).
+OMP_WAIT_POLICY=passive only matters on a loaded machine, where spinning OpenMP threads slow
+PyTorch down many times over.
+
+"""
+
 
 def run_json(cmd, env):
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
@@ -69,26 +88,39 @@ def main():
                 log.flush()
                 print(json.dumps(res), file=sys.stderr)
                 results.setdefault(name, []).append(res)
-        med = lambda name, key: statistics.median(x[key] for x in results[name]) if name in results else float("nan")
-        ds = {k: med("dsmoe", k) for k in ("train_tok_s", "eval_dense_tok_s", "eval_topk2_tok_s")}
-        rows.append((shape, ds, med("torch-eager", "train_tok_s"), med("torch-compile", "train_tok_s"), med("torch-eager", "eval_dense_tok_s"), med("torch-eager", "eval_topk2_tok_s")))
+        med = lambda name, key: statistics.median(x[key] for x in results[name]) if name in results and key in results[name][0] else float("nan")
+        # Every throughput twice: of wall time, and of process CPU time (the `_cpu` keys).
+        keys = ("train_tok_s", "eval_dense_tok_s", "eval_topk2_tok_s")
+        both = lambda name: {k: (med(name, k), med(name, k.replace("_tok_s", "_cpu_tok_s"))) for k in keys}
+        rows.append((shape, both("dsmoe"), both("torch-eager"), both("torch-compile")))
     torch_version = results["torch-eager"][0].get("torch", "?")
+    ratio = lambda a, b: f"{a[0] / b[0]:.2f} ({a[1] / b[1]:.2f})"
+    # Hand-written notes under "## Notes" in the existing file survive a rerun.
+    notes = ""
+    if os.path.exists("perf/cpu-peer.md"):
+        old = open("perf/cpu-peer.md").read()
+        notes = old[old.index(NOTES):] if NOTES in old else ""
     with open("perf/cpu-peer.md", "w") as f:
         f.write("# dsmoe vs PyTorch on the CPU\n\n")
+        f.write(RERUN)
         f.write(f"{cpu_model()}, {args.threads} threads, PyTorch {torch_version}, commit {commit}, "
-                f"{datetime.date.today()}; median of {args.rounds} alternated rounds; tokens/s.\n")
-        f.write("Produced by `python3 scripts/cpu_peer.py --python VENV/bin/python --rounds "
-                f"{args.rounds}`. Ratios above 1 mean dsmoe is faster. Load average (1 min) "
+                f"{datetime.date.today()}; median of {args.rounds} alternated rounds; tokens/s of wall time.\n")
+        f.write(f"Produced by `{' '.join(['python3', 'scripts/cpu_peer.py'] + sys.argv[1:])}`. Ratios above 1 mean dsmoe is faster; "
+                "each is of wall-time throughputs, with the ratio of CPU-time throughputs (user + system time of all "
+                "threads) in brackets, the steadier one on a shared machine. Load average (1 min) "
                 f"{load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end")
         if "OMP_WAIT_POLICY" in os.environ:
             f.write(f"; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
         f.write(".\n\n")
         f.write("| shape | train dsmoe | / eager | / compile | eval dense dsmoe | / eager | eval top-k:2 dsmoe | / eager loop | top-k:2 / own dense |\n")
         f.write("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-        for shape, ds, te, tc, ed, es in rows:
-            f.write(f"| {SHAPES[shape]} | {ds['train_tok_s']:.0f} | {ds['train_tok_s'] / te:.2f} | {ds['train_tok_s'] / tc:.2f} | "
-                    f"{ds['eval_dense_tok_s']:.0f} | {ds['eval_dense_tok_s'] / ed:.2f} | {ds['eval_topk2_tok_s']:.0f} | "
-                    f"{ds['eval_topk2_tok_s'] / es:.2f} | {ds['eval_topk2_tok_s'] / ds['eval_dense_tok_s']:.2f} |\n")
+        for shape, ds, te, tc in rows:
+            tr, ed, es = (ds[k] for k in keys)
+            f.write(f"| {SHAPES[shape]} | {tr[0]:.0f} | {ratio(tr, te['train_tok_s'])} | {ratio(tr, tc['train_tok_s'])} | "
+                    f"{ed[0]:.0f} | {ratio(ed, te['eval_dense_tok_s'])} | {es[0]:.0f} | "
+                    f"{ratio(es, te['eval_topk2_tok_s'])} | {ratio(es, ed)} |\n")
+        if notes:
+            f.write("\n" + notes)
     print(open("perf/cpu-peer.md").read())
 
 

@@ -8,7 +8,8 @@ softmax router scaling each expert's heads, the DS-MoE MLP (every expert on ever
 its router probability: one product of width E*f, tanh-GeLU, one product back), the
 mutual-information loss on every router, cross-entropy, gradient clipping and AdamW.
 
-Measured (tokens/s of wall time after two warm-up steps), printed as one JSON line per variant:
+Measured (tokens/s of wall time after two warm-up steps, and, under the `_cpu` keys, tokens/s of
+process CPU time: user + system of all threads), printed as one JSON line per variant:
 - training steps, eager and (with --compile) torch.compile of the loss function;
 - evaluation, dense (no_grad forward);
 - evaluation with top-2 MLP routing as PyTorch users write it: per expert, gather its tokens,
@@ -176,21 +177,24 @@ def main():
     data = list(batches(args.data, B, T, 2 + args.train_steps, 1))
     for x, y in data[:2]:
         step(x, y)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for x, y in data[2:]:
         step(x, y)
-    train = args.train_steps * B * T / (time.perf_counter() - t0)
+    tokens = args.train_steps * B * T
     variant = "torch-compile" if args.compile else "torch-eager"
-    out = {"impl": variant, "shape": cfg["model"]["name"].removeprefix("cpu-peer-"), "threads": args.threads, "torch": torch.__version__, "train_tok_s": train}
+    out = {"impl": variant, "shape": cfg["model"]["name"].removeprefix("cpu-peer-"), "threads": args.threads, "torch": torch.__version__,
+           "train_tok_s": tokens / (time.perf_counter() - t0), "train_cpu_tok_s": tokens / (time.process_time() - c0)}
     if not args.compile:
         evals = list(batches(args.data, B, T, 1 + args.eval_batches, 2))
         with torch.no_grad():
             for name, sparse in (("eval_dense_tok_s", False), ("eval_topk2_tok_s", True)):
                 model(*evals[0], sparse=sparse)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 for x, y in evals[1:]:
                     model(x, y, sparse=sparse)
-                out[name] = args.eval_batches * B * T / (time.perf_counter() - t0)
+                tokens = args.eval_batches * B * T
+                out[name] = tokens / (time.perf_counter() - t0)
+                out[name.replace("_tok_s", "_cpu_tok_s")] = tokens / (time.process_time() - c0)
     print(json.dumps(out), flush=True)
 
 

@@ -1,5 +1,5 @@
 //! Layers built from differentiable primitives: their gradients follow from the primitives' rules,
-//! and the gradient checks cover them like any other op.
+//! and the gradient checks cover them like any other op. (RMSNorm is a fused op: rules/norm.rs.)
 
 use crate::{Result, Var};
 
@@ -11,12 +11,6 @@ impl Var {
             Some(b) => y.add(b),
             None => Ok(y),
         }
-    }
-
-    /// RMSNorm over the last axis: `x / √(mean(x²) + eps) · weight`.
-    pub fn rms_norm(&self, weight: &Var, eps: f64) -> Result<Var> {
-        let inv_rms = self.sqr()?.mean(-1, true)?.add_scalar(eps)?.powf(-0.5)?;
-        self.mul(&inv_rms)?.mul(weight)
     }
 
     /// LayerNorm over the last axis: `(x − mean) / √(var + eps) · weight + bias`.

@@ -309,6 +309,23 @@ pub trait BackendStorage: Sized {
     /// Softmax (or log-softmax) of each row of a `rows x cols` matrix.
     fn softmax(&self, rows: usize, cols: usize, log: bool) -> Result<Self>;
 
+    /// RMSNorm of each row of a `rows x cols` matrix, `self` = x: with a residual, h = x + residual
+    /// first; `y = h / √(mean(h²) + eps) · weight` (weight `[cols]`). Returns `(y, h)`, h only when a
+    /// residual was given.
+    fn rms_norm(&self, residual: Option<&Self>, weight: &Self, rows: usize, cols: usize, eps: f64) -> Result<(Self, Option<Self>)>;
+
+    /// RMSNorm backward, `self` = dy, from the forward's input h (recomputing its 1/rms) and
+    /// weight. Returns `(dh, dweight)`; dweight sums over rows in a fixed order.
+    fn rms_norm_backward(&self, h: &Self, weight: &Self, rows: usize, cols: usize, eps: f64) -> Result<(Self, Self)>;
+
+    /// Cross-entropy of each row of `rows x vocab` logits (`self`) against u32 `targets` `[rows]`
+    /// (each < vocab, checked by the op layer): `logsumexp(row) − row[target]`, `[rows]`.
+    fn cross_entropy(&self, targets: &Self, rows: usize, vocab: usize) -> Result<Self>;
+
+    /// Cross-entropy backward, `self` = logits: `d[r, :] = (softmax(row) − onehot(target)) · g[r]`,
+    /// recomputing the softmax from the logits (no probabilities are kept from the forward).
+    fn cross_entropy_backward(&self, targets: &Self, g: &Self, rows: usize, vocab: usize) -> Result<Self>;
+
     /// `out[i, :] = self[idx[i], :]` for a `src_rows x row_len` source; `idx` is u32 of length n_idx
     /// and every index is < src_rows (checked by the op layer).
     fn index_select(&self, idx: &Self, n_idx: usize, row_len: usize) -> Result<Self>;

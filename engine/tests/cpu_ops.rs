@@ -12,6 +12,7 @@ mod cpu_ops {
     mod attention;
     mod elementwise;
     mod errors;
+    mod fused;
     mod index;
     mod layout;
     mod matmul;

@@ -169,6 +169,43 @@ fn softmax_and_log_softmax_match_cpu() {
 }
 
 #[test]
+fn cross_entropy_and_its_gradient_match_cpu() {
+    let Some((dev, _g)) = gpu() else { return };
+    for dtype in FLOATS {
+        let mut rng = Rng::new(41);
+        // Warp rows (short and long) and block rows, with ragged sizes.
+        for [rows, vocab] in [[13usize, 5], [9, 1000], [3, 3001]] {
+            let x = Tensor::randn(vec![rows, vocab], 0.0, 3.0, dtype, &Device::Cpu, &mut rng).unwrap();
+            let t = indices(&[rows], vocab, &mut rng);
+            let g = normal(&[rows], dtype, &mut rng);
+            check(&format!("cross_entropy {rows}x{vocab}"), dtype, &dev, &[&x, &t], |v| ops::cross_entropy(&v[0], &v[1]));
+            check(&format!("cross_entropy backward {rows}x{vocab}"), dtype, &dev, &[&x, &t, &g], |v| ops::cross_entropy_backward(&v[0], &v[1], &v[2]));
+        }
+    }
+}
+
+#[test]
+fn rms_norm_with_residual_and_backward_match_cpu() {
+    let Some((dev, _g)) = gpu() else { return };
+    for dtype in FLOATS {
+        let mut rng = Rng::new(42);
+        // Warp rows, block rows, and many rows for the weight-gradient kernel's row stride.
+        for [rows, cols] in [[13usize, 5], [9, 1000], [3, 3001], [301, 67]] {
+            let x = normal(&[rows, cols], dtype, &mut rng);
+            let r = normal(&[rows, cols], dtype, &mut rng);
+            let w = normal(&[cols], dtype, &mut rng);
+            let dy = normal(&[rows, cols], dtype, &mut rng);
+            let what = |part: &str| format!("rms_norm {part} {rows}x{cols}");
+            check(&what("y"), dtype, &dev, &[&x, &w], |v| Ok(ops::rms_norm(&v[0], None, &v[1], 1e-5)?.y));
+            check(&what("y with residual"), dtype, &dev, &[&x, &r, &w], |v| Ok(ops::rms_norm(&v[0], Some(&v[1]), &v[2], 1e-5)?.y));
+            check(&what("sum"), dtype, &dev, &[&x, &r, &w], |v| Ok(ops::rms_norm(&v[0], Some(&v[1]), &v[2], 1e-5)?.sum.expect("a sum")));
+            check(&what("dh"), dtype, &dev, &[&dy, &x, &w], |v| Ok(ops::rms_norm_backward(&v[0], &v[1], &v[2], 1e-5)?.0));
+            check(&what("dw"), dtype, &dev, &[&dy, &x, &w], |v| Ok(ops::rms_norm_backward(&v[0], &v[1], &v[2], 1e-5)?.1));
+        }
+    }
+}
+
+#[test]
 fn topk_matches_cpu_including_ties() {
     let Some((dev, _g)) = gpu() else { return };
     for dtype in FLOATS {

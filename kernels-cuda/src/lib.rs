@@ -85,7 +85,34 @@ pub const REDUCE: KernelSource = KernelSource {
 pub const SOFTMAX: KernelSource = KernelSource {
     name: "softmax",
     source: include_str!("kernels/softmax.cu"),
-    entry_points: &["softmax_f32", "softmax_bf16", "softmax_f16"],
+    entry_points: &[
+        "softmax_f32",
+        "softmax_bf16",
+        "softmax_f16",
+        "cross_entropy_f32",
+        "cross_entropy_bf16",
+        "cross_entropy_f16",
+        "cross_entropy_backward_f32",
+        "cross_entropy_backward_bf16",
+        "cross_entropy_backward_f16",
+    ],
+    expect_sass: &[],
+};
+
+pub const RMS_NORM: KernelSource = KernelSource {
+    name: "rms_norm",
+    source: include_str!("kernels/rms_norm.cu"),
+    entry_points: &[
+        "rms_norm_f32",
+        "rms_norm_bf16",
+        "rms_norm_f16",
+        "rms_norm_backward_rows_f32",
+        "rms_norm_backward_rows_bf16",
+        "rms_norm_backward_rows_f16",
+        "rms_norm_backward_weight_f32",
+        "rms_norm_backward_weight_bf16",
+        "rms_norm_backward_weight_f16",
+    ],
     expect_sass: &[],
 };
 
@@ -373,7 +400,7 @@ pub const PAGED_ATTENTION: KernelSource = KernelSource {
 };
 
 /// Every kernel module, for whole-set iteration (compile checks, warm-up).
-pub const ALL: &[KernelSource] = &[ELEMENTWISE, BINARY, REDUCE, SOFTMAX, INDEX, TOPK, LAYOUT, ROPE, ADAMW, GEMM, GEMM_SM80, GEMM_SM90, MOE_DENSE, MOE_ROUTE, MOE_SPARSE, MOE_DECODE, ATTENTION, ATTENTION_SM80, PAGED_ATTENTION];
+pub const ALL: &[KernelSource] = &[ELEMENTWISE, BINARY, REDUCE, SOFTMAX, RMS_NORM, INDEX, TOPK, LAYOUT, ROPE, ADAMW, GEMM, GEMM_SM80, GEMM_SM90, MOE_DENSE, MOE_ROUTE, MOE_SPARSE, MOE_DECODE, ATTENTION, ATTENTION_SM80, PAGED_ATTENTION];
 
 #[cfg(test)]
 mod tests {

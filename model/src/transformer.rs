@@ -108,14 +108,17 @@ impl Model {
             Ok(())
         };
         let mut layers = Vec::with_capacity(self.blocks.len());
-        for block in &self.blocks {
-            let x = h.rms_norm(&ctx.p(self.params.get(block.attn_norm))?, cfg.norm_eps)?;
+        // Each residual add is fused with the norm that follows it (the next block's attention
+        // norm, or the final norm after the last block): one pass gives the stream and its norm.
+        let norm_weight = |id: ParamId| ctx.p(self.params.get(id));
+        let next_norm = |i: usize| self.blocks.get(i + 1).map_or(self.final_norm, |b| b.attn_norm);
+        let mut x = h.rms_norm(&norm_weight(self.blocks.first().map_or(self.final_norm, |b| b.attn_norm))?, cfg.norm_eps)?;
+        for (i, block) in self.blocks.iter().enumerate() {
             let a = block.attn.forward(ctx, &self.params, &x, batch, seq, &pos, mode.attention)?;
             if let Some(r) = &a.router {
                 add_aux(losses::mutual_information(r)?, cfg.mi_alpha_att)?;
             }
-            h = h.add(&a.y)?;
-            let x = h.rms_norm(&ctx.p(self.params.get(block.mlp_norm))?, cfg.norm_eps)?;
+            (h, x) = h.add_rms_norm(&a.y, &norm_weight(block.mlp_norm)?, cfg.norm_eps)?;
             let routing = match cfg.family {
                 Family::Smoe => Routing::TopKRenormalised { k: cfg.mlp.top_k.unwrap_or(1), capacity_factor: cfg.mlp.capacity_factor },
                 _ if mode.mlp == Selection::Dense => Routing::Dense,
@@ -128,10 +131,10 @@ impl Model {
                     _ => add_aux(losses::mutual_information(r)?, cfg.mi_alpha_mlp)?,
                 }
             }
-            h = h.add(&m.y)?;
+            (h, x) = h.add_rms_norm(&m.y, &norm_weight(next_norm(i))?, cfg.norm_eps)?;
             layers.push(LayerStats { att_experts_per_token: a.experts_per_token, mlp_experts_per_token: m.experts_per_token, dropped_tokens: m.dropped_tokens });
         }
-        let h = h.rms_norm(&ctx.p(self.params.get(self.final_norm))?, cfg.norm_eps)?;
+        let h = x;
         let logits = match self.lm_head {
             Some(w) => h.matmul(&ctx.p(self.params.get(w))?)?,
             None => h.matmul_t(&embed, false, true)?,

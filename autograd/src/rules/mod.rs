@@ -9,6 +9,7 @@ mod layout;
 mod matmul;
 mod moe_dense;
 mod moe_sparse;
+mod norm;
 mod reduce;
 mod softmax;
 

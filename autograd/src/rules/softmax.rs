@@ -27,28 +27,12 @@ impl Var {
     }
 
     /// Per-row cross-entropy `−log softmax(self)[target]` for logits `[..., V]` and u32 targets
-    /// `[...]`; returns `[...]`. The rule saves only the log-probabilities and uses the fused form
-    /// d logits = (softmax − onehot(target)) · g.
+    /// `[...]`; returns `[...]`. One fused op each way: the rule keeps the logits (held anyway) and
+    /// the targets, and its backward recomputes the softmax, d logits = (softmax − onehot) · g.
     pub fn cross_entropy(&self, targets: &Tensor) -> Result<Var> {
-        let dims = self.dims();
-        if dims.is_empty() || targets.dims() != &dims[..dims.len() - 1] {
-            return Err(engine::Error::shape("cross_entropy", format!("logits {:?} need targets of shape {:?}, got {:?}", self.shape(), &dims[..dims.len().saturating_sub(1)], targets.shape())));
-        }
-        let vocab = self.shape().last();
-        let mut col = targets.dims().to_vec();
-        col.push(1);
-        let t = targets.reshape(col)?;
-        let logp = ops::log_softmax(self.value())?;
-        let loss = ops::neg(&ops::gather_last(&logp, &t)?)?.reshape(targets.shape().clone())?;
-        let saved = bytes(&[&logp, &t]);
-        Var::custom("cross_entropy", loss, &[self], saved, move |g, _| {
-            let ones = Tensor::ones(t.shape().clone(), logp.dtype(), &logp.device())?;
-            let onehot = ops::scatter_add_last(&ones, &t, vocab)?;
-            let mut gcol = g.dims().to_vec();
-            gcol.push(1);
-            let d = ops::mul(&ops::sub(&ops::exp(&logp)?, &onehot)?, &g.reshape(gcol)?)?;
-            Ok(vec![Some(d)])
-        })
+        let loss = ops::cross_entropy(self.value(), targets)?;
+        let (x, t) = (self.value().clone(), targets.clone());
+        let saved = bytes(&[&x, &t]);
+        Var::custom("cross_entropy", loss, &[self], saved, move |g, _| Ok(vec![Some(ops::cross_entropy_backward(&x, &t, g)?)]))
     }
 }
-

@@ -185,6 +185,11 @@ fn norms_and_linear(c: &mut Cases) {
     let w = randn(&mut r, &[6]);
     let b = randn(&mut r, &[6]);
     c.check("rms_norm", move |v| v[0].rms_norm(&v[1], 1e-5), &[x.clone(), w.clone()]);
+    // Both outputs of the fused add + norm in the loss, so h's gradient has two paths.
+    c.check("add_rms_norm", move |v| {
+        let (h, y) = v[0].add_rms_norm(&v[1], &v[2], 1e-5)?;
+        h.tanh()?.add(&y)
+    }, &[x.clone(), randn(&mut r, &[4, 6]), w.clone()]);
     c.check("layer_norm", move |v| v[0].layer_norm(&v[1], &v[2], 1e-5), &[x.clone(), w, b]);
     c.check("linear", move |v| v[0].linear(&v[1], Some(&v[2])), &[x, randn(&mut r, &[6, 3]), randn(&mut r, &[3])]);
 }

@@ -36,6 +36,8 @@ pub(crate) trait Acc: num_traits::Float + AddAssign + MulAssign + Send + Sync + 
     fn exp_shifted_sum(x: &[Self], shift: Self, out: &mut [Self]) -> Self;
     /// `out[i] = gate · gelu(u[i])`, the σ form of the tanh GeLU (SIMD for f32, as above).
     fn gated_gelu(u: &[Self], gate: Self, out: &mut [Self]);
+    /// Σ a[i]·b[i] in a fixed order (SIMD lanes for f32, sequential for f64).
+    fn dot(a: &[Self], b: &[Self]) -> Self;
 }
 
 impl Acc for f32 {
@@ -47,6 +49,9 @@ impl Acc for f32 {
     }
     fn gated_gelu(u: &[f32], gate: f32, out: &mut [f32]) {
         super::simd::gated_gelu(u, gate, out)
+    }
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        super::simd::dot(a, b)
     }
 }
 impl Acc for f64 {
@@ -61,6 +66,9 @@ impl Acc for f64 {
     }
     fn gated_gelu(u: &[f64], gate: f64, out: &mut [f64]) {
         out.iter_mut().zip(u).for_each(|(o, &v)| *o = gate * super::elementwise::gelu(v));
+    }
+    fn dot(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).fold(0.0, |s, (x, y)| s + x * y)
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod adamw;
 mod attention;
+mod cross_entropy;
 mod elem;
 mod elementwise;
 mod gemm;
@@ -19,6 +20,7 @@ mod par;
 pub mod pool;
 pub mod profile;
 mod reduce;
+mod rms_norm;
 mod rope;
 mod simd;
 mod skinny;
@@ -81,6 +83,22 @@ impl BackendStorage for CpuStorage {
     fn softmax(&self, rows: usize, cols: usize, log: bool) -> Result<Self> {
         let name = if log { "log_softmax" } else { "softmax" };
         timed(|| name.into(), || self.pass(rows * cols, rows * cols, 4), || softmax::softmax(self, rows, cols, log))
+    }
+    fn rms_norm(&self, residual: Option<&Self>, weight: &Self, rows: usize, cols: usize, eps: f64) -> Result<(Self, Option<Self>)> {
+        // Reads x (and the residual), writes y (and h); about 5 FLOPs per element.
+        let streams = 1 + residual.is_some() as usize;
+        timed(|| "rms_norm".into(), || self.pass(streams * rows * cols, streams * rows * cols, 5), || rms_norm::rms_norm(self, residual, weight, rows, cols, eps))
+    }
+    fn rms_norm_backward(&self, h: &Self, weight: &Self, rows: usize, cols: usize, eps: f64) -> Result<(Self, Self)> {
+        // Reads dy and h, writes dh; about 10 FLOPs per element.
+        timed(|| "rms_norm backward".into(), || self.pass(2 * rows * cols, rows * cols, 10), || rms_norm::rms_norm_backward(self, h, weight, rows, cols, eps))
+    }
+    fn cross_entropy(&self, targets: &Self, rows: usize, vocab: usize) -> Result<Self> {
+        // One read of the logits; an exp and about 3 FLOPs per logit.
+        timed(|| "cross_entropy".into(), || Cost { bytes: (rows * vocab * self.elem_bytes()) as u64, flops: (4 * rows * vocab) as u64 }, || cross_entropy::cross_entropy(self, targets, rows, vocab))
+    }
+    fn cross_entropy_backward(&self, targets: &Self, g: &Self, rows: usize, vocab: usize) -> Result<Self> {
+        timed(|| "cross_entropy backward".into(), || self.pass(rows * vocab, rows * vocab, 5), || cross_entropy::cross_entropy_backward(self, targets, g, rows, vocab))
     }
     fn index_select(&self, idx: &Self, n_idx: usize, row_len: usize) -> Result<Self> {
         timed(|| "index_select".into(), || self.pass(n_idx * row_len, n_idx * row_len, 0), || index::index_select(self, idx, n_idx, row_len))

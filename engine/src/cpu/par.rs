@@ -48,3 +48,26 @@ where
 /// A chunk length for splitting `len` elements of a flat map: big enough to amortise a task,
 /// small enough to balance.
 pub(crate) const FLAT_CHUNK: usize = 1 << 13;
+
+/// `for_each_chunk` over two outputs split in step: the `i`-th `chunk_a`-sized piece of `a` and the
+/// `i`-th `chunk_b`-sized piece of `b` go to one call (both must split into the same count).
+pub(crate) fn for_each_chunk2<A, B, S, I, F>(a: &mut [A], chunk_a: usize, b: &mut [B], chunk_b: usize, parallel: bool, init: I, f: F)
+where
+    A: Send,
+    B: Send,
+    I: Fn() -> S + Sync + Send,
+    F: Fn(&mut S, usize, &mut [A], &mut [B]) + Sync + Send,
+{
+    if a.is_empty() || chunk_a == 0 || chunk_b == 0 {
+        return;
+    }
+    debug_assert_eq!(a.len().div_ceil(chunk_a), b.len().div_ceil(chunk_b), "outputs split into different counts");
+    if parallel {
+        a.par_chunks_mut(chunk_a).zip(b.par_chunks_mut(chunk_b)).enumerate().for_each_init(&init, |s, (i, (ca, cb))| f(s, i, ca, cb));
+    } else {
+        let mut s = init();
+        for (i, (ca, cb)) in a.chunks_mut(chunk_a).zip(b.chunks_mut(chunk_b)).enumerate() {
+            f(&mut s, i, ca, cb);
+        }
+    }
+}

@@ -68,7 +68,8 @@ extern "C" fn report_at_exit() {
 }
 
 /// User plus system CPU time of every thread of the process so far.
-fn process_cpu_time() -> Duration {
+/// User + system CPU time of the whole process so far (every thread).
+pub fn process_cpu_time() -> Duration {
     // SAFETY: `getrusage` fills the zeroed struct it is given and reads nothing else.
     let usage = unsafe {
         let mut u: libc::rusage = std::mem::zeroed();

@@ -1,5 +1,6 @@
 //! The widest SIMD the CPU has, chosen at run time, for the f32 loops that are not GEMMs: the
-//! exponentials of softmax rows and the GeLU gating of the dense MoE layer.
+//! exponentials of softmax and cross-entropy rows, the GeLU gating of the dense MoE layer, and the
+//! row dot products of RMSNorm.
 //!
 //! One binary serves AVX2 and AVX-512 machines: each loop is written once, as plain Rust over
 //! fixed 16-element chunks with a branch-free `exp`, and compiled three times, inside functions
@@ -84,6 +85,22 @@ fn exp_shifted_sum_body(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
     lane_sum(acc)
 }
 
+/// Σ a[i]·b[i] over 16 lane accumulators.
+#[inline(always)]
+fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let split = a.len() / LANES * LANES;
+    for (ac, bc) in a[..split].chunks_exact(LANES).zip(b[..split].chunks_exact(LANES)) {
+        for j in 0..LANES {
+            acc[j] += ac[j] * bc[j];
+        }
+    }
+    for (j, (x, y)) in a[split..].iter().zip(&b[split..]).enumerate() {
+        acc[j] += x * y;
+    }
+    lane_sum(acc)
+}
+
 /// σ-form GeLU, x·σ(2u) with 2u = 2c·(x + a·x³) (as `elementwise::gelu`), scaled by `gate`:
 /// `out[i] = gate · gelu(u[i])`.
 #[inline(always)]
@@ -132,6 +149,11 @@ multiversion! {
 }
 
 multiversion! {
+    /// Σ a[i]·b[i] (a and b of one length), summed in a fixed lane order.
+    dot(a: &[f32], b: &[f32]) -> f32 = dot_body
+}
+
+multiversion! {
     /// `out[i] = gate · gelu(u[i])` (the σ form of the tanh GeLU).
     gated_gelu(u: &[f32], gate: f32, out: &mut [f32]) -> () = gated_gelu_body
 }
@@ -167,6 +189,9 @@ mod tests {
         assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() <= 1e-6 * q.abs()));
         let reference: f64 = x.iter().map(|&v| (v as f64 - 3.0).exp()).sum();
         assert!(((sa as f64 - reference) / reference).abs() < 1e-6);
+        let (d, reference): (f32, f64) = (dot(&x, &a), x.iter().zip(&a).map(|(&p, &q)| p as f64 * q as f64).sum());
+        assert_eq!(d, dot_body(&x, &a));
+        assert!(((d as f64 - reference) / reference).abs() < 1e-6);
         gated_gelu(&x, 0.5, &mut a);
         gated_gelu_body(&x, 0.5, &mut b);
         assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() <= 1e-6 * q.abs().max(1e-6)));

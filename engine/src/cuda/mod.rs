@@ -98,6 +98,22 @@ impl BackendStorage for CudaStorage {
         let _r = nvtx::range(if log { c"log_softmax" } else { c"softmax" });
         ops::softmax::softmax(self, rows, cols, log)
     }
+    fn rms_norm(&self, residual: Option<&Self>, weight: &Self, rows: usize, cols: usize, eps: f64) -> Result<(Self, Option<Self>)> {
+        let _r = nvtx::range(c"rms_norm");
+        ops::rms_norm::rms_norm(self, residual, weight, rows, cols, eps)
+    }
+    fn rms_norm_backward(&self, h: &Self, weight: &Self, rows: usize, cols: usize, eps: f64) -> Result<(Self, Self)> {
+        let _r = nvtx::range(c"rms_norm backward");
+        ops::rms_norm::rms_norm_backward(self, h, weight, rows, cols, eps)
+    }
+    fn cross_entropy(&self, targets: &Self, rows: usize, vocab: usize) -> Result<Self> {
+        let _r = nvtx::range(c"cross_entropy");
+        ops::softmax::cross_entropy(self, targets, rows, vocab)
+    }
+    fn cross_entropy_backward(&self, targets: &Self, g: &Self, rows: usize, vocab: usize) -> Result<Self> {
+        let _r = nvtx::range(c"cross_entropy backward");
+        ops::softmax::cross_entropy_backward(self, targets, g, rows, vocab)
+    }
     fn index_select(&self, idx: &Self, n_idx: usize, row_len: usize) -> Result<Self> {
         let _r = nvtx::range(c"index_select");
         ops::index::index_select(self, idx, n_idx, row_len)

@@ -13,6 +13,7 @@ pub mod moe_sparse;
 mod optim;
 mod paged_attention;
 mod reduce;
+mod rms_norm;
 mod rope;
 mod softmax;
 
@@ -27,6 +28,7 @@ pub use moe_sparse::{moe_permute, moe_route, moe_sparse_mlp, moe_sparse_mlp_back
 pub use optim::*;
 pub use paged_attention::*;
 pub use reduce::*;
+pub use rms_norm::*;
 pub use rope::*;
 pub use softmax::*;
 

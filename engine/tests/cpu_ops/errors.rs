@@ -63,6 +63,17 @@ fn bad_dims_are_errors() {
     assert_err("broadcast", ops::add(&x, &zeros(&[6, 4], DType::F32)));
     assert_err("rope odd head", ops::rope(&zeros(&[1, 2, 1, 3], DType::F32), &zeros(&[2, 1], DType::F32), &zeros(&[2, 1], DType::F32), false));
     assert_err("rope table", ops::rope(&zeros(&[1, 2, 1, 4], DType::F32), &zeros(&[3, 2], DType::F32), &zeros(&[3, 2], DType::F32), false));
+    let (rows, w) = (zeros(&[4, 3], DType::F32), zeros(&[3], DType::F32));
+    assert_err("rms_norm weight", ops::rms_norm(&rows, None, &zeros(&[4], DType::F32), 1e-5));
+    assert_err("rms_norm residual", ops::rms_norm(&rows, Some(&zeros(&[3, 4], DType::F32)), &w, 1e-5));
+    assert_err("rms_norm eps", ops::rms_norm(&rows, None, &w, f64::NAN));
+    assert_err("rms_norm scalar", ops::rms_norm(&zeros(&[], DType::F32), None, &zeros(&[1], DType::F32), 1e-5));
+    assert_err("rms_norm_backward dy", ops::rms_norm_backward(&zeros(&[3, 3], DType::F32), &rows, &w, 1e-5));
+    let e = assert_err("cross_entropy target", ops::cross_entropy(&rows, &indices(&[0, 1, 3, 2], &[4])));
+    assert!(matches!(e, Error::IndexOutOfRange { index: 3, size: 3, .. }), "{e}");
+    assert_err("cross_entropy targets shape", ops::cross_entropy(&rows, &indices(&[0, 1, 2], &[3])));
+    assert_err("cross_entropy float targets", ops::cross_entropy(&rows, &zeros(&[4], DType::F32)));
+    assert_err("cross_entropy_backward g", ops::cross_entropy_backward(&rows, &indices(&[0, 1, 2, 2], &[4]), &zeros(&[3], DType::F32)));
 }
 
 #[test]
@@ -93,6 +104,10 @@ fn backend_reports_inconsistent_arguments() {
     assert_err("narrow", x.narrow(2, 3, 2, 2));
     assert_err("permute", x.permute(&[2, 3], &[1, 1]));
     assert_err("rope", x.rope(&x, &x, 1, 1, 1, 5, false));
+    assert_err("rms_norm", x.rms_norm(None, &x, 2, 3, 1e-5));
+    assert_err("rms_norm_backward", x.rms_norm_backward(&x, &x, 3, 2, 1e-5));
+    assert_err("cross_entropy", x.cross_entropy(&idx, 2, 3));
+    assert_err("cross_entropy_backward", x.cross_entropy_backward(&idx, &x, 2, 3));
     assert_err("concat", CpuStorage::concat(&[&x, &idx], 1, &[6, 2]));
     assert_err("argmax", x.argmax(6, 0, 1));
     assert_err("binary reach", x.binary(&[3, 1], &x, &[0, 1], &[3, 3], engine::BinaryOp::Add));

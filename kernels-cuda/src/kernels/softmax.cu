@@ -1,4 +1,5 @@
-// softmax.cu: softmax or log-softmax of each row of a rows x cols matrix (contiguous).
+// softmax.cu: softmax or log-softmax of each row of a rows x cols matrix (contiguous), and the
+// fused softmax cross-entropy of each row against a target index (forward and backward).
 //
 // One row group per row (common.cuh): a warp for cols <= 1024, a 256-thread block above. Two passes
 // over the row:
@@ -9,10 +10,17 @@
 // The second read of the row is usually an L1/L2 hit. −inf entries contribute exactly 0; a row that
 // is all −inf gives NaN (0/0), and a NaN anywhere in a row makes the sum, so the row, NaN.
 //
+// Cross-entropy: the forward is pass 1 only, then loss = (m − x[target]) + log(s) (one read of the
+// logits, nothing kept; m − x[target] first, as it is exact for nearby values). The backward
+// recomputes (m, s) and writes d = (exp(x − m) / s − [c == target]) · g[row]: one kernel where the
+// unfused form launched five and kept the log-probabilities alive between forward and backward.
+// Targets are < cols (the op layer checks).
+//
 // Accurate expf/logf (no fast math): router probabilities and the loss feed training directly.
 //
-// Roofline: reads 2·rows·cols (the second pass mostly from cache) and writes rows·cols elements;
-// about 5 FLOPs and one exp per element. Memory bound for bf16/f16 on H100.
+// Roofline: softmax reads 2·rows·cols (the second pass mostly from cache) and writes rows·cols
+// elements; about 5 FLOPs and one exp per element. Memory bound for bf16/f16 on H100. The
+// cross-entropy forward reads rows·cols and writes rows; its backward is a softmax's traffic.
 
 #include "common.cuh"
 
@@ -29,11 +37,9 @@ struct MaxSumOp {
     }
 };
 
-template <typename T> __device__ void softmax_rows(const T* x, T* y, u64 rows, u64 cols, int log) {
-    __shared__ MaxSum smem[32];
-    const u64 row = (u64)blockIdx.x * blockDim.y + threadIdx.y;
-    const bool active = row < rows;
-    const T* xr = x + row * cols;
+// Pass 1 over row `row` of x (cols elements): the group's (max, Σ exp(x − max)). Every thread of
+// the block calls it; rows past the end (`active` false) pass the identity.
+template <typename T> __device__ MaxSum row_max_sum(const T* xr, u64 cols, bool active, MaxSum* smem) {
     MaxSum ms = MaxSum{-INFINITY, 0.0f};
     if (active) {
         for (u64 c = threadIdx.x; c < cols; c += blockDim.x) {
@@ -46,7 +52,15 @@ template <typename T> __device__ void softmax_rows(const T* x, T* y, u64 rows, u
             }
         }
     }
-    ms = group_reduce(ms, MaxSumOp(), smem);
+    return group_reduce(ms, MaxSumOp(), smem);
+}
+
+template <typename T> __device__ void softmax_rows(const T* x, T* y, u64 rows, u64 cols, int log) {
+    __shared__ MaxSum smem[32];
+    const u64 row = (u64)blockIdx.x * blockDim.y + threadIdx.y;
+    const bool active = row < rows;
+    const T* xr = x + row * cols;
+    const MaxSum ms = row_max_sum(xr, cols, active, smem);
     if (!active) return;
     T* yr = y + row * cols;
     if (log) {
@@ -58,9 +72,44 @@ template <typename T> __device__ void softmax_rows(const T* x, T* y, u64 rows, u
     }
 }
 
-#define ENTRIES(NAME, T)                                                                                         \
-    extern "C" __global__ void __launch_bounds__(256) softmax_##NAME(const T* x, T* y, u64 rows, u64 cols, int log) { \
-        softmax_rows<T>(x, y, rows, cols, log);                                                                  \
+template <typename T> __device__ void cross_entropy_rows(const T* x, const u32* targets, T* loss, u64 rows, u64 cols) {
+    __shared__ MaxSum smem[32];
+    const u64 row = (u64)blockIdx.x * blockDim.y + threadIdx.y;
+    const bool active = row < rows;
+    const T* xr = x + row * cols;
+    const MaxSum ms = row_max_sum(xr, cols, active, smem);
+    if (active && threadIdx.x == 0) loss[row] = from_float<T>((ms.m - to_float(xr[targets[row]])) + logf(ms.s));
+}
+
+template <typename T>
+__device__ void cross_entropy_backward_rows(const T* x, const u32* targets, const T* g, T* d, u64 rows, u64 cols) {
+    __shared__ MaxSum smem[32];
+    const u64 row = (u64)blockIdx.x * blockDim.y + threadIdx.y;
+    const bool active = row < rows;
+    const T* xr = x + row * cols;
+    const MaxSum ms = row_max_sum(xr, cols, active, smem);
+    if (!active) return;
+    const float gr = to_float(g[row]);
+    const float scale = gr / ms.s;
+    const u64 target = targets[row];
+    T* dr = d + row * cols;
+    for (u64 c = threadIdx.x; c < cols; c += blockDim.x) {
+        const float p = expf(to_float(xr[c]) - ms.m) * scale;
+        dr[c] = from_float<T>(c == target ? p - gr : p);
+    }
+}
+
+#define ENTRIES(NAME, T)                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256) softmax_##NAME(const T* x, T* y, u64 rows, u64 cols, int log) {  \
+        softmax_rows<T>(x, y, rows, cols, log);                                                                       \
+    }                                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(256)                                                                 \
+        cross_entropy_##NAME(const T* x, const u32* targets, T* loss, u64 rows, u64 cols) {                           \
+        cross_entropy_rows<T>(x, targets, loss, rows, cols);                                                          \
+    }                                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(256)                                                                 \
+        cross_entropy_backward_##NAME(const T* x, const u32* targets, const T* g, T* d, u64 rows, u64 cols) {         \
+        cross_entropy_backward_rows<T>(x, targets, g, d, rows, cols);                                                 \
     }
 
 ENTRIES(f32, float)

@@ -123,10 +123,9 @@ pub fn forward(w: &InferWeights, cache: &mut KvCache, chunks: &[Chunk], mode: In
     })
 }
 
-/// RMSNorm in the training model's op order, so both paths round alike.
+/// RMSNorm through the training model's fused op, so both paths round alike.
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let inv_rms = ops::scalar(&ops::add_scalar(&ops::mean(&ops::unary(x, engine::UnaryOp::Sqr)?, -1, true)?, eps)?, engine::ScalarOp::Pow, -0.5)?;
-    Ok(ops::mul(&ops::mul(x, &inv_rms)?, weight)?)
+    Ok(ops::rms_norm(x, None, weight, eps)?.y)
 }
 
 fn route(r: &RouterWeights, x: &Tensor) -> Result<Tensor> {

@@ -16,6 +16,7 @@ pub(crate) mod moe_sparse;
 pub(crate) mod optim;
 pub(crate) mod paged_attention;
 pub(crate) mod reduce;
+pub(crate) mod rms_norm;
 pub(crate) mod rope;
 pub(crate) mod softmax;
 pub(crate) mod strided;

@@ -1,0 +1,149 @@
+//! RMSNorm over the rows of a `rows x cols` matrix, with the residual add of a pre-norm block fused
+//! in front, and its backward.
+//!
+//! Forward, per row: h = x + residual (rounded to the storage type and written out: it is the
+//! block's new residual stream; without a residual h = x and nothing is written), inv = 1 /
+//! √(Σh²/n + eps), y = (h · inv) · w. One read of the inputs and one write per output, where the
+//! unfused form (add, square, mean, add eps, power, two products) walked memory seven times and
+//! allocated a buffer for each.
+//!
+//! Backward, with g = dy ⊙ w: dh = inv · g − h · inv³ · (g · h) / n, and dw = Σ_rows dy ⊙ h · inv.
+//! inv is recomputed from h (one more row dot product) instead of being saved, so the forward keeps
+//! nothing for the backward beyond h itself.
+//!
+//! Rows go in blocks of `ROW_BLOCK`, in parallel when the matrix is large enough. dw is a sum over
+//! rows: each block sums its rows in order into a partial, and the partials are added in block
+//! order; the block size is fixed, not per thread, so the bits do not depend on the thread count.
+//! Arithmetic runs in the arithmetic type (f32 for f32 / bf16 / f16, f64 for f64), the row dot
+//! products 16 lanes wide in a fixed order (simd.rs), as the CUDA kernel's f32 accumulation does.
+
+use super::elem::prelude::*;
+use super::elem::{with_float, Acc, Elem, Float};
+use super::par::{for_each_chunk, for_each_chunk2, worth_it};
+use crate::{CpuStorage, Error, Result};
+
+/// Rows per task, and per partial sum of dw.
+const ROW_BLOCK: usize = 32;
+
+/// A forward's sizes and epsilon.
+#[derive(Clone, Copy)]
+struct Rows {
+    rows: usize,
+    cols: usize,
+    eps: f64,
+}
+
+impl Rows {
+    fn check(&self, op: &'static str, lens: &[(&str, usize, usize)]) -> Result<()> {
+        for &(what, got, want) in lens {
+            if got != want {
+                return Err(Error::shape(op, format!("{what} holds {got} elements where {want} were expected for {} x {}", self.rows, self.cols)));
+            }
+        }
+        Ok(())
+    }
+
+    /// 1 / √(Σh²/n + eps) of one widened row.
+    fn inv_rms<A: Acc>(&self, h: &[A]) -> A {
+        (A::dot(h, h) / A::of(self.cols as f64) + A::of(self.eps)).sqrt().recip()
+    }
+}
+
+pub(super) fn rms_norm(x: &CpuStorage, residual: Option<&CpuStorage>, weight: &CpuStorage, rows: usize, cols: usize, eps: f64) -> Result<(CpuStorage, Option<CpuStorage>)> {
+    const OP: &str = "rms_norm";
+    let dims = Rows { rows, cols, eps };
+    with_float!(OP, x, |x| {
+        let w = Elem::view(OP, weight)?;
+        let r = residual.map(|r| Elem::view(OP, r)).transpose()?;
+        dims.check(OP, &[("x", x.len(), rows * cols), ("weight", w.len(), cols), ("residual", r.map_or(rows * cols, <[_]>::len), rows * cols)])?;
+        let (y, h) = forward_typed(x, r, w, dims);
+        Ok((Elem::wrap(y), h.map(Elem::wrap)))
+    })
+}
+
+pub(super) fn rms_norm_backward(dy: &CpuStorage, h: &CpuStorage, weight: &CpuStorage, rows: usize, cols: usize, eps: f64) -> Result<(CpuStorage, CpuStorage)> {
+    const OP: &str = "rms_norm_backward";
+    let dims = Rows { rows, cols, eps };
+    with_float!(OP, dy, |dy| {
+        let (h, w) = (Elem::view(OP, h)?, Elem::view(OP, weight)?);
+        dims.check(OP, &[("dy", dy.len(), rows * cols), ("h", h.len(), rows * cols), ("weight", w.len(), cols)])?;
+        let (dh, dw) = backward_typed(dy, h, w, dims);
+        Ok((Elem::wrap(dh), Elem::wrap(dw)))
+    })
+}
+
+fn forward_typed<T: Float>(x: &[T], residual: Option<&[T]>, w: &[T], dims: Rows) -> (Vec<T>, Option<Vec<T>>) {
+    let (rows, cols) = (dims.rows, dims.cols);
+    let w = T::widen_slice(w);
+    let zero = T::narrow(T::Acc::zero());
+    let mut y = vec![zero; rows * cols];
+    let parallel = worth_it(rows * cols);
+    // One block of rows: widen (and add the residual, storing the rounded sum), then normalise.
+    let block = |hs: &mut Vec<T::Acc>, b: usize, ys: &mut [T], mut h_out: Option<&mut [T]>| {
+        hs.resize(cols, T::Acc::zero());
+        for (i, yr) in ys.chunks_exact_mut(cols).enumerate() {
+            let row = (b * ROW_BLOCK + i) * cols;
+            let xr = &x[row..][..cols];
+            match (residual, h_out.as_deref_mut()) {
+                (Some(res), Some(h_out)) => {
+                    let (rr, hr) = (&res[row..][..cols], &mut h_out[i * cols..][..cols]);
+                    for j in 0..cols {
+                        hr[j] = T::narrow(xr[j].widen() + rr[j].widen());
+                        hs[j] = hr[j].widen();
+                    }
+                }
+                _ => hs.iter_mut().zip(xr).for_each(|(a, v)| *a = v.widen()),
+            }
+            let inv = dims.inv_rms(hs);
+            for ((o, &v), &g) in yr.iter_mut().zip(hs.iter()).zip(w.iter()) {
+                *o = T::narrow(v * inv * g);
+            }
+        }
+    };
+    let h = match residual {
+        Some(_) => {
+            let mut h = vec![zero; rows * cols];
+            for_each_chunk2(&mut y, ROW_BLOCK * cols, &mut h, ROW_BLOCK * cols, parallel, Vec::new, |s, b, ys, hs| block(s, b, ys, Some(hs)));
+            Some(h)
+        }
+        None => {
+            for_each_chunk(&mut y, ROW_BLOCK * cols, parallel, Vec::new, |s, b, ys| block(s, b, ys, None));
+            None
+        }
+    };
+    (y, h)
+}
+
+fn backward_typed<T: Float>(dy: &[T], h: &[T], w: &[T], dims: Rows) -> (Vec<T>, Vec<T>) {
+    let (rows, cols) = (dims.rows, dims.cols);
+    let w = T::widen_slice(w);
+    let n = T::Acc::of(cols as f64);
+    let mut dh = vec![T::narrow(T::Acc::zero()); rows * cols];
+    let blocks = rows.div_ceil(ROW_BLOCK);
+    let mut partials = vec![T::Acc::zero(); blocks * cols];
+    // Scratch: the widened row of h and g = dy ⊙ w.
+    let init = || (Vec::new(), Vec::new());
+    for_each_chunk2(&mut dh, ROW_BLOCK * cols, &mut partials, cols, worth_it(rows * cols), init, |(hs, gs): &mut (Vec<T::Acc>, Vec<T::Acc>), b, dhs, dw| {
+        hs.resize(cols, T::Acc::zero());
+        gs.resize(cols, T::Acc::zero());
+        for (i, dhr) in dhs.chunks_exact_mut(cols).enumerate() {
+            let row = (b * ROW_BLOCK + i) * cols;
+            let (hr, dyr) = (&h[row..][..cols], &dy[row..][..cols]);
+            for j in 0..cols {
+                hs[j] = hr[j].widen();
+                gs[j] = dyr[j].widen() * w[j];
+            }
+            let inv = dims.inv_rms(hs);
+            let c = inv * inv * inv * T::Acc::dot(gs, hs) / n;
+            for j in 0..cols {
+                dhr[j] = T::narrow(inv * gs[j] - c * hs[j]);
+                dw[j] += dyr[j].widen() * hs[j] * inv;
+            }
+        }
+    });
+    let mut dw = vec![T::Acc::zero(); cols];
+    for p in partials.chunks_exact(cols) {
+        dw.iter_mut().zip(p).for_each(|(s, &v)| *s += v);
+    }
+    (dh, T::narrow_vec(dw))
+}
