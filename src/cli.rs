@@ -213,6 +213,10 @@ pub struct BenchInferenceArgs {
     /// Measurements per row and protocol, alternating between rows; the median is reported.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
+    /// Also run each model with attention experts with per-expert attention, as rows of their
+    /// own in the same alternation (when per-expert attention pays).
+    #[arg(long)]
+    pub compare_attention: bool,
     /// Do not append records to perf/results.jsonl.
     #[arg(long)]
     pub no_record: bool,

@@ -8,6 +8,10 @@
 //!   densely (every expert on every token), inferred sparsely.
 //! - `smoe`: dense attention; MLP experts routed top-k in training and inference, with the Switch
 //!   load-balancing loss and an optional capacity factor, in every `moe_every`-th layer.
+//!
+//! Any MLP is GeLU (two matrices) or SwiGLU (three, `mlp.activation`); an MoE layer may add
+//! always-on shared experts (`mlp.shared_experts`, DeepSeekMoE-style) and the first layers may be
+//! dense (`mlp.first_dense_layers`), which together give the peers' exact shapes.
 
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +57,38 @@ pub struct MlpConfig {
     pub moe_every: usize,
     #[serde(default)]
     pub dense_width: Option<usize>,
+    /// The first `first_dense_layers` layers have a dense MLP of `dense_width` (DeepSeekMoE's
+    /// dense first layer).
+    #[serde(default)]
+    pub first_dense_layers: usize,
+    /// Experts of `expert_width` every token uses in each MoE layer besides the routed ones, not
+    /// gated (DeepSeekMoE's shared experts); computed as one MLP of `shared_experts·expert_width`.
+    #[serde(default)]
+    pub shared_experts: usize,
+    #[serde(default)]
+    pub activation: Activation,
+}
+
+/// The MLP's nonlinearity, for every MLP of a model (experts, shared experts, dense layers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activation {
+    /// `gelu(x·W1ᵀ)·W2` (GPT-2, the paper's models).
+    #[default]
+    Gelu,
+    /// `(silu(x·W1ᵀ) ⊙ x·W3ᵀ)·W2`, W1 the gate and W3 the up projection (Llama, Mistral,
+    /// DeepSeekMoE, Qwen-MoE).
+    Swiglu,
+}
+
+impl Activation {
+    /// Matrices of one MLP of this kind.
+    pub fn matrices(self) -> usize {
+        match self {
+            Activation::Gelu => 2,
+            Activation::Swiglu => 3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -241,6 +277,12 @@ impl ModelConfig {
         if m.n_experts == 0 || m.expert_width == 0 || m.moe_every == 0 {
             return bad("mlp.n_experts, mlp.expert_width and mlp.moe_every must be positive".into());
         }
+        if m.first_dense_layers > self.n_layers || (m.first_dense_layers > 0 && m.n_experts > 1 && m.dense_width.is_none()) {
+            return bad(format!("mlp.first_dense_layers {} must be at most n_layers {} and needs mlp.dense_width", m.first_dense_layers, self.n_layers));
+        }
+        if m.shared_experts > 0 && m.n_experts == 1 {
+            return bad("mlp.shared_experts need routed experts beside them (mlp.n_experts > 1)".into());
+        }
         if let RouterKind::Mlp { hidden: 0 } = self.router {
             return bad("router.hidden must be positive".into());
         }
@@ -289,7 +331,13 @@ impl ModelConfig {
 
     /// True when layer `i` has an MoE MLP (with a router).
     pub fn is_moe_layer(&self, i: usize) -> bool {
-        self.mlp.n_experts > 1 && (i + 1) % self.mlp.moe_every == 0
+        self.mlp.n_experts > 1 && i >= self.mlp.first_dense_layers && (i + 1) % self.mlp.moe_every == 0
+    }
+
+    /// Width of the dense MLP of a layer without a router.
+    pub fn dense_width(&self) -> usize {
+        let m = &self.mlp;
+        if m.n_experts > 1 { m.dense_width.unwrap_or(m.expert_width) } else { m.expert_width }
     }
 }
 

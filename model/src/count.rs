@@ -41,18 +41,21 @@ impl ModelConfig {
         let att_used = att_experts.unwrap_or(a.n_experts as f64).min(a.n_experts as f64);
         let att_idle = if a.n_experts > 1 { (a.n_experts as f64 - att_used) * att_expert as f64 } else { 0.0 };
 
-        let mlp_expert = product(&[2, m.expert_width, d])?;
+        let matrices = m.activation.matrices();
+        let mlp_expert = product(&[matrices, m.expert_width, d])?;
         let mlp_used = match (self.mlp.top_k, mlp_experts) {
             (Some(k), _) => k as f64,
             (None, Some(k)) => k.min(m.n_experts as f64),
             (None, None) => m.n_experts as f64,
         };
-        let moe_layer = product(&[m.n_experts, mlp_expert])?.checked_add(self.router_params(m.n_experts)?)?;
-        let width = if m.n_experts > 1 { m.dense_width.unwrap_or(m.expert_width) } else { m.expert_width };
-        let dense_layer = product(&[2, width, d])?;
-        // Layer i is an MoE layer when (i + 1) is a multiple of moe_every (`is_moe_layer`), counted
-        // in closed form so a huge n_layers costs no time.
-        let moe_layers = if m.n_experts > 1 { self.n_layers / m.moe_every } else { 0 };
+        // Shared experts are always on: part of the total, never idle.
+        let shared = product(&[matrices, m.shared_experts, m.expert_width, d])?;
+        let moe_layer = product(&[m.n_experts, mlp_expert])?.checked_add(self.router_params(m.n_experts)?)?.checked_add(shared)?;
+        let dense_layer = product(&[matrices, self.dense_width(), d])?;
+        // Layer i is an MoE layer when i >= first_dense_layers and (i + 1) is a multiple of
+        // moe_every (`is_moe_layer`): the multiples of moe_every in (first_dense_layers, n_layers],
+        // counted in closed form so a huge n_layers costs no time.
+        let moe_layers = if m.n_experts > 1 { self.n_layers / m.moe_every - m.first_dense_layers / m.moe_every } else { 0 };
         let dense_layers = self.n_layers - moe_layers;
         let per_layer = d.checked_mul(2)?.checked_add(attention)?;
         let mut total = product(&[self.n_layers, per_layer])?.checked_add(product(&[moe_layers, moe_layer])?)?.checked_add(product(&[dense_layers, dense_layer])?)?;

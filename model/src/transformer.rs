@@ -7,7 +7,7 @@ use engine::{Device, Rng, Tensor};
 use crate::attention::{Attention, Positions};
 use crate::config::{Family, ModelConfig};
 use crate::losses;
-use crate::mlp::{Mlp, Routing};
+use crate::mlp::{Mlp, MlpShape, Routing};
 use crate::params::{Init, ParamId, Params};
 use crate::router::Selection;
 use crate::{Ctx, Error, Result};
@@ -70,10 +70,11 @@ impl Model {
             let mlp_norm = params.add(format!("{prefix}.mlp_norm.weight"), &[d], Init::Ones, device, &mut rng)?;
             let m = &config.mlp;
             let mlp = if config.is_moe_layer(i) {
-                Mlp::new(&mut params, &format!("{prefix}.mlp"), d, m.n_experts, m.expert_width, Some(config.router), config.n_layers, device, &mut rng)?
+                let shape = MlpShape { d, n_experts: m.n_experts, width: m.expert_width, activation: m.activation, shared_width: m.shared_experts * m.expert_width };
+                Mlp::new(&mut params, &format!("{prefix}.mlp"), shape, Some(config.router), config.n_layers, device, &mut rng)?
             } else {
-                let width = if m.n_experts > 1 { m.dense_width.unwrap_or(m.expert_width) } else { m.expert_width };
-                Mlp::new(&mut params, &format!("{prefix}.mlp"), d, 1, width, None, config.n_layers, device, &mut rng)?
+                let shape = MlpShape { d, n_experts: 1, width: config.dense_width(), activation: m.activation, shared_width: 0 };
+                Mlp::new(&mut params, &format!("{prefix}.mlp"), shape, None, config.n_layers, device, &mut rng)?
             };
             blocks.push(Block { attn_norm, attn, mlp_norm, mlp });
         }

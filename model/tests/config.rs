@@ -65,9 +65,33 @@ fn mode_strings_parse_or_explain() {
 }
 
 #[test]
+fn peer_presets_have_their_published_sizes() {
+    // Published totals, embeddings included (Mistral-7B 7.24B; DeepSeekMoE-16B 16.4B, 2.8B
+    // active; Qwen1.5-MoE-A2.7B 14.3B, 2.7B active), within 1 %.
+    for (name, total, active) in [("mistral-7b", 7.24e9, 7.24e9), ("deepseekmoe-16b", 16.4e9, 2.8e9), ("qwen1.5-moe-a2.7b", 14.3e9, 2.7e9)] {
+        let k = presets::load(name).unwrap().model.counts(None, None).unwrap();
+        let (got_total, got_active) = ((k.total + k.embedding) as f64, k.active + k.embedding as f64);
+        assert!((got_total / total - 1.0).abs() < 0.01, "{name}: {got_total:.4e} parameters, published {total:e}");
+        assert!((got_active / active - 1.0).abs() < 0.015, "{name}: {got_active:.4e} active, published {active:e}");
+    }
+}
+
+/// A tiny config with the peers' MLP: SwiGLU, a dense first layer and shared experts.
+fn swiglu_tiny(name: &str) -> model::ModelConfig {
+    let mut c = presets::load(name).unwrap().model;
+    c.mlp.activation = model::config::Activation::Swiglu;
+    c.mlp.first_dense_layers = 1;
+    c.mlp.dense_width = Some(96);
+    c.mlp.shared_experts = 2;
+    c
+}
+
+#[test]
 fn config_counts_match_an_instantiated_model() {
-    for name in ["ds-moe-tiny", "dense-tiny", "smoe-tiny", "fairseq-moe-tiny"] {
-        let c = presets::load(name).unwrap().model;
+    let mut configs: Vec<_> = ["ds-moe-tiny", "dense-tiny", "smoe-tiny", "fairseq-moe-tiny"].iter().map(|n| presets::load(n).unwrap().model).collect();
+    configs.extend([swiglu_tiny("ds-moe-tiny"), swiglu_tiny("smoe-tiny")]);
+    for c in configs {
+        let name = &c.name;
         let m = model::Model::new(&c, &engine::Device::Cpu, 0).unwrap();
         let (from_config, from_model) = (c.counts(None, None).unwrap(), m.param_counts(None));
         assert_eq!(from_config.total, from_model.total, "{name}");

@@ -14,9 +14,8 @@ use model::{InferenceMode, Model, ModelConfig, Selection};
 
 /// A model with weights scaled up from the initialisation so its logits and routers are peaked:
 /// at the tiny init scale every logit ties within rounding and argmax would compare noise.
-fn peaked_model(name: &str, seed: u64) -> Model {
-    let config = presets::load(name).unwrap().model;
-    let mut model = Model::new(&config, &Device::Cpu, seed).unwrap();
+fn peaked_model(config: &ModelConfig, seed: u64) -> Model {
+    let mut model = Model::new(config, &Device::Cpu, seed).unwrap();
     for p in model.params.iter_mut() {
         if !p.name.ends_with("norm.weight") {
             let scale = if p.name.starts_with("embed") { 40.0 } else { 8.0 };
@@ -46,8 +45,8 @@ fn engine_outputs(weights: &InferWeights, mode: InferenceMode, prompts: &[Vec<u3
     out.into_iter().map(|c| c.generated).collect()
 }
 
-fn check_matches_recompute(name: &str, modes: &[(&str, &str)]) {
-    let model = peaked_model(name, 3);
+fn check_matches_recompute(config: &ModelConfig, modes: &[(&str, &str)]) {
+    let (model, name) = (peaked_model(config, 3), &config.name);
     let prompts = prompts(model.config.vocab_size);
     for &(mlp, att) in modes {
         let mode = InferenceMode { mlp: Selection::parse(mlp).unwrap(), attention: Selection::parse(att).unwrap() };
@@ -70,13 +69,31 @@ fn check_matches_recompute(name: &str, modes: &[(&str, &str)]) {
 
 #[test]
 fn kv_cache_greedy_matches_full_recompute_ds_moe() {
-    check_matches_recompute("ds-moe-tiny", &[("dense", "dense"), ("top-k:2", "dense"), ("threshold:1", "dense"), ("top-k:4", "top-k:2"), ("threshold:0.5", "threshold:1")]);
+    check_matches_recompute(&preset("ds-moe-tiny"), &[("dense", "dense"), ("top-k:2", "dense"), ("threshold:1", "dense"), ("top-k:4", "top-k:2"), ("threshold:0.5", "threshold:1")]);
 }
 
 #[test]
 fn kv_cache_greedy_matches_full_recompute_dense_and_smoe() {
-    check_matches_recompute("dense-tiny", &[("dense", "dense")]);
-    check_matches_recompute("smoe-tiny", &[("dense", "dense")]);
+    check_matches_recompute(&preset("dense-tiny"), &[("dense", "dense")]);
+    check_matches_recompute(&preset("smoe-tiny"), &[("dense", "dense")]);
+}
+
+fn preset(name: &str) -> ModelConfig {
+    presets::load(name).unwrap().model
+}
+
+/// A tiny config with the peers' MLP: SwiGLU experts, a dense first layer, two shared experts.
+fn swiglu(name: &str) -> ModelConfig {
+    let mut c = preset(name);
+    c.mlp.activation = model::config::Activation::Swiglu;
+    (c.mlp.first_dense_layers, c.mlp.dense_width, c.mlp.shared_experts) = (1, Some(96), 2);
+    c
+}
+
+#[test]
+fn kv_cache_greedy_matches_full_recompute_swiglu_and_shared_experts() {
+    check_matches_recompute(&swiglu("ds-moe-tiny"), &[("dense", "dense"), ("top-k:2", "dense"), ("threshold:1", "top-k:2")]);
+    check_matches_recompute(&swiglu("smoe-tiny"), &[("dense", "dense")]);
 }
 
 fn micro_config() -> ModelConfig {

@@ -93,18 +93,26 @@ fn inference(a: BenchInferenceArgs) -> Result<()> {
     if a.repeats == 0 {
         bail!("--repeats must be at least 1");
     }
+    // Each model once with the engine's attention option, and with `--compare-attention` also
+    // with per-expert attention (as another subject, so both are measured in alternation).
+    let options: &[bool] = if a.compare_attention && !a.engine.per_expert_attention { &[false, true] } else { &[a.engine.per_expert_attention] };
+    let label = |name: &str, per_expert: bool| if per_expert && a.compare_attention { format!("{name} (per-expert att)") } else { name.to_string() };
     let mut subjects = Vec::new();
     match &a.checkpoint {
         Some(path) => {
             let loaded = load_model(path, &device)?;
             let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-            subjects.push(Subject { name, weights: InferWeights::from_model(&loaded.model, dtype, a.engine.per_expert_attention)? });
+            for &per_expert in attention_options(options, &loaded.model.config) {
+                subjects.push(Subject { name: label(&name, per_expert), weights: InferWeights::from_model(&loaded.model, dtype, per_expert)? });
+            }
         }
         None => {
             for name in &a.random_weights {
                 let config = presets::load(name)?.model;
                 eprintln!("drawing random {dtype} weights for {name} ...");
-                subjects.push(Subject { name: name.clone(), weights: InferWeights::random(&config, dtype, &device, 0, a.engine.per_expert_attention)? });
+                for &per_expert in attention_options(options, &config) {
+                    subjects.push(Subject { name: label(name, per_expert), weights: InferWeights::random(&config, dtype, &device, 0, per_expert)? });
+                }
             }
         }
     }
@@ -186,6 +194,11 @@ fn figure(protocol: Protocol, s: &Sample) -> (f64, &'static str, bool) {
     }
 }
 
+/// The attention options worth running for a config: per-expert attention only with attention experts.
+fn attention_options<'a>(options: &'a [bool], config: &model::ModelConfig) -> &'a [bool] {
+    if config.attention.n_experts > 1 { options } else { &options[..1] }
+}
+
 /// Weight bytes one decode token reads: the active parameters and the LM head (`vocab x d`).
 fn weight_bytes_per_token(w: &InferWeights, active: f64) -> f64 {
     (active + (w.config.vocab_size * w.config.d_model) as f64) * w.dtype.size_in_bytes() as f64
@@ -206,7 +219,7 @@ fn print_table(a: &BenchInferenceArgs, subjects: &[Subject], rows: &[Row], proto
             }
         })
         .collect();
-    print!("{:<22} {:<28} {:>16}", "model", "mode", "active params");
+    print!("{:<30} {:<28} {:>16}", "model", "mode", "active params");
     for h in &headers {
         print!("  {h:>30}");
     }
@@ -215,7 +228,7 @@ fn print_table(a: &BenchInferenceArgs, subjects: &[Subject], rows: &[Row], proto
         let s = &subjects[row.subject];
         let total = s.weights.config.counts(None, None)?.total as f64;
         let active = m[r][0].active;
-        print!("{:<22} {:<28} {:>16}", s.name, row.label, format!("{} ({:.0}%)", human(active), 100.0 * active / total));
+        print!("{:<30} {:<28} {:>16}", s.name, row.label, format!("{} ({:.0}%)", human(active), 100.0 * active / total));
         for (p, &protocol) in protocols.iter().enumerate() {
             let (value, _, higher) = figure(protocol, &m[r][p]);
             let (base, _, _) = figure(protocol, &m[0][p]);
@@ -238,7 +251,7 @@ fn print_table(a: &BenchInferenceArgs, subjects: &[Subject], rows: &[Row], proto
             let base_bytes = weight_bytes_per_token(&subjects[rows[0].subject].weights, m[0][p].active);
             let speedup = figure(Protocol::Output, &m[r][p]).0 / figure(Protocol::Output, &m[0][p]).0;
             println!(
-                "  {:<22} {:<28} {:>8.1} MB/token  {:>6.1} GB/s ({:>3.0}% of copy)  speedup {speedup:.2}x vs bytes ratio {:.2}x",
+                "  {:<30} {:<28} {:>8.1} MB/token  {:>6.1} GB/s ({:>3.0}% of copy)  speedup {speedup:.2}x vs bytes ratio {:.2}x",
                 s.name,
                 row.label,
                 bytes / 1e6,

@@ -23,9 +23,11 @@ pub fn run(args: InfoArgs) -> Result<()> {
             let m = &c.model;
             let counts = m.counts(None, None)?;
             println!("{} ({}): {}", m.name, family(m.family), m.description);
-            println!("  total {} non-embedding parameters, embedding {}", millions(counts.total as f64), millions(counts.embedding as f64));
+            println!("  total {} non-embedding parameters, embedding {} ({} with the embedding)", millions(counts.total as f64), millions(counts.embedding as f64), millions((counts.total + counts.embedding) as f64));
             println!("  {} layers, d_model {}, {} query heads of {} ({} attention experts x {}), {} kv heads", m.n_layers, m.d_model, m.q_heads(), m.attention.head_dim, m.attention.n_experts, m.attention.heads_per_expert, m.attention.kv_heads);
-            println!("  MLP: {} experts of width {}", m.mlp.n_experts, m.mlp.expert_width);
+            let shared = if m.mlp.shared_experts > 0 { format!(" and {} shared", m.mlp.shared_experts) } else { String::new() };
+            let first_dense = if m.mlp.first_dense_layers > 0 { format!(", the first {} layers dense of width {}", m.mlp.first_dense_layers, m.dense_width()) } else { String::new() };
+            println!("  MLP ({}): {} experts{shared} of width {}{first_dense}", format!("{:?}", m.mlp.activation).to_lowercase(), m.mlp.n_experts, m.mlp.expert_width);
             println!("  {:<24} {:>12} {:>10} {:>14}", "mode", "active", "fraction", "MLP experts");
             for (mode, att, mlp) in modes(&c) {
                 let k = m.counts(att, mlp)?;

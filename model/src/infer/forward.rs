@@ -10,6 +10,8 @@
 //!
 //! Experts: the MLP routes per token (top-K, threshold, threshold-K) through the engine's routing
 //! op and runs only the chosen experts (`moe_sparse_mlp`); dense modes use the fused dense MoE op.
+//! SwiGLU experts take the training model's composed per-expert path instead, and shared experts
+//! are added to every token's routed output.
 //! Attention experts either run every head and gate them (the paper's dense attention) or, with
 //! per-expert weights (`HeadProjections::PerExpert`), compute query projections and output rows
 //! only for the experts each token selects; the attention core itself then still runs over every
@@ -17,12 +19,14 @@
 //!
 //! Routing statistics accumulate in device scalars and are read once, by the caller, at the end.
 
+use autograd::Var;
 use engine::ops::{self, MoePath, RouteMode};
 use engine::{DType, Tensor};
 
 use super::cache::KvCache;
-use super::weights::{AttentionWeights, HeadProjections, InferWeights, MlpWeights, RouterWeights};
+use super::weights::{AttentionWeights, ExpertWeights, HeadProjections, InferWeights, MlpWeights, RouterWeights};
 use crate::config::Family;
+use crate::mlp::{self, ExpertMatrices};
 use crate::router::Selection;
 use crate::{Error, InferenceMode, Result};
 
@@ -207,15 +211,37 @@ fn attention(aw: &AttentionWeights, layer: usize, w: &InferWeights, x: &Tensor, 
 }
 
 fn mlp(mw: &MlpWeights, w: &InferWeights, x: &Tensor, selection: Selection, tally: &mut Tally) -> Result<Tensor> {
+    let y = routed_mlp(mw, w, x, selection, tally)?;
+    match &mw.shared {
+        Some(shared) => Ok(ops::add(&y, &routed_mlp(shared, w, x, selection, tally)?)?),
+        None => Ok(y),
+    }
+}
+
+/// An MLP's experts, without its shared ones. SwiGLU experts run through the training model's
+/// composed per-expert functions on constants (no tape), so both paths compute alike.
+fn routed_mlp(mw: &MlpWeights, w: &InferWeights, x: &Tensor, selection: Selection, tally: &mut Tally) -> Result<Tensor> {
+    let constant = |t: &Tensor| Var::constant(t.clone());
+    let split_expert = |split: &[[Tensor; 3]], e: usize| -> Result<ExpertMatrices> {
+        let [w1, w3, w2] = &split[e];
+        Ok((constant(w1), Some(constant(w3)), constant(w2)))
+    };
     let Some(router) = &mw.router else {
-        return Ok(ops::matmul(&ops::gelu(&ops::matmul_t(x, &mw.w1, false, true)?)?, &mw.w2)?);
+        let expert = match &mw.experts {
+            ExpertWeights::Stacked { w1, w2 } => (constant(w1), None, constant(w2)),
+            ExpertWeights::Split(split) => split_expert(split, 0)?,
+        };
+        return Ok(mlp::body(&constant(x), &expert)?.into_value());
     };
     let (n, experts) = (x.dims()[0], w.config.mlp.n_experts);
     let probs = route(router, x)?;
     tally.mlp_token_layers += n;
     let sparse = |routes: &ops::Routes, weights: &Tensor| -> Result<Tensor> {
         let perm = ops::moe_permute(routes, experts, None)?;
-        Ok(ops::moe_sparse_mlp(x, &mw.w1, &mw.w2, weights, &perm, MoePath::Auto, false)?.0)
+        Ok(match &mw.experts {
+            ExpertWeights::Stacked { w1, w2 } => ops::moe_sparse_mlp(x, w1, w2, weights, &perm, MoePath::Auto, false)?.0,
+            ExpertWeights::Split(split) => mlp::sparse_by_expert(&constant(x), &constant(weights), &perm, |e| split_expert(split, e))?.into_value(),
+        })
     };
     let (y, used) = if w.config.family == Family::Smoe {
         // The SMoE baseline's rule (top-k, gates renormalised over the k); no capacity limit at
@@ -226,7 +252,13 @@ fn mlp(mw: &MlpWeights, w: &InferWeights, x: &Tensor, selection: Selection, tall
         (sparse(&routes, &weights)?, ops::sum_all(&routes.mask)?)
     } else {
         match selection.route_mode(experts)? {
-            None => (ops::moe_dense_mlp(x, &mw.w1, &mw.w2, &probs)?.y, Tensor::full((n * experts) as f64, [1], DType::F32, &x.device())?),
+            None => {
+                let y = match &mw.experts {
+                    ExpertWeights::Stacked { w1, w2 } => ops::moe_dense_mlp(x, w1, w2, &probs)?.y,
+                    ExpertWeights::Split(split) => mlp::dense_by_expert(&constant(x), &constant(&probs), |e| split_expert(split, e))?.into_value(),
+                };
+                (y, Tensor::full((n * experts) as f64, [1], DType::F32, &x.device())?)
+            }
             Some(rm) => {
                 let routes = ops::moe_route(&probs, rm, false)?;
                 let weights = ops::mul(&ops::gather_last(&probs, &routes.experts)?, &routes.mask)?;

@@ -7,11 +7,13 @@
 //! Layout is the training model's, with one exception: with per-expert attention on (attention
 //! experts computing only their own query heads and output rows), the query and output
 //! projections are held as one `[heads_per_expert·head_dim, d]` matrix per expert, so an expert's
-//! rows are a tensor of their own and an unselected expert's weights are never read.
+//! rows are a tensor of their own and an unselected expert's weights are never read. SwiGLU MLP
+//! experts are held split the same way, one `[f, d]` triple per expert, for the composed
+//! per-expert path (the fused MoE ops take GeLU experts, stacked).
 
 use engine::{ops, CpuStorage, DType, Device, Rng, Tensor};
 
-use crate::config::{ModelConfig, RouterKind};
+use crate::config::{Activation, ModelConfig, RouterKind};
 use crate::{Error, Model, Result};
 
 /// A router: logits = x·W (or gelu(x·W1)·W2), softmax over experts.
@@ -35,11 +37,35 @@ pub(crate) struct AttentionWeights {
     pub router: Option<RouterWeights>,
 }
 
+/// The matrices of an MLP's experts (one expert for a plain MLP).
+pub(crate) enum ExpertWeights {
+    /// GeLU: w1, w2 `[E·f, d]` each (expert e owns rows `e·f .. (e+1)·f`).
+    Stacked { w1: Tensor, w2: Tensor },
+    /// SwiGLU: (w1 gate, w3 up, w2 down) `[f, d]` each, per expert.
+    Split(Vec<[Tensor; 3]>),
+}
+
 pub(crate) struct MlpWeights {
-    /// `[E·f, d]` each (expert e owns rows `e·f .. (e+1)·f`).
-    pub w1: Tensor,
-    pub w2: Tensor,
+    pub experts: ExpertWeights,
     pub router: Option<RouterWeights>,
+    /// Always-on shared experts, a plain MLP added to the routed output.
+    pub shared: Option<Box<MlpWeights>>,
+}
+
+impl MlpWeights {
+    fn bytes(&self) -> usize {
+        let experts: usize = match &self.experts {
+            ExpertWeights::Stacked { w1, w2 } => w1.size_in_bytes() + w2.size_in_bytes(),
+            ExpertWeights::Split(e) => e.iter().flatten().map(Tensor::size_in_bytes).sum(),
+        };
+        experts + self.router.as_ref().map_or(0, RouterWeights::bytes) + self.shared.as_ref().map_or(0, |s| s.bytes())
+    }
+}
+
+impl RouterWeights {
+    fn bytes(&self) -> usize {
+        self.layers.iter().map(Tensor::size_in_bytes).sum()
+    }
 }
 
 pub(crate) struct LayerWeights {
@@ -101,8 +127,7 @@ impl InferWeights {
                 HeadProjections::Whole { wq, wo } => wq.size_in_bytes() + wo.size_in_bytes(),
                 HeadProjections::PerExpert { wq, wo } => wq.iter().chain(wo).map(Tensor::size_in_bytes).sum(),
             };
-            total += l.mlp.w1.size_in_bytes() + l.mlp.w2.size_in_bytes();
-            total += [&l.attn.router, &l.mlp.router].iter().filter_map(|r| r.as_ref()).flat_map(|r| &r.layers).map(Tensor::size_in_bytes).sum::<usize>();
+            total += l.mlp.bytes() + l.attn.router.as_ref().map_or(0, RouterWeights::bytes);
         }
         total
     }
@@ -160,14 +185,35 @@ fn build(cfg: &ModelConfig, dtype: DType, device: &Device, per_expert_attention:
         };
         let mlp_norm = get(&format!("{p}.mlp_norm.weight"), &[d])?;
         let moe = cfg.is_moe_layer(i);
-        let (experts, width) = if moe { (m.n_experts, m.expert_width) } else if m.n_experts > 1 { (1, m.dense_width.unwrap_or(m.expert_width)) } else { (1, m.expert_width) };
-        let w1 = get(&format!("{p}.mlp.w1"), &[experts * width, d])?;
-        let w2 = get(&format!("{p}.mlp.w2"), &[experts * width, d])?;
-        let mlp_router = moe.then(|| router(&mut get, &format!("{p}.mlp"), m.n_experts)).transpose()?;
-        layers.push(LayerWeights { attn_norm, attn: AttentionWeights { heads, wk, wv, router: attn_router }, mlp_norm, mlp: MlpWeights { w1, w2, router: mlp_router } });
+        let (experts, width) = if moe { (m.n_experts, m.expert_width) } else { (1, cfg.dense_width()) };
+        let mut mlp = mlp_weights(&mut get, cfg, &format!("{p}.mlp"), experts, width)?;
+        if moe {
+            mlp.router = Some(router(&mut get, &format!("{p}.mlp"), m.n_experts)?);
+            if m.shared_experts > 0 {
+                mlp.shared = Some(Box::new(mlp_weights(&mut get, cfg, &format!("{p}.mlp.shared"), 1, m.shared_experts * m.expert_width)?));
+            }
+        }
+        layers.push(LayerWeights { attn_norm, attn: AttentionWeights { heads, wk, wv, router: attn_router }, mlp_norm, mlp });
     }
     let final_norm = get("final_norm.weight", &[d])?;
     let lm_head = (!cfg.tie_embeddings).then(|| get("lm_head.weight", &[d, v])).transpose()?;
     let (cos, sin) = crate::attention::rotary_tables(cfg.max_seq_len, dh, cfg.rope_theta, dtype, device)?;
     Ok(InferWeights { config: cfg.clone(), dtype, embed, lm_head, final_norm, layers, cos, sin })
+}
+
+/// An MLP's expert matrices, without router or shared experts (the caller adds those).
+fn mlp_weights(get: &mut impl FnMut(&str, &[usize]) -> Result<Tensor>, cfg: &ModelConfig, prefix: &str, experts: usize, width: usize) -> Result<MlpWeights> {
+    let dims = [experts * width, cfg.d_model];
+    let w1 = get(&format!("{prefix}.w1"), &dims)?;
+    let w2 = get(&format!("{prefix}.w2"), &dims)?;
+    let experts = match cfg.mlp.activation {
+        Activation::Gelu => ExpertWeights::Stacked { w1, w2 },
+        Activation::Swiglu => {
+            let w3 = get(&format!("{prefix}.w3"), &dims)?;
+            let split = |w: &Tensor| ops::split(w, &vec![width; experts], 0);
+            let (w1, w3, w2) = (split(&w1)?, split(&w3)?, split(&w2)?);
+            ExpertWeights::Split(w1.into_iter().zip(w3).zip(w2).map(|((a, b), c)| [a, b, c]).collect())
+        }
+    };
+    Ok(MlpWeights { experts, router: None, shared: None })
 }
