@@ -97,9 +97,12 @@ impl Model {
         let embed = ctx.p(self.params.get(self.embed))?;
         let mut h = embed.index_select(tokens)?;
         let mut aux: Option<Var> = None;
-        let mut add_aux = |term: Var, alpha: f64| -> Result<()> {
-            if alpha > 0.0 {
-                let term = term.mul_scalar(alpha / cfg.n_layers as f64)?;
+        // `per_layer` is the weight of one layer's term: ModuleFormer (whose MI loss DS-MoE uses)
+        // sums its MI loss over layers, so the configs' MI α weighs every layer in full; the Switch
+        // loss of the SMoE baseline stays averaged over layers.
+        let mut add_aux = |term: Var, per_layer: f64| -> Result<()> {
+            if per_layer > 0.0 {
+                let term = term.mul_scalar(per_layer)?;
                 aux = Some(match aux.take() {
                     Some(a) => a.add(&term)?,
                     None => term,
@@ -124,7 +127,7 @@ impl Model {
             let m = block.mlp.forward(ctx, &self.params, &x, routing)?;
             if let Some(r) = &m.router {
                 match cfg.family {
-                    Family::Smoe => add_aux(losses::load_balance(r)?, cfg.load_balance_alpha)?,
+                    Family::Smoe => add_aux(losses::load_balance(r)?, cfg.load_balance_alpha / cfg.n_layers as f64)?,
                     _ => add_aux(losses::mutual_information(r)?, cfg.mi_alpha_mlp)?,
                 }
             }

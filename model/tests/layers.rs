@@ -171,3 +171,44 @@ fn bad_batches_are_errors() {
     let out_of_vocab = Tensor::from_slice(&[3u32, 99], [2], &Device::Cpu).unwrap();
     assert!(model.forward(&ctx, &out_of_vocab, 1, 2, InferenceMode::DENSE).is_err());
 }
+
+/// The MI loss is summed over layers (ModuleFormer's definition), not averaged: with every block's
+/// residual outputs zeroed, each layer's routers see the same normalised input, so an L-layer
+/// model whose routers are copies of a one-layer model's has exactly L times its auxiliary loss.
+#[test]
+fn mutual_information_loss_is_summed_over_layers() {
+    let dev = Device::Cpu;
+    let aux_of = |n_layers: usize, source: Option<&Model>| -> (f64, Model) {
+        let mut cfg = micro(Family::DsMoe, RouterKind::Linear);
+        cfg.n_layers = n_layers;
+        let mut model = Model::new(&cfg, &dev, 7).unwrap();
+        let mut rng = Rng::new(3);
+        for p in model.params.iter_mut() {
+            let zero = p.name.ends_with(".wo") || p.name.ends_with(".mlp.w2");
+            let std = if zero { 0.0 } else { 0.4 };
+            p.value = Tensor::randn(p.value.shape().clone(), 0.0, std, DType::F32, &dev, &mut rng).unwrap();
+            // Routers and norms of every layer copied from the source's layer 0.
+            if let Some(src) = source {
+                let layer0 = p.name.splitn(3, '.').collect::<Vec<_>>();
+                if layer0.len() == 3 && layer0[0] == "layers" {
+                    let name = format!("layers.0.{}", layer0[2]);
+                    if let Some(s) = src.params.iter().find(|q| q.name == name) {
+                        p.value = s.value.clone();
+                    }
+                } else if let Some(s) = src.params.iter().find(|q| q.name == p.name) {
+                    p.value = s.value.clone();
+                }
+            }
+        }
+        let (batch, seq) = (2, 5);
+        let ids = tokens(batch * seq, cfg.vocab_size, 5);
+        let input = Tensor::from_slice(&ids, [batch * seq], &dev).unwrap();
+        let ctx = Ctx { tape: None, dtype: DType::F64, attention: AttentionPath::Fused };
+        let aux = model.forward(&ctx, &input, batch, seq, InferenceMode::DENSE).unwrap().aux_loss.unwrap().value().to_scalar().unwrap();
+        (aux, model)
+    };
+    let (one, source) = aux_of(1, None);
+    let (three, _) = aux_of(3, Some(&source));
+    assert!(one.abs() > 1e-3, "the one-layer MI loss {one} should be non-trivial");
+    assert!((three - 3.0 * one).abs() < 1e-9 * one.abs().max(1.0), "three layers: {three}, one layer: {one}; summed over layers means 3x");
+}
