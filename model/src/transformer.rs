@@ -37,6 +37,20 @@ pub struct InferenceMode {
 
 impl InferenceMode {
     pub const DENSE: InferenceMode = InferenceMode { mlp: Selection::Dense, attention: Selection::Dense };
+
+    /// One rule for both routers: the paper's Threshold strategy (Table 3) selects attention and
+    /// MLP experts alike.
+    pub fn both(selection: Selection) -> InferenceMode {
+        InferenceMode { mlp: selection, attention: selection }
+    }
+
+    /// The MLP and attention rules (`Selection::parse` forms); an attention rule of `same` is the
+    /// MLP's, so `threshold:0.48` with `same` is one mode setting for both routers.
+    pub fn parse(mlp: &str, attention: &str) -> Result<InferenceMode> {
+        let mlp = Selection::parse(mlp)?;
+        let attention = if attention == "same" { mlp } else { Selection::parse(attention)? };
+        Ok(InferenceMode { mlp, attention })
+    }
 }
 
 /// Per-layer routing statistics of one forward pass.
@@ -89,7 +103,16 @@ impl Model {
     /// Runs `tokens` (u32 `[B·T]`, B sequences of T) through the model. Training (`mode` =
     /// `DENSE` for DS-MoE) computes every expert; the SMoE family always routes top-k.
     pub fn forward(&self, ctx: &Ctx, tokens: &Tensor, batch: usize, seq: usize, mode: InferenceMode) -> Result<Forward> {
+        self.forward_layers(ctx, tokens, batch, seq, &vec![mode; self.blocks.len()])
+    }
+
+    /// `forward` with a mode per layer (`modes[i]` for layer i): how threshold-K runs once its
+    /// per-layer K is known (`eval::resolve_threshold_k`).
+    pub fn forward_layers(&self, ctx: &Ctx, tokens: &Tensor, batch: usize, seq: usize, modes: &[InferenceMode]) -> Result<Forward> {
         let cfg = &self.config;
+        if modes.len() != self.blocks.len() {
+            return Err(Error::Invalid { what: "modes", value: modes.len().to_string(), msg: format!("one inference mode per layer is needed ({} layers)", self.blocks.len()) });
+        }
         if tokens.elem_count() != batch * seq || seq == 0 || seq > cfg.max_seq_len {
             return Err(Error::Invalid { what: "batch", value: format!("{:?}", tokens.shape()), msg: format!("expected {batch} x {seq} tokens with 0 < {seq} <= max_seq_len {}", cfg.max_seq_len) });
         }
@@ -111,7 +134,7 @@ impl Model {
             Ok(())
         };
         let mut layers = Vec::with_capacity(self.blocks.len());
-        for block in &self.blocks {
+        for (block, mode) in self.blocks.iter().zip(modes) {
             let x = h.rms_norm(&ctx.p(self.params.get(block.attn_norm))?, cfg.norm_eps)?;
             let a = block.attn.forward(ctx, &self.params, &x, batch, seq, &pos, mode.attention)?;
             if let Some(r) = &a.router {
