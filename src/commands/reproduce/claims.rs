@@ -62,38 +62,38 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
 
+/// How a claim is judged from its experiment's results: what was measured and the verdict (None
+/// when the results lack what it needs).
+type Judge = fn(&Value) -> Option<(String, Verdict)>;
+
+/// Every claim: its experiment, the claim, the paper's numbers (from paper-notes.md), and its judge
+/// (None: no experiment measures it yet).
+const CLAIMS: &[(&str, &str, &str, Option<Judge>)] = &[
+    ("table3", "DS-MoE run sparsely stays within 1 % of its own dense loss with at most 50 % of its MLP expert parameters active", "30-40 % of parameters active at quality on par with dense (DS-MoE-6B: 29 % active)", Some(sparse_near_dense)),
+    ("table3", "DS-MoE beats a top-2 SMoE of the same total size with no more active parameters", "DS-MoE-1B PPL 20.37 at 439M active vs SMoE-1B 21.09 at 419M", Some(beats_smoe)),
+    ("table3", "DS-MoE run sparsely (at most 50 % of parameters active) is within 2 % of the dense model's loss", "log-PPL gap to dense -0.2 % (1B), +1.2 % (3B), +2.6 % (6B) (derived from Table 3)", Some(near_dense_model)),
+    ("fig4", "The threshold rule dominates top-K on the loss-against-active-parameters curve", "Fig. 4 (3B): threshold gives the best PPL for its compute", Some(threshold_dominates)),
+    ("fig4", "Threshold-K: rounding K up instead of to nearest trades active parameters for loss", "not given (the paper uses the batch-average count as K)", Some(rounding_effect)),
+    ("table4", "A larger α_mlp loses less loss at a fixed high sparsity (a quarter of the MLP experts)", "at 24 % active hidden: α_mlp 4e-4 PPL 14.0, 2e-4 PPL 16.1", Some(larger_alpha_robust)),
+    ("table4", "Without the MI loss (α_mlp = 0) the threshold rule activates more MLP experts", "the MI loss is what concentrates each token on few experts (§3.2)", Some(no_mi_less_sparse)),
+    ("fig3", "The active share of parameters under the threshold rule falls as the model grows", "41 % (1B), 34 % (3B), 29 % (6B) active", Some(sparsity_grows)),
+    ("fig5", "MLP layers use a smaller share of their experts than attention layers, in every layer", "Fig. 5 (3B, ε = 0.48): MLP much sparser than attention", Some(mlp_sparser)),
+    ("fig5", "Attention uses more than 60 % of its experts in every layer", "Fig. 5: attention utilisation consistently above 60 %", Some(attention_above_60)),
+    ("artetxe", "The MoE reaches a lower loss than its dense twin at equal training FLOPs", "MoEs are more compute-efficient than dense models except in fine-tuning", Some(moe_beats_dense)),
+    ("artetxe", "The dense model needs about 4x the MoE's compute to match it (accepted: 2x to 8x)", "about 4x less compute at modest budgets", Some(flop_ratio)),
+    ("speed", "DS-MoE-6B serves faster than dense and MoE models of its quality", "Table 7 (vLLM, A100): 2.00 req/s vs Dense-6B 1.04, Mistral-7B 1.07; Table 5: 1.91x input TPS over Dense-6B", None),
+];
+
 /// The claims of experiment `name`, judged from its results (None: it has not run).
-pub fn claims_of(name: &'static str, results: Option<&Value>) -> Vec<Claim> {
-    let claim = |claim, paper, measured: Option<(String, Verdict)>| {
-        let (here, verdict) = measured.unwrap_or_else(|| ("-".into(), Verdict::NotRun));
-        Claim { experiment: name, claim, paper, here, verdict }
-    };
-    let r = results;
-    match name {
-        "table3" => vec![
-            claim("DS-MoE run sparsely stays within 1 % of its own dense loss with at most 50 % of its MLP expert parameters active", "30-40 % of parameters active at quality on par with dense (DS-MoE-6B: 29 % active)", r.and_then(sparse_near_dense)),
-            claim("DS-MoE beats a top-2 SMoE of the same total size with no more active parameters", "DS-MoE-1B PPL 20.37 at 439M active vs SMoE-1B 21.09 at 419M", r.and_then(beats_smoe)),
-            claim("DS-MoE run sparsely (at most 50 % of parameters active) is within 2 % of the dense model's loss", "log-PPL gap to dense -0.2 % (1B), +1.2 % (3B), +2.6 % (6B) (derived from Table 3)", r.and_then(near_dense_model)),
-        ],
-        "fig4" => vec![
-            claim("The threshold rule dominates top-K on the loss-against-active-parameters curve", "Fig. 4 (3B): threshold gives the best PPL for its compute", r.and_then(threshold_dominates)),
-            claim("Threshold-K: rounding K up instead of to nearest trades active parameters for loss", "not given (the paper uses the batch-average count as K)", r.and_then(rounding_effect)),
-        ],
-        "table4" => vec![
-            claim("A larger α_mlp loses less loss at a fixed high sparsity (a quarter of the MLP experts)", "at 24 % active hidden: α_mlp 4e-4 PPL 14.0, 2e-4 PPL 16.1", r.and_then(larger_alpha_robust)),
-            claim("Without the MI loss (α_mlp = 0) the threshold rule activates more MLP experts", "the MI loss is what concentrates each token on few experts (§3.2)", r.and_then(no_mi_less_sparse)),
-        ],
-        "fig3" => vec![claim("The active share of parameters under the threshold rule falls as the model grows", "41 % (1B), 34 % (3B), 29 % (6B) active", r.and_then(sparsity_grows))],
-        "fig5" => vec![
-            claim("MLP layers use a smaller share of their experts than attention layers, in every layer", "Fig. 5 (3B, ε = 0.48): MLP much sparser than attention", r.and_then(mlp_sparser)),
-            claim("Attention uses more than 60 % of its experts in every layer", "Fig. 5: attention utilisation consistently above 60 %", r.and_then(attention_above_60)),
-        ],
-        "artetxe" => vec![
-            claim("The MoE reaches a lower loss than its dense twin at equal training FLOPs", "MoEs are more compute-efficient than dense models except in fine-tuning", r.and_then(moe_beats_dense)),
-            claim("The dense model needs about 4x the MoE's compute to match it (accepted: 2x to 8x)", "about 4x less compute at modest budgets", r.and_then(flop_ratio)),
-        ],
-        _ => vec![claim("DS-MoE-6B serves faster than dense and MoE models of its quality", "Table 7 (vLLM, A100): 2.00 req/s vs Dense-6B 1.04, Mistral-7B 1.07; Table 5: 1.91x input TPS over Dense-6B", None)],
-    }
+pub fn claims_of(name: &str, results: Option<&Value>) -> Vec<Claim> {
+    CLAIMS
+        .iter()
+        .filter(|c| c.0 == name)
+        .map(|&(experiment, claim, paper, judge)| {
+            let (here, verdict) = results.zip(judge).and_then(|(r, judge)| judge(r)).unwrap_or_else(|| ("-".into(), Verdict::NotRun));
+            Claim { experiment, claim, paper, here, verdict }
+        })
+        .collect()
 }
 
 fn find<'a>(rows: &[&'a Value], run: &str, mode: &str) -> Option<&'a Value> {
@@ -105,14 +105,25 @@ fn best_sparse<'a>(rows: &[&'a Value], keep: impl Fn(&Value) -> bool) -> Option<
     rows.iter().copied().filter(|r| r["run"] == "ds-moe" && r["mode"] != "dense" && keep(r)).min_by(|a, b| f(a, "loss").total_cmp(&f(b, "loss")))
 }
 
-fn sparse_near_dense(v: &Value) -> Option<(String, Verdict)> {
+/// The best DS-MoE sparse row whose `key` is at most 50 %, against the dense evaluation of run
+/// `reference`: reproduced when its loss is within `tolerance` (relative).
+fn sparse_within(v: &Value, reference: &str, key: &str, tolerance: f64) -> Option<(String, Verdict)> {
     let rows = rows(v);
-    let dense = f(find(&rows, "ds-moe", "dense")?, "loss");
-    let Some(best) = best_sparse(&rows, |r| f(r, "mlp_expert_fraction") <= 0.5) else {
-        return Some(("no sparse mode at or under 50 % of the MLP experts was evaluated".into(), Verdict::NotComparable));
+    let base = f(find(&rows, reference, "dense")?, "loss");
+    let Some(best) = best_sparse(&rows, |r| f(r, key) <= 0.5) else {
+        return Some((format!("no DS-MoE mode with {key} at or under 50 % was evaluated"), Verdict::NotComparable));
     };
-    let gap = f(best, "loss") / dense - 1.0;
-    Some((format!("{}: {:+.2} % loss at {} of MLP experts ({} of parameters)", best["mode"].as_str()?, 100.0 * gap, pct(f(best, "mlp_expert_fraction")), pct(f(best, "active_fraction"))), judge(gap <= 0.01)))
+    let gap = f(best, "loss") / base - 1.0;
+    let text = format!("{}: {:+.2} % loss against {reference} (dense) with {} of MLP experts, {} of parameters active", best["mode"].as_str()?, 100.0 * gap, pct(f(best, "mlp_expert_fraction")), pct(f(best, "active_fraction")));
+    Some((text, judge(gap <= tolerance)))
+}
+
+fn sparse_near_dense(v: &Value) -> Option<(String, Verdict)> {
+    sparse_within(v, "ds-moe", "mlp_expert_fraction", 0.01)
+}
+
+fn near_dense_model(v: &Value) -> Option<(String, Verdict)> {
+    sparse_within(v, "dense", "active_fraction", 0.02)
 }
 
 fn beats_smoe(v: &Value) -> Option<(String, Verdict)> {
@@ -123,16 +134,6 @@ fn beats_smoe(v: &Value) -> Option<(String, Verdict)> {
     };
     let text = format!("DS-MoE {} loss {:.4} at {:.0} active vs SMoE loss {:.4} at {:.0} active", best["mode"].as_str()?, f(best, "loss"), f(best, "active_params"), f(smoe, "loss"), f(smoe, "active_params"));
     Some((text, judge(f(best, "loss") < f(smoe, "loss"))))
-}
-
-fn near_dense_model(v: &Value) -> Option<(String, Verdict)> {
-    let rows = rows(v);
-    let dense = f(find(&rows, "dense", "dense")?, "loss");
-    let Some(best) = best_sparse(&rows, |r| f(r, "active_fraction") <= 0.5) else {
-        return Some(("no DS-MoE mode at or under 50 % active was evaluated".into(), Verdict::NotComparable));
-    };
-    let gap = f(best, "loss") / dense - 1.0;
-    Some((format!("{}: {:+.2} % against the dense model at {} active", best["mode"].as_str()?, 100.0 * gap, pct(f(best, "active_fraction"))), judge(gap <= 0.02)))
 }
 
 fn series<'a>(v: &'a Value, strategy: &str) -> Vec<(f64, f64)> {
