@@ -26,9 +26,9 @@ fn json(path: &Path) -> Value {
 #[test]
 fn an_experiment_writes_results_table_plots_and_report() {
     let out = scratch("reproduce-bookkeeping");
-    reproduce(&out, &["table3", "fig5"]);
+    reproduce(&out, &["table3", "fig5", "speed"]);
     let runs: Vec<String> = std::fs::read_dir(out.join("runs")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert_eq!({ let mut r = runs.clone(); r.sort(); r }, ["dense", "ds-moe", "smoe"], "fig5 shares table3's DS-MoE run");
+    assert_eq!({ let mut r = runs.clone(); r.sort(); r }, ["dense", "ds-moe", "smoe"], "fig5 and speed share table3's DS-MoE run");
 
     let t3 = json(&out.join("table3/results.json"));
     let rows = t3["rows"].as_array().unwrap();
@@ -50,6 +50,12 @@ fn an_experiment_writes_results_table_plots_and_report() {
     assert_eq!(fig5["attention_share"].as_array().unwrap().len(), 2, "one share per layer");
     let svg = std::fs::read_to_string(out.join("fig5/utilisation.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.matches("<circle").count() == 4, "two layers, two curves, a marker per point");
+
+    // Speed: the bench's four protocols for dense, top-K and threshold rows.
+    let speed = json(&out.join("speed/results.json"));
+    let records = speed["records"].as_array().unwrap();
+    assert_eq!(records.len(), 12, "{speed}");
+    assert!(records.iter().all(|r| r["ours"].as_f64().unwrap() > 0.0 && r["case"].as_str().unwrap().starts_with("ds-moe ")));
 
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     let claim_lines: Vec<&str> = report.lines().filter(|l| l.starts_with("| table3 |") || l.starts_with("| fig5 |")).collect();

@@ -19,6 +19,7 @@ mod fig4;
 mod fig5;
 mod lab;
 mod output;
+mod speed;
 mod table3;
 mod table4;
 
@@ -77,10 +78,7 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
             "fig3" => fig3::run(&mut lab, scale)?,
             "fig5" => fig5::run(&mut lab, scale)?,
             "artetxe" => artetxe::run(&mut lab, scale)?,
-            _ => {
-                lab.say("speed: not run by `dsmoe reproduce`; `dsmoe bench inference` runs the protocols (see the README)");
-                continue;
-            }
+            _ => speed::run(&mut lab, scale)?,
         }
         lab.say(&format!("{name}: written to {}", a.out.join(name).display()));
     }
@@ -94,7 +92,7 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
 fn runs_of(name: &str, scale: Scale) -> Result<Vec<RunSpec>> {
     Ok(match name {
         "table3" => table3::runs(scale)?,
-        "fig4" | "fig5" => vec![ds_moe(scale)?],
+        "fig4" | "fig5" | "speed" => vec![ds_moe(scale)?],
         "table4" => table4::runs(scale)?,
         "fig3" => fig3::runs(scale)?,
         "artetxe" => artetxe::runs(scale)?,
