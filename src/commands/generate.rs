@@ -99,7 +99,7 @@ fn layer_modes(loaded: &LoadedModel, mode: InferenceMode, device: &Device) -> Re
     let t = &loaded.config.train;
     let windows = validation_windows(&corpus, t.seq_len, t.final_eval_windows)?;
     let dtype = super::compute_dtype(None, device)?;
-    Ok(resolve_threshold_k(&loaded.model, &windows, t.batch_size, mode, dtype, KRounding::Up).context("resolving threshold-k's K per layer on the validation split")?)
+    resolve_threshold_k(&loaded.model, &windows, t.batch_size, mode, dtype, KRounding::Up).context("resolving threshold-k's K per layer on the validation split")
 }
 
 /// Byte tokens as text (invalid UTF-8 shown with replacement characters).

@@ -137,7 +137,7 @@ fn beats_smoe(v: &Value) -> Option<(String, Verdict)> {
     Some((text, judge(f(best, "loss") < f(smoe, "loss"))))
 }
 
-fn series<'a>(v: &'a Value, strategy: &str) -> Vec<(f64, f64)> {
+fn series(v: &Value, strategy: &str) -> Vec<(f64, f64)> {
     let s = v["series"].as_array().into_iter().flatten().find(|s| s["strategy"] == strategy);
     let mut points: Vec<(f64, f64)> = s.map(|s| rows(s).iter().map(|r| (f(r, "active_params"), f(r, "loss"))).collect()).unwrap_or_default();
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
