@@ -33,6 +33,51 @@ pub enum Command {
     /// Train a byte-level BPE on the training split of a text file and write the text as a token
     /// file, with the tokenizer beside it (TOKENS.tokenizer.json).
     Tokenize(TokenizeArgs),
+    /// Run the papers' experiments (DS-MoE Tables 3-4, Figs. 3-5; Artetxe et al.'s compute
+    /// efficiency) and write results, tables, plots and OUT/report.md; an interrupted
+    /// reproduction resumes where it stopped.
+    Reproduce(ReproduceArgs),
+}
+
+/// How large the reproduction's models and training are.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Scale {
+    /// A seconds-long miniature, for tests.
+    Toy,
+    /// The tiny configs for 300 steps: about half an hour on two CPU cores.
+    Tiny,
+    /// The tiny configs for their full 600 steps, evaluated on 4x the windows.
+    Small,
+    /// The paper's 1B/3B/6B presets (a GPU job).
+    Paper,
+}
+
+impl Scale {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scale::Toy => "toy",
+            Scale::Tiny => "tiny",
+            Scale::Small => "small",
+            Scale::Paper => "paper",
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct ReproduceArgs {
+    /// Experiments to run (default: all): table3, fig4, table4, fig3, fig5, artetxe, speed.
+    pub experiments: Vec<String>,
+    #[arg(long, value_enum, default_value = "tiny")]
+    pub scale: Scale,
+    /// Where runs, results and the report go; finished runs there are reused.
+    #[arg(long, default_value = "runs/reproduce")]
+    pub out: PathBuf,
+    /// Training data (default: the bundled corpus).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// auto, cpu, cuda, cuda:N, or emu.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
 }
 
 #[derive(clap::Args)]
@@ -78,7 +123,8 @@ pub struct EvalArgs {
     /// MLP expert selection: dense, top-k:K, threshold:EPS or threshold-k:EPS.
     #[arg(long, default_value = "dense")]
     pub mode: String,
-    /// Attention expert selection (same forms); dense by default, as in the paper's speed tests.
+    /// Attention expert selection (same forms, or `same`: the --mode rule, as the paper's Threshold
+    /// strategy selects both); dense by default, as in the paper's speed tests.
     #[arg(long, default_value = "dense")]
     pub att_mode: String,
     /// Validation data (default: the data the checkpoint was trained on, else the bundled corpus).

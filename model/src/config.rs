@@ -115,7 +115,9 @@ pub struct ModelConfig {
     pub mlp: MlpConfig,
     #[serde(default = "linear_router")]
     pub router: RouterKind,
-    /// Weights of the mutual-information loss on the attention and MLP routers (`ds-moe`).
+    /// Weights of the mutual-information loss on the attention and MLP routers (`ds-moe`), each
+    /// layer's term weighted in full: the loss is summed over layers, as ModuleFormer sums it, so
+    /// the paper's α (Table 2) mean what the paper meant.
     #[serde(default)]
     pub mi_alpha_att: f64,
     #[serde(default)]

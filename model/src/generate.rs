@@ -7,6 +7,11 @@ use crate::{Ctx, Error, Result};
 
 /// Extends `prompt` by `n_tokens` sampled at `temperature` (0 = greedy).
 pub fn generate(model: &Model, prompt: &[u32], n_tokens: usize, temperature: f64, mode: InferenceMode, dtype: DType, rng: &mut Rng) -> Result<Vec<u32>> {
+    generate_layers(model, prompt, n_tokens, temperature, &vec![mode; model.config.n_layers], dtype, rng)
+}
+
+/// `generate` with a mode per layer (threshold-K once resolved).
+pub fn generate_layers(model: &Model, prompt: &[u32], n_tokens: usize, temperature: f64, modes: &[InferenceMode], dtype: DType, rng: &mut Rng) -> Result<Vec<u32>> {
     if prompt.is_empty() {
         return Err(Error::Invalid { what: "prompt", value: String::new(), msg: "needs at least one token".into() });
     }
@@ -23,7 +28,7 @@ pub fn generate(model: &Model, prompt: &[u32], n_tokens: usize, temperature: f64
     for _ in 0..n_tokens {
         let window = &tokens[tokens.len().saturating_sub(model.config.max_seq_len)..];
         let input = Tensor::from_slice(window, [window.len()], &device)?;
-        let logits = model.forward(&ctx, &input, 1, window.len(), mode)?.logits;
+        let logits = model.forward_layers(&ctx, &input, 1, window.len(), modes)?.logits;
         let last = ops::narrow(logits.value(), 0, window.len() - 1, 1)?;
         let next = if temperature == 0.0 {
             ops::argmax(&last, -1, false)?.to_vec::<u32>()?[0]

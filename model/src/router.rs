@@ -57,7 +57,10 @@ pub enum Selection {
     TopK(usize),
     /// Experts whose normalised probability N·p exceeds ε (at least the top one).
     Threshold(f64),
-    /// The threshold rule's batch-average expert count, used as a fixed K.
+    /// The threshold rule's mean expert count per layer, over the whole evaluated set, as a fixed
+    /// K per layer (rounded up by default). It depends on a set of tokens, not on one batch, so it
+    /// runs resolved into per-layer top-K (`eval::resolve_threshold_k`); a forward given it
+    /// unresolved is an error, never a K that changes with how tokens are batched.
     ThresholdK(f64),
 }
 
@@ -80,7 +83,7 @@ impl Selection {
     }
 
     /// The engine's routing mode for this selection over `n` experts (`None` for dense). Threshold
-    /// modes cap a token at the routing kernel's slot limit.
+    /// modes cap a token at the routing kernel's slot limit; threshold-K must have been resolved.
     pub fn route_mode(&self, n: usize) -> Result<Option<RouteMode>> {
         let k_max = n.min(ops::moe_sparse::MAX_SLOTS);
         Ok(match *self {
@@ -88,7 +91,13 @@ impl Selection {
             Selection::TopK(k) if k > n => return Err(Error::Invalid { what: "mode", value: format!("top-k:{k}"), msg: format!("only {n} experts") }),
             Selection::TopK(k) => Some(RouteMode::TopK(k)),
             Selection::Threshold(eps) => Some(RouteMode::Threshold { eps, k_max }),
-            Selection::ThresholdK(eps) => Some(RouteMode::ThresholdK { eps, k_max }),
+            Selection::ThresholdK(eps) => {
+                return Err(Error::Invalid {
+                    what: "mode",
+                    value: format!("threshold-k:{eps}"),
+                    msg: "threshold-k's K per layer comes from an evaluated set; resolve it first (model::eval::resolve_threshold_k), as `dsmoe eval` and `dsmoe generate` do".into(),
+                })
+            }
         })
     }
 

@@ -37,6 +37,20 @@ pub struct InferenceMode {
 
 impl InferenceMode {
     pub const DENSE: InferenceMode = InferenceMode { mlp: Selection::Dense, attention: Selection::Dense };
+
+    /// One rule for both routers: the paper's Threshold strategy (Table 3) selects attention and
+    /// MLP experts alike.
+    pub fn both(selection: Selection) -> InferenceMode {
+        InferenceMode { mlp: selection, attention: selection }
+    }
+
+    /// The MLP and attention rules (`Selection::parse` forms); an attention rule of `same` is the
+    /// MLP's, so `threshold:0.48` with `same` is one mode setting for both routers.
+    pub fn parse(mlp: &str, attention: &str) -> Result<InferenceMode> {
+        let mlp = Selection::parse(mlp)?;
+        let attention = if attention == "same" { mlp } else { Selection::parse(attention)? };
+        Ok(InferenceMode { mlp, attention })
+    }
 }
 
 /// Per-layer routing statistics of one forward pass.
@@ -90,7 +104,16 @@ impl Model {
     /// Runs `tokens` (u32 `[B·T]`, B sequences of T) through the model. Training (`mode` =
     /// `DENSE` for DS-MoE) computes every expert; the SMoE family always routes top-k.
     pub fn forward(&self, ctx: &Ctx, tokens: &Tensor, batch: usize, seq: usize, mode: InferenceMode) -> Result<Forward> {
+        self.forward_layers(ctx, tokens, batch, seq, &vec![mode; self.blocks.len()])
+    }
+
+    /// `forward` with a mode per layer (`modes[i]` for layer i): how threshold-K runs once its
+    /// per-layer K is known (`eval::resolve_threshold_k`).
+    pub fn forward_layers(&self, ctx: &Ctx, tokens: &Tensor, batch: usize, seq: usize, modes: &[InferenceMode]) -> Result<Forward> {
         let cfg = &self.config;
+        if modes.len() != self.blocks.len() {
+            return Err(Error::Invalid { what: "modes", value: modes.len().to_string(), msg: format!("one inference mode per layer is needed ({} layers)", self.blocks.len()) });
+        }
         if tokens.elem_count() != batch * seq || seq == 0 || seq > cfg.max_seq_len {
             return Err(Error::Invalid { what: "batch", value: format!("{:?}", tokens.shape()), msg: format!("expected {batch} x {seq} tokens with 0 < {seq} <= max_seq_len {}", cfg.max_seq_len) });
         }
@@ -98,9 +121,12 @@ impl Model {
         let embed = ctx.p(self.params.get(self.embed))?;
         let mut h = embed.index_select(tokens)?;
         let mut aux: Option<Var> = None;
-        let mut add_aux = |term: Var, alpha: f64| -> Result<()> {
-            if alpha > 0.0 {
-                let term = term.mul_scalar(alpha / cfg.n_layers as f64)?;
+        // `per_layer` is the weight of one layer's term: ModuleFormer (whose MI loss DS-MoE uses)
+        // sums its MI loss over layers, so the configs' MI α weighs every layer in full; the Switch
+        // loss of the SMoE baseline stays averaged over layers.
+        let mut add_aux = |term: Var, per_layer: f64| -> Result<()> {
+            if per_layer > 0.0 {
+                let term = term.mul_scalar(per_layer)?;
                 aux = Some(match aux.take() {
                     Some(a) => a.add(&term)?,
                     None => term,
@@ -114,7 +140,7 @@ impl Model {
         let norm_weight = |id: ParamId| ctx.p(self.params.get(id));
         let next_norm = |i: usize| self.blocks.get(i + 1).map_or(self.final_norm, |b| b.attn_norm);
         let mut x = h.rms_norm(&norm_weight(self.blocks.first().map_or(self.final_norm, |b| b.attn_norm))?, cfg.norm_eps)?;
-        for (i, block) in self.blocks.iter().enumerate() {
+        for (i, (block, mode)) in self.blocks.iter().zip(modes).enumerate() {
             let a = block.attn.forward(ctx, &self.params, &x, batch, seq, &pos, mode.attention)?;
             if let Some(r) = &a.router {
                 add_aux(losses::mutual_information(r)?, cfg.mi_alpha_att)?;
@@ -128,7 +154,7 @@ impl Model {
             let m = block.mlp.forward(ctx, &self.params, &x, routing)?;
             if let Some(r) = &m.router {
                 match cfg.family {
-                    Family::Smoe => add_aux(losses::load_balance(r)?, cfg.load_balance_alpha)?,
+                    Family::Smoe => add_aux(losses::load_balance(r)?, cfg.load_balance_alpha / cfg.n_layers as f64)?,
                     _ => add_aux(losses::mutual_information(r)?, cfg.mi_alpha_mlp)?,
                 }
             }

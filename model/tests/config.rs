@@ -62,6 +62,12 @@ fn mode_strings_parse_or_explain() {
     for bad in ["top-k", "top-k:0", "top-k:x", "threshold:-1", "sparse", "dense:2", ""] {
         assert!(Selection::parse(bad).is_err(), "{bad:?} should be rejected");
     }
+    // One setting for both routers (the paper's Threshold strategy), or each its own.
+    let both = model::InferenceMode::parse("threshold:0.48", "same").unwrap();
+    assert_eq!(both, model::InferenceMode::both(Selection::Threshold(0.48)));
+    let apart = model::InferenceMode::parse("top-k:2", "threshold:1").unwrap();
+    assert_eq!((apart.mlp, apart.attention), (Selection::TopK(2), Selection::Threshold(1.0)));
+    assert!(model::InferenceMode::parse("top-k:2", "same-ish").is_err());
 }
 
 #[test]

@@ -3,13 +3,14 @@
 //! sequence for every token, for dense and sparse modes, across prefill chunk sizes and batch
 //! mixes. Then the cache's block accounting over thousands of sequences, and bad inputs.
 //!
-//! Threshold-K is left out of the equality: its K is the average over the batch a forward sees,
-//! so by definition it depends on how tokens are grouped (a whole window when recomputing, a
-//! chunk or a decode batch in the engine).
+//! Threshold-K takes part once resolved: its K per layer is the threshold rule's mean expert count
+//! over an evaluated set (here random windows), fixed before either path runs, so neither the
+//! recompute windows nor the engine's chunks and decode batches change it.
 
 use engine::{ops, DType, Device, Rng};
 use model::config::presets;
 use model::infer::{InferWeights, KvCache, Request, SamplingParams, Scheduler, SchedulerConfig};
+use model::eval::{resolve_threshold_k, KRounding};
 use model::{InferenceMode, Model, ModelConfig, Selection};
 
 /// A model with weights scaled up from the initialisation so its logits and routers are peaked:
@@ -36,23 +37,31 @@ fn greedy_request(prompt: &[u32]) -> Request {
     Request { prompt: prompt.to_vec(), max_new_tokens: NEW_TOKENS, stop_tokens: vec![], stop_strings: vec![], sampling: SamplingParams::GREEDY }
 }
 
-fn engine_outputs(weights: &InferWeights, mode: InferenceMode, prompts: &[Vec<u32>], chunk: usize, batch: usize) -> Vec<Vec<u32>> {
+fn engine_outputs(weights: &InferWeights, modes: &[InferenceMode], prompts: &[Vec<u32>], chunk: usize, batch: usize) -> Vec<Vec<u32>> {
     let cache = KvCache::with_budget(&weights.config, DType::F32, &Device::Cpu, 1 << 22, 8).unwrap();
-    let mut s = Scheduler::new(weights, cache, mode, SchedulerConfig { max_batch: batch, prefill_chunk: chunk }).unwrap();
+    let mut s = Scheduler::with_layer_modes(weights, cache, modes.to_vec(), SchedulerConfig { max_batch: batch, prefill_chunk: chunk }).unwrap();
     let requests: Vec<Request> = prompts.iter().map(|p| greedy_request(p)).collect();
     let out = s.run(&requests, None, |_| {}).unwrap();
     assert_eq!(s.cache.pool.free_blocks(), s.cache.pool.num_blocks(), "every block returned");
     out.into_iter().map(|c| c.generated).collect()
 }
 
+/// Random windows threshold-K's K is measured on.
+fn calibration_windows(model: &Model) -> Vec<(Vec<u32>, Vec<u32>)> {
+    let mut rng = Rng::new(11);
+    let vocab = model.config.vocab_size;
+    (0..5).map(|_| ((0..24).map(|_| rng.below(vocab) as u32).collect(), (0..24).map(|_| rng.below(vocab) as u32).collect())).collect()
+}
+
 fn check_matches_recompute(config: &ModelConfig, modes: &[(&str, &str)]) {
     let (model, name) = (peaked_model(config, 3), &config.name);
     let prompts = prompts(model.config.vocab_size);
     for &(mlp, att) in modes {
-        let mode = InferenceMode { mlp: Selection::parse(mlp).unwrap(), attention: Selection::parse(att).unwrap() };
+        let mode = InferenceMode::parse(mlp, att).unwrap();
+        let modes = resolve_threshold_k(&model, &calibration_windows(&model), 3, mode, DType::F32, KRounding::Up).unwrap();
         let want: Vec<Vec<u32>> = prompts
             .iter()
-            .map(|p| model::generate::generate(&model, p, NEW_TOKENS, 0.0, mode, DType::F32, &mut Rng::new(0)).unwrap()[p.len()..].to_vec())
+            .map(|p| model::generate::generate_layers(&model, p, NEW_TOKENS, 0.0, &modes, DType::F32, &mut Rng::new(0)).unwrap()[p.len()..].to_vec())
             .collect();
         let per_expert_options: &[bool] = if model.config.attention.n_experts > 1 { &[false, true] } else { &[false] };
         for &per_expert in per_expert_options {
@@ -60,7 +69,7 @@ fn check_matches_recompute(config: &ModelConfig, modes: &[(&str, &str)]) {
             // (prefill chunk, batch): token by token alone; small chunks, mixed prefill and decode;
             // whole prompts, all at once.
             for (chunk, batch) in [(1, 1), (4, 3), (64, 4)] {
-                let got = engine_outputs(&weights, mode, &prompts, chunk, batch);
+                let got = engine_outputs(&weights, &modes, &prompts, chunk, batch);
                 assert_eq!(got, want, "{name} mlp {mlp} attention {att} per-expert {per_expert}: chunk {chunk}, batch {batch}");
             }
         }
@@ -69,7 +78,10 @@ fn check_matches_recompute(config: &ModelConfig, modes: &[(&str, &str)]) {
 
 #[test]
 fn kv_cache_greedy_matches_full_recompute_ds_moe() {
-    check_matches_recompute(&preset("ds-moe-tiny"), &[("dense", "dense"), ("top-k:2", "dense"), ("threshold:1", "dense"), ("top-k:4", "top-k:2"), ("threshold:0.5", "threshold:1")]);
+    check_matches_recompute(
+        &preset("ds-moe-tiny"),
+        &[("dense", "dense"), ("top-k:2", "dense"), ("threshold:1", "dense"), ("top-k:4", "top-k:2"), ("threshold:0.5", "threshold:1"), ("threshold-k:1", "dense"), ("threshold-k:0.5", "same")],
+    );
 }
 
 #[test]

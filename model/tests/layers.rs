@@ -215,3 +215,84 @@ fn a_tiny_swiglu_model_with_shared_experts_trains() {
         assert!(losses.iter().all(|l| l.is_finite()) && losses[5] < losses[0] - 0.2, "{base}: losses {losses:?}");
     }
 }
+
+/// The MI loss is summed over layers (ModuleFormer's definition), not averaged: with every block's
+/// residual outputs zeroed, each layer's routers see the same normalised input, so an L-layer
+/// model whose routers are copies of a one-layer model's has exactly L times its auxiliary loss.
+#[test]
+fn mutual_information_loss_is_summed_over_layers() {
+    let dev = Device::Cpu;
+    let aux_of = |n_layers: usize, source: Option<&Model>| -> (f64, Model) {
+        let mut cfg = micro(Family::DsMoe, RouterKind::Linear);
+        cfg.n_layers = n_layers;
+        let mut model = Model::new(&cfg, &dev, 7).unwrap();
+        let mut rng = Rng::new(3);
+        for p in model.params.iter_mut() {
+            let zero = p.name.ends_with(".wo") || p.name.ends_with(".mlp.w2");
+            let std = if zero { 0.0 } else { 0.4 };
+            p.value = Tensor::randn(p.value.shape().clone(), 0.0, std, DType::F32, &dev, &mut rng).unwrap();
+            // Routers and norms of every layer copied from the source's layer 0.
+            if let Some(src) = source {
+                let layer0 = p.name.splitn(3, '.').collect::<Vec<_>>();
+                if layer0.len() == 3 && layer0[0] == "layers" {
+                    let name = format!("layers.0.{}", layer0[2]);
+                    if let Some(s) = src.params.iter().find(|q| q.name == name) {
+                        p.value = s.value.clone();
+                    }
+                } else if let Some(s) = src.params.iter().find(|q| q.name == p.name) {
+                    p.value = s.value.clone();
+                }
+            }
+        }
+        let (batch, seq) = (2, 5);
+        let ids = tokens(batch * seq, cfg.vocab_size, 5);
+        let input = Tensor::from_slice(&ids, [batch * seq], &dev).unwrap();
+        let ctx = Ctx { tape: None, dtype: DType::F64, attention: AttentionPath::Fused };
+        let aux = model.forward(&ctx, &input, batch, seq, InferenceMode::DENSE).unwrap().aux_loss.unwrap().value().to_scalar().unwrap();
+        (aux, model)
+    };
+    let (one, source) = aux_of(1, None);
+    let (three, _) = aux_of(3, Some(&source));
+    assert!(one.abs() > 1e-3, "the one-layer MI loss {one} should be non-trivial");
+    assert!((three - 3.0 * one).abs() < 1e-9 * one.abs().max(1.0), "three layers: {three}, one layer: {one}; summed over layers means 3x");
+}
+
+/// Threshold-K's K per layer is the threshold rule's mean expert count over the evaluated set, so
+/// evaluating the same windows one at a time or all together gives the same K and the same loss;
+/// rounding up and to nearest differ as their names say; and a forward given threshold-K
+/// unresolved is an error rather than a batch-dependent K.
+#[test]
+fn threshold_k_is_independent_of_batching() {
+    use model::eval::{evaluate, resolve_threshold_k, KRounding};
+    let config = micro(Family::DsMoe, RouterKind::Linear);
+    let mut model = Model::new(&config, &Device::Cpu, 1).unwrap();
+    let mut rng = Rng::new(8);
+    for p in model.params.iter_mut().filter(|p| p.name.contains("router")) {
+        p.value = Tensor::randn(p.value.shape().clone(), 0.0, 1.0, DType::F32, &Device::Cpu, &mut rng).unwrap();
+    }
+    let windows: Vec<(Vec<u32>, Vec<u32>)> = (0..5).map(|i| (tokens(8, 11, 10 + i), tokens(8, 11, 20 + i))).collect();
+    let mode = InferenceMode { mlp: Selection::ThresholdK(1.0), attention: Selection::ThresholdK(1.0) };
+    let one = evaluate(&model, &windows, 1, mode, DType::F64, None).unwrap();
+    let all = evaluate(&model, &windows, 5, mode, DType::F64, None).unwrap();
+    // The same K per layer; the loss alike up to the f32 sum of per-token losses `evaluate` does.
+    for (a, b) in one.layers.iter().zip(&all.layers) {
+        assert_eq!((a.mlp_experts_per_token, a.att_experts_per_token), (b.mlp_experts_per_token, b.att_experts_per_token));
+    }
+    assert!((one.loss - all.loss).abs() < 1e-6, "batch 1: {}, batch 5: {}", one.loss, all.loss);
+    let threshold = InferenceMode { mlp: Selection::Threshold(1.0), attention: Selection::Threshold(1.0) };
+    let means = evaluate(&model, &windows, 2, threshold, DType::F64, None).unwrap().layers;
+    for rounding in [KRounding::Up, KRounding::Nearest] {
+        let modes = resolve_threshold_k(&model, &windows, 3, mode, DType::F64, rounding).unwrap();
+        for (m, l) in modes.iter().zip(&means) {
+            let want = |mean: f64| if rounding == KRounding::Up { mean.ceil() } else { mean.round() }.max(1.0) as usize;
+            assert_eq!(m.mlp, Selection::TopK(want(l.mlp_experts_per_token)), "{rounding:?} {l:?}");
+            assert_eq!(m.attention, Selection::TopK(want(l.att_experts_per_token)), "{rounding:?} {l:?}");
+        }
+    }
+    for (l, r) in one.layers.iter().zip(&means) {
+        assert_eq!(l.mlp_experts_per_token, r.mlp_experts_per_token.ceil(), "threshold-K runs K = ceil(mean) experts per token");
+    }
+    let input = Tensor::from_slice(&tokens(8, 11, 3), [8], &Device::Cpu).unwrap();
+    let err = model.forward(&Ctx::eval(DType::F64), &input, 1, 8, mode).err().expect("unresolved threshold-k is refused").to_string();
+    assert!(err.contains("resolve"), "{err}");
+}

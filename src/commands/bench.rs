@@ -165,7 +165,7 @@ fn measure(weights: &InferWeights, mode: InferenceMode, protocol: Protocol, a: &
         .map(|_| Request { prompt: (0..prompt).map(|_| rng.below(vocab) as u32).collect(), max_new_tokens: tokens, stop_tokens: vec![], stop_strings: vec![], sampling: SamplingParams::GREEDY })
         .collect();
     // The cache is allocated (and zeroed) before the clock starts.
-    let mut engine = scheduler(weights, &a.engine, mode)?;
+    let mut engine = scheduler(weights, &a.engine, vec![mode; weights.config.n_layers])?;
     let start = Instant::now();
     let out = engine.run(&requests, None, |_| {})?;
     let seconds = start.elapsed().as_secs_f64();

@@ -8,7 +8,10 @@ use anyhow::{bail, Context, Result};
 use model::data::bpe::sidecar_path;
 use model::data::BpeTokenizer;
 use model::infer::{Finish, InferWeights, Request, SamplingParams};
-use model::run::load_model;
+use model::eval::{resolve_threshold_k, KRounding};
+use model::run::{load_model, open_corpus, validation_windows, LoadedModel};
+use model::{InferenceMode, Selection};
+use engine::Device;
 
 use super::runner::{infer_dtype, scheduler};
 use super::{device, inference_mode};
@@ -62,9 +65,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         .iter()
         .map(|p| Ok(Request { prompt: encode(p)?, max_new_tokens: a.tokens, stop_tokens: vec![], stop_strings: a.stop.clone(), sampling }))
         .collect::<Result<Vec<_>>>()?;
+    let modes = layer_modes(&loaded, mode, &device)?;
     let weights = InferWeights::from_model(&loaded.model, dtype, a.engine.per_expert_attention)?;
     drop(loaded);
-    let mut engine = scheduler(&weights, &a.engine, mode)?;
+    let mut engine = scheduler(&weights, &a.engine, modes)?;
     let completions = engine.run(&requests, Some(&decode), |_| {})?;
     for (i, (prompt, c)) in prompts.iter().zip(&completions).enumerate() {
         let mut text = decode(&c.generated);
@@ -83,6 +87,19 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Each layer's mode: `mode` everywhere, with threshold-K resolved per layer over the validation
+/// windows of the checkpoint's data (its final-evaluation set), as `dsmoe eval` resolves it.
+fn layer_modes(loaded: &LoadedModel, mode: InferenceMode, device: &Device) -> Result<Vec<InferenceMode>> {
+    if !matches!(mode.mlp, Selection::ThresholdK(_)) && !matches!(mode.attention, Selection::ThresholdK(_)) {
+        return Ok(vec![mode; loaded.config.model.n_layers]);
+    }
+    let corpus = open_corpus(loaded.data.as_deref())?;
+    let t = &loaded.config.train;
+    let windows = validation_windows(&corpus, t.seq_len, t.final_eval_windows)?;
+    let dtype = super::compute_dtype(None, device)?;
+    resolve_threshold_k(&loaded.model, &windows, t.batch_size, mode, dtype, KRounding::Up).context("resolving threshold-k's K per layer on the validation split")
 }
 
 /// Byte tokens as text (invalid UTF-8 shown with replacement characters).

@@ -6,6 +6,7 @@ mod eval;
 mod generate;
 mod info;
 mod report;
+mod reproduce;
 mod tokenize;
 mod train;
 
@@ -23,6 +24,7 @@ pub fn run(args: Args) -> Result<()> {
         Command::Bench(c) => bench::run(c),
         Command::Info(a) => info::run(a),
         Command::Tokenize(a) => tokenize::run(a),
+        Command::Reproduce(a) => reproduce::run(a),
     }
 }
 
@@ -50,9 +52,8 @@ fn check_dtype(dtype: DType, device: &Device) -> Result<()> {
     Ok(())
 }
 
+/// `--mode` and `--att-mode` (where `same` repeats the MLP's rule).
 fn inference_mode(mlp: &str, attention: &str) -> Result<InferenceMode> {
-    Ok(InferenceMode {
-        mlp: Selection::parse(mlp).context("--mode")?,
-        attention: Selection::parse(attention).context("--att-mode")?,
-    })
+    Selection::parse(mlp).context("--mode")?;
+    InferenceMode::parse(mlp, attention).context("--att-mode")
 }

@@ -17,7 +17,8 @@ pub fn infer_dtype(a: &EngineArgs, device: &Device) -> Result<DType> {
     Ok(dtype)
 }
 
-pub fn scheduler<'a>(weights: &'a InferWeights, a: &EngineArgs, mode: InferenceMode) -> Result<Scheduler<'a>> {
+/// A scheduler running layer i in `modes[i]`.
+pub fn scheduler<'a>(weights: &'a InferWeights, a: &EngineArgs, modes: Vec<InferenceMode>) -> Result<Scheduler<'a>> {
     let cache = KvCache::with_budget(&weights.config, weights.dtype, &weights.device(), a.kv_budget_mib << 20, a.block_size)?;
-    Ok(Scheduler::new(weights, cache, mode, SchedulerConfig { max_batch: a.max_batch, prefill_chunk: a.prefill_chunk })?)
+    Ok(Scheduler::with_layer_modes(weights, cache, modes, SchedulerConfig { max_batch: a.max_batch, prefill_chunk: a.prefill_chunk })?)
 }

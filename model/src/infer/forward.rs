@@ -78,9 +78,12 @@ struct Batch {
 }
 
 /// Runs `chunks` through the model, writing their keys and values into `cache`; returns the
-/// logits `[chunks.len(), vocab]` of each chunk's last token.
-pub fn forward(w: &InferWeights, cache: &mut KvCache, chunks: &[Chunk], mode: InferenceMode, tally: &mut Tally) -> Result<Tensor> {
+/// logits `[chunks.len(), vocab]` of each chunk's last token. `modes` holds each layer's mode.
+pub fn forward(w: &InferWeights, cache: &mut KvCache, chunks: &[Chunk], modes: &[InferenceMode], tally: &mut Tally) -> Result<Tensor> {
     let cfg = &w.config;
+    if modes.len() != w.layers.len() {
+        return Err(Error::Invalid { what: "modes", value: modes.len().to_string(), msg: format!("one inference mode per layer is needed ({} layers)", w.layers.len()) });
+    }
     let device = w.device();
     let bs = cache.pool.block_size();
     let max_blocks = chunks.iter().map(|c| c.blocks.len()).max().unwrap_or(0);
@@ -114,7 +117,7 @@ pub fn forward(w: &InferWeights, cache: &mut KvCache, chunks: &[Chunk], mode: In
     let b = Batch { n, cos: ops::index_select(&w.cos, &pos)?, sin: ops::index_select(&w.sin, &pos)?, slots: u32s(&slots, vec![n])?, table: u32s(&table, vec![n, max_blocks])?, lens: u32s(&lens, vec![n])? };
 
     let mut h = ops::index_select(&w.embed, &u32s(&tokens, vec![n])?)?;
-    for (i, layer) in w.layers.iter().enumerate() {
+    for (i, (layer, mode)) in w.layers.iter().zip(modes).enumerate() {
         let x = rms_norm(&h, &layer.attn_norm, cfg.norm_eps)?;
         h = ops::add(&h, &attention(&layer.attn, i, w, &x, &b, cache, mode.attention, tally)?)?;
         let x = rms_norm(&h, &layer.mlp_norm, cfg.norm_eps)?;

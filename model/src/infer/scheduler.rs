@@ -82,17 +82,23 @@ struct Running {
 pub struct Scheduler<'a> {
     weights: &'a InferWeights,
     pub cache: KvCache,
-    mode: InferenceMode,
+    /// One mode per layer.
+    modes: Vec<InferenceMode>,
     config: SchedulerConfig,
     pub tally: Tally,
 }
 
 impl<'a> Scheduler<'a> {
     pub fn new(weights: &'a InferWeights, cache: KvCache, mode: InferenceMode, config: SchedulerConfig) -> Result<Scheduler<'a>> {
+        Scheduler::with_layer_modes(weights, cache, vec![mode; weights.config.n_layers], config)
+    }
+
+    /// A scheduler running layer i in `modes[i]` (threshold-K resolved per layer).
+    pub fn with_layer_modes(weights: &'a InferWeights, cache: KvCache, modes: Vec<InferenceMode>, config: SchedulerConfig) -> Result<Scheduler<'a>> {
         if config.max_batch == 0 || config.prefill_chunk == 0 {
             return Err(Error::Invalid { what: "scheduler", value: format!("{config:?}"), msg: "max_batch and prefill_chunk must be positive".into() });
         }
-        Ok(Scheduler { weights, cache, mode, config, tally: Tally::default() })
+        Ok(Scheduler { weights, cache, modes, config, tally: Tally::default() })
     }
 
     /// Positions request `r` may occupy, or why it can never run.
@@ -157,7 +163,7 @@ impl<'a> Scheduler<'a> {
                     report.decode_tokens += c.tokens.len();
                 }
             }
-            let logits = forward(self.weights, &mut self.cache, &chunks, self.mode, &mut self.tally)?.to_f64_vec()?;
+            let logits = forward(self.weights, &mut self.cache, &chunks, &self.modes, &mut self.tally)?.to_f64_vec()?;
             let lens: Vec<usize> = chunks.iter().map(|c| c.tokens.len()).collect();
             let vocab = self.weights.config.vocab_size;
             let mut still = Vec::with_capacity(running.len());

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-pub use plot::{loss_plot_svg, write_loss_plot, Curve};
+pub use plot::{chart_svg, loss_plot_svg, write_loss_plot, Chart, Curve};
 
 use crate::files::require_regular_file;
 use crate::{Error, Result};

@@ -1,5 +1,5 @@
-//! The loss curve as a self-contained SVG: train and validation loss against the step, on linear axes
-//! with "nice" tick values. Hand-written because a plotting crate would dwarf the rest of the
+//! Line charts as self-contained SVG (the loss curve against the step, and the reproduction's plots),
+//! on linear axes with "nice" tick values. Hand-written because a plotting crate would dwarf the rest of the
 //! dependencies for one chart; it only needs polylines, ticks and a legend, and renders in any
 //! browser.
 
@@ -44,8 +44,23 @@ fn label(v: f64) -> String {
     }
 }
 
-/// The SVG text of `curves` (empty curves are skipped; with no points at all, an empty chart).
+/// The SVG text of a loss curve against the step (see `chart_svg`).
 pub fn loss_plot_svg(title: &str, curves: &[Curve]) -> String {
+    chart_svg(&Chart { title, x_label: "step", y_label: "loss (nats/token)", markers: false }, curves)
+}
+
+/// A chart's labels, and whether each point gets a marker (for sparse series such as sweeps).
+pub struct Chart<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    pub markers: bool,
+}
+
+/// The SVG text of `curves` on `chart`'s axes (empty curves are skipped; with no points at all, an
+/// empty chart).
+pub fn chart_svg(chart: &Chart, curves: &[Curve]) -> String {
+    let title = chart.title;
     let all: Vec<(f64, f64)> = curves.iter().flat_map(|c| c.points.iter().copied()).collect();
     let (mut x0, mut x1, mut y0, mut y1) = (0.0f64, 1.0f64, 0.0f64, 1.0f64);
     if !all.is_empty() {
@@ -78,13 +93,18 @@ pub fn loss_plot_svg(title: &str, curves: &[Curve]) -> String {
         let _ = writeln!(svg, r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#eee"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##, LEFT + plot_w, LEFT - 6.0, y + 4.0, label(t));
     }
     let _ = writeln!(svg, r#"<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="black"/>"#);
-    let _ = writeln!(svg, r#"<text x="{}" y="{}" text-anchor="middle">step</text>"#, LEFT + plot_w / 2.0, HEIGHT - 10.0);
-    let _ = writeln!(svg, r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">loss (nats/token)</text>"#, TOP + plot_h / 2.0, TOP + plot_h / 2.0);
+    let _ = writeln!(svg, r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#, LEFT + plot_w / 2.0, HEIGHT - 10.0, escape(chart.x_label));
+    let _ = writeln!(svg, r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{}</text>"#, TOP + plot_h / 2.0, TOP + plot_h / 2.0, escape(chart.y_label));
     for (i, c) in curves.iter().filter(|c| !c.points.is_empty()).enumerate() {
         let pts: Vec<String> = c.points.iter().map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y))).collect();
         let _ = writeln!(svg, r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"/>"#, c.color, pts.join(" "));
+        if chart.markers {
+            for &(x, y) in &c.points {
+                let _ = writeln!(svg, r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{}"/>"#, sx(x), sy(y), c.color);
+            }
+        }
         let ly = TOP + 16.0 + 16.0 * i as f64;
-        let lx = LEFT + plot_w - 150.0;
+        let lx = LEFT + plot_w - 210.0;
         let _ = writeln!(svg, r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{}" stroke-width="2"/><text x="{}" y="{}">{}</text>"#, lx + 20.0, c.color, lx + 26.0, ly + 4.0, escape(&c.label));
     }
     svg.push_str("</svg>\n");
@@ -126,5 +146,10 @@ mod tests {
         let svg = loss_plot_svg("t & u", &curves);
         assert_eq!(svg.matches("<polyline").count(), 1);
         assert!(svg.contains("t &amp; u") && svg.ends_with("</svg>\n"));
+        assert_eq!(svg.matches("<circle").count(), 0);
+        let chart = Chart { title: "sweep", x_label: "active params", y_label: "loss", markers: true };
+        let svg = chart_svg(&chart, &curves);
+        assert_eq!(svg.matches("<circle").count(), 2, "one marker per point");
+        assert!(svg.contains(">active params</text>"));
     }
 }

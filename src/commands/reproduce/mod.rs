@@ -1,0 +1,146 @@
+//! `dsmoe reproduce`: the claims of the DS-MoE paper (Pan et al. 2024) and of Artetxe et al. (2021),
+//! as collected in `paper-notes.md`, turned into experiments one command runs and reports on.
+//!
+//! Each experiment names the runs it needs; runs are shared between experiments (one DS-MoE run
+//! serves Table 3, Fig. 4, Fig. 5, the middle size of Fig. 3 and the default α of Table 4), trained
+//! by the same `TrainingRun` code as `dsmoe train`, and reused or resumed from `OUT/runs/` (see
+//! `lab`). Each experiment writes `OUT/<experiment>/` (results.json, table.md, plots) and the
+//! report (`claims`) is rebuilt from every results.json present at the end.
+//!
+//! Scales: `tiny` trains the tiny configs for 300 steps (about half an hour for all experiments
+//! on two quiet CPU cores); `small` trains them for their configs' full 600 steps and evaluates
+//! on 4x the windows; `paper` trains the paper's 1B/3B/6B presets (a GPU job; Artetxe et al.'s
+//! pair has no preset at that scale); `toy` is a seconds-long miniature for tests.
+
+mod artetxe;
+mod claims;
+mod fig3;
+mod fig4;
+mod fig5;
+mod lab;
+mod output;
+mod speed;
+mod table3;
+mod table4;
+
+use anyhow::{bail, Result};
+use model::config::presets;
+use model::Config;
+
+use self::lab::{Lab, RunSpec};
+use super::{compute_dtype, device};
+use crate::cli::{ReproduceArgs, Scale};
+
+pub use claims::write_report;
+
+/// The experiments, in report order, with what each reproduces.
+pub const EXPERIMENTS: &[(&str, &str)] = &[
+    ("table3", "Table 3: quality against active parameters (dense, DS-MoE, SMoE of one total size)"),
+    ("fig4", "Fig. 4: inference strategies, loss against active parameters"),
+    ("table4", "Table 4: the MLP's MI weight α against sparsity and loss"),
+    ("fig3", "Fig. 3: sparsity grows with model size"),
+    ("fig5", "Fig. 5: per-layer expert utilisation, attention and MLP"),
+    ("artetxe", "Artetxe et al.: top-2 MoE against its dense twin at equal training FLOPs"),
+    ("speed", "Tables 5 and 7: inference speed (the `dsmoe bench inference` protocols)"),
+];
+
+pub fn run(a: ReproduceArgs) -> Result<()> {
+    let names: Vec<&str> = if a.experiments.is_empty() {
+        EXPERIMENTS.iter().map(|e| e.0).collect()
+    } else {
+        let mut names = Vec::new();
+        for e in &a.experiments {
+            let Some(&(name, _)) = EXPERIMENTS.iter().find(|(n, _)| n == e) else {
+                bail!("unknown experiment {e:?}; the experiments are {}", EXPERIMENTS.iter().map(|e| e.0).collect::<Vec<_>>().join(", "));
+            };
+            names.push(name);
+        }
+        names
+    };
+    let device = device(&a.device)?;
+    let dtype = compute_dtype(None, &device)?;
+    let mut lab = Lab::new(&a.out, eval_windows(a.scale), device, dtype, a.data.clone())?;
+    let mut plan: Vec<RunSpec> = Vec::new();
+    for name in &names {
+        for spec in runs_of(name, a.scale)? {
+            if !plan.iter().any(|p| p.name == spec.name) {
+                plan.push(spec);
+            }
+        }
+    }
+    lab.plan(&plan);
+    for name in &names {
+        let scale = a.scale;
+        match *name {
+            "table3" => table3::run(&mut lab, scale)?,
+            "fig4" => fig4::run(&mut lab, scale)?,
+            "table4" => table4::run(&mut lab, scale)?,
+            "fig3" => fig3::run(&mut lab, scale)?,
+            "fig5" => fig5::run(&mut lab, scale)?,
+            "artetxe" => artetxe::run(&mut lab, scale)?,
+            _ => speed::run(&mut lab, scale)?,
+        }
+        lab.say(&format!("{name}: written to {}", a.out.join(name).display()));
+    }
+    lab.finish();
+    let report = write_report(&a.out, a.scale)?;
+    println!("report: {}", report.display());
+    Ok(())
+}
+
+/// The runs experiment `name` trains at `scale`.
+fn runs_of(name: &str, scale: Scale) -> Result<Vec<RunSpec>> {
+    Ok(match name {
+        "table3" => table3::runs(scale)?,
+        "fig4" | "fig5" | "speed" => vec![ds_moe(scale)?],
+        "table4" => table4::runs(scale)?,
+        "fig3" => fig3::runs(scale)?,
+        "artetxe" => artetxe::runs(scale)?,
+        _ => vec![],
+    })
+}
+
+/// Validation windows per evaluation.
+fn eval_windows(scale: Scale) -> usize {
+    match scale {
+        Scale::Toy => 4,
+        Scale::Tiny => 96,
+        Scale::Small => 384,
+        Scale::Paper => 256,
+    }
+}
+
+/// A preset, fitted to `scale`: `tiny` shortens training to 300 steps (with evaluations of 48 windows
+/// every 50 steps for the curves), `small` and `paper` keep the preset's schedule, `toy` shrinks everything.
+fn preset(name: &str, scale: Scale) -> Result<Config> {
+    let mut c = presets::load(name)?;
+    let t = &mut c.train;
+    match scale {
+        Scale::Toy => {
+            let m = &mut c.model;
+            let old_d = m.d_model;
+            m.d_model = 32;
+            m.n_layers = 2;
+            m.max_seq_len = 16;
+            m.attention.head_dim = 32 / m.q_heads();
+            m.mlp.expert_width = (m.mlp.expert_width * 32 / old_d).max(1);
+            m.mlp.dense_width = m.mlp.dense_width.map(|w| (w * 32 / old_d).max(1));
+            *t = model::TrainConfig { batch_size: 2, seq_len: 16, steps: 4, warmup_steps: 1, eval_interval: 2, eval_windows: 2, final_eval_windows: 4, checkpoint_interval: 2, ..t.clone() };
+        }
+        Scale::Tiny => {
+            t.steps = 300;
+            t.eval_interval = 50;
+            t.eval_windows = 48;
+            t.checkpoint_interval = 100;
+        }
+        Scale::Small | Scale::Paper => {}
+    }
+    c.validate(name)?;
+    Ok(c)
+}
+
+/// The DS-MoE run most experiments share.
+fn ds_moe(scale: Scale) -> Result<RunSpec> {
+    let name = if scale == Scale::Paper { "ds-moe-1b" } else { "ds-moe-tiny" };
+    Ok(RunSpec { name: "ds-moe".into(), config: preset(name, scale)? })
+}
