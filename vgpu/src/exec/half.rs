@@ -12,6 +12,7 @@
 //! - `.relu` (fma): a negative result becomes +0, a NaN result the canonical NaN (0x7fff);
 //! - min / max: a NaN operand yields the other operand, two NaNs the canonical NaN, and -0 < +0;
 //!   with `.NaN` any NaN operand yields the canonical NaN.
+//!
 //! NaN results of arithmetic are the canonical NaN. `.ftz` is accepted and ignored, as for f32.
 
 use super::alu::Alu;

@@ -71,7 +71,7 @@ struct Shadow {
 impl Shadow {
     fn stamp(&self, a: &Accessor) -> Stamp {
         let e = epoch(a.warp, self.vc[a.warp][a.warp]) as u64;
-        e | ((a.lane as u64) << 32 + INSTANCE_BITS) | (a.instance & INSTANCE_MASK) << 32
+        e | (a.lane as u64) << (32 + INSTANCE_BITS) | (a.instance & INSTANCE_MASK) << 32
     }
 
     /// Whether the earlier access `prev` is unordered with `a`: by another warp whose clock `a`'s
@@ -253,8 +253,8 @@ impl SharedMem {
             let warps = |set: u32| (0..MAX_WARPS).filter(move |w| set >> w & 1 == 1);
             let mut j = [0u32; MAX_WARPS];
             for m in warps(waiters | arrivers) {
-                for v in 0..MAX_WARPS {
-                    j[v] = j[v].max(s.vc[m][v]);
+                for (x, y) in j.iter_mut().zip(&s.vc[m]) {
+                    *x = (*x).max(*y);
                 }
             }
             for m in warps(waiters) {
