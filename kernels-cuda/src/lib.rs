@@ -364,7 +364,8 @@ pub const ATTENTION: KernelSource = KernelSource {
     expect_sass: &[],
 };
 
-/// The tensor-core (mma.sync) forward of fused causal attention, bf16 / f16, head dims 64, 96, 128.
+/// The tensor-core (mma.sync) forward and backward of fused causal attention, bf16 / f16, head dims
+/// 64, 96 and 128.
 pub const ATTENTION_SM80: KernelSource = KernelSource {
     name: "attention_sm80",
     source: include_str!("kernels/attention_sm80.cu"),
@@ -375,6 +376,18 @@ pub const ATTENTION_SM80: KernelSource = KernelSource {
         "attention_fwd_tc_f16_d64",
         "attention_fwd_tc_f16_d96",
         "attention_fwd_tc_f16_d128",
+        "attention_dq_tc_bf16_d64",
+        "attention_dq_tc_bf16_d96",
+        "attention_dq_tc_bf16_d128",
+        "attention_dq_tc_f16_d64",
+        "attention_dq_tc_f16_d96",
+        "attention_dq_tc_f16_d128",
+        "attention_dkdv_tc_bf16_d64",
+        "attention_dkdv_tc_bf16_d96",
+        "attention_dkdv_tc_bf16_d128",
+        "attention_dkdv_tc_f16_d64",
+        "attention_dkdv_tc_f16_d96",
+        "attention_dkdv_tc_f16_d128",
     ],
     // HMMA fed by ldmatrix (LDSM) from cp.async (LDGSTS) copies.
     expect_sass: &["HMMA", "LDGSTS", "LDSM"],

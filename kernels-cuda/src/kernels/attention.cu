@@ -23,9 +23,8 @@
 // MAXD = 32, 64 or 128 floats lives in registers (the host picks the smallest MAXD ≥ d) and the
 // score and value products are serial dot products over shared memory (broadcast reads: every
 // thread of a warp reads the same key row). It is correct for every head dim up to 128, any
-// length and any grouping. The forward of bf16 / f16 at head dims 64, 96 and 128 runs on tensor
-// cores instead (attention_sm80.cu); this forward serves f32 and the other head dims, and the
-// backward kernels here serve every dtype. Ragged tails: a thread past the end of its sequence computes nothing but
+// length and any grouping. bf16 / f16 at head dims 64, 96 and 128 run on tensor cores instead
+// (attention_sm80.cu, forward and backward); these kernels serve f32 and the other head dims. Ragged tails: a thread past the end of its sequence computes nothing but
 // still joins every barrier; key rows past the end are never read (loops stop at the diagonal).
 
 #include "common.cuh"

@@ -1,5 +1,6 @@
-// attention_sm80.cu: the tensor-core forward of fused causal attention (FlashAttention-2) for bf16
-// and f16 with head dims 64, 96 and 128, on sm_80 and up (mma.sync; Hopper runs it too).
+// attention_sm80.cu: the tensor-core forward and backward of fused causal attention
+// (FlashAttention-2) for bf16 and f16 with head dims 64, 96 and 128, on sm_80 and up (mma.sync;
+// Hopper runs it too).
 //
 // Layout as attention.cu (engine::backend::AttentionDims): q, out [N, Hq, D]; k, v [N, Hkv, D]; lse
 // [N, Hq] f32; packed sequences cut by u32 `offsets`; query head h reads key/value head h / G.
@@ -19,7 +20,7 @@
 // [key, D] is the transpose of the B operand: ldmatrix.trans). At the end O / l goes to `out` and
 // m + ln l to `lse`, as the CUDA-core forward and the CPU op.
 //
-// Shared memory: Q, two K and two V tiles of 64 rows, rows of D/8 16-byte chunks, XOR-swizzled
+// Shared memory (forward): Q, two K and two V tiles of 64 rows, rows of D/8 16-byte chunks, XOR-swizzled
 // (gemm_sm80.cuh `swz`; D = 96 uses the 128-wide layout, 12 of 16 chunks used) so that ldmatrix
 // is conflict-free: 40 KiB at D = 64, 80 KiB at D = 96 and 128. Registers per thread at D = 128: 32
 // for Q fragments, 32 for S, 64 for O.
@@ -29,7 +30,16 @@
 // the sequence are zero-filled (cp.async with 0 source bytes), masked scores are −inf, and only
 // valid rows are stored. What it leaves out (FlashAttention-2 does the same, -3 goes further):
 // warp-level skipping of tiles above the diagonal for the block's early rows, a deeper ring, and
-// Hopper's wgmma/TMA. The backward stays on the CUDA-core kernels of attention.cu.
+// Hopper's wgmma/TMA.
+//
+// Backward (deterministic, no atomics; P recomputed from the saved lse, no [T, T] tensor), two
+// kernels in stream order, each output element written by one thread in a fixed order:
+// attention_dq_tc in the forward's geometry (also storing D = dO·out per row), and
+// attention_dkdv_tc with one block per 64 keys, walking every packed query row that sees them (all
+// G heads: the GQA sum of dK, dV is a sum over rows). Each computes its products with keys or
+// queries as the 16-row A operand so that no fragment needs a transpose in registers (headers of
+// the two kernels below). Registers at D = 128 (sm_80): forward 166, dq 238, dk/dv 239, no spills;
+// dk/dv takes its 64 staged query rows in two halves of 32 to stay there.
 
 #include "gemm_sm80.cuh"
 
@@ -61,11 +71,81 @@ template <int D, int CHP, typename RowPtr> __device__ __forceinline__ void stage
     }
 }
 
+// acc[16 x N] += A · Bᵀ: A the 16 rows a_row0.. of tile `a_tile`, B the N rows b_row0.. of `b_tile`,
+// both [row, D] (B's rows are the n index, which is the "col" operand already: plain ldmatrix).
+template <typename T, int D, int CHP, int N = BC>
+__device__ __forceinline__ void mma_abt(float (&acc)[N / 8][4], u32 a_tile, int a_row0, u32 b_tile, int b_row0 = 0) {
+    const int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        u32 a[4];
+        ldmatrix_x4(a, a_tile + swz<CHP>(a_row0 + lane % 16, 2 * kk + lane / 16));
+#pragma unroll
+        for (int n2 = 0; n2 < N / 16; ++n2) {
+            u32 b[4];
+            ldmatrix_x4(b, b_tile + swz<CHP>(b_row0 + 16 * n2 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)));
+            mma_16816<T>(acc[2 * n2], a, b[0], b[1]);
+            mma_16816<T>(acc[2 * n2 + 1], a, b[2], b[3]);
+        }
+    }
+}
+
+// acc[16 x D] += P · B: P [16 x N] in accumulator layout (its k16 step kk is n-blocks 2kk and
+// 2kk + 1, which is the A layout), B the N rows b_row0.. of `b_tile` [k, D] (ldmatrix.trans).
+template <typename T, int D, int CHP, int N = BC>
+__device__ __forceinline__ void mma_pb(float (&acc)[D / 8][4], const float (&p)[N / 8][4], u32 b_tile, int b_row0 = 0) {
+    const int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int kk = 0; kk < N / 16; ++kk) {
+        const u32 a[4] = {pack2<T>(p[2 * kk][0], p[2 * kk][1]), pack2<T>(p[2 * kk][2], p[2 * kk][3]), pack2<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]),
+                          pack2<T>(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+#pragma unroll
+        for (int d2 = 0; d2 < D / 16; ++d2) {
+            u32 b[4];
+            ldmatrix_x4_trans(b, b_tile + swz<CHP>(b_row0 + 16 * kk + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * d2 + (lane >> 4)));
+            mma_16816<T>(acc[2 * d2], a, b[0], b[1]);
+            mma_16816<T>(acc[2 * d2 + 1], a, b[2], b[3]);
+        }
+    }
+}
+
+template <int N> __device__ __forceinline__ void zero(float (&x)[N][4]) {
+#pragma unroll
+    for (int n = 0; n < N; ++n) x[n][0] = x[n][1] = x[n][2] = x[n][3] = 0.0f;
+}
+
+// Stores this thread's share of a 16 x D accumulator row `i` (0: row gid, 1: gid + 8) times `mul`
+// into the D-element row at `dst`.
+template <typename T, int D> __device__ __forceinline__ void store_row(T* dst, const float (&acc)[D / 8][4], int i, float mul) {
+    u32* d32 = reinterpret_cast<u32*>(dst);
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) d32[4 * n + threadIdx.x % 4] = pack2<T>(acc[n][2 * i] * mul, acc[n][2 * i + 1] * mul);
+}
+
+// Rows of a query tile: packed row `first + r` is position (first + r) / G, head kvh·G + (first + r) % G;
+// row r takes part when r < limit and its position is inside the sequence.
+struct PackedRows {
+    u32 g, hq, kvh, start, len, first, limit;
+    __device__ __forceinline__ u32 pos(int r) const { return (first + r) / g; }
+    __device__ __forceinline__ bool valid(int r) const { return (u32)r < limit && pos(r) < len; }
+    // Index of the row in a [N, Hq] tensor (times D for [N, Hq, D]).
+    __device__ __forceinline__ u64 row(int r) const { return (u64)(start + pos(r)) * hq + kvh * g + (first + r) % g; }
+    // The staging source of row r of a [N, Hq, D] tensor, or null.
+    template <typename T, int D> __device__ __forceinline__ auto source(const T* base) const {
+        return [=](int r) -> const T* { return valid(r) ? base + row(r) * D : nullptr; };
+    }
+};
+
+// The staging source of key / value rows j0 .. j0 + 63 of head kvh of a [N, Hkv, D] tensor.
+template <typename T, int D> __device__ __forceinline__ auto kv_source(const T* base, u32 start, u32 len, u32 j0, u32 hkv, u32 kvh) {
+    return [=](int r) -> const T* { return j0 + r < len ? base + ((u64)(start + j0 + r) * hkv + kvh) * D : nullptr; };
+}
+
 template <typename T, int D>
 __device__ void attention_fwd_tc(const T* q, const T* k, const T* v, T* out, float* lse, const u32* offsets, u32 hq, u32 hkv, float scale) {
     constexpr int CHP = (D / 8 + 7) / 8 * 8;  // chunks per stored row (a multiple of 8 for swz)
     constexpr int TILE = 64 * CHP * 16;        // bytes of one staged tile
-    constexpr int KD = D / 16, NB = D / 8;     // k16 steps over D; n8 blocks of O
+    constexpr int NB = D / 8;                  // n8 blocks of O
     extern __shared__ __align__(128) char smem_tc[];
     const u32 sq = smem_addr(smem_tc), sk = sq + TILE, sv = sk + 2 * TILE;
     const u32 g_all = hq / hkv, ppb = BR / g_all, kvh = blockIdx.y;
@@ -75,35 +155,18 @@ __device__ void attention_fwd_tc(const T* q, const T* k, const T* v, T* out, flo
     const u32 tiles = (keys + BC - 1) / BC;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, gid = lane / 4, tid4 = lane % 4;
 
-    auto q_row = [&](int r) -> const T* {
-        const u32 pos = p0 + r / g_all;
-        return (u32)r < ppb * g_all && pos < len ? q + ((u64)(start + pos) * hq + kvh * g_all + r % g_all) * D : nullptr;
-    };
+    const PackedRows rows{g_all, hq, kvh, start, len, p0 * g_all, ppb * g_all};
     auto stage_kv = [&](u32 tile, u32 stage) {
-        const u32 j0 = tile * BC;
-        auto row = [&](const T* base) {
-            return [=](int r) -> const T* { return j0 + r < len ? base + ((u64)(start + j0 + r) * hkv + kvh) * D : nullptr; };
-        };
-        stage_rows<D, CHP>(sk + stage * TILE, row(k), k);
-        stage_rows<D, CHP>(sv + stage * TILE, row(v), v);
+        stage_rows<D, CHP>(sk + stage * TILE, kv_source<T, D>(k, start, len, tile * BC, hkv, kvh), k);
+        stage_rows<D, CHP>(sv + stage * TILE, kv_source<T, D>(v, start, len, tile * BC, hkv, kvh), v);
     };
-    stage_rows<D, CHP>(sq, q_row, q);
+    stage_rows<D, CHP>(sq, rows.source<T, D>(q), q);
     stage_kv(0, 0);
     cp_async_commit();
-
-    // This thread's two rows (gid, gid + 8 of the warp's 16) and their positions.
-    u32 pos[2];
-    bool valid[2];
-    for (int i = 0; i < 2; ++i) {
-        const u32 r = warp * 16 + gid + 8 * i;
-        pos[i] = p0 + r / g_all;
-        valid[i] = r < ppb * g_all && pos[i] < len;
-    }
+    const int r0 = warp * 16 + gid;  // this thread's rows: r0 and r0 + 8
     const float scale2 = scale * 1.4426950408889634f;  // scores in the exp2 domain
-    u32 qf[KD][4];
     float o[NB][4];
-#pragma unroll
-    for (int n = 0; n < NB; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    zero(o);
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
     for (u32 it = 0; it < tiles; ++it) {
@@ -111,26 +174,10 @@ __device__ void attention_fwd_tc(const T* q, const T* k, const T* v, T* out, flo
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
-        if (it == 0) {
-#pragma unroll
-            for (int kk = 0; kk < KD; ++kk) ldmatrix_x4(qf[kk], sq + swz<CHP>(warp * 16 + lane % 16, 2 * kk + lane / 16));
-        }
         const u32 kt = sk + (it & 1) * TILE, vt = sv + (it & 1) * TILE, j0 = it * BC;
-
-        // S = Q Kᵀ for this warp's 16 rows and the tile's 64 keys.
-        float s[BC / 8][4];
-#pragma unroll
-        for (int n = 0; n < BC / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < KD; ++kk) {
-#pragma unroll
-            for (int n2 = 0; n2 < BC / 16; ++n2) {
-                u32 b[4];
-                ldmatrix_x4(b, kt + swz<CHP>(16 * n2 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)));
-                mma_16816<T>(s[2 * n2], qf[kk], b[0], b[1]);
-                mma_16816<T>(s[2 * n2 + 1], qf[kk], b[2], b[3]);
-            }
-        }
+        float s[BC / 8][4];  // S = Q Kᵀ for this warp's 16 rows and the tile's 64 keys
+        zero(s);
+        mma_abt<T, D, CHP>(s, sq, warp * 16, kt);
 
         // Mask, online softmax (per row: max over the quad, rescale), P in place of S.
 #pragma unroll
@@ -142,7 +189,7 @@ __device__ void attention_fwd_tc(const T* q, const T* k, const T* v, T* out, flo
                 for (int e = 0; e < 2; ++e) {
                     const u32 key = j0 + 8 * n + 2 * tid4 + e;
                     float& x = s[n][2 * i + e];
-                    x = key < len && key <= pos[i] ? x * scale2 : -INFINITY;
+                    x = key < len && key <= rows.pos(r0 + 8 * i) ? x * scale2 : -INFINITY;
                     mx = fmaxf(mx, x);
                 }
             }
@@ -170,19 +217,7 @@ __device__ void attention_fwd_tc(const T* q, const T* k, const T* v, T* out, flo
             }
         }
 
-        // O += P V: P's k16 step kk is S's n-blocks 2kk and 2kk + 1.
-#pragma unroll
-        for (int kk = 0; kk < BC / 16; ++kk) {
-            const u32 a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]), pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                              pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-            for (int d2 = 0; d2 < NB / 2; ++d2) {
-                u32 b[4];
-                ldmatrix_x4_trans(b, vt + swz<CHP>(16 * kk + (lane & 7) + (((lane >> 3) & 1) << 3), 2 * d2 + (lane >> 4)));
-                mma_16816<T>(o[2 * d2], a, b[0], b[1]);
-                mma_16816<T>(o[2 * d2 + 1], a, b[2], b[3]);
-            }
-        }
+        mma_pb<T, D, CHP>(o, s, vt);  // O += P V
         __syncthreads();  // this stage is refilled by the next iteration's copy
     }
 
@@ -191,21 +226,172 @@ __device__ void attention_fwd_tc(const T* q, const T* k, const T* v, T* out, flo
         float lt = l[i];
         lt += __shfl_xor_sync(FULL_MASK, lt, 1);
         lt += __shfl_xor_sync(FULL_MASK, lt, 2);
-        if (!valid[i]) continue;
-        const u32 r = warp * 16 + gid + 8 * i;
-        const u64 row = (u64)(start + pos[i]) * hq + kvh * g_all + r % g_all;
-        const float inv = 1.0f / lt;
-        u32* dst = reinterpret_cast<u32*>(out + row * D);
-#pragma unroll
-        for (int n = 0; n < NB; ++n) dst[4 * n + tid4] = pack2<T>(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
+        if (!rows.valid(r0 + 8 * i)) continue;
+        const u64 row = rows.row(r0 + 8 * i);
+        store_row<T, D>(out + row * D, o, i, 1.0f / lt);
         if (tid4 == 0) lse[row] = m[i] * 0.6931471805599453f + __logf(lt);
     }
 }
 
-#define TC_ENTRY(NAME, T, D)                                                                                                        \
-    extern "C" __global__ void __launch_bounds__(FWD_THREADS) attention_fwd_tc_##NAME##_d##D(                                      \
-        const T* q, const T* k, const T* v, T* out, float* lse, const u32* offsets, u32 hq, u32 hkv, float scale) {                 \
-        attention_fwd_tc<T, D>(q, k, v, out, lse, offsets, hq, hkv, scale);                                                        \
+// Backward, dq (and D = dO·out per row, stored for attention_dkdv_tc): the forward's geometry.
+// Per key tile: S = Q Kᵀ, P = exp(S − lse) (masked to 0), dP = dO Vᵀ, dS = P (dP − D),
+// dq += dS K; finally dq ·= scale. Q, dO and a two-stage K / V ring in shared memory.
+template <typename T, int D>
+__device__ void attention_dq_tc(const T* q, const T* k, const T* v, const T* out, const T* dout, const float* lse, float* delta, T* dq, const u32* offsets, u32 hq, u32 hkv,
+                                float scale) {
+    constexpr int CHP = (D / 8 + 7) / 8 * 8, TILE = 64 * CHP * 16;
+    extern __shared__ __align__(128) char smem_tc[];
+    float* delta_s = reinterpret_cast<float*>(smem_tc + 6 * TILE);  // [BR] after the six tiles
+    const u32 sq = smem_addr(smem_tc), sdo = sq + TILE, sk = sdo + TILE, sv = sk + 2 * TILE;
+    const u32 g_all = hq / hkv, ppb = BR / g_all, kvh = blockIdx.y;
+    const u32 start = offsets[blockIdx.z], len = offsets[blockIdx.z + 1] - start, p0 = blockIdx.x * ppb;
+    if (p0 >= len) return;  // uniform, before any barrier
+    const u32 tiles = (min(len, p0 + ppb) + BC - 1) / BC;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, gid = lane / 4, tid4 = lane % 4;
+    const PackedRows rows{g_all, hq, kvh, start, len, p0 * g_all, ppb * g_all};
+    auto stage_kv = [&](u32 tile, u32 stage) {
+        stage_rows<D, CHP>(sk + stage * TILE, kv_source<T, D>(k, start, len, tile * BC, hkv, kvh), k);
+        stage_rows<D, CHP>(sv + stage * TILE, kv_source<T, D>(v, start, len, tile * BC, hkv, kvh), v);
+    };
+    stage_rows<D, CHP>(sq, rows.source<T, D>(q), q);
+    stage_rows<D, CHP>(sdo, rows.source<T, D>(dout), dout);
+    stage_kv(0, 0);
+    cp_async_commit();
+    if (threadIdx.x < BR) {  // D per row, in a fixed order
+        const int r = threadIdx.x;
+        float dd = 0.0f;
+        if (rows.valid(r)) {
+            const u64 row = rows.row(r);
+            for (int x = 0; x < D; ++x) dd += to_float(out[row * D + x]) * to_float(dout[row * D + x]);
+            delta[row] = dd;
+        }
+        delta_s[r] = dd;
+    }
+    const int r0 = warp * 16 + gid;
+    const float scale2 = scale * 1.4426950408889634f;
+    float lse2[2], dl[2];
+    float acc[D / 8][4];
+    zero(acc);
+    for (u32 it = 0; it < tiles; ++it) {
+        if (it + 1 < tiles) stage_kv(it + 1, (it + 1) & 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        if (it == 0) {
+            for (int i = 0; i < 2; ++i) {
+                lse2[i] = rows.valid(r0 + 8 * i) ? lse[rows.row(r0 + 8 * i)] * 1.4426950408889634f : 0.0f;
+                dl[i] = delta_s[r0 + 8 * i];
+            }
+        }
+        const u32 kt = sk + (it & 1) * TILE, vt = sv + (it & 1) * TILE, j0 = it * BC;
+        float p[BC / 8][4], dp[BC / 8][4];
+        zero(p);
+        zero(dp);
+        mma_abt<T, D, CHP>(p, sq, warp * 16, kt);
+        mma_abt<T, D, CHP>(dp, sdo, warp * 16, vt);
+#pragma unroll
+        for (int n = 0; n < BC / 8; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int i = e / 2, r = r0 + 8 * i;
+                const u32 key = j0 + 8 * n + 2 * tid4 + (e & 1);
+                const float pr = rows.valid(r) && key < len && key <= rows.pos(r) ? exp2_approx(p[n][e] * scale2 - lse2[i]) : 0.0f;
+                p[n][e] = pr * (dp[n][e] - dl[i]);  // dS
+            }
+        }
+        mma_pb<T, D, CHP>(acc, p, kt);  // dq += dS K
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+        if (rows.valid(r0 + 8 * i)) store_row<T, D>(dq + rows.row(r0 + 8 * i) * D, acc, i, scale);
+}
+
+// Backward, dk and dv: one block per (key tile of 64, key/value head, sequence), warp w owning keys
+// 16w .. 16w + 15. It walks the packed query rows (position x G heads) from the first that sees
+// its keys to the end, 64 at a time, staging Q, dO and their lse and D, and computes the
+// transposed products so that every result has keys as rows: Sᵀ = K Qᵀ, Pᵀ = exp(Sᵀ − lse),
+// dV += Pᵀ dO, dPᵀ = V dOᵀ, dSᵀ = Pᵀ (dPᵀ − D), dK += dSᵀ Q; finally dk ·= scale. Summing over the
+// G heads is summing over the packed rows. One stage (no ring): the copies are not overlapped.
+template <typename T, int D>
+__device__ void attention_dkdv_tc(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta, T* dk, T* dv, const u32* offsets, u32 hq,
+                                  u32 hkv, float scale) {
+    constexpr int CHP = (D / 8 + 7) / 8 * 8, TILE = 64 * CHP * 16;
+    extern __shared__ __align__(128) char smem_tc[];
+    float* lse_s = reinterpret_cast<float*>(smem_tc + 4 * TILE);  // [BR] each, after the four tiles
+    float* delta_s = lse_s + BR;
+    const u32 sk = smem_addr(smem_tc), sv = sk + TILE, sq = sv + TILE, sdo = sq + TILE;
+    const u32 g_all = hq / hkv, kvh = blockIdx.y, k0 = blockIdx.x * BC;
+    const u32 start = offsets[blockIdx.z], len = offsets[blockIdx.z + 1] - start;
+    if (k0 >= len) return;  // uniform, before any barrier
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, gid = lane / 4, tid4 = lane % 4;
+    stage_rows<D, CHP>(sk, kv_source<T, D>(k, start, len, k0, hkv, kvh), k);
+    stage_rows<D, CHP>(sv, kv_source<T, D>(v, start, len, k0, hkv, kvh), v);
+    const float scale2 = scale * 1.4426950408889634f;
+    float dka[D / 8][4], dva[D / 8][4];
+    zero(dka);
+    zero(dva);
+    for (u32 first = k0 * g_all / BR * BR; first < len * g_all; first += BR) {
+        const PackedRows rows{g_all, hq, kvh, start, len, first, BR};
+        __syncthreads();  // the previous rows' readers are done
+        stage_rows<D, CHP>(sq, rows.source<T, D>(q), q);
+        stage_rows<D, CHP>(sdo, rows.source<T, D>(dout), dout);
+        cp_async_commit();
+        if (threadIdx.x < BR) {
+            const int r = threadIdx.x;
+            const bool ok = rows.valid(r);
+            lse_s[r] = ok ? lse[rows.row(r)] * 1.4426950408889634f : 0.0f;
+            delta_s[r] = ok ? delta[rows.row(r)] : 0.0f;
+        }
+        cp_async_wait<0>();
+        __syncthreads();
+        // Two halves of 32 query rows: fewer live scores next to the dK and dV accumulators.
+        for (int half = 0; half < 2; ++half) {
+            const int c0 = 32 * half;
+            float p[4][4], dp[4][4];
+            zero(p);
+            zero(dp);
+            mma_abt<T, D, CHP, 32>(p, sk, warp * 16, sq, c0);    // Sᵀ
+            mma_abt<T, D, CHP, 32>(dp, sv, warp * 16, sdo, c0);  // dPᵀ
+#pragma unroll
+            for (int n = 0; n < 4; ++n) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const u32 key = k0 + warp * 16 + gid + 8 * (e / 2);
+                    const int c = c0 + 8 * n + 2 * tid4 + (e & 1);
+                    const float pr = rows.valid(c) && key < len && key <= rows.pos(c) ? exp2_approx(p[n][e] * scale2 - lse_s[c]) : 0.0f;
+                    p[n][e] = pr;
+                    dp[n][e] = pr * (dp[n][e] - delta_s[c]);  // dSᵀ
+                }
+            }
+            mma_pb<T, D, CHP, 32>(dva, p, sdo, c0);  // dV += Pᵀ dO
+            mma_pb<T, D, CHP, 32>(dka, dp, sq, c0);  // dK += dSᵀ Q
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const u32 key = k0 + warp * 16 + gid + 8 * i;
+        if (key >= len) continue;
+        const u64 row = (u64)(start + key) * hkv + kvh;
+        store_row<T, D>(dk + row * D, dka, i, scale);
+        store_row<T, D>(dv + row * D, dva, i, 1.0f);
+    }
+}
+
+#define TC_ENTRY(NAME, T, D)                                                                                                         \
+    extern "C" __global__ void __launch_bounds__(FWD_THREADS) attention_fwd_tc_##NAME##_d##D(                                       \
+        const T* q, const T* k, const T* v, T* out, float* lse, const u32* offsets, u32 hq, u32 hkv, float scale) {                  \
+        attention_fwd_tc<T, D>(q, k, v, out, lse, offsets, hq, hkv, scale);                                                         \
+    }                                                                                                                               \
+    extern "C" __global__ void __launch_bounds__(FWD_THREADS) attention_dq_tc_##NAME##_d##D(                                        \
+        const T* q, const T* k, const T* v, const T* out, const T* dout, const float* lse, float* delta, T* dq, const u32* offsets,  \
+        u32 hq, u32 hkv, float scale) {                                                                                             \
+        attention_dq_tc<T, D>(q, k, v, out, dout, lse, delta, dq, offsets, hq, hkv, scale);                                         \
+    }                                                                                                                               \
+    extern "C" __global__ void __launch_bounds__(FWD_THREADS) attention_dkdv_tc_##NAME##_d##D(                                      \
+        const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta, T* dk, T* dv, const u32* offsets,  \
+        u32 hq, u32 hkv, float scale) {                                                                                             \
+        attention_dkdv_tc<T, D>(q, k, v, dout, lse, delta, dk, dv, offsets, hq, hkv, scale);                                        \
     }
 
 TC_ENTRY(bf16, bf16, 64)

@@ -1,7 +1,6 @@
-//! Fused causal attention: the forward on tensor cores (attention_sm80.cu) for bf16 / f16 at head
-//! dims 64, 96 and 128, else on CUDA cores (attention.cu); the backward (attention.cu)
-//! `attention_dq` (which also stores D = dO·out per row) followed by `attention_dkdv`, in stream
-//! order. The kernel files' headers have the algorithms; here: the kernel variant for the dtype and
+//! Fused causal attention: on tensor cores (attention_sm80.cu) for bf16 / f16 at head dims 64, 96
+//! and 128, else on CUDA cores (attention.cu). Either way the forward, then for the backward a dq
+//! kernel (which also stores D = dO·out per row) followed by a dk/dv kernel, in stream order. The kernel files' headers have the algorithms; here: the kernel variant for the dtype and
 //! head dim, the grids, the sequence offsets copied to the device.
 
 use kernels_cuda::{ATTENTION, ATTENTION_SM80};
@@ -30,17 +29,29 @@ const KEY_TILE: usize = 32;
 const TC_ROWS: usize = 64;
 const TC_THREADS: u32 = 128;
 
-/// The tensor-core forward's entry point where it applies: bf16 / f16, head dim 64, 96 or 128, at
-/// most 64 query heads per key/value head, compute capability 8.0 or above. Everything else (f32,
-/// other head dims) takes the CUDA-core kernels.
-fn tensor_core_forward(dev: &CudaDevice, dtype: DType, dims: &AttentionDims) -> Option<String> {
+/// The tensor-core kernels' name suffix (`bf16_d64`) where they apply: bf16 / f16, head dim 64, 96
+/// or 128, at most 64 query heads per key/value head, compute capability 8.0 or above. Everything
+/// else (f32, other head dims) takes the CUDA-core kernels.
+fn tensor_core_variant(dev: &CudaDevice, dtype: DType, dims: &AttentionDims) -> Option<String> {
     let sfx = match dtype {
         DType::BF16 => "bf16",
         DType::F16 => "f16",
         _ => return None,
     };
     let fits = matches!(dims.head_dim, 64 | 96 | 128) && dims.group() <= TC_ROWS && dev.info.compute_capability.0 >= 8;
-    fits.then(|| format!("attention_fwd_tc_{sfx}_d{}", dims.head_dim))
+    fits.then(|| format!("{sfx}_d{}", dims.head_dim))
+}
+
+/// One tensor-core block per (query tile of 64 / G positions x G heads, key/value head, sequence).
+fn tc_query_grid(p: &Plan, dims: &AttentionDims) -> Grid {
+    let ppb = TC_ROWS / dims.group();
+    Grid { grid: (p.max_len.div_ceil(ppb) as u32, dims.kv_heads as u32, p.seqs), block: (TC_THREADS, 1, 1) }
+}
+
+/// Dynamic shared memory of `tiles` staged tiles of 64 rows of the head dim rounded up to 64 (the
+/// kernels' swizzled rows) in 16-bit elements, then `row_stats` f32 arrays of 64 (lse, D).
+fn tc_smem(tiles: usize, row_stats: usize, dims: &AttentionDims) -> u32 {
+    ((tiles * dims.head_dim.next_multiple_of(64) * 2 + row_stats * 4) * TC_ROWS) as u32
 }
 
 /// The launch geometry shared by the three CUDA-core kernels.
@@ -114,15 +125,13 @@ pub(crate) fn forward(q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, seq_off
     let (qp, kp, vp, op, lp, offp) = (q.ptr(), k.ptr(), v.ptr(), out.ptr(), lse.ptr(), p.offsets.ptr());
     let (hq, hkv, d, ppb, scale) = (dims.q_heads as u32, dims.kv_heads as u32, dims.head_dim as u32, p.ppb as u32, dims.scale as f32);
     let cost = Cost { bytes: nbytes(2 * q.len() + 2 * k.len(), q.dtype()) + 4 * lse.len() as u64, flops: p.flops(seq_offsets, dims) };
-    if let Some(entry) = tensor_core_forward(dev, q.dtype(), dims) {
-        let ppb = TC_ROWS / dims.group();
-        let grid = Grid { grid: (p.max_len.div_ceil(ppb) as u32, hkv, p.seqs), block: (TC_THREADS, 1, 1) };
-        let smem = (5 * TC_ROWS * dims.head_dim.next_multiple_of(64) * 2) as u32;
+    if let Some(variant) = tensor_core_variant(dev, q.dtype(), dims) {
+        let (grid, smem) = (tc_query_grid(&p, dims), tc_smem(5, 0, dims));
         // SAFETY: attention_fwd_tc_<T>_d<D>(const T* q, const T* k, const T* v, T* out, float* lse,
         // const u32* offsets, u32 hq, u32 hkv, float scale); shapes as below with d = D exactly and
         // G ≤ 64 (tensor_core_forward), so every block has ppb = 64 / G ≥ 1 positions; smem holds
         // the Q tile and two stages of K and V tiles of 64 rows of D rounded up to 64 elements.
-        unsafe { launch_with_smem(dev, &ATTENTION_SM80, &entry, grid, smem, &mut kernel_args![&qp, &kp, &vp, &op, &lp, &offp, &hq, &hkv, &scale], cost)? };
+        unsafe { launch_with_smem(dev, &ATTENTION_SM80, &format!("attention_fwd_tc_{variant}"), grid, smem, &mut kernel_args![&qp, &kp, &vp, &op, &lp, &offp, &hq, &hkv, &scale], cost)? };
         return Ok((out, lse));
     }
     let entry = format!("attention_fwd_{}", p.variant);
@@ -165,6 +174,27 @@ pub(crate) fn backward(
     let (hq, hkv, d, ppb, scale) = (dims.q_heads as u32, dims.kv_heads as u32, dims.head_dim as u32, p.ppb as u32, dims.scale as f32);
     let flops = p.flops(seq_offsets, dims);
     let cost = Cost { bytes: nbytes(4 * q.len() + 2 * k.len(), dtype) + 8 * lse.len() as u64, flops: 3 * flops / 2 };
+    if let Some(variant) = tensor_core_variant(dev, dtype, dims) {
+        // SAFETY: attention_dq_tc_<T>_d<D>(const T* q, const T* k, const T* v, const T* out,
+        // const T* dout, const float* lse, float* delta, T* dq, const u32* offsets, u32 hq, u32 hkv,
+        // float scale); shapes as for the CUDA-core kernels below with d = D and G ≤ 64
+        // (tensor_core_variant); smem holds the Q and dO tiles, two stages of K and V tiles and
+        // the rows' D.
+        unsafe {
+            launch_with_smem(dev, &ATTENTION_SM80, &format!("attention_dq_tc_{variant}"), tc_query_grid(&p, dims), tc_smem(6, 1, dims), &mut kernel_args![&qp, &kp, &vp, &op, &gp, &lp, &dp, &dqp, &offp, &hq, &hkv, &scale], cost)?
+        };
+        let grid = Grid { grid: (p.max_len.div_ceil(TC_ROWS) as u32, hkv, p.seqs), block: (TC_THREADS, 1, 1) };
+        let cost = Cost { bytes: nbytes(2 * q.len() + 4 * k.len(), dtype) + 8 * lse.len() as u64, flops: 2 * flops };
+        // SAFETY: attention_dkdv_tc_<T>_d<D>(const T* q, const T* k, const T* v, const T* dout,
+        // const float* lse, const float* delta, T* dk, T* dv, const u32* offsets, u32 hq, u32 hkv,
+        // float scale); one block per 64 keys of a key/value head and sequence; delta was written
+        // by the dq kernel before this launch (same stream); smem holds the K, V, Q and dO
+        // tiles and the rows' lse and D.
+        unsafe {
+            launch_with_smem(dev, &ATTENTION_SM80, &format!("attention_dkdv_tc_{variant}"), grid, tc_smem(4, 2, dims), &mut kernel_args![&qp, &kp, &vp, &gp, &lp, &dp, &dkp, &dvp, &offp, &hq, &hkv, &scale], cost)?
+        };
+        return Ok((dq, dk, dv));
+    }
     // SAFETY: attention_dq_<T>_d<W>(const T* q, const T* k, const T* v, const T* out, const T* dout,
     // const float* lse, float* delta, T* dq, const u32* offsets, u32 hq, u32 hkv, u32 d, u32 ppb,
     // float scale); shapes as in `forward` (op layer), out and dout [N, hq, d], lse and delta N·hq
