@@ -9,6 +9,7 @@ use anyhow::Result;
 use model::checkpoint::write_atomic;
 use serde_json::Value;
 
+use super::output::params;
 use super::EXPERIMENTS;
 use crate::cli::Scale;
 
@@ -115,7 +116,7 @@ fn sparse_within(v: &Value, reference: &str, key: &str, tolerance: f64) -> Optio
         return Some((format!("no DS-MoE mode with {key} at or under 50 % was evaluated"), Verdict::NotComparable));
     };
     let gap = f(best, "loss") / base - 1.0;
-    let text = format!("{}: {:+.2} % loss against {reference} (dense) with {} of MLP experts, {} of parameters active", best["mode"].as_str()?, 100.0 * gap, pct(f(best, "mlp_expert_fraction")), pct(f(best, "active_fraction")));
+    let text = format!("{}: {:+.2} % loss against the {reference} run evaluated densely, with {} of MLP experts, {} of parameters active", best["mode"].as_str()?, 100.0 * gap, pct(f(best, "mlp_expert_fraction")), pct(f(best, "active_fraction")));
     Some((text, judge(gap <= tolerance)))
 }
 
@@ -133,7 +134,7 @@ fn beats_smoe(v: &Value) -> Option<(String, Verdict)> {
     let Some(best) = best_sparse(&rows, |r| f(r, "active_params") <= f(smoe, "active_params")) else {
         return Some(("no DS-MoE mode as sparse as the SMoE was evaluated".into(), Verdict::NotComparable));
     };
-    let text = format!("DS-MoE {} loss {:.4} at {:.0} active vs SMoE loss {:.4} at {:.0} active", best["mode"].as_str()?, f(best, "loss"), f(best, "active_params"), f(smoe, "loss"), f(smoe, "active_params"));
+    let text = format!("DS-MoE {} loss {:.4} at {} active vs SMoE loss {:.4} at {} active", best["mode"].as_str()?, f(best, "loss"), params(f(best, "active_params")), f(smoe, "loss"), params(f(smoe, "active_params")));
     Some((text, judge(f(best, "loss") < f(smoe, "loss"))))
 }
 
@@ -146,14 +147,20 @@ fn series(v: &Value, strategy: &str) -> Vec<(f64, f64)> {
 
 fn threshold_dominates(v: &Value) -> Option<(String, Verdict)> {
     let (top_k, threshold) = (series(v, "top-K"), series(v, "threshold"));
-    // Top-K points inside the threshold sweep's range of active parameters (all K but every expert).
-    let compared: Vec<(f64, f64, f64)> = top_k[..top_k.len().saturating_sub(1)].iter().filter_map(|&(x, loss)| Some((x, loss, super::artetxe::loss_at(&threshold, x)?))).collect();
+    let at = super::artetxe::loss_at;
+    // Every point of one curve inside the other's range of active parameters, as (top-K loss,
+    // threshold loss) at the same active count; top-K with every expert is the dense model.
+    let compared: Vec<(f64, f64)> = top_k[..top_k.len().saturating_sub(1)]
+        .iter()
+        .filter_map(|&(x, loss)| Some((loss, at(&threshold, x)?)))
+        .chain(threshold.iter().filter_map(|&(x, loss)| Some((at(&top_k, x)?, loss))))
+        .collect();
     if compared.is_empty() {
-        return Some(("no top-K point falls inside the threshold sweep's range".into(), Verdict::NotComparable));
+        return Some(("the two curves do not overlap in active parameters".into(), Verdict::NotComparable));
     }
-    let wins = compared.iter().filter(|(_, topk, thr)| thr <= &(topk + 1e-4)).count();
-    let worst = compared.iter().map(|(_, topk, thr)| thr - topk).fold(f64::NEG_INFINITY, f64::max);
-    Some((format!("threshold at or below top-K at {wins} of {} top-K points (largest excess {worst:+.4} nats)", compared.len()), judge(wins == compared.len())))
+    let wins = compared.iter().filter(|(topk, thr)| thr <= &(topk + 1e-4)).count();
+    let worst = compared.iter().map(|(topk, thr)| thr - topk).fold(f64::NEG_INFINITY, f64::max);
+    Some((format!("threshold at or below top-K at {wins} of {} points of equal active parameters (largest excess {worst:+.4} nats)", compared.len()), judge(wins == compared.len())))
 }
 
 fn rounding_effect(v: &Value) -> Option<(String, Verdict)> {
@@ -335,16 +342,17 @@ mod tests {
             {"strategy": "threshold", "rows": [{"active_params": 8.0, "loss": 2.32}, {"active_params": 25.0, "loss": 2.0}]},
         ]});
         // Top-K at 10 and 20 lie inside [8, 25] (40, every expert, is left out): threshold
-        // interpolates to 2.282 and 2.094 there, below 2.3 and 2.1.
+        // interpolates to 2.282 and 2.094 there, below 2.3 and 2.1; threshold at 25 lies inside
+        // [10, 40], where top-K interpolates to 2.075, above 2.0.
         let c = claims_of("fig4", Some(&fig4));
         assert_eq!(c[0].verdict, Verdict::Reproduced, "{:?}", c[0]);
-        assert!(c[0].here.starts_with("threshold at or below top-K at 2 of 2"), "{}", c[0].here);
+        assert!(c[0].here.starts_with("threshold at or below top-K at 3 of 3"), "{}", c[0].here);
         let mut worse = fig4.clone();
         worse["series"][1]["rows"][1]["loss"] = json!(2.1);
         let c = claims_of("fig4", Some(&worse));
-        // Now 2.32 - 0.22 * 12/17 = 2.165 > 2.1 at 20 active.
+        // Now 2.32 - 0.22 * 12/17 = 2.165 > 2.1 at 20 active, and 2.1 > 2.075 at 25.
         assert_eq!(c[0].verdict, Verdict::NotReproduced, "{:?}", c[0]);
-        assert!(c[0].here.starts_with("threshold at or below top-K at 1 of 2"), "{}", c[0].here);
+        assert!(c[0].here.starts_with("threshold at or below top-K at 1 of 3"), "{}", c[0].here);
 
         let fig5 = json!({"attention_share": [0.9, 0.7], "mlp_share": [0.3, 0.8]});
         let c = claims_of("fig5", Some(&fig5));

@@ -16,7 +16,7 @@ use super::ds_moe;
 use crate::cli::Scale;
 
 /// The ε swept by the threshold rule (normalised probability N·p; 1 is the uniform share).
-pub const EPSILONS: [f64; 7] = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0];
+pub const EPSILONS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0];
 /// The ε of the threshold-K points.
 pub const THRESHOLD_K_EPSILONS: [f64; 3] = [0.5, 1.0, 2.0];
 
