@@ -44,7 +44,7 @@ pub enum Command {
 pub enum Scale {
     /// A seconds-long miniature, for tests.
     Toy,
-    /// The tiny configs for 300 steps: about half an hour on two CPU cores.
+    /// The tiny configs for 300 steps: 45 minutes on a 2-core CPU shared with other builds.
     Tiny,
     /// The tiny configs for their full 600 steps, evaluated on 4x the windows.
     Small,
