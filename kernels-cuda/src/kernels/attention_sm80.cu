@@ -38,7 +38,7 @@
 // attention_dkdv_tc with one block per 64 keys, walking every packed query row that sees them (all
 // G heads: the GQA sum of dK, dV is a sum over rows). Each computes its products with keys or
 // queries as the 16-row A operand so that no fragment needs a transpose in registers (headers of
-// the two kernels below). Registers at D = 128 (sm_80): forward 166, dq 238, dk/dv 239, no spills;
+// the two kernels below). Registers at D = 128 (sm_80): forward 168, dq 238, dk/dv 240, no spills;
 // dk/dv takes its 64 staged query rows in two halves of 32 to stay there.
 
 #include "gemm_sm80.cuh"
@@ -141,6 +141,25 @@ template <typename T, int D> __device__ __forceinline__ auto kv_source(const T* 
     return [=](int r) -> const T* { return j0 + r < len ? base + ((u64)(start + j0 + r) * hkv + kvh) * D : nullptr; };
 }
 
+// A forward / dq block: its packed query rows (64 / G positions x G heads of key/value head
+// blockIdx.y in sequence blockIdx.z) and the key tiles they see; `empty` past the sequence.
+struct QueryBlock {
+    PackedRows rows;
+    u32 tiles;
+    bool empty;
+};
+
+__device__ __forceinline__ QueryBlock query_block(const u32* offsets, u32 hq, u32 hkv) {
+    const u32 g = hq / hkv, ppb = BR / g, start = offsets[blockIdx.z], len = offsets[blockIdx.z + 1] - start, p0 = blockIdx.x * ppb;
+    return QueryBlock{PackedRows{g, hq, blockIdx.y, start, len, p0 * g, ppb * g}, (min(len, p0 + ppb) + BC - 1) / BC, p0 >= len};
+}
+
+// Copies key / value tile `tile` of the rows' head into the tiles at shared addresses kt and vt.
+template <typename T, int D, int CHP> __device__ __forceinline__ void stage_kv(const T* k, const T* v, u32 kt, u32 vt, const PackedRows& r, u32 hkv, u32 tile) {
+    stage_rows<D, CHP>(kt, kv_source<T, D>(k, r.start, r.len, tile * BC, hkv, r.kvh), k);
+    stage_rows<D, CHP>(vt, kv_source<T, D>(v, r.start, r.len, tile * BC, hkv, r.kvh), v);
+}
+
 template <typename T, int D>
 __device__ void attention_fwd_tc(const T* q, const T* k, const T* v, T* out, float* lse, const u32* offsets, u32 hq, u32 hkv, float scale) {
     constexpr int CHP = (D / 8 + 7) / 8 * 8;  // chunks per stored row (a multiple of 8 for swz)
@@ -148,20 +167,13 @@ __device__ void attention_fwd_tc(const T* q, const T* k, const T* v, T* out, flo
     constexpr int NB = D / 8;                  // n8 blocks of O
     extern __shared__ __align__(128) char smem_tc[];
     const u32 sq = smem_addr(smem_tc), sk = sq + TILE, sv = sk + 2 * TILE;
-    const u32 g_all = hq / hkv, ppb = BR / g_all, kvh = blockIdx.y;
-    const u32 start = offsets[blockIdx.z], len = offsets[blockIdx.z + 1] - start, p0 = blockIdx.x * ppb;
-    if (p0 >= len) return;  // uniform, before any barrier
-    const u32 keys = min(len, p0 + ppb);  // keys any row of this block sees
-    const u32 tiles = (keys + BC - 1) / BC;
+    const QueryBlock qb = query_block(offsets, hq, hkv);
+    if (qb.empty) return;  // uniform, before any barrier
+    const PackedRows& rows = qb.rows;
+    const u32 tiles = qb.tiles, len = rows.len;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, gid = lane / 4, tid4 = lane % 4;
-
-    const PackedRows rows{g_all, hq, kvh, start, len, p0 * g_all, ppb * g_all};
-    auto stage_kv = [&](u32 tile, u32 stage) {
-        stage_rows<D, CHP>(sk + stage * TILE, kv_source<T, D>(k, start, len, tile * BC, hkv, kvh), k);
-        stage_rows<D, CHP>(sv + stage * TILE, kv_source<T, D>(v, start, len, tile * BC, hkv, kvh), v);
-    };
     stage_rows<D, CHP>(sq, rows.source<T, D>(q), q);
-    stage_kv(0, 0);
+    stage_kv<T, D, CHP>(k, v, sk, sv, rows, hkv, 0);
     cp_async_commit();
     const int r0 = warp * 16 + gid;  // this thread's rows: r0 and r0 + 8
     const float scale2 = scale * 1.4426950408889634f;  // scores in the exp2 domain
@@ -170,7 +182,7 @@ __device__ void attention_fwd_tc(const T* q, const T* k, const T* v, T* out, flo
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
     for (u32 it = 0; it < tiles; ++it) {
-        if (it + 1 < tiles) stage_kv(it + 1, (it + 1) & 1);
+        if (it + 1 < tiles) stage_kv<T, D, CHP>(k, v, sk + ((it + 1) & 1) * TILE, sv + ((it + 1) & 1) * TILE, rows, hkv, it + 1);
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
@@ -243,19 +255,14 @@ __device__ void attention_dq_tc(const T* q, const T* k, const T* v, const T* out
     extern __shared__ __align__(128) char smem_tc[];
     float* delta_s = reinterpret_cast<float*>(smem_tc + 6 * TILE);  // [BR] after the six tiles
     const u32 sq = smem_addr(smem_tc), sdo = sq + TILE, sk = sdo + TILE, sv = sk + 2 * TILE;
-    const u32 g_all = hq / hkv, ppb = BR / g_all, kvh = blockIdx.y;
-    const u32 start = offsets[blockIdx.z], len = offsets[blockIdx.z + 1] - start, p0 = blockIdx.x * ppb;
-    if (p0 >= len) return;  // uniform, before any barrier
-    const u32 tiles = (min(len, p0 + ppb) + BC - 1) / BC;
+    const QueryBlock qb = query_block(offsets, hq, hkv);
+    if (qb.empty) return;  // uniform, before any barrier
+    const PackedRows& rows = qb.rows;
+    const u32 tiles = qb.tiles, len = rows.len;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, gid = lane / 4, tid4 = lane % 4;
-    const PackedRows rows{g_all, hq, kvh, start, len, p0 * g_all, ppb * g_all};
-    auto stage_kv = [&](u32 tile, u32 stage) {
-        stage_rows<D, CHP>(sk + stage * TILE, kv_source<T, D>(k, start, len, tile * BC, hkv, kvh), k);
-        stage_rows<D, CHP>(sv + stage * TILE, kv_source<T, D>(v, start, len, tile * BC, hkv, kvh), v);
-    };
     stage_rows<D, CHP>(sq, rows.source<T, D>(q), q);
     stage_rows<D, CHP>(sdo, rows.source<T, D>(dout), dout);
-    stage_kv(0, 0);
+    stage_kv<T, D, CHP>(k, v, sk, sv, rows, hkv, 0);
     cp_async_commit();
     if (threadIdx.x < BR) {  // D per row, in a fixed order
         const int r = threadIdx.x;
@@ -273,7 +280,7 @@ __device__ void attention_dq_tc(const T* q, const T* k, const T* v, const T* out
     float acc[D / 8][4];
     zero(acc);
     for (u32 it = 0; it < tiles; ++it) {
-        if (it + 1 < tiles) stage_kv(it + 1, (it + 1) & 1);
+        if (it + 1 < tiles) stage_kv<T, D, CHP>(k, v, sk + ((it + 1) & 1) * TILE, sv + ((it + 1) & 1) * TILE, rows, hkv, it + 1);
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
