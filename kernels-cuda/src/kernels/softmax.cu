@@ -37,13 +37,25 @@ struct MaxSumOp {
     }
 };
 
-// Pass 1 over row `row` of x (cols elements): the group's (max, Σ exp(x − max)). Every thread of
-// the block calls it; rows past the end (`active` false) pass the identity.
-template <typename T> __device__ MaxSum row_max_sum(const T* xr, u64 cols, bool active, MaxSum* smem) {
+// This thread's row of x, whether it exists, and pass 1 over it: the group's (max, Σ exp(x − max)).
+// Every thread of the block calls it; rows past the end pass the identity.
+template <typename T> struct RowStats {
+    u64 row;
+    bool active;
+    const T* xr;
+    MaxSum ms;
+};
+
+template <typename T> __device__ RowStats<T> row_stats(const T* x, u64 rows, u64 cols) {
+    __shared__ MaxSum smem[32];
+    RowStats<T> r;
+    r.row = (u64)blockIdx.x * blockDim.y + threadIdx.y;
+    r.active = r.row < rows;
+    r.xr = x + r.row * cols;
     MaxSum ms = MaxSum{-INFINITY, 0.0f};
-    if (active) {
+    if (r.active) {
         for (u64 c = threadIdx.x; c < cols; c += blockDim.x) {
-            float v = to_float(xr[c]);
+            float v = to_float(r.xr[c]);
             if (v > ms.m) {
                 ms.s = ms.s * expf(ms.m - v) + 1.0f;
                 ms.m = v;
@@ -52,49 +64,38 @@ template <typename T> __device__ MaxSum row_max_sum(const T* xr, u64 cols, bool 
             }
         }
     }
-    return group_reduce(ms, MaxSumOp(), smem);
+    r.ms = group_reduce(ms, MaxSumOp(), smem);
+    return r;
 }
 
 template <typename T> __device__ void softmax_rows(const T* x, T* y, u64 rows, u64 cols, int log) {
-    __shared__ MaxSum smem[32];
-    const u64 row = (u64)blockIdx.x * blockDim.y + threadIdx.y;
-    const bool active = row < rows;
-    const T* xr = x + row * cols;
-    const MaxSum ms = row_max_sum(xr, cols, active, smem);
-    if (!active) return;
-    T* yr = y + row * cols;
+    const RowStats<T> r = row_stats(x, rows, cols);
+    if (!r.active) return;
+    T* yr = y + r.row * cols;
     if (log) {
-        const float shift = ms.m + logf(ms.s);
-        for (u64 c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = from_float<T>(to_float(xr[c]) - shift);
+        const float shift = r.ms.m + logf(r.ms.s);
+        for (u64 c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = from_float<T>(to_float(r.xr[c]) - shift);
     } else {
-        const float inv = 1.0f / ms.s;
-        for (u64 c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = from_float<T>(expf(to_float(xr[c]) - ms.m) * inv);
+        const float inv = 1.0f / r.ms.s;
+        for (u64 c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = from_float<T>(expf(to_float(r.xr[c]) - r.ms.m) * inv);
     }
 }
 
 template <typename T> __device__ void cross_entropy_rows(const T* x, const u32* targets, T* loss, u64 rows, u64 cols) {
-    __shared__ MaxSum smem[32];
-    const u64 row = (u64)blockIdx.x * blockDim.y + threadIdx.y;
-    const bool active = row < rows;
-    const T* xr = x + row * cols;
-    const MaxSum ms = row_max_sum(xr, cols, active, smem);
-    if (active && threadIdx.x == 0) loss[row] = from_float<T>((ms.m - to_float(xr[targets[row]])) + logf(ms.s));
+    const RowStats<T> r = row_stats(x, rows, cols);
+    if (r.active && threadIdx.x == 0) loss[r.row] = from_float<T>((r.ms.m - to_float(r.xr[targets[r.row]])) + logf(r.ms.s));
 }
 
 template <typename T>
 __device__ void cross_entropy_backward_rows(const T* x, const u32* targets, const T* g, T* d, u64 rows, u64 cols) {
-    __shared__ MaxSum smem[32];
-    const u64 row = (u64)blockIdx.x * blockDim.y + threadIdx.y;
-    const bool active = row < rows;
-    const T* xr = x + row * cols;
-    const MaxSum ms = row_max_sum(xr, cols, active, smem);
-    if (!active) return;
-    const float gr = to_float(g[row]);
-    const float scale = gr / ms.s;
-    const u64 target = targets[row];
-    T* dr = d + row * cols;
+    const RowStats<T> r = row_stats(x, rows, cols);
+    if (!r.active) return;
+    const float gr = to_float(g[r.row]);
+    const float scale = gr / r.ms.s;
+    const u64 target = targets[r.row];
+    T* dr = d + r.row * cols;
     for (u64 c = threadIdx.x; c < cols; c += blockDim.x) {
-        const float p = expf(to_float(xr[c]) - ms.m) * scale;
+        const float p = expf(to_float(r.xr[c]) - r.ms.m) * scale;
         dr[c] = from_float<T>(c == target ? p - gr : p);
     }
 }
