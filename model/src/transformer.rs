@@ -112,7 +112,7 @@ impl Model {
             let x = h.rms_norm(&ctx.p(self.params.get(block.attn_norm))?, cfg.norm_eps)?;
             let a = block.attn.forward(ctx, &self.params, &x, batch, seq, &pos, mode.attention)?;
             if let Some(r) = &a.router {
-                add_aux(losses::mutual_information(r)?, cfg.mi_alpha_att)?;
+                add_aux(losses::mutual_information(ctx, r)?, cfg.mi_alpha_att)?;
             }
             h = h.add(&a.y)?;
             let x = h.rms_norm(&ctx.p(self.params.get(block.mlp_norm))?, cfg.norm_eps)?;
@@ -124,8 +124,8 @@ impl Model {
             let m = block.mlp.forward(ctx, &self.params, &x, routing)?;
             if let Some(r) = &m.router {
                 match cfg.family {
-                    Family::Smoe => add_aux(losses::load_balance(r)?, cfg.load_balance_alpha)?,
-                    _ => add_aux(losses::mutual_information(r)?, cfg.mi_alpha_mlp)?,
+                    Family::Smoe => add_aux(losses::load_balance(ctx, r)?, cfg.load_balance_alpha)?,
+                    _ => add_aux(losses::mutual_information(ctx, r)?, cfg.mi_alpha_mlp)?,
                 }
             }
             h = h.add(&m.y)?;
