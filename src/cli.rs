@@ -277,6 +277,17 @@ pub struct InfoArgs {
     /// A preset name or config file; default: a table of every preset.
     #[arg(long)]
     pub config: Option<String>,
+    /// The communication model of data- and expert-parallel training for --config (default
+    /// ds-moe-6b): bytes per step per rank and their time at NVLink and InfiniBand speeds, beside
+    /// the compute time.
+    #[arg(long)]
+    pub comm: bool,
+    /// GPU counts for --comm.
+    #[arg(long, value_delimiter = ',', default_values_t = [8, 64, 512])]
+    pub gpus: Vec<usize>,
+    /// Sustained TFLOP/s per GPU for --comm's compute time.
+    #[arg(long, default_value_t = 400.0)]
+    pub tflops: f64,
 }
 
 #[derive(clap::Args)]

@@ -3,6 +3,7 @@
 //! kernels compiled at run time by NVRTC. See `../shared/docs/design.md` for the architecture.
 
 pub mod backend;
+pub mod comm;
 mod compare;
 pub mod cpu;
 pub mod cuda;

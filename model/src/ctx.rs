@@ -4,9 +4,11 @@
 //! to f32.
 
 use autograd::{Param, Tape, Var};
+use engine::comm::Communicator;
 use engine::DType;
 
 use crate::attention::AttentionPath;
+use crate::parallel::SINGLE;
 use crate::Result;
 
 pub struct Ctx<'a> {
@@ -14,15 +16,23 @@ pub struct Ctx<'a> {
     pub dtype: DType,
     /// Fused attention, or the composite reference path.
     pub attention: AttentionPath,
+    /// The data-parallel group whose ranks hold the other slices of the batch (equal slices): batch
+    /// statistics and loss means are taken over all of them (`parallel.rs`). The group of one alone.
+    pub data_group: &'a dyn Communicator,
 }
 
 impl<'a> Ctx<'a> {
     pub fn train(tape: &'a Tape, dtype: DType) -> Ctx<'a> {
-        Ctx { tape: Some(tape), dtype, attention: AttentionPath::Fused }
+        Ctx { tape: Some(tape), dtype, attention: AttentionPath::Fused, data_group: &SINGLE }
     }
 
     pub fn eval(dtype: DType) -> Ctx<'static> {
-        Ctx { tape: None, dtype, attention: AttentionPath::Fused }
+        Ctx { tape: None, dtype, attention: AttentionPath::Fused, data_group: &SINGLE }
+    }
+
+    /// The same context with batch statistics taken over `group`'s ranks.
+    pub fn with_data_group(self, group: &'a dyn Communicator) -> Ctx<'a> {
+        Ctx { data_group: group, ..self }
     }
 
     /// The parameter as a value in the compute dtype, tracked when training.

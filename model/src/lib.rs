@@ -3,11 +3,13 @@
 
 mod attention;
 pub mod checkpoint;
+pub mod comm_model;
 pub mod config;
 pub mod count;
 mod ctx;
 pub mod data;
 mod error;
+pub mod expert_parallel;
 pub mod files;
 pub mod eval;
 pub mod generate;
@@ -15,6 +17,7 @@ pub mod infer;
 mod losses;
 pub mod memory;
 pub mod optim;
+pub mod parallel;
 pub mod train;
 pub mod metrics;
 mod mlp;

@@ -11,9 +11,19 @@
 //! its whole life, so two processes never write one run; the holder removes the temporary files a
 //! killed writer left. The data is checked whole before step 1, and a checkpoint is written only of
 //! finite weights and moments.
+//!
+//! Data-parallel runs (`start_in` / `resume_in` with a group of several ranks): rank 0 alone owns the
+//! run directory (lock, metrics, evaluation, checkpoints); every rank holds the whole model and
+//! optimizer state, so a checkpoint is rank 0's, written atomically as always, and a run resumes at
+//! any world size (the data RNG draws global batches, whatever their split). Every rank reads the
+//! checkpoint to resume, so the run directory must be visible to all of them (one machine, or a
+//! shared filesystem). Start-up is agreed: a rank that fails to start makes every rank fail, and the
+//! ranks' configs, data RNG and step are checked to be the same before step 1.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use engine::comm::Communicator;
 use engine::{ops, DType, Device, Tensor};
 use serde_json::{json, Value};
 
@@ -21,6 +31,7 @@ use crate::checkpoint::{self, remove_stale_temps, rng_from_hex, rng_to_hex, Chec
 use crate::data::{default_corpus_path, Corpus};
 use crate::eval::{evaluate, EvalReport};
 use crate::metrics::{write_loss_plot, MetricsLog, TRAIN_LOSS, VAL_LOSS};
+use crate::parallel::{check_same_everywhere, fingerprint, single};
 use crate::params::all_finite;
 use crate::run_lock::RunLock;
 use crate::train::{StepReport, Trainer};
@@ -36,9 +47,10 @@ pub struct TrainingRun {
     pub trainer: Trainer,
     pub corpus: Corpus,
     out: PathBuf,
-    metrics: MetricsLog,
-    /// Held for the run's life: one writer per run directory.
-    _lock: RunLock,
+    /// Rank 0's (the writer's); None on the other ranks of a data-parallel run.
+    metrics: Option<MetricsLog>,
+    /// Held for the run's life by the writer: one writer per run directory.
+    _lock: Option<RunLock>,
     warnings: Vec<String>,
 }
 
@@ -89,24 +101,55 @@ pub fn validation_windows(corpus: &Corpus, seq: usize, limit: usize) -> Result<V
 impl TrainingRun {
     /// Starts a fresh run of `config` on `corpus`, writing into `out`.
     pub fn start(config: Config, corpus: Corpus, out: &Path, device: &Device, dtype: DType) -> Result<TrainingRun> {
-        refuse_existing_run(out)?;
-        check_data(&config, &corpus)?;
-        let trainer = Trainer::new(config, device, dtype)?;
-        std::fs::create_dir_all(out).map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
-        let lock = RunLock::acquire(out)?;
-        // Checked again under the lock: another process may have checkpointed here meanwhile.
-        refuse_existing_run(out)?;
-        let removed = remove_stale_temps(out)?;
-        // A fresh run in a directory with a stale log (from a run that never checkpointed) starts it over.
-        let metrics = MetricsLog::open_resumed(&out.join(METRICS_FILE), 0)?;
-        let warnings = run_dir_warnings(out, removed, &metrics);
-        Ok(TrainingRun { trainer, corpus, out: out.to_path_buf(), metrics, _lock: lock, warnings })
+        TrainingRun::start_in(single(), config, corpus, out, device, dtype)
+    }
+
+    /// `start` as one rank of the data-parallel `group` (rank 0 writes the run directory).
+    pub fn start_in(group: Arc<dyn Communicator>, config: Config, corpus: Corpus, out: &Path, device: &Device, dtype: DType) -> Result<TrainingRun> {
+        let writer = group.rank() == 0;
+        let local = (|| {
+            if writer {
+                refuse_existing_run(out)?;
+            }
+            check_data(&config, &corpus)?;
+            let trainer = Trainer::new(config, device, dtype)?.with_data_group(group.clone())?;
+            if !writer {
+                return Ok((trainer, None, None, Vec::new()));
+            }
+            std::fs::create_dir_all(out).map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
+            let lock = RunLock::acquire(out)?;
+            // Checked again under the lock: another process may have checkpointed here meanwhile.
+            refuse_existing_run(out)?;
+            let removed = remove_stale_temps(out)?;
+            // A fresh run in a directory with a stale log (from a run that never checkpointed) starts it over.
+            let metrics = MetricsLog::open_resumed(&out.join(METRICS_FILE), 0)?;
+            let warnings = run_dir_warnings(out, removed, &metrics);
+            Ok((trainer, Some(metrics), Some(lock), warnings))
+        })();
+        let (trainer, metrics, lock, warnings) = agree(group.as_ref(), device, "starting the run", local)?;
+        let run = TrainingRun { trainer, corpus, out: out.to_path_buf(), metrics, _lock: lock, warnings };
+        run.check_ranks_agree(device)?;
+        Ok(run)
     }
 
     /// Resumes the run in `out` from its latest checkpoint, with the run's own settings. `steps`
     /// extends (or shortens) the schedule's length; the data is the run's own unless `corpus` is
     /// given; `dtype`, when given, must be the run's.
     pub fn resume(out: &Path, corpus: Option<Corpus>, steps: Option<u64>, device: &Device, dtype: Option<DType>) -> Result<TrainingRun> {
+        TrainingRun::resume_in(single(), out, corpus, steps, device, dtype)
+    }
+
+    /// `resume` as one rank of the data-parallel `group`, at any group size: every rank reads the
+    /// checkpoint, rank 0 alone takes the run directory's lock and writes.
+    pub fn resume_in(group: Arc<dyn Communicator>, out: &Path, corpus: Option<Corpus>, steps: Option<u64>, device: &Device, dtype: Option<DType>) -> Result<TrainingRun> {
+        let local = TrainingRun::resume_local(group.clone(), out, corpus, steps, device, dtype);
+        let run = agree(group.as_ref(), device, "resuming the run", local)?;
+        run.check_ranks_agree(device)?;
+        Ok(run)
+    }
+
+    fn resume_local(group: Arc<dyn Communicator>, out: &Path, corpus: Option<Corpus>, steps: Option<u64>, device: &Device, dtype: Option<DType>) -> Result<TrainingRun> {
+        let writer = group.rank() == 0;
         if !out.join(checkpoint::LATEST_FILE).exists() {
             let msg = match out.parent().filter(|_| out.join(checkpoint::STATE_FILE).exists()) {
                 Some(run) => format!("is one checkpoint of a run, not a run directory; resume the run: --out {}", run.display()),
@@ -114,8 +157,8 @@ impl TrainingRun {
             };
             return Err(Error::checkpoint(out.display().to_string(), msg));
         }
-        let lock = RunLock::acquire(out)?;
-        let removed = remove_stale_temps(out)?;
+        let lock = writer.then(|| RunLock::acquire(out)).transpose()?;
+        let removed = if writer { remove_stale_temps(out)? } else { 0 };
         let ckpt = Checkpoint::open(out)?;
         let origin = ckpt.dir().join(checkpoint::STATE_FILE).display().to_string();
         let mut config = checkpoint_config(&ckpt)?;
@@ -134,14 +177,32 @@ impl TrainingRun {
             None => open_corpus(Some(Path::new(field("data")?)))?,
         };
         check_data(&config, &corpus)?;
-        let mut trainer = Trainer::new(config, device, saved)?;
+        let mut trainer = Trainer::new(config, device, saved)?.with_data_group(group)?;
         load_weights(&ckpt, &mut trainer.model, device)?;
         load_moments(&ckpt, &mut trainer)?;
         trainer.optimizer.step = ckpt.step();
         trainer.data_rng = data_rng;
-        let metrics = MetricsLog::open_resumed(&out.join(METRICS_FILE), ckpt.step())?;
-        let warnings = run_dir_warnings(out, removed, &metrics);
+        let (metrics, warnings) = if writer {
+            let metrics = MetricsLog::open_resumed(&out.join(METRICS_FILE), ckpt.step())?;
+            let warnings = run_dir_warnings(out, removed, &metrics);
+            (Some(metrics), warnings)
+        } else {
+            (None, Vec::new())
+        };
         Ok(TrainingRun { trainer, corpus, out: out.to_path_buf(), metrics, _lock: lock, warnings })
+    }
+
+    /// Fails on every rank unless all ranks run the same config, dtype, step and data stream.
+    fn check_ranks_agree(&self, device: &Device) -> Result<()> {
+        let t = &self.trainer;
+        let config = serde_json::to_string(&t.config).map_err(|e| Error::checkpoint(self.out.display().to_string(), e.to_string()))?;
+        let state = format!("{config}\n{}\n{}\n{}\n{}", dtype_name(t.dtype), t.optimizer.step, rng_to_hex(&t.data_rng), self.corpus.path().display());
+        check_same_everywhere(t.data_group.as_ref(), device, "config, dtype, step or data", fingerprint(state.as_bytes()))
+    }
+
+    /// Whether this process writes the run directory (rank 0 of a data-parallel run).
+    pub fn is_writer(&self) -> bool {
+        self.metrics.is_some()
     }
 
     /// What opening the run directory found and repaired, for the user: temporary files a killed
@@ -176,12 +237,18 @@ impl TrainingRun {
             "tokens": report.tokens,
         });
         let mut val_loss = None;
+        if !self.is_writer() {
+            // Rank 0 evaluates, logs and checkpoints.
+            return Ok(StepOutcome { report, val_loss, checkpoint: None });
+        }
         if (t.eval_interval > 0 && report.step % t.eval_interval == 0) || last {
             let r = self.evaluate(InferenceMode::DENSE, self.trainer.config.train.eval_windows)?;
             record[VAL_LOSS] = json!(r.loss);
             val_loss = Some(r.loss);
         }
-        self.metrics.append(&record)?;
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.append(&record)?;
+        }
         let t = &self.trainer.config.train;
         let checkpoint = if (t.checkpoint_interval > 0 && report.step % t.checkpoint_interval == 0) || last { Some(self.save()?) } else { None };
         Ok(StepOutcome { report, val_loss, checkpoint })
@@ -195,7 +262,11 @@ impl TrainingRun {
     }
 
     /// Writes a checkpoint of the current step and refreshes the loss plot; returns its directory.
+    /// Only the writer (rank 0) may.
     pub fn save(&self) -> Result<PathBuf> {
+        if !self.is_writer() {
+            return Err(Error::checkpoint(self.out.display().to_string(), format!("rank {} of a data-parallel run does not write checkpoints; rank 0 does", self.trainer.data_group.rank())));
+        }
         let tr = &self.trainer;
         let model: Vec<(String, Tensor)> = tr.model.params.iter().map(|p| (p.name.clone(), p.value.clone())).collect();
         let mut optimizer = Vec::with_capacity(2 * model.len());
@@ -221,6 +292,22 @@ impl TrainingRun {
         let dir = checkpoint::save(&self.out, &snap, KEEP_CHECKPOINTS)?;
         write_loss_plot(&self.out.join(METRICS_FILE), &self.out.join(PLOT_FILE), &format!("{}: loss per token", tr.config.model.name))?;
         Ok(dir)
+    }
+}
+
+/// Every rank's `local` outcome of a start-up phase, agreed: Ok everywhere only if it is Ok on every
+/// rank; a rank that failed keeps its own error, the others fail naming the failed ranks.
+fn agree<T>(group: &dyn Communicator, device: &Device, what: &str, local: Result<T>) -> Result<T> {
+    if group.size() == 1 {
+        return local;
+    }
+    let flag = Tensor::from_slice(&[local.is_err() as u32], [1, 1], device)?;
+    let failed = group.all_gather(&flag)?.to_vec::<u32>()?;
+    let bad: Vec<String> = failed.iter().enumerate().filter(|(_, &f)| f != 0).map(|(r, _)| r.to_string()).collect();
+    match local {
+        Err(e) => Err(e),
+        Ok(_) if !bad.is_empty() => Err(Error::Invalid { what: "parallel setup", value: what.into(), msg: format!("failed on rank(s) {} (their own messages say why)", bad.join(", ")) }),
+        Ok(v) => Ok(v),
     }
 }
 

@@ -3,12 +3,20 @@
 //! next), averages the gradients, and applies one AdamW update. A non-finite loss stops training
 //! with an error before any update is applied, so no checkpoint is ever written from a diverged
 //! model.
+//!
+//! Under data parallelism (`with_data_group`) every rank draws the same global batch from the same
+//! data RNG and runs its own slice of it; losses are global means and the gradients are summed over
+//! the group before the update (`parallel.rs`), so every rank applies the single-process update.
+
+use std::sync::Arc;
 
 use autograd::{Gradients, Tape};
+use engine::comm::Communicator;
 use engine::{DType, Rng, Tensor};
 
 use crate::config::Config;
 use crate::optim::{learning_rate, Optimizer};
+use crate::parallel::{all_reduce_gradients, global_mean_all, shard_rows};
 use crate::transformer::{InferenceMode, Model};
 use crate::{Ctx, Error, Result};
 
@@ -25,6 +33,8 @@ pub struct Trainer {
     /// Draws the training batches; saved in checkpoints so a resumed run sees the same data.
     pub data_rng: Rng,
     pub dtype: DType,
+    /// The data-parallel group this trainer is one rank of (the group of one by default).
+    pub data_group: Arc<dyn Communicator>,
 }
 
 /// What one step measured.
@@ -47,24 +57,43 @@ impl Trainer {
         let model = Model::new(&config.model, device, config.train.seed)?;
         let optimizer = Optimizer::new(&model.params)?;
         let data_rng = Rng::new(config.train.seed ^ 0x5eed_da7a);
-        Ok(Trainer { config, model, optimizer, data_rng, dtype })
+        Ok(Trainer { config, model, optimizer, data_rng, dtype, data_group: crate::parallel::single() })
+    }
+
+    /// Makes this trainer one rank of a data-parallel group: each rank runs an equal slice of every
+    /// global batch of `batch_size` sequences.
+    pub fn with_data_group(mut self, group: Arc<dyn Communicator>) -> Result<Trainer> {
+        let (b, n) = (self.config.train.batch_size, group.size());
+        if b % n != 0 {
+            return Err(Error::Invalid {
+                what: "batch_size",
+                value: b.to_string(),
+                msg: format!("{} splits the global batch over {n} data-parallel ranks, and {b} sequences do not split evenly", group.transport()),
+            });
+        }
+        self.data_group = group;
+        Ok(self)
     }
 
     pub fn step(&mut self, data: &dyn BatchSource) -> Result<StepReport> {
         let t = &self.config.train;
         let (batch, seq, accum) = (t.batch_size, t.seq_len, t.grad_accum);
         let device = self.model.device();
+        let group = self.data_group.clone();
+        let (rank, ranks) = (group.rank(), group.size());
+        let local = batch / ranks;
         let (mut loss_sum, mut aux_sum) = (0.0, 0.0);
         let mut total: Option<Gradients> = None;
         let next_step = self.optimizer.step + 1;
         for _ in 0..accum {
             let (inputs, targets) = data.sample_batch(&mut self.data_rng, batch, seq)?;
+            let (inputs, targets) = (shard_rows(&inputs, batch, rank, ranks)?, shard_rows(&targets, batch, rank, ranks)?);
             let input = Tensor::from_slice(&inputs, [inputs.len()], &device)?;
             let target = Tensor::from_slice(&targets, [targets.len()], &device)?;
             let tape = Tape::new();
-            let ctx = Ctx::train(&tape, self.dtype);
-            let out = self.model.forward(&ctx, &input, batch, seq, InferenceMode::DENSE)?;
-            let ce = out.logits.cross_entropy(&target)?.cast(DType::F32)?.mean_all()?;
+            let ctx = Ctx::train(&tape, self.dtype).with_data_group(group.as_ref());
+            let out = self.model.forward(&ctx, &input, local, seq, InferenceMode::DENSE)?;
+            let ce = global_mean_all(&ctx, &out.logits.cross_entropy(&target)?.cast(DType::F32)?)?;
             let ce_value = ce.value().to_scalar()?;
             let mut loss = ce;
             if let Some(aux) = &out.aux_loss {
@@ -84,7 +113,7 @@ impl Trainer {
             }
         }
         let lr = learning_rate(&self.config.train, next_step);
-        let grads = total.expect("grad_accum >= 1");
+        let grads = all_reduce_gradients(group.as_ref(), &self.model.params, total.expect("grad_accum >= 1"))?;
         let update = self.optimizer.update(&mut self.model.params, &grads, &self.config.train, lr)?;
         Ok(StepReport {
             step: self.optimizer.step,

@@ -143,7 +143,7 @@ impl Model {
         for (i, (block, mode)) in self.blocks.iter().zip(modes).enumerate() {
             let a = block.attn.forward(ctx, &self.params, &x, batch, seq, &pos, mode.attention)?;
             if let Some(r) = &a.router {
-                add_aux(losses::mutual_information(r)?, cfg.mi_alpha_att)?;
+                add_aux(losses::mutual_information(ctx, r)?, cfg.mi_alpha_att)?;
             }
             (h, x) = h.add_rms_norm(&a.y, &norm_weight(block.mlp_norm)?, cfg.norm_eps)?;
             let routing = match cfg.family {
@@ -154,8 +154,8 @@ impl Model {
             let m = block.mlp.forward(ctx, &self.params, &x, routing)?;
             if let Some(r) = &m.router {
                 match cfg.family {
-                    Family::Smoe => add_aux(losses::load_balance(r)?, cfg.load_balance_alpha / cfg.n_layers as f64)?,
-                    _ => add_aux(losses::mutual_information(r)?, cfg.mi_alpha_mlp)?,
+                    Family::Smoe => add_aux(losses::load_balance(ctx, r)?, cfg.load_balance_alpha / cfg.n_layers as f64)?,
+                    _ => add_aux(losses::mutual_information(ctx, r)?, cfg.mi_alpha_mlp)?,
                 }
             }
             (h, x) = h.add_rms_norm(&m.y, &norm_weight(next_norm(i))?, cfg.norm_eps)?;

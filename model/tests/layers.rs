@@ -56,7 +56,7 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 
 /// Cross-entropy plus the auxiliary loss, in f64.
 fn loss(model: &Model, tape: Option<&Tape>, input: &Tensor, target: &Tensor, batch: usize, seq: usize) -> autograd::Var {
-    let ctx = Ctx { tape, dtype: DType::F64, attention: AttentionPath::Fused };
+    let ctx = Ctx { tape, dtype: DType::F64, attention: AttentionPath::Fused, data_group: &model::parallel::SINGLE };
     let out = model.forward(&ctx, input, batch, seq, InferenceMode::DENSE).unwrap();
     let ce = out.logits.cross_entropy(target).unwrap().mean_all().unwrap();
     match out.aux_loss {

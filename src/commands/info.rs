@@ -7,6 +7,9 @@ use model::{Config, Family};
 use crate::cli::InfoArgs;
 
 pub fn run(args: InfoArgs) -> Result<()> {
+    if args.comm {
+        return comm(args.config.as_deref().unwrap_or("ds-moe-6b"), &args.gpus, args.tflops);
+    }
     match args.config {
         None => {
             println!("{:<20} {:<7} {:>10} {:>10} {:>12}  active per token (non-embedding)", "config", "family", "total", "embedding", "layers x d");
@@ -84,4 +87,58 @@ pub fn millions(n: f64) -> String {
     } else {
         format!("{:.1}K", n / 1e3)
     }
+}
+
+/// Link speeds per GPU of the communication model: NVLink (H100/H200 SXM) and InfiniBand (400 Gb/s).
+const NVLINK_GBS: f64 = 900.0;
+const IB_GBS: f64 = 50.0;
+/// GPUs per node, so expert-parallel groups of this size stay on NVLink.
+const NODE_GPUS: usize = 8;
+
+/// `dsmoe info --comm`: the communication model's table (model/src/comm_model.rs).
+fn comm(name: &str, gpus: &[usize], tflops: f64) -> Result<()> {
+    let c = presets::load(name)?;
+    let counts = c.model.counts(None, None)?;
+    let tokens = c.train.batch_size * c.train.seq_len * c.train.grad_accum;
+    println!(
+        "{}: {} trained parameters ({} embedding), {} tokens per step; compute at {tflops} TFLOP/s per GPU; links: NVLink {NVLINK_GBS} GB/s, InfiniBand {IB_GBS} GB/s per GPU",
+        c.model.name,
+        millions((counts.total + counts.embedding) as f64),
+        millions(counts.embedding as f64),
+        millions(tokens as f64)
+    );
+    println!(
+        "{:>5} {:<13} {:>10} {:>9} {:>9} {:>10} {:>9} {:>10}  {}",
+        "GPUs", "layout", "grad GB", "NVLink s", "IB s", "MoE GB", "NVLink s", "compute s", "gradient all-reduce vs backward (2/3 of compute)"
+    );
+    for &g in gpus {
+        for ep in [1, NODE_GPUS] {
+            if g % ep != 0 || c.model.mlp.n_experts % ep != 0 || (ep > 1 && c.model.mlp.n_experts <= 1) {
+                continue;
+            }
+            let e = model::comm_model::estimate(&c, g, ep, tflops)?;
+            let layout = if ep == 1 { format!("DP {}", e.data_parallel) } else { format!("EP {ep} x DP {}", e.data_parallel) };
+            // The data-parallel ring stays inside a node only when the whole job is one node with no
+            // expert parallelism; otherwise it crosses InfiniBand.
+            let grad_link = if g <= NODE_GPUS && ep == 1 { NVLINK_GBS } else { IB_GBS };
+            let grad_s = e.grad_bytes / (grad_link * 1e9);
+            let backward = 2.0 / 3.0 * e.compute_s;
+            let verdict = if e.data_parallel == 1 {
+                "none (one data-parallel rank)".to_string()
+            } else if grad_s <= backward { format!("hidden ({:.0}% of it)", 100.0 * grad_s / backward) } else { format!("exposed: {:.2} s over", grad_s - backward) };
+            println!(
+                "{:>5} {:<13} {:>10.2} {:>9.3} {:>9.3} {:>10.2} {:>9.3} {:>10.3}  {verdict} {}",
+                g,
+                layout,
+                e.grad_bytes / 1e9,
+                e.grad_bytes / (NVLINK_GBS * 1e9),
+                e.grad_bytes / (IB_GBS * 1e9),
+                e.moe_bytes / 1e9,
+                e.moe_bytes / (NVLINK_GBS * 1e9),
+                e.compute_s,
+                if e.data_parallel == 1 { "" } else if grad_link == NVLINK_GBS { "on NVLink" } else { "on IB" }
+            );
+        }
+    }
+    Ok(())
 }

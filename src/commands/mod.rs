@@ -5,6 +5,7 @@ mod runner;
 mod eval;
 mod generate;
 mod info;
+mod launch;
 mod report;
 mod reproduce;
 mod tokenize;

@@ -2,15 +2,18 @@
 //! With no arguments this is the README's main job: the tiny DS-MoE on the bundled corpus.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use engine::comm::Communicator;
 use indicatif::{ProgressBar, ProgressStyle};
 use model::config::presets;
 use model::run::{open_corpus, TrainingRun};
 use model::{Family, InferenceMode, Selection};
 
 use super::generate::bytes_to_text;
+use super::launch::Job;
 use super::{check_dtype, compute_dtype, device, report};
 use crate::cli::TrainArgs;
 
@@ -19,13 +22,21 @@ const SAMPLE_PROMPT: &str = "ROMEO:\n";
 const SAMPLE_TOKENS: usize = 240;
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    let device = device(&a.device)?;
+    let (job, device) = Job::join(device(&a.device)?)?;
+    let group = job.group.clone();
+    let result = train_job(a, group, device);
+    job.finish(result)
+}
+
+/// The whole command as one rank of `group` (alone: the group of one). Rank 0 prints and writes.
+fn train_job(a: TrainArgs, group: Arc<dyn Communicator>, device: engine::Device) -> Result<()> {
+    let lead = group.rank() == 0;
     let mut run = if a.resume {
         let out = a.out.clone().unwrap_or_else(|| Path::new("runs").join(&a.config));
         let corpus = a.data.as_deref().map(|p| open_corpus(Some(p))).transpose()?;
         // The run's own dtype unless one is given (which must then be the run's).
         let dtype = a.dtype.as_deref().map(|d| compute_dtype(Some(d), &device)).transpose()?;
-        let run = TrainingRun::resume(&out, corpus, a.steps, &device, dtype).with_context(|| format!("resuming {}", out.display()))?;
+        let run = TrainingRun::resume_in(group.clone(), &out, corpus, a.steps, &device, dtype).with_context(|| format!("resuming {}", out.display()))?;
         check_dtype(run.trainer.dtype, &device)?;
         let seed = run.trainer.config.train.seed;
         if let Some(s) = a.seed.filter(|&s| s != seed) {
@@ -43,13 +54,18 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
         let out = a.out.clone().unwrap_or_else(|| fresh_run_dir(&config.model.name));
         let corpus = open_corpus(a.data.as_deref())?;
-        TrainingRun::start(config, corpus, &out, &device, dtype)?
+        TrainingRun::start_in(group.clone(), config, corpus, &out, &device, dtype)?
     };
     for w in run.warnings() {
         eprintln!("warning: {w}");
     }
-    describe(&run, &device, run.trainer.dtype);
-    train(&mut run)?;
+    if lead {
+        describe(&run, &device, run.trainer.dtype);
+    }
+    train(&mut run, lead)?;
+    if !lead {
+        return Ok(());
+    }
     if !a.no_final_eval {
         final_evaluation(&run)?;
     }
@@ -91,11 +107,16 @@ fn describe(run: &TrainingRun, device: &engine::Device, dtype: engine::DType) {
         run.step_count(),
         run.out().display()
     );
+    let group = &run.trainer.data_group;
+    if group.size() > 1 {
+        println!("data parallel: {} ranks over {}, {} sequences each per micro-batch", group.size(), group.transport(), c.train.batch_size / group.size());
+    }
 }
 
-fn train(run: &mut TrainingRun) -> Result<()> {
+/// The training loop; `lead` (rank 0) shows the progress.
+fn train(run: &mut TrainingRun, lead: bool) -> Result<()> {
     let steps = run.trainer.config.train.steps;
-    let bar = ProgressBar::new(steps).with_position(run.step_count());
+    let bar = if lead { ProgressBar::new(steps) } else { ProgressBar::hidden() }.with_position(run.step_count());
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}").expect("a valid template"));
     let started = Instant::now();
     let (mut tokens, mut val) = (0usize, None);
@@ -111,7 +132,9 @@ fn train(run: &mut TrainingRun) -> Result<()> {
             let line = format!("step {:>6}: train {:.4}, val {:.4} nats/token, lr {:.2e}, grad norm {:.2}", out.report.step, out.report.loss, v, out.report.lr, out.report.grad_norm);
             // A hidden bar (output not a terminal) drops its println, and logs still want the line.
             if bar.is_hidden() {
-                println!("{line}");
+                if lead {
+                    println!("{line}");
+                }
             } else {
                 bar.println(line);
             }
@@ -119,7 +142,7 @@ fn train(run: &mut TrainingRun) -> Result<()> {
     }
     bar.finish();
     let secs = started.elapsed().as_secs_f64();
-    if tokens > 0 {
+    if tokens > 0 && lead {
         println!("trained {tokens} tokens in {secs:.1} s ({:.0} tokens/s)", tokens as f64 / secs);
     }
     Ok(())

@@ -33,6 +33,7 @@ mod storage;
 
 pub use alloc::{empty_cache, memory_stats, reset_peak, set_poison, MemoryStats};
 pub use device::{device_count, device_info, stream_handle, synchronize, unavailable_reason, DeviceInfo};
+pub(crate) use device::device;
 pub use driver_lib::{emulator_requested, select_emulator, EMULATOR_LIB};
 pub use event::Event;
 pub use module::{kernel_logs, warm_up};

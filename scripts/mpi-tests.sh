@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The multi-process tests: built with `--features mpi` (OpenMPI and libclang installed), run under
+# `mpirun -np 2 --oversubscribe` (two ranks fit on any machine, even one core).
+#
+#   scripts/mpi-tests.sh
+#
+# - mpi_collectives: every collective of the MPI communicator against the locally computed result.
+# - mpi_expert_parallel: the DS-MoE MLP with its experts split over the ranks equals the unsplit
+#   layer, forward and backward.
+# - data parallel: `mpirun -np 2 dsmoe train` of a micro DS-MoE matches one process with the same
+#   global batch (train loss within 1e-6 relative at every step).
+# - resume at another world size: a run checkpointed on 2 ranks and resumed on 1 (and the other way)
+#   continues the one-process loss curve.
+# - bad setups: ranks started with different settings fail at start with a message on every rank;
+#   a rank that dies ends the job (no hang).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v mpirun >/dev/null || { echo "scripts/mpi-tests.sh: mpirun not found (apt-get install openmpi-bin libopenmpi-dev libclang-dev)" >&2; exit 1; }
+# CI containers run as root, which OpenMPI refuses unless told.
+if [ "$(id -u)" = 0 ]; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+
+# The path of a test binary cargo built (the last "Executable" line naming it).
+test_binary() {
+    cargo test --release -p "$1" --features mpi --test "$2" --no-run --message-format=json 2>/dev/null \
+        | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason")=="compiler-artifact" and m.get("executable")][-1])'
+}
+
+echo "== MPI collectives (2 ranks)"
+mpirun -np 2 --oversubscribe "$(test_binary engine mpi_collectives)"
+
+echo "== expert-parallel DS-MoE MLP against the unsplit layer (2 ranks)"
+mpirun -np 2 --oversubscribe "$(test_binary model mpi_expert_parallel)"
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+cargo build --release --features mpi --bin dsmoe
+DSMOE=target/release/dsmoe
+
+# A micro DS-MoE (2 layers, so the MI loss's batch statistics cross a layer) with a constant
+# learning rate, so a run cut at step 3 and resumed to 6 follows the 6-step run exactly.
+python3 - "$WORK/micro.json" <<'PY'
+import json, sys
+c = json.load(open("configs/ds-moe-tiny.json"))
+m = c["model"]
+m.update(d_model=32, n_layers=2, max_seq_len=32)
+m["attention"]["head_dim"] = 8
+m["mlp"]["expert_width"] = 16
+c["train"].update(batch_size=4, seq_len=32, steps=6, lr=0.002, min_lr=0.002, warmup_steps=0, eval_interval=0,
+                  eval_windows=2, final_eval_windows=4, checkpoint_interval=3)
+json.dump(c, open(sys.argv[1], "w"), indent=1)
+PY
+# launch NP ARGS...: dsmoe alone (NP 1) or on NP MPI ranks.
+launch() { local np=$1; shift; if [ "$np" = 1 ]; then "$DSMOE" "$@"; else mpirun -np "$np" --oversubscribe "$DSMOE" "$@"; fi; }
+# train OUT NP [ARGS...] / resume OUT NP STEPS: a micro run into $WORK/OUT, its output in OUT.log.
+train() { local out=$1 np=$2; shift 2; launch "$np" train --config "$WORK/micro.json" --device cpu --no-final-eval --out "$WORK/$out" "$@" >>"$WORK/$out.log" 2>&1 || { cat "$WORK/$out.log"; exit 1; }; }
+resume() { local out=$1 np=$2 steps=$3; launch "$np" train --resume --steps "$steps" --device cpu --no-final-eval --out "$WORK/$out" >>"$WORK/$out.log" 2>&1 || { cat "$WORK/$out.log"; exit 1; }; }
+# same_losses A B: every step B logged has A's train loss within 1e-6 relative.
+same_losses() {
+    python3 - "$WORK/$1/metrics.jsonl" "$WORK/$2/metrics.jsonl" "$3" <<'PY'
+import json, sys
+load = lambda p: {r["step"]: r["train_loss"] for r in map(json.loads, open(p))}
+want, got, what = load(sys.argv[1]), load(sys.argv[2]), sys.argv[3]
+assert got, f"{what}: no steps logged"
+for step, loss in sorted(got.items()):
+    rel = abs(loss - want[step]) / abs(want[step])
+    print(f"  {what}: step {step}: {loss:.9f} vs {want[step]:.9f} (relative {rel:.1e})")
+    assert rel <= 1e-6, f"{what}: step {step} differs by {rel:.2e} relative"
+PY
+}
+
+echo "== data parallel training (2 ranks) against one process"
+train single 1
+train dp 2
+same_losses single dp "2 ranks"
+
+echo "== resume at another world size"
+train from-dp 2 --steps 3
+resume from-dp 1 6
+same_losses single from-dp "2 ranks, resumed on 1"
+train from-single 1 --steps 3
+resume from-single 2 6
+same_losses single from-single "1 rank, resumed on 2"
+
+echo "== bad setups"
+# Different seeds on the two ranks: both refuse to start, naming the difference.
+if mpirun -np 1 "$DSMOE" train --config "$WORK/micro.json" --device cpu --no-final-eval --out "$WORK/mismatch" --seed 1 \
+    : -np 1 "$DSMOE" train --config "$WORK/micro.json" --device cpu --no-final-eval --out "$WORK/mismatch" --seed 2 >"$WORK/mismatch.log" 2>&1; then
+    cat "$WORK/mismatch.log"; echo "ranks with different seeds started training" >&2; exit 1
+fi
+grep -q "rank 1 has a different config" "$WORK/mismatch.log" || { cat "$WORK/mismatch.log"; echo "no mismatch message" >&2; exit 1; }
+[ ! -e "$WORK/mismatch/latest" ] || { echo "a mismatched run wrote a checkpoint" >&2; exit 1; }
+echo "  mismatched settings: refused at start"
+# A rank that dies before joining: the job ends (non-zero) instead of waiting for it.
+start=$(date +%s)
+if timeout 120 mpirun -np 1 "$DSMOE" train --config "$WORK/micro.json" --device cpu --no-final-eval --out "$WORK/dead" \
+    : -np 1 sh -c 'exit 3' >"$WORK/dead.log" 2>&1; then
+    cat "$WORK/dead.log"; echo "the job succeeded with a dead rank" >&2; exit 1
+fi
+[ $(( $(date +%s) - start )) -lt 120 ] || { echo "the job hung on a dead rank" >&2; exit 1; }
+echo "  a dead rank ended the job in $(( $(date +%s) - start )) s"
