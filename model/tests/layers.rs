@@ -247,7 +247,7 @@ fn mutual_information_loss_is_summed_over_layers() {
         let (batch, seq) = (2, 5);
         let ids = tokens(batch * seq, cfg.vocab_size, 5);
         let input = Tensor::from_slice(&ids, [batch * seq], &dev).unwrap();
-        let ctx = Ctx { tape: None, dtype: DType::F64, attention: AttentionPath::Fused };
+        let ctx = Ctx { tape: None, dtype: DType::F64, attention: AttentionPath::Fused, data_group: &model::parallel::SINGLE };
         let aux = model.forward(&ctx, &input, batch, seq, InferenceMode::DENSE).unwrap().aux_loss.unwrap().value().to_scalar().unwrap();
         (aux, model)
     };
