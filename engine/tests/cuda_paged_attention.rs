@@ -136,8 +136,9 @@ fn cache_write_matches_the_cpu() {
     let Some((dev, _gpu)) = gpu() else { return };
     let mut rng = Rng::new(143);
     for dtype in [DType::F32, DType::F16, DType::BF16] {
-        // Rows of 3 elements (2- or 4-byte words) and of 2 x 64 (16-byte words); 37 of 48 slots.
-        for (kv_heads, d) in [(1, 3), (2, 64)] {
+        // Rows of 3 elements (2- or 4-byte words), of 6 (8-byte words for f32) and of 2 x 64
+        // (16-byte words); 37 of 48 slots.
+        for (kv_heads, d) in [(1, 3), (1, 6), (2, 64)] {
             let cache = normal(&[6, 8, kv_heads, d], dtype, &mut rng);
             let rows = normal(&[37, kv_heads, d], dtype, &mut rng);
             let mut order: Vec<u32> = (0..48).collect();
