@@ -47,8 +47,7 @@ pub fn estimate(config: &Config, gpus: usize, ep: usize, tflops: f64) -> Result<
     let m = &config.model;
     let counts = m.counts(None, None)?;
     let params = (counts.total + counts.embedding) as f64;
-    let moe_layers = if m.mlp.n_experts > 1 { m.n_layers / m.mlp.moe_every } else { 0 };
-    let expert_params = (moe_layers * m.mlp.n_experts * 2 * m.mlp.expert_width * m.d_model) as f64;
+    let (moe_layers, expert_params) = (counts.moe_layers, counts.mlp_expert_total as f64);
     if ep == 0 || gpus % ep != 0 || (m.mlp.n_experts > 1 && m.mlp.n_experts % ep != 0) {
         return Err(crate::Error::config(&m.name, format!("expert-parallel size {ep} must divide {gpus} GPUs and {} experts", m.mlp.n_experts)));
     }

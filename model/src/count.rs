@@ -14,6 +14,9 @@ pub struct ConfigCounts {
     /// Per token, with `att_experts` attention and `mlp_experts` MLP experts in use.
     pub active: f64,
     pub mlp_expert_fraction: f64,
+    /// Layers with an MoE MLP, and the routed experts' parameters over all of them.
+    pub moe_layers: usize,
+    pub mlp_expert_total: usize,
 }
 
 impl ModelConfig {
@@ -70,6 +73,8 @@ impl ModelConfig {
             embedding,
             active: total as f64 - idle,
             mlp_expert_fraction: if expert_total == 0 { 1.0 } else { expert_used / expert_total as f64 },
+            moe_layers,
+            mlp_expert_total: expert_total,
         })
     }
 }
