@@ -26,9 +26,9 @@ fn json(path: &Path) -> Value {
 #[test]
 fn an_experiment_writes_results_table_plots_and_report() {
     let out = scratch("reproduce-bookkeeping");
-    reproduce(&out, &["table3", "fig5", "speed"]);
+    reproduce(&out, &["table3", "fig5", "speed", "table7"]);
     let runs: Vec<String> = std::fs::read_dir(out.join("runs")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert_eq!({ let mut r = runs.clone(); r.sort(); r }, ["dense", "ds-moe", "smoe"], "fig5 and speed share table3's DS-MoE run");
+    assert_eq!({ let mut r = runs.clone(); r.sort(); r }, ["dense", "ds-moe", "smoe"], "fig5 and speed share table3's DS-MoE run; table7 trains nothing");
 
     let t3 = json(&out.join("table3/results.json"));
     let rows = t3["rows"].as_array().unwrap();
@@ -57,7 +57,35 @@ fn an_experiment_writes_results_table_plots_and_report() {
     assert_eq!(records.len(), 12, "{speed}");
     assert!(records.iter().all(|r| r["ours"].as_f64().unwrap() > 0.0 && r["case"].as_str().unwrap().starts_with("ds-moe ")));
 
+    // Table 7: serving rows for Table 3's three models, dense first (the speedups' baseline),
+    // DS-MoE dense and at top-K of a quarter of its experts.
+    let t7 = json(&out.join("table7/results.json"));
+    let rows = t7["rows"].as_array().unwrap();
+    let names: Vec<(&str, &str)> = rows.iter().map(|r| (r["subject"].as_str().unwrap(), r["mode"].as_str().unwrap())).collect();
+    assert_eq!(names, [("dense", "dense"), ("smoe", "dense"), ("ds-moe", "dense"), ("ds-moe", "top-k:2")], "{t7}");
+    assert_eq!(rows[0]["speedup_over_dense"].as_f64(), Some(1.0));
+    for r in rows {
+        let (rps, tps) = (r["requests_per_s"].as_f64().unwrap(), r["tokens_per_s"].as_f64().unwrap());
+        assert!(rps > 0.0 && (tps / rps - 8.0).abs() < 1e-9, "4 input + 4 output tokens per request: {r}");
+        assert!(r["active_params"].as_f64().unwrap() <= r["total_params"].as_f64().unwrap(), "{r}");
+    }
+    assert!(rows[3]["active_params"].as_f64().unwrap() < rows[2]["active_params"].as_f64().unwrap(), "top-K activates fewer parameters");
+    let table = std::fs::read_to_string(out.join("table7/table.md")).unwrap();
+    assert!(table.contains("| DS-MoE-6B | 2.00 | 3992.8 | 1.92x |") && table.contains("Not comparable in absolute terms"), "{table}");
+
+    // Wall times: every experiment that ran, its runs and its time alone.
+    let timings = json(&out.join("timings.json"));
+    assert_eq!(timings["experiments"]["table3"]["runs"], serde_json::json!(["ds-moe", "dense", "smoe"]));
+    assert_eq!(timings["experiments"]["table7"]["runs"], serde_json::json!([]));
+    for run in ["ds-moe", "dense", "smoe"] {
+        assert!(timings["runs"][run].as_f64().unwrap() > 0.0, "{timings}");
+    }
+    assert_eq!(timings["last_invocation"], serde_json::json!(["table3", "fig5", "speed", "table7"]));
+
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("## Wall times") && report.lines().any(|l| l.starts_with("| table7 |  | 0 |")), "{report}");
+    let t7_claim = report.lines().find(|l| l.starts_with("| table7 |")).unwrap();
+    assert!(t7_claim.ends_with("reproduced** |") && t7_claim.contains("req/s at"), "judged from results: {t7_claim}");
     let claim_lines: Vec<&str> = report.lines().filter(|l| l.starts_with("| table3 |") || l.starts_with("| fig5 |")).collect();
     assert_eq!(claim_lines.len(), 5, "{report}");
     for l in &claim_lines {

@@ -311,6 +311,7 @@ fn record(a: &BenchInferenceArgs, subjects: &[Subject], rows: &[Row], protocols:
                 "case": format!("{} {} {:?} {n}x{prompt}+{tokens} {dtype}", subjects[row.subject].name, row.label, protocol).to_lowercase(),
                 "device": device, "driver": "-", "commit": commit, "date": date,
                 "unit": unit, "ours": ours, "baseline_name": base_name, "baseline": figure(protocol, &m[0][p]).0,
+                "active_params": m[r][p].active,
             }));
         }
     }

@@ -1,5 +1,5 @@
 //! Artetxe et al. (2021): compute efficiency of a fairseq-style top-2 MoE LM (MoE every other
-//! layer, experts as wide as the dense FFN, capacity factor 2, gate loss 0.01) against its dense
+//! layer, experts as wide as the dense FFN, fairseq's capacity of 2S/E slots per expert, gate loss 0.01) against its dense
 //! twin. Both train on the same data; the dense twin for twice the steps, so its curve reaches past
 //! the MoE's training FLOPs. Validation loss against training FLOPs from each run's metrics log,
 //! both curves on one plot, and the FLOP ratio at which the dense model first matches the MoE's
@@ -59,8 +59,10 @@ pub fn loss_at(curve: &[(f64, f64)], x: f64) -> Option<f64> {
 
 pub fn run(lab: &mut Lab, scale: Scale) -> Result<()> {
     let mut curves = Vec::new();
+    let mut training = Vec::new();
     for spec in runs(scale)? {
         let t = lab.trained(&spec)?;
+        training.push(t.training_summary()?);
         let tc = &t.config.train;
         let per_step = train_flops_per_token(&t.config.model, tc.seq_len)? * (tc.batch_size * tc.seq_len * tc.grad_accum) as f64;
         let log = read_metrics(&t.dir.join(METRICS_FILE))?;
@@ -68,6 +70,7 @@ pub fn run(lab: &mut Lab, scale: Scale) -> Result<()> {
         curves.push((spec.name.clone(), t.config.model.name.clone(), per_step, points));
     }
     let (moe, dense) = (&curves[0], &curves[1]);
+    let experts = runs(scale)?[0].config.model.mlp.n_experts;
     let (moe_flops, moe_loss) = *moe.3.last().ok_or_else(|| anyhow::anyhow!("{} logged no validation loss", moe.0))?;
     let dense_at_moe_flops = loss_at(&dense.3, moe_flops);
     let dense_reach = first_reach(&dense.3, moe_loss);
@@ -92,12 +95,13 @@ pub fn run(lab: &mut Lab, scale: Scale) -> Result<()> {
     dir.write_results(&json!({
         "experiment": "artetxe",
         "scale": scale.name(),
-        "moe": { "model": moe.1, "flops_per_step": moe.2, "curve": moe.3, "final_flops": moe_flops, "final_loss": moe_loss },
+        "moe": { "model": moe.1, "experts": experts, "flops_per_step": moe.2, "curve": moe.3, "final_flops": moe_flops, "final_loss": moe_loss },
         "dense": { "model": dense.1, "flops_per_step": dense.2, "curve": dense.3, "final_flops": dense_total },
         "dense_loss_at_moe_flops": dense_at_moe_flops,
         "dense_flops_to_match_moe": dense_reach,
         "flop_ratio": dense_reach.map(|f| f / moe_flops),
         "flop_ratio_lower_bound": dense_total / moe_flops,
+        "training": training,
     }))?;
     Ok(())
 }

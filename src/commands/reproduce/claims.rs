@@ -10,6 +10,7 @@ use model::checkpoint::write_atomic;
 use serde_json::Value;
 
 use super::output::params;
+use super::why;
 use super::EXPERIMENTS;
 use crate::cli::Scale;
 
@@ -83,7 +84,7 @@ const CLAIMS: &[(&str, &str, &str, Option<Judge>)] = &[
     ("artetxe", "The MoE reaches a lower loss than its dense twin at equal training FLOPs", "MoEs are more compute-efficient than dense models except in fine-tuning", Some(moe_beats_dense)),
     ("artetxe", "The dense model needs about 4x the MoE's compute to match it (accepted: 2x to 8x)", "about 4x less compute at modest budgets", Some(flop_ratio)),
     ("speed", "DS-MoE at top-K processes prompts faster than run densely (input throughput)", "Table 5 (A100): DS-MoE-6B at K = 4 1.91x the input TPS of Dense-6B, DS-MoE-3B at K = 6 1.51x", Some(top_k_input_speedup)),
-    ("speed", "DS-MoE serves requests faster than dense and MoE models of its quality", "Table 7 (vLLM, A100): DS-MoE-6B 2.00 req/s vs Dense-6B 1.04, Mistral-7B 1.07, Qwen1.5-MoE 1.33", None),
+    ("table7", "DS-MoE at top-K serves requests faster than dense and MoE models of its quality", "Table 7 (vLLM, A100): DS-MoE-6B 2.00 req/s vs Dense-6B 1.04, Mistral-7B 1.07, DeepSeekMoE-16B 1.17, Qwen1.5-MoE 1.33", Some(serves_fastest)),
 ];
 
 /// The claims of experiment `name`, judged from its results (None: it has not run).
@@ -92,10 +93,23 @@ pub fn claims_of(name: &str, results: Option<&Value>) -> Vec<Claim> {
         .iter()
         .filter(|c| c.0 == name)
         .map(|&(experiment, claim, paper, judge)| {
-            let (here, verdict) = results.zip(judge).and_then(|(r, judge)| judge(r)).unwrap_or_else(|| ("-".into(), Verdict::NotRun));
+            let (mut here, verdict) = results.zip(judge).and_then(|(r, judge)| judge(r)).unwrap_or_else(|| ("-".into(), Verdict::NotRun));
+            if let Some(why) = results.filter(|_| verdict == Verdict::NotReproduced).and_then(|r| why_not(experiment, r)) {
+                here.push_str(&format!("; but {why}"));
+            }
             Claim { experiment, claim, paper, here, verdict }
         })
         .collect()
+}
+
+/// The evidence, from an experiment's results, for why its claims may not hold at this scale.
+fn why_not(experiment: &str, v: &Value) -> Option<String> {
+    match experiment {
+        "table3" => why::short_training(v, "DS-MoE-1B and SMoE-1B: 30B tokens, about 30 per parameter"),
+        "fig5" => Some(format!("{}; {}", why::attention_router(v)?, why::short_training(v, "3B: 100B tokens, about 37 per parameter")?)),
+        "artetxe" => Some(format!("{}; {}", why::moe_at_equal_tokens(v)?, why::short_training(v, "300B tokens")?)),
+        _ => None,
+    }
 }
 
 fn find<'a>(rows: &[&'a Value], run: &str, mode: &str) -> Option<&'a Value> {
@@ -264,6 +278,20 @@ fn top_k_input_speedup(v: &Value) -> Option<(String, Verdict)> {
     Some((format!("{:.2}x ({:.0} against {:.0} {})", ratio, f(rec, "ours"), f(rec, "baseline"), rec["unit"].as_str()?), judge(ratio > 1.0)))
 }
 
+/// DS-MoE's top-K serving row against every model that is not DS-MoE, from Table 7's rows.
+fn serves_fastest(v: &Value) -> Option<(String, Verdict)> {
+    let rows = rows(v);
+    let ds = rows.iter().find(|r| r["family"] == "ds-moe" && r["mode"].as_str().is_some_and(|m| m.starts_with("top-k")))?;
+    let others: Vec<&&Value> = rows.iter().filter(|r| r["family"] != "ds-moe").collect();
+    if others.is_empty() {
+        return None;
+    }
+    let ours = f(ds, "requests_per_s");
+    let against: Vec<String> = others.iter().map(|o| format!("{} {:.2} ({:.2}x)", o["model"].as_str().unwrap_or("-"), f(o, "requests_per_s"), ours / f(o, "requests_per_s"))).collect();
+    let here = format!("{} {}: {ours:.2} req/s at {} active; {}", ds["model"].as_str()?, ds["mode"].as_str()?, params(f(ds, "active_params")), against.join(", "));
+    Some((here, judge(others.iter().all(|o| ours > f(o, "requests_per_s")))))
+}
+
 /// Every experiment's claims, judged from the results in `out`.
 pub fn all_claims(out: &Path) -> Vec<Claim> {
     EXPERIMENTS
@@ -295,6 +323,10 @@ pub fn write_report(out: &Path, scale: Scale) -> Result<PathBuf> {
         for p in plots {
             md.push_str(&format!("\n![{name} {p}]({name}/{p})\n"));
         }
+    }
+    let timings = super::timing::Timings::load(out).markdown(&EXPERIMENTS.iter().map(|e| e.0).collect::<Vec<_>>());
+    if !timings.is_empty() {
+        md.push_str(&format!("\n## Wall times\n\n{timings}"));
     }
     let path = out.join("report.md");
     write_atomic(&path, md.as_bytes())?;
@@ -362,5 +394,17 @@ mod tests {
         let c = claims_of("artetxe", Some(&art));
         assert_eq!((c[0].verdict, c[1].verdict), (Verdict::Reproduced, Verdict::NotComparable));
         assert_eq!(claims_of("speed", None)[0].verdict, Verdict::NotRun);
+        assert_eq!(claims_of("table7", None)[0].verdict, Verdict::NotRun);
+    }
+
+    #[test]
+    fn table7_claim_compares_ds_moe_top_k_with_every_other_model() {
+        let serving = |model: &str, family: &str, mode: &str, rps: f64| json!({"model": model, "family": family, "mode": mode, "requests_per_s": rps, "active_params": 1000.0});
+        let mut t7 = json!({"rows": [serving("dense", "dense", "dense", 1.0), serving("smoe", "smoe", "dense", 1.5), serving("ds", "ds-moe", "dense", 0.9), serving("ds", "ds-moe", "top-k:2", 1.6)]});
+        let c = claims_of("table7", Some(&t7));
+        assert_eq!(c[0].verdict, Verdict::Reproduced, "{:?}", c[0]);
+        assert!(c[0].here.contains("dense 1.00 (1.60x), smoe 1.50 (1.07x)"), "{}", c[0].here);
+        t7["rows"][1]["requests_per_s"] = json!(2.0);
+        assert_eq!(claims_of("table7", Some(&t7))[0].verdict, Verdict::NotReproduced, "slower than the SMoE");
     }
 }

@@ -34,6 +34,10 @@ pub fn run(lab: &mut Lab, scale: Scale) -> Result<()> {
         "eval": r,
         "attention_share": att,
         "mlp_share": mlp,
+        "mi_alpha_att": m.mi_alpha_att,
+        "mi_alpha_mlp": m.mi_alpha_mlp,
+        "attention_experts": m.attention.n_experts,
+        "training": [t.training_summary()?],
     }))?;
     Ok(())
 }

@@ -18,10 +18,13 @@ use engine::{DType, Device};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use model::checkpoint::{write_atomic, Checkpoint, LATEST_FILE};
 use model::data::Corpus;
+use model::metrics::{read_metrics, series, VAL_LOSS};
 use model::eval::{evaluate_layers, resolve_threshold_k, EvalReport, KRounding};
-use model::run::{load_model, open_corpus, validation_windows, TrainingRun};
+use model::run::{load_model, open_corpus, validation_windows, TrainingRun, METRICS_FILE};
 use model::{Config, InferenceMode, Model};
 use serde::{Deserialize, Serialize};
+
+use super::timing::Timings;
 
 /// A run an experiment needs: a name (its directory under `OUT/runs/`) and its config.
 #[derive(Clone)]
@@ -92,6 +95,24 @@ impl EvalRow {
     }
 }
 
+impl Trained {
+    /// How much this run trained and whether it had converged, for judging a claim that did not
+    /// reproduce: tokens seen, tokens per (non-embedding) parameter, and the validation loss's
+    /// last two logged points (a loss still falling at the end is a model short of tokens).
+    pub fn training_summary(&self) -> Result<serde_json::Value> {
+        let tc = &self.config.train;
+        let tokens = self.step * (tc.batch_size * tc.seq_len * tc.grad_accum) as u64;
+        let params = self.config.model.counts(None, None)?.total;
+        let log = read_metrics(&self.dir.join(METRICS_FILE))?;
+        let curve = series(&log, VAL_LOSS);
+        let tail = &curve[curve.len().saturating_sub(2)..];
+        Ok(serde_json::json!({
+            "run": self.name, "model": self.config.model.name, "steps": self.step, "tokens": tokens,
+            "params": params, "tokens_per_param": tokens as f64 / params as f64, "val_loss_tail": tail,
+        }))
+    }
+}
+
 pub struct Lab {
     pub out: PathBuf,
     /// Validation windows per evaluation.
@@ -105,6 +126,9 @@ pub struct Lab {
     /// Steps trained so far in this process, and steps left to train in the plan.
     trained_steps: u64,
     planned_steps: u64,
+    /// Wall times, kept in `OUT/timings.json`; and the training seconds of this process so far.
+    pub timings: Timings,
+    pub training_s: f64,
 }
 
 const EVALS_FILE: &str = "evals.json";
@@ -115,7 +139,7 @@ impl Lab {
         let multi = MultiProgress::new();
         let overall = multi.add(ProgressBar::new(0));
         overall.set_style(ProgressStyle::with_template("overall {bar:30} {pos}/{len} steps [{elapsed_precise}, ETA {eta_precise}] {msg}").expect("a valid template"));
-        Ok(Lab { out: out.to_path_buf(), eval_windows, device, dtype, data, multi, overall, started: Instant::now(), trained_steps: 0, planned_steps: 0 })
+        Ok(Lab { out: out.to_path_buf(), eval_windows, device, dtype, data, multi, overall, started: Instant::now(), trained_steps: 0, planned_steps: 0, timings: Timings::load(out), training_s: 0.0 })
     }
 
     pub fn run_dir(&self, name: &str) -> PathBuf {
@@ -149,7 +173,8 @@ impl Lab {
     pub fn trained(&mut self, spec: &RunSpec) -> Result<Trained> {
         let dir = self.run_dir(&spec.name);
         let steps = spec.config.train.steps;
-        let mut run = if dir.join(LATEST_FILE).exists() {
+        let from_start = !dir.join(LATEST_FILE).exists();
+        let mut run = if !from_start {
             let saved = Checkpoint::open(&dir).with_context(|| format!("reading run {}", dir.display()))?;
             let config: Config = serde_json::from_value(saved.config()?).with_context(|| format!("the config of {}", dir.display()))?;
             if config.model != spec.config.model {
@@ -167,12 +192,12 @@ impl Lab {
         for w in run.warnings() {
             self.say(&format!("warning: {w}"));
         }
-        self.train(&spec.name, &mut run)?;
+        self.train(&spec.name, &mut run, from_start)?;
         drop(run);
         self.load(spec, &dir)
     }
 
-    fn train(&mut self, name: &str, run: &mut TrainingRun) -> Result<()> {
+    fn train(&mut self, name: &str, run: &mut TrainingRun, from_start: bool) -> Result<()> {
         let steps = run.trainer.config.train.steps;
         let bar = self.multi.insert_before(&self.overall, ProgressBar::new(steps).with_position(run.step_count()));
         bar.set_style(ProgressStyle::with_template("{prefix:>16} {bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}").expect("a valid template"));
@@ -186,6 +211,10 @@ impl Lab {
             self.trained_steps += 1;
         }
         bar.finish_and_clear();
+        let seconds = began.elapsed().as_secs_f64();
+        self.training_s += seconds;
+        self.timings.trained(name, seconds, from_start);
+        self.timings.save(&self.out)?;
         let left = self.planned_steps.saturating_sub(self.trained_steps);
         let per_step = self.started.elapsed().as_secs_f64() / self.trained_steps.max(1) as f64;
         self.say(&format!("{name}: trained to step {steps} in {:.0} s; {left} steps left in the plan, about {:.0} s more", began.elapsed().as_secs_f64(), left as f64 * per_step));
@@ -228,8 +257,13 @@ impl Lab {
         Ok(row)
     }
 
+    /// Seconds since this reproduction began.
+    pub fn elapsed_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
     pub fn finish(&self) {
         self.overall.finish_and_clear();
-        self.say(&format!("reproduction done in {:.0} s ({} steps trained here)", self.started.elapsed().as_secs_f64(), self.trained_steps));
+        self.say(&format!("reproduction done in {:.0} s ({} steps trained here)", self.elapsed_s(), self.trained_steps));
     }
 }

@@ -22,6 +22,9 @@ mod output;
 mod speed;
 mod table3;
 mod table4;
+mod table7;
+mod timing;
+mod why;
 
 use anyhow::{bail, Result};
 use model::config::presets;
@@ -41,7 +44,8 @@ pub const EXPERIMENTS: &[(&str, &str)] = &[
     ("fig3", "Fig. 3: sparsity grows with model size"),
     ("fig5", "Fig. 5: per-layer expert utilisation, attention and MLP"),
     ("artetxe", "Artetxe et al.: top-2 MoE against its dense twin at equal training FLOPs"),
-    ("speed", "Tables 5 and 7: inference speed (the `dsmoe bench inference` protocols)"),
+    ("speed", "Table 5 and Fig. 6: latency, input, output and serving throughput of DS-MoE, dense against sparse (the `dsmoe bench inference` protocols)"),
+    ("table7", "Table 7: serving throughput of DS-MoE against dense and SMoE models"),
 ];
 
 pub fn run(a: ReproduceArgs) -> Result<()> {
@@ -71,6 +75,7 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
     lab.plan(&plan);
     for name in &names {
         let scale = a.scale;
+        let (began, trained_before) = (std::time::Instant::now(), lab.training_s);
         match *name {
             "table3" => table3::run(&mut lab, scale)?,
             "fig4" => fig4::run(&mut lab, scale)?,
@@ -78,10 +83,18 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
             "fig3" => fig3::run(&mut lab, scale)?,
             "fig5" => fig5::run(&mut lab, scale)?,
             "artetxe" => artetxe::run(&mut lab, scale)?,
+            "table7" => table7::run(&mut lab, scale)?,
             _ => speed::run(&mut lab, scale)?,
         }
-        lab.say(&format!("{name}: written to {}", a.out.join(name).display()));
+        let wall = began.elapsed().as_secs_f64();
+        let runs = runs_of(name, a.scale)?.into_iter().map(|s| s.name).collect();
+        lab.timings.experiment(name, runs, wall, lab.training_s - trained_before);
+        lab.timings.save(&a.out)?;
+        lab.say(&format!("{name}: written to {} in {wall:.0} s", a.out.join(name).display()));
     }
+    lab.timings.last_invocation_s = lab.elapsed_s();
+    lab.timings.last_invocation = names.iter().map(|n| n.to_string()).collect();
+    lab.timings.save(&a.out)?;
     lab.finish();
     let report = write_report(&a.out, a.scale)?;
     println!("report: {}", report.display());

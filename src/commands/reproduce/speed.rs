@@ -7,6 +7,7 @@
 //! results. Timings on a shared CPU are noisy; the bench measures rows in alternation so load
 //! slows all alike.
 
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -30,21 +31,35 @@ pub fn run(lab: &mut Lab, scale: Scale) -> Result<()> {
     let t = lab.trained(&ds_moe(scale)?)?;
     let n = t.config.model.mlp.n_experts;
     let dir = ExperimentDir::new(&lab.out, "speed")?;
-    let records = dir.dir.join("records.jsonl");
-    // Records of an earlier measurement are replaced, not mixed with this one's.
-    let _ = std::fs::remove_file(&records);
     lab.say("speed: running `dsmoe bench inference` on the DS-MoE checkpoint");
     let modes = format!("top-k:{},threshold:1", (n / 4).max(1));
+    let mut args: Vec<String> = ["bench", "inference", "--checkpoint"].map(String::from).to_vec();
+    args.push(t.dir.display().to_string());
+    args.extend(["--modes".to_string(), modes.clone()]);
+    args.extend(shapes(scale).iter().map(|s| s.to_string()));
+    let (table, lines) = bench(&dir, &args, None)?;
+    dir.write_table(&format!("`dsmoe {}`\n\n```\n{table}```\n", args.join(" ")))?;
+    dir.write_results(&json!({ "experiment": "speed", "scale": scale.name(), "modes": modes, "records": lines }))?;
+    Ok(())
+}
+
+/// Runs `dsmoe ARGS` (a `bench inference` command) in `cwd` (default: this process's), with its
+/// records going to `DIR/records.jsonl` (an earlier measurement's are replaced, not mixed in);
+/// returns the table it printed and its records.
+pub fn bench(dir: &ExperimentDir, args: &[String], cwd: Option<&Path>) -> Result<(String, Vec<Value>)> {
+    // Absolute: the bench may run in another directory.
+    let records = std::path::absolute(dir.dir.join("records.jsonl")).context("locating the records file")?;
+    let _ = std::fs::remove_file(&records);
     let exe = std::env::current_exe().context("locating the dsmoe binary")?;
     let mut cmd = Command::new(exe);
-    cmd.args(["bench", "inference", "--checkpoint"]).arg(&t.dir).args(["--modes", &modes]).args(shapes(scale)).env("DSMOE_RESULTS", &records);
+    cmd.args(args).env("DSMOE_RESULTS", &records);
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
     let out = cmd.output().context("running dsmoe bench inference")?;
     if !out.status.success() {
         bail!("dsmoe bench inference failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    let table = String::from_utf8_lossy(&out.stdout).into_owned();
-    dir.write_table(&format!("`dsmoe bench inference --checkpoint {} --modes {modes} {}`\n\n```\n{}```\n", t.dir.display(), shapes(scale).join(" "), table))?;
-    let lines: Vec<Value> = std::fs::read_to_string(&records).with_context(|| format!("reading {}", records.display()))?.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    dir.write_results(&json!({ "experiment": "speed", "scale": scale.name(), "modes": modes, "records": lines }))?;
-    Ok(())
+    let lines = std::fs::read_to_string(&records).with_context(|| format!("reading {}", records.display()))?.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), lines))
 }

@@ -45,8 +45,10 @@ pub fn ds_moe_modes(n_mlp: usize) -> Vec<InferenceMode> {
 pub fn run(lab: &mut Lab, scale: Scale) -> Result<()> {
     let specs = runs(scale)?;
     let mut rows: Vec<(String, EvalRow)> = Vec::new();
+    let mut training = Vec::new();
     for spec in &specs {
         let t = lab.trained(spec)?;
+        training.push(t.training_summary()?);
         let modes = if spec.name == "ds-moe" { ds_moe_modes(t.config.model.mlp.n_experts) } else { vec![InferenceMode::DENSE] };
         for mode in modes {
             rows.push((t.config.model.name.clone(), lab.eval(&t, mode)?));
@@ -74,6 +76,7 @@ pub fn run(lab: &mut Lab, scale: Scale) -> Result<()> {
         "experiment": "table3",
         "scale": scale.name(),
         "rows": rows.iter().map(|(m, r)| { let mut v = json!(r); v["model"] = json!(m); v }).collect::<Vec<_>>(),
+        "training": training,
     }))?;
     Ok(())
 }

@@ -1,0 +1,95 @@
+//! Why a claim did not reproduce, in numbers from the same results.json its verdict came from:
+//! how far short of the paper's training the runs stopped (tokens, tokens per parameter, the
+//! validation loss still falling at the end), and the experiment-specific evidence (the MoE's
+//! loss at equal tokens against its FLOP premium; the attention router's MI weight against the
+//! paper's). A reason is only stated when the results hold the numbers behind it.
+
+use serde_json::Value;
+
+use super::artetxe::loss_at;
+
+fn f(v: &Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or(f64::NAN)
+}
+
+/// "0.61M tokens (0.9 per parameter; the paper: PAPER), validation loss still falling over the
+/// last 50 steps: 0.046 (ds-moe), ..." from the results' `training` summaries.
+pub fn short_training(v: &Value, paper: &str) -> Option<String> {
+    let runs = v["training"].as_array()?;
+    let first = runs.first()?;
+    let per_param: Vec<String> = runs.iter().map(|r| format!("{:.1}", f(r, "tokens_per_param"))).collect();
+    let falls: Vec<String> = runs
+        .iter()
+        .filter_map(|r| {
+            let tail = r["val_loss_tail"].as_array()?;
+            let (a, b) = (tail.first()?.as_array()?, tail.last()?.as_array()?);
+            let (steps, drop) = (b[0].as_f64()? - a[0].as_f64()?, a[1].as_f64()? - b[1].as_f64()?);
+            (steps > 0.0).then(|| format!("{drop:.3} ({}, last {steps:.0} steps)", r["run"].as_str().unwrap_or("-")))
+        })
+        .collect();
+    let mut text = format!("{:.2}M training tokens per run ({} per non-embedding parameter; the paper: {paper})", f(first, "tokens") / 1e6, per_param.join(" / "));
+    if !falls.is_empty() {
+        text.push_str(&format!(", and validation loss was still falling at the end by {}", falls.join(", ")));
+    }
+    Some(text)
+}
+
+/// Artetxe et al.: the MoE's final loss against the dense twin's at the same step (equal tokens),
+/// beside the MoE's FLOPs per token over the dense model's.
+pub fn moe_at_equal_tokens(v: &Value) -> Option<String> {
+    let (moe, dense) = (&v["moe"], &v["dense"]);
+    let steps = f(moe, "final_flops") / f(moe, "flops_per_step");
+    let curve: Vec<(f64, f64)> = dense["curve"].as_array()?.iter().filter_map(|p| Some((p[0].as_f64()? / f(dense, "flops_per_step"), p[1].as_f64()?))).collect();
+    let dense_loss = loss_at(&curve, steps)?;
+    let moe_loss = f(moe, "final_loss");
+    let premium = f(moe, "flops_per_step") / f(dense, "flops_per_step");
+    Some(format!(
+        "at equal tokens (step {steps:.0}) the MoE's loss is {:.1} % below the dense twin's ({moe_loss:.4} vs {dense_loss:.4}), while each of its tokens costs {premium:.2}x the FLOPs; with top-2 of {} experts each expert trained on about {:.0} % of the tokens",
+        100.0 * (1.0 - moe_loss / dense_loss),
+        moe["experts"].as_u64().map_or("its".into(), |n| n.to_string()),
+        moe["experts"].as_f64().map_or(f64::NAN, |n| 100.0 * 2.0 / n),
+    ))
+}
+
+/// Fig. 5: the attention router's MI weight and expert count against the paper's 3B, and how many
+/// experts a token kept in the sparsest attention layer.
+pub fn attention_router(v: &Value) -> Option<String> {
+    let shares = v["attention_share"].as_array()?;
+    let n = f(v, "attention_experts");
+    let min = shares.iter().filter_map(Value::as_f64).fold(f64::INFINITY, f64::min);
+    Some(format!(
+        "the attention MI weight is {} per layer over {n:.0} experts (the paper's 3B: 2e-4 over 8, so {:.0}x stronger), and in the sparsest layer a token keeps {:.1} of {n:.0} experts",
+        f(v, "mi_alpha_att"),
+        f(v, "mi_alpha_att") / 2e-4,
+        min * n
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reasons_are_computed_from_the_results() {
+        let v = json!({"training": [
+            {"run": "a", "tokens": 614400, "tokens_per_param": 0.88, "val_loss_tail": [[250, 2.10], [300, 2.05]]},
+            {"run": "b", "tokens": 614400, "tokens_per_param": 1.25, "val_loss_tail": [[300, 2.0]]},
+        ]});
+        let s = short_training(&v, "30B").unwrap();
+        assert_eq!(s, "0.61M training tokens per run (0.9 / 1.2 per non-embedding parameter; the paper: 30B), and validation loss was still falling at the end by 0.050 (a, last 50 steps)");
+        assert_eq!(short_training(&json!({}), "30B"), None);
+
+        let art = json!({
+            "moe": {"final_flops": 300.0, "flops_per_step": 1.3, "final_loss": 2.0, "experts": 8},
+            "dense": {"flops_per_step": 1.0, "curve": [[200.0, 2.2], [400.0, 2.0]]},
+        });
+        // The MoE's 300 FLOPs are step 230.8; dense at step 230.8 interpolates to 2.169.
+        let s = moe_at_equal_tokens(&art).unwrap();
+        assert!(s.starts_with("at equal tokens (step 231) the MoE's loss is 7.8 % below the dense twin's (2.0000 vs 2.1692), while each of its tokens costs 1.30x"), "{s}");
+        assert!(s.ends_with("about 25 % of the tokens"), "{s}");
+
+        let fig5 = json!({"attention_share": [0.75, 0.25], "attention_experts": 4, "mi_alpha_att": 0.005});
+        assert_eq!(attention_router(&fig5).unwrap(), "the attention MI weight is 0.005 per layer over 4 experts (the paper's 3B: 2e-4 over 8, so 25x stronger), and in the sparsest layer a token keeps 1.0 of 4 experts");
+    }
+}
