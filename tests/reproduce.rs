@@ -80,13 +80,15 @@ fn an_experiment_writes_results_table_plots_and_report() {
     for run in ["ds-moe", "dense", "smoe"] {
         assert!(timings["runs"][run].as_f64().unwrap() > 0.0, "{timings}");
     }
-    assert_eq!(timings["last_invocation"], serde_json::json!(["table3", "fig5", "speed", "table7"]));
+    assert_eq!(timings["invocations"][0]["experiments"], serde_json::json!(["table3", "fig5", "speed", "table7"]));
+    assert_eq!(timings["invocations"][0]["steps_trained"], 12, "three runs of 4 steps");
 
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("## Wall times") && report.lines().any(|l| l.starts_with("| table7 |  | 0 |")), "{report}");
     let t7_claim = report.lines().find(|l| l.starts_with("| table7 |")).unwrap();
     assert!(t7_claim.ends_with("reproduced** |") && t7_claim.contains("req/s at"), "judged from results: {t7_claim}");
-    let claim_lines: Vec<&str> = report.lines().filter(|l| l.starts_with("| table3 |") || l.starts_with("| fig5 |")).collect();
+    // Claim rows end in a verdict (the wall-time table's rows start alike).
+    let claim_lines: Vec<&str> = report.lines().filter(|l| (l.starts_with("| table3 |") || l.starts_with("| fig5 |")) && l.ends_with("** |")).collect();
     assert_eq!(claim_lines.len(), 5, "{report}");
     for l in &claim_lines {
         assert!(["**reproduced**", "**not reproduced**", "**not comparable**"].iter().any(|v| l.ends_with(&format!("{v} |"))), "judged from results: {l}");

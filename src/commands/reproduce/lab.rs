@@ -257,6 +257,11 @@ impl Lab {
         Ok(row)
     }
 
+    /// Training steps taken by this process.
+    pub fn trained_steps(&self) -> u64 {
+        self.trained_steps
+    }
+
     /// Seconds since this reproduction began.
     pub fn elapsed_s(&self) -> f64 {
         self.started.elapsed().as_secs_f64()

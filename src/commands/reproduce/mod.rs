@@ -92,8 +92,8 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         lab.timings.save(&a.out)?;
         lab.say(&format!("{name}: written to {} in {wall:.0} s", a.out.join(name).display()));
     }
-    lab.timings.last_invocation_s = lab.elapsed_s();
-    lab.timings.last_invocation = names.iter().map(|n| n.to_string()).collect();
+    let invocation = timing::Invocation { experiments: names.iter().map(|n| n.to_string()).collect(), seconds: lab.elapsed_s(), steps_trained: lab.trained_steps() };
+    lab.timings.invocations.push(invocation);
     lab.timings.save(&a.out)?;
     lab.finish();
     let report = write_report(&a.out, a.scale)?;

@@ -8,8 +8,10 @@
 //! - at the small scales, random weights of Table 3's three models (the dense model, the SMoE of
 //!   equal total size, and DS-MoE at top-K of a quarter of its experts), with requests of equal
 //!   input and output lengths filling the tiny context.
-//! Throughput does not depend on what the weights learned for the dense model, the SMoE at its
-//! trained top-2, and DS-MoE at a fixed K, so random weights measure what trained ones would.
+//!
+//! The work per token does not depend on what the weights learned for the dense model, the SMoE
+//! at its top-2, and DS-MoE at a fixed K, so random weights measure what trained ones would, up
+//! to how evenly the routers spread tokens over the experts.
 //! Requests per second are tokens per second over the tokens of one request (every request
 //! generates its full output: no stop tokens).
 

@@ -27,18 +27,25 @@ pub struct ExperimentTime {
     pub runs: Vec<String>,
     /// Seconds beyond training: evaluation, benchmarks, writing.
     pub own_s: f64,
-    /// Wall seconds in the invocation that last ran it (training of runs it was first to need included).
+    /// Its longest wall time in one invocation (training of runs it was first to need included).
     pub wall_s: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Timings {
     /// Training seconds of each run (summed over resumptions).
     pub runs: BTreeMap<String, f64>,
     pub experiments: BTreeMap<String, ExperimentTime>,
-    /// Wall seconds of the last invocation, and the experiments it ran.
-    pub last_invocation_s: f64,
-    pub last_invocation: Vec<String>,
+    /// Every invocation into this directory, in order.
+    pub invocations: Vec<Invocation>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Invocation {
+    pub experiments: Vec<String>,
+    pub seconds: f64,
+    pub steps_trained: u64,
 }
 
 impl Timings {
@@ -66,7 +73,7 @@ impl Timings {
         let e = self.experiments.entry(name.to_string()).or_default();
         e.runs = runs;
         e.own_s = e.own_s.max(wall_s - training_s);
-        e.wall_s = wall_s;
+        e.wall_s = e.wall_s.max(wall_s);
     }
 
     /// The estimated seconds of `name` run alone (see the module comment).
@@ -90,14 +97,13 @@ impl Timings {
         if rows.is_empty() {
             return String::new();
         }
-        let total = if self.last_invocation_s > 0.0 {
-            let within = if self.last_invocation_s <= TOTAL_BUDGET_S { "within" } else { "over" };
-            format!("\nThe last invocation ({}) took {:.0} s ({:.1} min), {within} the 60-minute budget of the whole tiny reproduction.\n", self.last_invocation.join(", "), self.last_invocation_s, self.last_invocation_s / 60.0)
-        } else {
-            String::new()
-        };
+        let mut total = String::new();
+        for (i, inv) in self.invocations.iter().enumerate() {
+            let within = if inv.seconds <= TOTAL_BUDGET_S { "within" } else { "over" };
+            total.push_str(&format!("\nInvocation {} ({}): {:.0} s ({:.1} min, {within} the 60-minute budget of the whole tiny reproduction), {} training steps.\n", i + 1, inv.experiments.join(", "), inv.seconds, inv.seconds / 60.0, inv.steps_trained));
+        }
         format!(
-            "Seconds on this machine. Runs are shared, so an experiment's time alone is the training of every run it needs plus its own evaluation and benchmarks; \"in order\" is its wall time in the invocation that ran it, where earlier experiments had trained some of its runs.\n\n{}{total}",
+            "Seconds on this machine. Runs are shared, so an experiment's time alone is the training of every run it needs plus its own evaluation and benchmarks; \"in order\" is its longest wall time in one invocation, where earlier experiments had trained some of its runs.\n\n{}{total}",
             markdown_table(&["experiment", "runs", "training (s)", "evaluation (s)", "alone", "within 15 min", "in order (s)"], &rows)
         )
     }
@@ -121,10 +127,13 @@ mod tests {
         // A rerun served from the evaluation cache keeps the time the evaluation took.
         t.experiment("second", vec!["b".into()], 1.0, 0.0);
         assert_eq!(t.alone_s("second"), Some(320.0));
+        assert_eq!(t.experiments["second"].wall_s, 20.0);
         t.trained("b", 900.0, true);
         assert_eq!(t.alone_s("second"), Some(920.0), "retrained from the start: the old time is stale");
         let md = t.markdown(&["first", "second", "third"]);
-        assert!(md.contains("| second | b | 900 | 20 | 920 (15.3 min) | **no** | 1 |"), "{md}");
+        assert!(md.contains("| second | b | 900 | 20 | 920 (15.3 min) | **no** | 20 |"), "{md}");
+        t.invocations.push(Invocation { experiments: vec!["first".into()], seconds: 3700.0, steps_trained: 600 });
+        assert!(t.markdown(&["first"]).contains("Invocation 1 (first): 3700 s (61.7 min, over the 60-minute budget of the whole tiny reproduction), 600 training steps."));
         assert!(md.contains("| first | a, b | 1050 | 30 |"), "{md}");
     }
 }

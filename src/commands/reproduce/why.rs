@@ -16,7 +16,9 @@ fn f(v: &Value, key: &str) -> f64 {
 /// last 50 steps: 0.046 (ds-moe), ..." from the results' `training` summaries.
 pub fn short_training(v: &Value, paper: &str) -> Option<String> {
     let runs = v["training"].as_array()?;
-    let first = runs.first()?;
+    runs.first()?;
+    let mut tokens: Vec<String> = runs.iter().map(|r| format!("{:.2}M", f(r, "tokens") / 1e6)).collect();
+    tokens.dedup();
     let per_param: Vec<String> = runs.iter().map(|r| format!("{:.1}", f(r, "tokens_per_param"))).collect();
     let falls: Vec<String> = runs
         .iter()
@@ -27,7 +29,8 @@ pub fn short_training(v: &Value, paper: &str) -> Option<String> {
             (steps > 0.0).then(|| format!("{drop:.3} ({}, last {steps:.0} steps)", r["run"].as_str().unwrap_or("-")))
         })
         .collect();
-    let mut text = format!("{:.2}M training tokens per run ({} per non-embedding parameter; the paper: {paper})", f(first, "tokens") / 1e6, per_param.join(" / "));
+    let each = if tokens.len() == 1 { " per run" } else { "" };
+    let mut text = format!("{} training tokens{each} ({} per non-embedding parameter; the paper: {paper})", tokens.join(" / "), per_param.join(" / "));
     if !falls.is_empty() {
         text.push_str(&format!(", and validation loss was still falling at the end by {}", falls.join(", ")));
     }
@@ -79,6 +82,8 @@ mod tests {
         let s = short_training(&v, "30B").unwrap();
         assert_eq!(s, "0.61M training tokens per run (0.9 / 1.2 per non-embedding parameter; the paper: 30B), and validation loss was still falling at the end by 0.050 (a, last 50 steps)");
         assert_eq!(short_training(&json!({}), "30B"), None);
+        let unequal = json!({"training": [{"run": "a", "tokens": 614400, "tokens_per_param": 0.2}, {"run": "b", "tokens": 1228800, "tokens_per_param": 1.6}]});
+        assert_eq!(short_training(&unequal, "300B").unwrap(), "0.61M / 1.23M training tokens (0.2 / 1.6 per non-embedding parameter; the paper: 300B)");
 
         let art = json!({
             "moe": {"final_flops": 300.0, "flops_per_step": 1.3, "final_loss": 2.0, "experts": 8},
