@@ -44,7 +44,7 @@ pub enum Command {
 pub enum Scale {
     /// A seconds-long miniature, for tests.
     Toy,
-    /// The tiny configs for 300 steps: 45 minutes on a 2-core CPU shared with other builds.
+    /// The tiny configs for 300 steps: 32 minutes on a 2-core CPU shared with other builds.
     Tiny,
     /// The tiny configs for their full 600 steps, evaluated on 4x the windows.
     Small,
@@ -65,7 +65,7 @@ impl Scale {
 
 #[derive(clap::Args)]
 pub struct ReproduceArgs {
-    /// Experiments to run (default: all): table3, fig4, table4, fig3, fig5, artetxe, speed.
+    /// Experiments to run (default: all): table3, fig4, table4, fig3, fig5, artetxe, speed, table7.
     pub experiments: Vec<String>,
     #[arg(long, value_enum, default_value = "tiny")]
     pub scale: Scale,

@@ -7,8 +7,8 @@
 //! `lab`). Each experiment writes `OUT/<experiment>/` (results.json, table.md, plots) and the
 //! report (`claims`) is rebuilt from every results.json present at the end.
 //!
-//! Scales: `tiny` trains the tiny configs for 300 steps (all experiments took 45 minutes on a
-//! 2-core CPU shared with five other builds); `small` trains them for their configs' full 600 steps and evaluates
+//! Scales: `tiny` trains the tiny configs for 300 steps (all experiments took 32 minutes on a
+//! 2-core CPU shared with other builds, each alone at most 11); `small` trains them for their configs' full 600 steps and evaluates
 //! on 4x the windows; `paper` trains the paper's 1B/3B/6B presets (a GPU job; Artetxe et al.'s
 //! pair has no preset at that scale); `toy` is a seconds-long miniature for tests.
 

@@ -1,4 +1,5 @@
-//! Tables 5 and 7: inference speed. The shared DS-MoE checkpoint through `dsmoe bench inference`
+//! Table 5 and Fig. 6: inference speed of DS-MoE, dense against sparse (Table 7's lineup of
+//! models is `table7`). The shared DS-MoE checkpoint through `dsmoe bench inference`
 //! (the same binary, as a child process, so the protocols are exactly the bench's): latency, input
 //! throughput, output throughput and serving, dense and at top-K of a quarter of the MLP experts
 //! and the threshold rule, at shapes fitting the scale's context (the paper's Table 5 / 7 shapes
