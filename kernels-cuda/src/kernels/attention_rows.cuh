@@ -1,0 +1,46 @@
+// attention_rows.cuh: what the tensor-core attention kernels (attention_sm80.cu, attention_sm90.cu)
+// share: the packed GQA row geometry of a query tile (row = position x query head of one key/value
+// head, so one key/value tile serves every query head that reads it), the block's place in the
+// grid, and two register helpers.
+
+#pragma once
+
+#include "common.cuh"
+
+__device__ __forceinline__ float exp2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// Two floats as one register of two 16-bit values, `lo` in the low half (the lower column).
+template <typename T> __device__ __forceinline__ u32 pack2(float lo, float hi) {
+    return (u32)from_float<T>(lo).bits | ((u32)from_float<T>(hi).bits << 16);
+}
+
+// Rows of a query tile: packed row `first + r` is position (first + r) / G, head kvh·G + (first + r) % G;
+// row r takes part when r < limit and its position is inside the sequence.
+struct PackedRows {
+    u32 g, hq, kvh, start, len, first, limit;
+    __device__ __forceinline__ u32 pos(int r) const { return (first + r) / g; }
+    __device__ __forceinline__ bool valid(int r) const { return (u32)r < limit && pos(r) < len; }
+    // Index of the row in a [N, Hq] tensor (times D for [N, Hq, D]).
+    __device__ __forceinline__ u64 row(int r) const { return (u64)(start + pos(r)) * hq + kvh * g + (first + r) % g; }
+    // The staging source of row r of a [N, Hq, D] tensor, or null.
+    template <typename T, int D> __device__ __forceinline__ auto source(const T* base) const {
+        return [=](int r) -> const T* { return valid(r) ? base + row(r) * D : nullptr; };
+    }
+};
+
+// A forward / dq block of ROWS packed query rows (ROWS / G positions x G heads of key/value head
+// blockIdx.y in sequence blockIdx.z) and the KEYS-key tiles they see; `empty` past the sequence.
+struct QueryBlock {
+    PackedRows rows;
+    u32 tiles;
+    bool empty;
+};
+
+template <int ROWS, int KEYS> __device__ __forceinline__ QueryBlock query_block(const u32* offsets, u32 hq, u32 hkv) {
+    const u32 g = hq / hkv, ppb = ROWS / g, start = offsets[blockIdx.z], len = offsets[blockIdx.z + 1] - start, p0 = blockIdx.x * ppb;
+    return QueryBlock{PackedRows{g, hq, blockIdx.y, start, len, p0 * g, ppb * g}, (min(len, p0 + ppb) + KEYS - 1) / KEYS, p0 >= len};
+}
