@@ -1,7 +1,7 @@
 // attention_rows.cuh: what the tensor-core attention kernels (attention_sm80.cu, attention_sm90.cu)
 // share: the packed GQA row geometry of a query tile (row = position x query head of one key/value
 // head, so one key/value tile serves every query head that reads it), the block's place in the
-// grid, and two register helpers.
+// grid, two register helpers and the online-softmax step of the forward.
 
 #pragma once
 
@@ -43,4 +43,48 @@ struct QueryBlock {
 template <int ROWS, int KEYS> __device__ __forceinline__ QueryBlock query_block(const u32* offsets, u32 hq, u32 hkv) {
     const u32 g = hq / hkv, ppb = ROWS / g, start = offsets[blockIdx.z], len = offsets[blockIdx.z + 1] - start, p0 = blockIdx.x * ppb;
     return QueryBlock{PackedRows{g, hq, blockIdx.y, start, len, p0 * g, ppb * g}, (min(len, p0 + ppb) + KEYS - 1) / KEYS, p0 >= len};
+}
+
+// One key tile of the forward's online softmax, for this thread's row i (0: row gid, 1: gid + 8) of
+// a 16-row slab in the m16n8 accumulator layout (mma.sync C, and each warp's share of a wgmma
+// m64nN D): s [keys / 8][4] holds the tile's raw scores Q·Kᵀ, o [D / 8][4] the output sums. Masks
+// keys at or past `len` and after the row's position `pos`, works in the exp2 domain (`scale2` =
+// scale·log2 e), takes the row max over the quad of lanes sharing the row, rescales l and o by the
+// change of max, and leaves P = exp2(s − max) in s.
+template <int NS, int NO>
+__device__ __forceinline__ void online_softmax_tile(float (&s)[NS][4], float (&o)[NO][4], float& m, float& l, int i, u32 j0, u32 len, u32 pos, float scale2) {
+    const u32 tid4 = threadIdx.x % 4;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < NS; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const u32 key = j0 + 8 * n + 2 * tid4 + e;
+            float& x = s[n][2 * i + e];
+            x = key < len && key <= pos ? x * scale2 : -INFINITY;
+            mx = fmaxf(mx, x);
+        }
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
+    const float m_new = fmaxf(m, mx);
+    const float base = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet
+    const float corr = exp2_approx(m - base);
+    m = m_new;
+    float sum = 0.0f;
+#pragma unroll
+    for (int n = 0; n < NS; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            float& x = s[n][2 * i + e];
+            x = exp2_approx(x - base);
+            sum += x;
+        }
+    }
+    l = l * corr + sum;
+#pragma unroll
+    for (int n = 0; n < NO; ++n) {
+        o[n][2 * i] *= corr;
+        o[n][2 * i + 1] *= corr;
+    }
 }

@@ -156,41 +156,7 @@ __device__ void attention_fwd_tc(const T* q, const T* k, const T* v, T* out, flo
 
         // Mask, online softmax (per row: max over the quad, rescale), P in place of S.
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int n = 0; n < BC / 8; ++n) {
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const u32 key = j0 + 8 * n + 2 * tid4 + e;
-                    float& x = s[n][2 * i + e];
-                    x = key < len && key <= rows.pos(r0 + 8 * i) ? x * scale2 : -INFINITY;
-                    mx = fmaxf(mx, x);
-                }
-            }
-            mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
-            const float m_new = fmaxf(m[i], mx);
-            const float base = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet
-            const float corr = exp2_approx(m[i] - base);
-            m[i] = m_new;
-            float sum = 0.0f;
-#pragma unroll
-            for (int n = 0; n < BC / 8; ++n) {
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    float& x = s[n][2 * i + e];
-                    x = exp2_approx(x - base);
-                    sum += x;
-                }
-            }
-            l[i] = l[i] * corr + sum;
-#pragma unroll
-            for (int n = 0; n < NB; ++n) {
-                o[n][2 * i] *= corr;
-                o[n][2 * i + 1] *= corr;
-            }
-        }
+        for (int i = 0; i < 2; ++i) online_softmax_tile(s, o, m[i], l[i], i, j0, len, rows.pos(r0 + 8 * i), scale2);
 
         mma_pb<T, D, CHP>(o, s, vt);  // O += P V
         __syncthreads();  // this stage is refilled by the next iteration's copy

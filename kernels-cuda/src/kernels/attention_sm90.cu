@@ -135,6 +135,9 @@ template <typename T, int N> __device__ __forceinline__ void wgmma_rs(float (&d)
 WGMMA_FORMS(bf16, "bf16")
 WGMMA_FORMS(f16, "f16")
 
+// An accumulator array [N][4] as the flat [4N] registers a wgmma operand list takes (same layout).
+template <int N> __device__ __forceinline__ float (&flat(float (&x)[N][4]))[4 * N] { return reinterpret_cast<float(&)[4 * N]>(x); }
+
 // Shared-memory plan for head dim D: 64-column (128-byte) chunks, the Q tile, the K/V stages, the
 // barriers; +1024 to align everything to the 128-byte swizzle's 1024-byte atom.
 template <int D> struct Plan {
@@ -197,9 +200,9 @@ __device__ __forceinline__ void forward(const T* q, T* out, float* lse, const u3
     const int r0 = c * 64 + (warp % 4) * 16 + gid;  // this thread's rows: r0 and r0 + 8
     const u32 last = rows.pos(min(c * 64 + 63, (int)rows.limit - 1));  // the warpgroup's last position
     const float scale2 = scale * 1.4426950408889634f;  // scores in the exp2 domain
-    float o[D / 2];
+    float o[D / 8][4];
 #pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
+    for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
     for (u32 it = 0; it < tiles; ++it) {
@@ -207,71 +210,35 @@ __device__ __forceinline__ void forward(const T* q, T* out, float* lse, const u3
         const u32 kt = ring + s * P::STAGE, vt = kt + P::KV_TILE;
         sm90::mbar_wait(full(s), (it / STAGES) & 1);
         if (j0 <= last) {
-            float sc[32];  // S for this warp's 16 rows x 64 keys, m64n64 accumulator layout
+            float sc[KEYS / 8][4];  // S for this warp's 16 rows x 64 keys (m64n64 accumulators)
 #pragma unroll
-            for (int i = 0; i < 32; ++i) sc[i] = 0.0f;
+            for (int n = 0; n < KEYS / 8; ++n) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
             sm90::wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < D / 16; ++kk) {
                 const u64 da = sm90::make_desc(sq + (kk / 4) * (ROWS * 128) + c * (64 * 128) + (kk % 4) * 32, 16, 1024);
                 const u64 db = sm90::make_desc(kt + (kk / 4) * (KEYS * 128) + (kk % 4) * 32, 16, 1024);
-                wgmma_ss_n64<T>(sc, da, db);
+                wgmma_ss_n64<T>(flat(sc), da, db);
             }
             sm90::wgmma_commit();
             sm90::wgmma_wait<0>();
 
             // Mask, online softmax (per row: max over the quad, rescale), P in place of S.
 #pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const u32 pos = rows.pos(r0 + 8 * i);
-                float mx = -INFINITY;
-#pragma unroll
-                for (int n = 0; n < KEYS / 8; ++n) {
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const u32 key = j0 + 8 * n + 2 * tid4 + e;
-                        float& x = sc[4 * n + 2 * i + e];
-                        x = key < rows.len && key <= pos ? x * scale2 : -INFINITY;
-                        mx = fmaxf(mx, x);
-                    }
-                }
-                mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
-                const float m_new = fmaxf(m[i], mx);
-                const float base = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet
-                const float corr = exp2_approx(m[i] - base);
-                m[i] = m_new;
-                float sum = 0.0f;
-#pragma unroll
-                for (int n = 0; n < KEYS / 8; ++n) {
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        float& x = sc[4 * n + 2 * i + e];
-                        x = exp2_approx(x - base);
-                        sum += x;
-                    }
-                }
-                l[i] = l[i] * corr + sum;
-#pragma unroll
-                for (int n = 0; n < D / 8; ++n) {
-                    o[4 * n + 2 * i] *= corr;
-                    o[4 * n + 2 * i + 1] *= corr;
-                }
-            }
+            for (int i = 0; i < 2; ++i) online_softmax_tile(sc, o, m[i], l[i], i, j0, rows.len, rows.pos(r0 + 8 * i), scale2);
 
             // O += P·V: k16 step kk of P is S's n8 blocks 2kk and 2kk + 1.
             u32 a[KEYS / 16][4];
 #pragma unroll
             for (int kk = 0; kk < KEYS / 16; ++kk) {
-                const float* lo = sc + 8 * kk;
-                a[kk][0] = pack2<T>(lo[0], lo[1]);
-                a[kk][1] = pack2<T>(lo[2], lo[3]);
-                a[kk][2] = pack2<T>(lo[4], lo[5]);
-                a[kk][3] = pack2<T>(lo[6], lo[7]);
+                a[kk][0] = pack2<T>(sc[2 * kk][0], sc[2 * kk][1]);
+                a[kk][1] = pack2<T>(sc[2 * kk][2], sc[2 * kk][3]);
+                a[kk][2] = pack2<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+                a[kk][3] = pack2<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
             }
             sm90::wgmma_fence();
 #pragma unroll
-            for (int kk = 0; kk < KEYS / 16; ++kk) wgmma_rs<T, D>(o, a[kk], sm90::make_desc(vt + kk * 2048, 8192, 1024));
+            for (int kk = 0; kk < KEYS / 16; ++kk) wgmma_rs<T, D>(flat(o), a[kk], sm90::make_desc(vt + kk * 2048, 8192, 1024));
             sm90::wgmma_commit();
             sm90::wgmma_wait<0>();
         }
@@ -288,7 +255,7 @@ __device__ __forceinline__ void forward(const T* q, T* out, float* lse, const u3
         const float inv = 1.0f / lt;
         u32* d32 = reinterpret_cast<u32*>(out + row * D);
 #pragma unroll
-        for (int n = 0; n < D / 8; ++n) d32[4 * n + tid4] = pack2<T>(o[4 * n + 2 * i] * inv, o[4 * n + 2 * i + 1] * inv);
+        for (int n = 0; n < D / 8; ++n) d32[4 * n + tid4] = pack2<T>(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
         if (tid4 == 0) lse[row] = m[i] * 0.6931471805599453f + __logf(lt);
     }
 }
