@@ -1,7 +1,7 @@
 // attention_rows.cuh: what the tensor-core attention kernels (attention_sm80.cu, attention_sm90.cu)
 // share: the packed GQA row geometry of a query tile (row = position x query head of one key/value
 // head, so one key/value tile serves every query head that reads it), the block's place in the
-// grid, two register helpers and the online-softmax step of the forward.
+// grid, two register helpers, and the forward's online-softmax step and row stores.
 
 #pragma once
 
@@ -86,5 +86,29 @@ __device__ __forceinline__ void online_softmax_tile(float (&s)[NS][4], float (&o
     for (int n = 0; n < NO; ++n) {
         o[n][2 * i] *= corr;
         o[n][2 * i + 1] *= corr;
+    }
+}
+
+// Stores this thread's share of a 16 x D accumulator row `i` (0: row gid, 1: gid + 8) times `mul`
+// into the D-element row at `dst`.
+template <typename T, int D> __device__ __forceinline__ void store_row(T* dst, const float (&acc)[D / 8][4], int i, float mul) {
+    u32* d32 = reinterpret_cast<u32*>(dst);
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) d32[4 * n + threadIdx.x % 4] = pack2<T>(acc[n][2 * i] * mul, acc[n][2 * i + 1] * mul);
+}
+
+// The forward's end for this thread's rows r0 and r0 + 8 of the tile: l summed over the row's quad,
+// out = O / l and lse = m·ln 2 + ln l (m in the exp2 domain), for valid rows only.
+template <typename T, int D>
+__device__ __forceinline__ void store_forward_rows(T* out, float* lse, const float (&o)[D / 8][4], const float (&m)[2], const float (&l)[2], const PackedRows& rows, int r0) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        float lt = l[i];
+        lt += __shfl_xor_sync(FULL_MASK, lt, 1);
+        lt += __shfl_xor_sync(FULL_MASK, lt, 2);
+        if (!rows.valid(r0 + 8 * i)) continue;
+        const u64 row = rows.row(r0 + 8 * i);
+        store_row<T, D>(out + row * D, o, i, 1.0f / lt);
+        if (threadIdx.x % 4 == 0) lse[row] = m[i] * 0.6931471805599453f + __logf(lt);
     }
 }

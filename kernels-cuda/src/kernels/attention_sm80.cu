@@ -104,14 +104,6 @@ template <int N> __device__ __forceinline__ void zero(float (&x)[N][4]) {
     for (int n = 0; n < N; ++n) x[n][0] = x[n][1] = x[n][2] = x[n][3] = 0.0f;
 }
 
-// Stores this thread's share of a 16 x D accumulator row `i` (0: row gid, 1: gid + 8) times `mul`
-// into the D-element row at `dst`.
-template <typename T, int D> __device__ __forceinline__ void store_row(T* dst, const float (&acc)[D / 8][4], int i, float mul) {
-    u32* d32 = reinterpret_cast<u32*>(dst);
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) d32[4 * n + threadIdx.x % 4] = pack2<T>(acc[n][2 * i] * mul, acc[n][2 * i + 1] * mul);
-}
-
 // The staging source of key / value rows j0 .. j0 + 63 of head kvh of a [N, Hkv, D] tensor.
 template <typename T, int D> __device__ __forceinline__ auto kv_source(const T* base, u32 start, u32 len, u32 j0, u32 hkv, u32 kvh) {
     return [=](int r) -> const T* { return j0 + r < len ? base + ((u64)(start + j0 + r) * hkv + kvh) * D : nullptr; };
@@ -134,7 +126,7 @@ __device__ void attention_fwd_tc(const T* q, const T* k, const T* v, T* out, flo
     if (qb.empty) return;  // uniform, before any barrier
     const PackedRows& rows = qb.rows;
     const u32 tiles = qb.tiles, len = rows.len;
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, gid = lane / 4, tid4 = lane % 4;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, gid = lane / 4;
     stage_rows<D, CHP>(sq, rows.source<T, D>(q), q);
     stage_kv<T, D, CHP>(k, v, sk, sv, rows, hkv, 0);
     cp_async_commit();
@@ -162,16 +154,7 @@ __device__ void attention_fwd_tc(const T* q, const T* k, const T* v, T* out, flo
         __syncthreads();  // this stage is refilled by the next iteration's copy
     }
 
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        float lt = l[i];
-        lt += __shfl_xor_sync(FULL_MASK, lt, 1);
-        lt += __shfl_xor_sync(FULL_MASK, lt, 2);
-        if (!rows.valid(r0 + 8 * i)) continue;
-        const u64 row = rows.row(r0 + 8 * i);
-        store_row<T, D>(out + row * D, o, i, 1.0f / lt);
-        if (tid4 == 0) lse[row] = m[i] * 0.6931471805599453f + __logf(lt);
-    }
+    store_forward_rows<T, D>(out, lse, o, m, l, rows, r0);
 }
 
 // Backward, dq (and D = dO·out per row, stored for attention_dkdv_tc): the forward's geometry.

@@ -196,7 +196,7 @@ __device__ __forceinline__ void forward(const T* q, T* out, float* lse, const u3
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     asm volatile("bar.sync 1, 256;\n" ::: "memory");
 
-    const int c = warp / 4, gid = lane / 4, tid4 = lane % 4;
+    const int c = warp / 4, gid = lane / 4;
     const int r0 = c * 64 + (warp % 4) * 16 + gid;  // this thread's rows: r0 and r0 + 8
     const u32 last = rows.pos(min(c * 64 + 63, (int)rows.limit - 1));  // the warpgroup's last position
     const float scale2 = scale * 1.4426950408889634f;  // scores in the exp2 domain
@@ -245,19 +245,7 @@ __device__ __forceinline__ void forward(const T* q, T* out, float* lse, const u3
         if (lane == 0) sm90::mbar_arrive(empty(s));  // this warp is done with the stage
     }
 
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        float lt = l[i];
-        lt += __shfl_xor_sync(FULL_MASK, lt, 1);
-        lt += __shfl_xor_sync(FULL_MASK, lt, 2);
-        if (!rows.valid(r0 + 8 * i)) continue;
-        const u64 row = rows.row(r0 + 8 * i);
-        const float inv = 1.0f / lt;
-        u32* d32 = reinterpret_cast<u32*>(out + row * D);
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) d32[4 * n + tid4] = pack2<T>(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
-        if (tid4 == 0) lse[row] = m[i] * 0.6931471805599453f + __logf(lt);
-    }
+    store_forward_rows<T, D>(out, lse, o, m, l, rows, r0);
 }
 
 }  // namespace attn90
