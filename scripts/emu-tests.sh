@@ -15,9 +15,9 @@
 # - Entry coverage: the driver logs every launched kernel entry (DSMOE_EMU_LAUNCH_LOG, one file per
 #   architecture under target/); after the suite, engine/tests/emu_entry_coverage.rs compiles every
 #   module for the architecture and fails with the names of the `.entry`s of its PTX that no test
-#   launched (entries that only trap there, the sm_90a GEMM on sm_80, excepted). On sm_90a the
-#   GEMM test runs once more with DSMOE_GEMM_PATH=sm80, the sm_80 kernels being real code there
-#   too. Skipped when extra arguments select a subset of the tests.
+#   launched (entries that only trap there, the sm_90a GEMM and attention on sm_80, excepted). On
+#   sm_90a the GEMM and attention tests run once more with DSMOE_GEMM_PATH=sm80 and
+#   DSMOE_ATTENTION_PATH=sm80, the sm_80 kernels being real code there too. Skipped when extra arguments select a subset of the tests.
 # Prints the wall time of each architecture's run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +48,8 @@ for arch in "${ARCHS[@]}"; do
         if [ "$arch" = sm_90a ]; then
             # The sm_80 GEMM is real code on Hopper too (DSMOE_GEMM_PATH=sm80 selects it there).
             DSMOE_EMU_ARCH="$arch" DSMOE_EMU_LAUNCH_LOG="$log" DSMOE_GEMM_PATH=sm80 cargo test --workspace --release --test cuda_gemm -- every_form_and_dtype
+            # Likewise the sm_80 attention forward (DSMOE_ATTENTION_PATH=sm80).
+            DSMOE_EMU_ARCH="$arch" DSMOE_EMU_LAUNCH_LOG="$log" DSMOE_ATTENTION_PATH=sm80 cargo test --workspace --release --test cuda_attention -- every_form_and_dtype
         fi
         DSMOE_EMU_ARCH="$arch" DSMOE_EMU_LAUNCH_LOG="$log" cargo test --workspace --release --test emu_entry_coverage -- --ignored --nocapture
     fi

@@ -5,8 +5,10 @@
 //! block and a bit, many blocks) over block tables that are a random permutation of a pool with
 //! spare blocks, with garbage in every table entry past a row's context; contexts spanning many
 //! splits (the split length is 64 at these sizes); GQA groupings 1:1, 3:1, MoA's 8:1 and 12:1
-//! (more heads than one decode block serves, so two blocks read each kv head); head dims 12 (not a
-//! warp multiple), 64, 96 and 128. Every device allocation is poisoned with NaN bytes, so a partial
+//! (more heads than one decode block serves, so two blocks read each kv head); head dims 10 and 12
+//! (not whole 16-byte packs in 16-bit dtypes, and 10 not in f32 either: the element-wise kernel),
+//! 64, 96, 128 (16-byte loads) and 256 (f32: 64 packs, more than a warp's lanes, so element-wise;
+//! 16-bit: 32 packs, one per lane). Every device allocation is poisoned with NaN bytes, so a partial
 //! or output row a kernel forgot fails. Relative error by norm below the dtype's tolerance. Without
 //! a GPU each test prints one `skipped:` line.
 
@@ -25,11 +27,13 @@ struct Case {
     lens: &'static [usize],
 }
 
-const CASES: [Case; 4] = [
+const CASES: [Case; 6] = [
     Case { q_heads: 8, kv_heads: 1, d: 64, block_size: 16, lens: &[700, 1, 33, 250] },
     Case { q_heads: 6, kv_heads: 2, d: 12, block_size: 5, lens: &[17, 1, 20, 130] },
     Case { q_heads: 12, kv_heads: 1, d: 128, block_size: 8, lens: &[65, 300] },
     Case { q_heads: 4, kv_heads: 4, d: 96, block_size: 32, lens: &[96, 200, 3] },
+    Case { q_heads: 3, kv_heads: 1, d: 10, block_size: 7, lens: &[90, 2] },
+    Case { q_heads: 2, kv_heads: 2, d: 256, block_size: 4, lens: &[70, 9] },
 ];
 
 /// A paged layout of `c`: the pools (with two spare blocks), the block table (a permutation of the

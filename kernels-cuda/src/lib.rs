@@ -36,6 +36,7 @@ pub const HEADERS: &[Header] = &[
     Header { name: "gemm_sm80.cuh", source: include_str!("kernels/gemm_sm80.cuh") },
     Header { name: "gemm_epilogue.cuh", source: include_str!("kernels/gemm_epilogue.cuh") },
     Header { name: "gemm_sm90.cuh", source: include_str!("kernels/gemm_sm90.cuh") },
+    Header { name: "attention_rows.cuh", source: include_str!("kernels/attention_rows.cuh") },
 ];
 
 pub const ELEMENTWISE: KernelSource = KernelSource {
@@ -401,6 +402,9 @@ pub const PAGED_ATTENTION: KernelSource = KernelSource {
         "paged_decode_f32",
         "paged_decode_bf16",
         "paged_decode_f16",
+        "paged_decode_f32_v16",
+        "paged_decode_bf16_v16",
+        "paged_decode_f16_v16",
         "paged_combine_f32",
         "paged_combine_bf16",
         "paged_combine_f16",
@@ -412,8 +416,23 @@ pub const PAGED_ATTENTION: KernelSource = KernelSource {
     expect_sass: &[],
 };
 
+pub const ATTENTION_SM90: KernelSource = KernelSource {
+    name: "attention_sm90",
+    source: include_str!("kernels/attention_sm90.cu"),
+    entry_points: &[
+        "attention_fwd90_bf16_d64",
+        "attention_fwd90_bf16_d96",
+        "attention_fwd90_bf16_d128",
+        "attention_fwd90_f16_d64",
+        "attention_fwd90_f16_d96",
+        "attention_fwd90_f16_d128",
+    ],
+    // wgmma (HGMMA) fed by TMA (UTMALDG).
+    expect_sass: &["HGMMA", "UTMALDG"],
+};
+
 /// Every kernel module, for whole-set iteration (compile checks, warm-up).
-pub const ALL: &[KernelSource] = &[ELEMENTWISE, BINARY, REDUCE, SOFTMAX, RMS_NORM, INDEX, TOPK, LAYOUT, ROPE, ADAMW, GEMM, GEMM_SM80, GEMM_SM90, MOE_DENSE, MOE_ROUTE, MOE_SPARSE, MOE_DECODE, ATTENTION, ATTENTION_SM80, PAGED_ATTENTION];
+pub const ALL: &[KernelSource] = &[ELEMENTWISE, BINARY, REDUCE, SOFTMAX, RMS_NORM, INDEX, TOPK, LAYOUT, ROPE, ADAMW, GEMM, GEMM_SM80, GEMM_SM90, MOE_DENSE, MOE_ROUTE, MOE_SPARSE, MOE_DECODE, ATTENTION, ATTENTION_SM80, PAGED_ATTENTION, ATTENTION_SM90];
 
 #[cfg(test)]
 mod tests {

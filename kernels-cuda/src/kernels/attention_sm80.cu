@@ -30,7 +30,7 @@
 // the sequence are zero-filled (cp.async with 0 source bytes), masked scores are −inf, and only
 // valid rows are stored. What it leaves out (FlashAttention-2 does the same, -3 goes further):
 // warp-level skipping of tiles above the diagonal for the block's early rows, a deeper ring, and
-// Hopper's wgmma/TMA.
+// Hopper's wgmma/TMA (attention_sm90.cu has those for the forward on compute capability 9.0).
 //
 // Backward (deterministic, no atomics; P recomputed from the saved lse, no [T, T] tensor), two
 // kernels in stream order, each output element written by one thread in a fixed order:
@@ -42,23 +42,13 @@
 // dk/dv takes its 64 staged query rows in two halves of 32 to stay there.
 
 #include "gemm_sm80.cuh"
+#include "attention_rows.cuh"
 
 using namespace sm80;
 
 #define BR 64
 #define BC 64
 #define FWD_THREADS 128
-
-__device__ __forceinline__ float exp2_approx(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
-// Two floats as one register of two 16-bit values, `lo` in the low half (the lower column).
-template <typename T> __device__ __forceinline__ u32 pack2(float lo, float hi) {
-    return (u32)from_float<T>(lo).bits | ((u32)from_float<T>(hi).bits << 16);
-}
 
 // Copies 64 rows of D elements into a swizzled tile at shared address `dst`; `row_ptr(r)` is the
 // row's source or null (zero-fill).
@@ -114,44 +104,9 @@ template <int N> __device__ __forceinline__ void zero(float (&x)[N][4]) {
     for (int n = 0; n < N; ++n) x[n][0] = x[n][1] = x[n][2] = x[n][3] = 0.0f;
 }
 
-// Stores this thread's share of a 16 x D accumulator row `i` (0: row gid, 1: gid + 8) times `mul`
-// into the D-element row at `dst`.
-template <typename T, int D> __device__ __forceinline__ void store_row(T* dst, const float (&acc)[D / 8][4], int i, float mul) {
-    u32* d32 = reinterpret_cast<u32*>(dst);
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) d32[4 * n + threadIdx.x % 4] = pack2<T>(acc[n][2 * i] * mul, acc[n][2 * i + 1] * mul);
-}
-
-// Rows of a query tile: packed row `first + r` is position (first + r) / G, head kvh·G + (first + r) % G;
-// row r takes part when r < limit and its position is inside the sequence.
-struct PackedRows {
-    u32 g, hq, kvh, start, len, first, limit;
-    __device__ __forceinline__ u32 pos(int r) const { return (first + r) / g; }
-    __device__ __forceinline__ bool valid(int r) const { return (u32)r < limit && pos(r) < len; }
-    // Index of the row in a [N, Hq] tensor (times D for [N, Hq, D]).
-    __device__ __forceinline__ u64 row(int r) const { return (u64)(start + pos(r)) * hq + kvh * g + (first + r) % g; }
-    // The staging source of row r of a [N, Hq, D] tensor, or null.
-    template <typename T, int D> __device__ __forceinline__ auto source(const T* base) const {
-        return [=](int r) -> const T* { return valid(r) ? base + row(r) * D : nullptr; };
-    }
-};
-
 // The staging source of key / value rows j0 .. j0 + 63 of head kvh of a [N, Hkv, D] tensor.
 template <typename T, int D> __device__ __forceinline__ auto kv_source(const T* base, u32 start, u32 len, u32 j0, u32 hkv, u32 kvh) {
     return [=](int r) -> const T* { return j0 + r < len ? base + ((u64)(start + j0 + r) * hkv + kvh) * D : nullptr; };
-}
-
-// A forward / dq block: its packed query rows (64 / G positions x G heads of key/value head
-// blockIdx.y in sequence blockIdx.z) and the key tiles they see; `empty` past the sequence.
-struct QueryBlock {
-    PackedRows rows;
-    u32 tiles;
-    bool empty;
-};
-
-__device__ __forceinline__ QueryBlock query_block(const u32* offsets, u32 hq, u32 hkv) {
-    const u32 g = hq / hkv, ppb = BR / g, start = offsets[blockIdx.z], len = offsets[blockIdx.z + 1] - start, p0 = blockIdx.x * ppb;
-    return QueryBlock{PackedRows{g, hq, blockIdx.y, start, len, p0 * g, ppb * g}, (min(len, p0 + ppb) + BC - 1) / BC, p0 >= len};
 }
 
 // Copies key / value tile `tile` of the rows' head into the tiles at shared addresses kt and vt.
@@ -167,11 +122,11 @@ __device__ void attention_fwd_tc(const T* q, const T* k, const T* v, T* out, flo
     constexpr int NB = D / 8;                  // n8 blocks of O
     extern __shared__ __align__(128) char smem_tc[];
     const u32 sq = smem_addr(smem_tc), sk = sq + TILE, sv = sk + 2 * TILE;
-    const QueryBlock qb = query_block(offsets, hq, hkv);
+    const QueryBlock qb = query_block<BR, BC>(offsets, hq, hkv);
     if (qb.empty) return;  // uniform, before any barrier
     const PackedRows& rows = qb.rows;
     const u32 tiles = qb.tiles, len = rows.len;
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, gid = lane / 4, tid4 = lane % 4;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, gid = lane / 4;
     stage_rows<D, CHP>(sq, rows.source<T, D>(q), q);
     stage_kv<T, D, CHP>(k, v, sk, sv, rows, hkv, 0);
     cp_async_commit();
@@ -193,56 +148,13 @@ __device__ void attention_fwd_tc(const T* q, const T* k, const T* v, T* out, flo
 
         // Mask, online softmax (per row: max over the quad, rescale), P in place of S.
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int n = 0; n < BC / 8; ++n) {
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const u32 key = j0 + 8 * n + 2 * tid4 + e;
-                    float& x = s[n][2 * i + e];
-                    x = key < len && key <= rows.pos(r0 + 8 * i) ? x * scale2 : -INFINITY;
-                    mx = fmaxf(mx, x);
-                }
-            }
-            mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
-            const float m_new = fmaxf(m[i], mx);
-            const float base = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet
-            const float corr = exp2_approx(m[i] - base);
-            m[i] = m_new;
-            float sum = 0.0f;
-#pragma unroll
-            for (int n = 0; n < BC / 8; ++n) {
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    float& x = s[n][2 * i + e];
-                    x = exp2_approx(x - base);
-                    sum += x;
-                }
-            }
-            l[i] = l[i] * corr + sum;
-#pragma unroll
-            for (int n = 0; n < NB; ++n) {
-                o[n][2 * i] *= corr;
-                o[n][2 * i + 1] *= corr;
-            }
-        }
+        for (int i = 0; i < 2; ++i) online_softmax_tile(s, o, m[i], l[i], i, j0, len, rows.pos(r0 + 8 * i), scale2);
 
         mma_pb<T, D, CHP>(o, s, vt);  // O += P V
         __syncthreads();  // this stage is refilled by the next iteration's copy
     }
 
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        float lt = l[i];
-        lt += __shfl_xor_sync(FULL_MASK, lt, 1);
-        lt += __shfl_xor_sync(FULL_MASK, lt, 2);
-        if (!rows.valid(r0 + 8 * i)) continue;
-        const u64 row = rows.row(r0 + 8 * i);
-        store_row<T, D>(out + row * D, o, i, 1.0f / lt);
-        if (tid4 == 0) lse[row] = m[i] * 0.6931471805599453f + __logf(lt);
-    }
+    store_forward_rows<T, D>(out, lse, o, m, l, rows, r0);
 }
 
 // Backward, dq (and D = dO·out per row, stored for attention_dkdv_tc): the forward's geometry.
@@ -255,7 +167,7 @@ __device__ void attention_dq_tc(const T* q, const T* k, const T* v, const T* out
     extern __shared__ __align__(128) char smem_tc[];
     float* delta_s = reinterpret_cast<float*>(smem_tc + 6 * TILE);  // [BR] after the six tiles
     const u32 sq = smem_addr(smem_tc), sdo = sq + TILE, sk = sdo + TILE, sv = sk + 2 * TILE;
-    const QueryBlock qb = query_block(offsets, hq, hkv);
+    const QueryBlock qb = query_block<BR, BC>(offsets, hq, hkv);
     if (qb.empty) return;  // uniform, before any barrier
     const PackedRows& rows = qb.rows;
     const u32 tiles = qb.tiles, len = rows.len;

@@ -11,15 +11,19 @@
 // - paged_decode: one block per (split s, key/value head, row b), `split` positions per split. The
 //   block stages the scaled query rows of (up to GMAX) query heads of its key/value head in shared
 //   memory, then
-//   1. scores: warp w takes positions s0 + w, s0 + w + warps, ...; its lanes stride over the head
-//      dim of the key row (one coalesced read of the row per warp), accumulate the dot products
-//      with ALL the block's query heads at once, and reduce them across the warp; the split's
-//      scores [GMAX, split] stay in shared memory;
+//   1. scores: a key row is read in chunks of VEC elements (16 bytes: 8 bf16 / f16 or 4 f32 per
+//      load, or single elements when the head dim is not a multiple of that) by lp lanes, lp the
+//      row's chunk count rounded up to a power of two (at most a warp), so one warp reads 32 / lp
+//      rows at once (d = 128 bf16: 16 lanes per row, two rows per warp). Each lane accumulates the
+//      dot products of its chunks with ALL the block's query heads at once (with 16-byte chunks it
+//      holds its chunk of the query rows in registers), then the row's lanes reduce them by
+//      shuffles; the split's scores [GMAX, split] stay in shared memory;
 //   2. statistics: per head, the split's max m and the sum l of exp(s − m), the scores replaced by
 //      those exponentials;
-//   3. values: thread (x, slice) accumulates, for every query head, Σ_p exp(s_p − m) v[p, x] over
-//      the positions p ≡ slice (mod slices), one coalesced read of each value row serving all
-//      heads; slices are summed in a fixed order.
+//   3. values: thread (chunk, slice) accumulates, for every query head, Σ_p exp(s_p − m) v[p, chunk]
+//      over the positions p ≡ slice (mod slices), one 16-byte read of each value chunk serving all
+//      heads; the slices' sums then overwrite the scores in shared memory and each output element
+//      is summed over the slices in a fixed order.
 //   It writes the unnormalised partial output and (m, l) per (row, head, split).
 // - paged_combine: one block per (query head, row): M = max_s m_s, L = Σ_s l_s e^(m_s − M),
 //   out = Σ_s acc_s e^(m_s − M) / L, over the row's ceil(len / split) splits in order.
@@ -35,9 +39,10 @@
 // are about 1024 (row, kv head, split) blocks over the whole capacity).
 //
 // Tradeoffs. CUDA cores, not tensor cores: with one query row per sequence the products are
-// matrix-vector (G rows at most), so mma tiles would be mostly padding. Loads are element-wise
-// (coalesced across the warp, not 16-byte vectors): simple for any head dim and alignment, at the
-// cost of more load instructions. The host does not know the lengths (no sync), so the grid covers
+// matrix-vector (G rows at most), so mma tiles would be mostly padding. 16-byte loads need the head
+// dim to be a multiple of 8 (16-bit) or 4 (f32) elements, at most 32 chunks (so a lane owns one
+// chunk) and 16-byte-aligned pools; otherwise the element-wise variant (same code, VEC = 1, query
+// rows from shared memory) runs. The host does not know the lengths (no sync), so the grid covers
 // every row's capacity and blocks past a row's length exit at once; the partial buffers are sized
 // for the capacity too. A row whose length is 0 or above the capacity, or whose table names a
 // block >= num_blocks, gets NaN output (the CPU backend reports those as errors; here reporting
@@ -51,7 +56,22 @@
 // Query heads one decode block serves (register accumulators per thread).
 #define GMAX 8
 
-template <typename T>
+// Loads elements x .. x + VEC - 1 of row `r` as floats: one 16-byte load when VEC is a Pack<T>,
+// else one element.
+template <typename T, int VEC> __device__ __forceinline__ void load_chunk(const T* r, u32 x, float (&out)[VEC]) {
+    if constexpr (VEC == 1) {
+        out[0] = to_float(r[x]);
+    } else {
+        static_assert(VEC == Pack<T>::N, "a chunk is one element or one 16-byte pack");
+        const Pack<T> pk = *reinterpret_cast<const Pack<T>*>(r + x);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) out[i] = to_float(pk.v[i]);
+    }
+}
+
+// VEC: elements per load (module header: 16-byte packs, or 1 when the head dim is not a multiple
+// of a pack). LP: lanes per key row in the score pass (a power of two, <= WARP).
+template <typename T, int VEC>
 __device__ void paged_decode(const T* q, const T* k, const T* v, const u32* table, const u32* lens, float* part_acc, float* part_stat, u32 hq, u32 hkv, u32 d, u32 num_blocks,
                              u32 block_size, u32 max_blocks, u32 split, u32 splits, float scale) {
     extern __shared__ float smem[];
@@ -64,36 +84,56 @@ __device__ void paged_decode(const T* q, const T* k, const T* v, const u32* tabl
     if (len == 0 || len > max_blocks * block_size || s0 >= len) return;
     const u32 n = min(len - s0, split);
     const u32 t = threadIdx.x, lane = t % WARP, warp = t / WARP, warps = blockDim.x / WARP;
+    const u32 ch = d / VEC;                                   // chunks of a row
+    const u32 lp = min((u32)WARP, 1u << (32 - __clz(ch - 1)));  // lanes per key row: ch rounded up to a power of two
     float* qs = smem;                   // [GMAX, d] scaled query rows
-    float* sc = qs + GMAX * d;          // [GMAX, split] scores, then exp(s - m)
-    float* red = sc + GMAX * split;     // [slices - 1, GMAX, d] the other value slices' sums
+    float* sc = qs + GMAX * d;          // [GMAX, split] scores, then exp(s - m); then the value slices' sums
     const u32* row_table = table + (u64)b * max_blocks;
     const u64 row_len = (u64)hkv * d;
     if (t == 0) bad_block = 0;
     for (u32 e = t; e < gn * d; e += blockDim.x) qs[e] = scale * to_float(q[((u64)b * hq + h0) * d + e]);
     __syncthreads();
 
-    // 1. Scores: one warp per position, lanes over the head dim, all heads per key read.
-    for (u32 j = warp; j < n; j += warps) {
-        const u32 p = s0 + j, blk = row_table[p / block_size];
+    // 1. Scores: each warp takes WARP / lp positions at a time, lp lanes per key row striding over
+    //    its chunks; all heads per key read, then a reduction over the row's lanes.
+    const u32 rows_per_pass = WARP / lp, sub = lane % lp;
+    // With 16-byte chunks a lane owns one chunk of every key row (ch <= WARP, checked by the
+    // host), so it keeps that chunk of the query rows in registers: shared memory could not feed
+    // the products as fast as DRAM feeds the keys.
+    float qr[GMAX][VEC];
+    if constexpr (VEC > 1) {
+#pragma unroll
+        for (u32 g = 0; g < GMAX; ++g)
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) qr[g][i] = g < gn && sub < ch ? qs[g * d + sub * VEC + i] : 0.0f;
+    }
+    for (u32 j0 = warp * rows_per_pass; j0 < n; j0 += warps * rows_per_pass) {  // uniform over the warp
+        const u32 j = j0 + lane / lp;
         float dot[GMAX];
 #pragma unroll
         for (u32 g = 0; g < GMAX; ++g) dot[g] = 0.0f;
-        if (blk < num_blocks) {
-            const T* kr = k + ((u64)blk * block_size + p % block_size) * row_len + (u64)kvh * d;
-            for (u32 x = lane; x < d; x += WARP) {
-                const float kx = to_float(kr[x]);
+        if (j < n) {
+            const u32 p = s0 + j, blk = row_table[p / block_size];
+            if (blk < num_blocks) {
+                const T* kr = k + ((u64)blk * block_size + p % block_size) * row_len + (u64)kvh * d;
+                for (u32 c = sub; c < ch; c += lp) {
+                    float kx[VEC];
+                    load_chunk<T, VEC>(kr, c * VEC, kx);
 #pragma unroll
-                for (u32 g = 0; g < GMAX; ++g)
-                    if (g < gn) dot[g] += qs[g * d + x] * kx;
+                    for (u32 g = 0; g < GMAX; ++g)
+                        if (g < gn) {
+#pragma unroll
+                            for (int i = 0; i < VEC; ++i) dot[g] += (VEC > 1 ? qr[g][i] : qs[g * d + c * VEC + i]) * kx[i];
+                        }
+                }
+            } else if (sub == 0) {
+                bad_block = 1;
             }
-        } else if (lane == 0) {
-            bad_block = 1;
         }
 #pragma unroll
         for (u32 g = 0; g < GMAX; ++g) {
-            const float sum = warp_reduce(dot[g], [](float a, float c) { return a + c; });
-            if (g < gn && lane == 0) sc[g * split + j] = sum;
+            for (u32 o = lp / 2; o > 0; o >>= 1) dot[g] += __shfl_xor_sync(FULL_MASK, dot[g], o);
+            if (g < gn && j < n && sub == 0) sc[g * split + j] = dot[g];
         }
     }
     __syncthreads();
@@ -122,33 +162,42 @@ __device__ void paged_decode(const T* q, const T* k, const T* v, const u32* tabl
     }
     __syncthreads();
 
-    // 3. Values: thread (x, slice) over positions slice, slice + slices, ...; all heads per read.
-    const u32 slices = blockDim.x / d, x = t % d, slice = t / d;
-    float acc[GMAX];
+    // 3. Values: thread (chunk c, slice) over positions slice, slice + slices, ...; all heads per
+    //    read. The slices' sums then replace the scores in shared memory ([slices, GMAX, d]) and
+    //    each output element is summed over the slices in order.
+    const u32 slices = blockDim.x / ch, c = t % ch, slice = t / ch;
+    float acc[GMAX][VEC];
 #pragma unroll
-    for (u32 g = 0; g < GMAX; ++g) acc[g] = 0.0f;
+    for (u32 g = 0; g < GMAX; ++g)
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) acc[g][i] = 0.0f;
     if (slice < slices) {
         for (u32 j = slice; j < n; j += slices) {
             const u32 p = s0 + j, blk = row_table[p / block_size];
-            const float vx = to_float(v[((u64)blk * block_size + p % block_size) * row_len + (u64)kvh * d + x]);
+            float vx[VEC];
+            load_chunk<T, VEC>(v + ((u64)blk * block_size + p % block_size) * row_len + (u64)kvh * d, c * VEC, vx);
 #pragma unroll
             for (u32 g = 0; g < GMAX; ++g)
-                if (g < gn) acc[g] += sc[g * split + j] * vx;
-        }
-        if (slice > 0) {
+                if (g < gn) {
+                    const float e = sc[g * split + j];
 #pragma unroll
-            for (u32 g = 0; g < GMAX; ++g) red[((slice - 1) * GMAX + g) * d + x] = acc[g];
+                    for (int i = 0; i < VEC; ++i) acc[g][i] += e * vx[i];
+                }
         }
     }
-    __syncthreads();
-    if (slice == 0) {
-        for (u32 sl = 1; sl < slices; ++sl) {
-#pragma unroll
-            for (u32 g = 0; g < GMAX; ++g) acc[g] += red[((sl - 1) * GMAX + g) * d + x];
-        }
+    __syncthreads();  // every score read: the sums may overwrite them
+    float* red = sc;
+    if (slice < slices) {
 #pragma unroll
         for (u32 g = 0; g < GMAX; ++g)
-            if (g < gn) part_acc[(((u64)b * hq + h0 + g) * splits + s) * d + x] = acc[g];
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) red[(slice * GMAX + g) * d + c * VEC + i] = acc[g][i];
+    }
+    __syncthreads();
+    for (u32 e = t; e < gn * d; e += blockDim.x) {
+        float sum = 0.0f;
+        for (u32 sl = 0; sl < slices; ++sl) sum += red[sl * GMAX * d + e];
+        part_acc[(((u64)b * hq + h0 + e / d) * splits + s) * d + e % d] = sum;
     }
 }
 
@@ -190,12 +239,15 @@ template <typename W> __device__ void paged_write_rows(const W* src, const u32* 
     }
 }
 
-#define DECODE_ENTRIES(NAME, T)                                                                                                         \
+#define DECODE_ENTRY(NAME, T, VEC)                                                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                                                                   \
         paged_decode_##NAME(const T* q, const T* k, const T* v, const u32* table, const u32* lens, float* part_acc, float* part_stat, u32 hq, \
                             u32 hkv, u32 d, u32 num_blocks, u32 block_size, u32 max_blocks, u32 split, u32 splits, float scale) {         \
-        paged_decode<T>(q, k, v, table, lens, part_acc, part_stat, hq, hkv, d, num_blocks, block_size, max_blocks, split, splits, scale); \
-    }                                                                                                                                   \
+        paged_decode<T, VEC>(q, k, v, table, lens, part_acc, part_stat, hq, hkv, d, num_blocks, block_size, max_blocks, split, splits, scale); \
+    }
+#define DECODE_ENTRIES(NAME, T)                                                                                                         \
+    DECODE_ENTRY(NAME, T, 1)                                                                                                            \
+    DECODE_ENTRY(NAME##_v16, T, Pack<T>::N)                                                                                             \
     extern "C" __global__ void __launch_bounds__(128) paged_combine_##NAME(const float* part_acc, const float* part_stat, const u32* lens, \
                                                                            T* out, u32 hq, u32 d, u32 capacity, u32 split, u32 splits) { \
         paged_combine<T>(part_acc, part_stat, lens, out, hq, d, capacity, split, splits);                                               \

@@ -2,9 +2,14 @@
 //! and 128, else on CUDA cores (attention.cu). Either way the forward, then for the backward a dq
 //! kernel (which also stores D = dO·out per row) followed by a dk/dv kernel, in stream order. The kernel files' headers have the algorithms; here: the kernel variant for the dtype and
 //! head dim, the grids, the sequence offsets copied to the device.
+//!
+//! On compute capability 9.0 the tensor-core forward is attention_sm90.cu (wgmma + TMA, built for
+//! sm_90a; the backward stays on attention_sm80.cu). `DSMOE_ATTENTION_PATH=sm80` forces the sm_80
+//! forward there too: to compare the two, or to rule one out when a result looks wrong.
 
-use kernels_cuda::{ATTENTION, ATTENTION_SM80};
+use kernels_cuda::{ATTENTION, ATTENTION_SM80, ATTENTION_SM90};
 
+use super::gemm::{tensor_map, TensorMap};
 use super::{float_suffix, nbytes};
 use crate::backend::AttentionDims;
 use crate::cuda::launch::{kernel_args, launch_with_smem, Grid};
@@ -40,6 +45,50 @@ fn tensor_core_variant(dev: &CudaDevice, dtype: DType, dims: &AttentionDims) -> 
     };
     let fits = matches!(dims.head_dim, 64 | 96 | 128) && dims.group() <= TC_ROWS && dev.info.compute_capability.0 >= 8;
     fits.then(|| format!("{sfx}_d{}", dims.head_dim))
+}
+
+/// Query rows and threads of a block of the Hopper forward (attention_sm90.cu's ROWS; two
+/// consumer warpgroups and a producer warp).
+const SM90_ROWS: usize = 128;
+const SM90_THREADS: u32 = 288;
+/// Keys per tile of the Hopper forward (its KEYS).
+const SM90_KEYS: usize = 64;
+
+/// Whether the tensor-core forward runs as attention_sm90.cu: on compute capability 9.0 unless
+/// `DSMOE_ATTENTION_PATH=sm80`.
+fn hopper_forward(dev: &CudaDevice) -> bool {
+    dev.info.compute_capability == (9, 0) && !std::env::var("DSMOE_ATTENTION_PATH").is_ok_and(|p| p == "sm80")
+}
+
+/// attention_sm90.cu's shared memory (its Plan::SMEM): the Q tile of 128 rows and two stages of a
+/// K and a V tile of 64 rows, each row the head dim in 64-element (128-byte) chunks, two barriers
+/// per stage, 1 KiB of alignment slack.
+fn sm90_smem(dims: &AttentionDims) -> u32 {
+    let chunk_rows = dims.head_dim.div_ceil(64) * 128;
+    (chunk_rows * (SM90_ROWS + 2 * 2 * SM90_KEYS) + 2 * 2 * 8 + 1024) as u32
+}
+
+/// The Hopper forward: tensor maps over k and v ([N, Hkv, D] as a 3-D tensor, boxes of 64 columns
+/// x 1 head x 64 keys), one block per (query tile of 128 / G positions x G heads, key/value head,
+/// sequence).
+#[allow(clippy::too_many_arguments)]
+fn forward_sm90(q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, out: &CudaStorage, lse: &CudaStorage, p: &Plan, dims: &AttentionDims, variant: &str, cost: Cost) -> Result<()> {
+    let dev = q.dev();
+    let (d, hkv, tokens) = (dims.head_dim as u64, dims.kv_heads as u64, dims.tokens as u64);
+    let elem = q.dtype().size_in_bytes() as u64;
+    let map = |x: &CudaStorage| tensor_map(x.ptr(), q.dtype(), &[d, hkv, tokens], &[d * elem, hkv * d * elem], &[64, 1, 64]).map(TensorMap);
+    let (map_k, map_v) = (map(k)?, map(v)?);
+    let grid = Grid { grid: (p.max_len.div_ceil(SM90_ROWS / dims.group()) as u32, hkv as u32, p.seqs), block: (SM90_THREADS, 1, 1) };
+    let (qp, op, lp, offp) = (q.ptr(), out.ptr(), lse.ptr(), p.offsets.ptr());
+    let (hq, hkv, scale) = (dims.q_heads as u32, hkv as u32, dims.scale as f32);
+    // SAFETY: attention_fwd90_<T>_d<D>(const T* q, T* out, float* lse, const u32* offsets, u32 hq,
+    // u32 hkv, float scale, TensorMap map_k, TensorMap map_v) (maps 64-byte aligned, by value);
+    // shapes as for the sm_80 forward (d = D exactly, G ≤ 64, so ppb = 128 / G ≥ 2); the maps
+    // describe k and v, [N, hkv, D] of q's dtype, whose row strides (2·D bytes) are multiples of
+    // 16; smem as sm90_smem, which the kernel's plan matches.
+    unsafe {
+        launch_with_smem(dev, &ATTENTION_SM90, &format!("attention_fwd90_{variant}"), grid, sm90_smem(dims), &mut kernel_args![&qp, &op, &lp, &offp, &hq, &hkv, &scale, &map_k, &map_v], cost)
+    }
 }
 
 /// One tensor-core block per (query tile of 64 / G positions x G heads, key/value head, sequence).
@@ -126,6 +175,10 @@ pub(crate) fn forward(q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, seq_off
     let (hq, hkv, d, ppb, scale) = (dims.q_heads as u32, dims.kv_heads as u32, dims.head_dim as u32, p.ppb as u32, dims.scale as f32);
     let cost = Cost { bytes: nbytes(2 * q.len() + 2 * k.len(), q.dtype()) + 4 * lse.len() as u64, flops: p.flops(seq_offsets, dims) };
     if let Some(variant) = tensor_core_variant(dev, q.dtype(), dims) {
+        if hopper_forward(dev) {
+            forward_sm90(q, k, v, &out, &lse, &p, dims, &variant, cost)?;
+            return Ok((out, lse));
+        }
         let (grid, smem) = (tc_query_grid(&p, dims), tc_smem(5, 0, dims));
         // SAFETY: attention_fwd_tc_<T>_d<D>(const T* q, const T* k, const T* v, T* out, float* lse,
         // const u32* offsets, u32 hq, u32 hkv, float scale); shapes as below with d = D exactly and

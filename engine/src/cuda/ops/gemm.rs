@@ -212,7 +212,7 @@ fn entry(path: Path, form: GemmForm, input: DType, out: DType, op: &'static str)
 /// Builds a 2-D or 3-D row-major tensor map: `dims` innermost first, `strides_bytes` for dims 1..,
 /// `box_dims` innermost first; 128-byte swizzle, out-of-bounds reads as zero. The driver wants
 /// every stride a multiple of 16 bytes and every extent non-zero.
-fn tensor_map(ptr: u64, dtype: DType, dims: &[u64], strides_bytes: &[u64], box_dims: &[u32]) -> Result<[u64; 16]> {
+pub(crate) fn tensor_map(ptr: u64, dtype: DType, dims: &[u64], strides_bytes: &[u64], box_dims: &[u32]) -> Result<[u64; 16]> {
     let data_type = if dtype == DType::BF16 {
         sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
     } else {
@@ -245,7 +245,7 @@ fn tensor_map(ptr: u64, dtype: DType, dims: &[u64], strides_bytes: &[u64], box_d
 
 /// A 64-byte-aligned tensor map, as the kernel parameter wants it.
 #[repr(C, align(64))]
-struct TensorMap([u64; 16]);
+pub(crate) struct TensorMap(pub(crate) [u64; 16]);
 
 /// Launches one (possibly grouped) GEMM. `a`, `b` are device addresses of `input` dtype laid out
 /// as `ops` says; `groups` None is one group over all of m and k.

@@ -61,9 +61,15 @@ pub(crate) fn paged_attention(
     }
     let part_acc = CudaStorage::uninit(dev, DType::F32, d.batch * d.q_heads * splits * dh)?;
     let part_stat = CudaStorage::uninit(dev, DType::F32, d.batch * d.q_heads * splits * 2)?;
-    let threads = dh.next_multiple_of(32).max(128);
-    let slices = threads / dh;
-    let smem = (4 * GMAX * (dh + split + slices.saturating_sub(1) * dh)) as u32;
+    // 16-byte loads (paged_attention.cu's VEC) when the head dim is whole packs, at most 32 of
+    // them (one per lane), and the pools are 16-byte aligned (so is every row then).
+    let pack = 16 / q.dtype().size_in_bytes();
+    let vectorised = dh % pack == 0 && dh / pack <= 32 && k.ptr() % 16 == 0 && v.ptr() % 16 == 0;
+    let (entry, chunks_per_row) = if vectorised { (format!("paged_decode_{sfx}_v16"), dh / pack) } else { (format!("paged_decode_{sfx}"), dh) };
+    let threads = chunks_per_row.next_multiple_of(32).max(128);
+    let slices = threads / chunks_per_row;
+    // Query rows, then the scores, which the value slices' sums overwrite at the end.
+    let smem = (4 * GMAX * (dh + split.max(slices * dh))) as u32;
     let (qp, kp, vp, tp, lp, ap, sp, op) = (q.ptr(), k.ptr(), v.ptr(), table.ptr(), lens.ptr(), part_acc.ptr(), part_stat.ptr(), out.ptr());
     let (hq, hkv, dd, nb, bs, mb, spl, nspl, scale) = (d.q_heads as u32, d.kv_heads as u32, dh as u32, d.num_blocks as u32, d.block_size as u32, d.max_blocks as u32, split as u32, splits as u32, d.scale as f32);
     // The host does not know the lengths: the cost assumes every row uses its whole capacity.
@@ -71,15 +77,16 @@ pub(crate) fn paged_attention(
     let partial_bytes = nbytes(part_acc.len() + part_stat.len(), DType::F32);
     let cost = Cost { bytes: cache_bytes + partial_bytes + nbytes(2 * q.len(), q.dtype()), flops: (4 * d.batch * capacity * d.q_heads * dh) as u64 };
     let grid = Grid { grid: (splits as u32, ys as u32, d.batch as u32), block: (threads as u32, 1, 1) };
-    // SAFETY: paged_decode_<T>(const T* q, const T* k, const T* v, const u32* table, const u32* lens,
+    // SAFETY: paged_decode_<T>[_v16](const T* q, const T* k, const T* v, const u32* table, const u32* lens,
     // float* part_acc, float* part_stat, u32 hq, u32 hkv, u32 d, u32 num_blocks, u32 block_size,
     // u32 max_blocks, u32 split, u32 splits, float scale); sizes checked above (q B·hq·d, pools
     // num_blocks·block_size·hkv·d, table B·max_blocks, lens B; partials B·hq·splits·d and ·2 f32).
     // The kernel reads only positions below a row's length when that length is within capacity
-    // and only blocks < num_blocks; d ≤ threads ≤ 256 (its launch bound); smem holds GMAX query
-    // rows, GMAX·split scores and (slices − 1)·GMAX·d slice sums.
+    // and only blocks < num_blocks; the row's chunks ≤ threads ≤ 256 (its launch bound); the
+    // _v16 variant only with 16-byte-aligned pools, whole packs and at most 32 of them per row;
+    // smem holds GMAX query rows, then GMAX·split scores or slices·GMAX·d slice sums.
     unsafe {
-        launch_with_smem(dev, &PAGED_ATTENTION, &format!("paged_decode_{sfx}"), grid, smem, &mut kernel_args![&qp, &kp, &vp, &tp, &lp, &ap, &sp, &hq, &hkv, &dd, &nb, &bs, &mb, &spl, &nspl, &scale], cost)?
+        launch_with_smem(dev, &PAGED_ATTENTION, &entry, grid, smem, &mut kernel_args![&qp, &kp, &vp, &tp, &lp, &ap, &sp, &hq, &hkv, &dd, &nb, &bs, &mb, &spl, &nspl, &scale], cost)?
     };
     let cap = capacity as u32;
     let grid = Grid { grid: (hq, d.batch as u32, 1), block: (128, 1, 1) };
