@@ -250,14 +250,18 @@ fn print_table(a: &BenchInferenceArgs, subjects: &[Subject], rows: &[Row], proto
             let rate = bytes * figure(Protocol::Output, &m[r][p]).0 / 1e9;
             let base_bytes = weight_bytes_per_token(&subjects[rows[0].subject].weights, m[0][p].active);
             let speedup = figure(Protocol::Output, &m[r][p]).0 / figure(Protocol::Output, &m[0][p]).0;
+            let (fraction, ratio) = (rate / copy, base_bytes / bytes);
+            let verdict = |met: bool| if met { "met" } else { "NOT met" };
+            let speed_verdict = if r == 0 { String::new() } else { format!(" (>= 0.9x: {})", verdict(speedup >= 0.9 * ratio)) };
             println!(
-                "  {:<30} {:<28} {:>8.1} MB/token  {:>6.1} GB/s ({:>3.0}% of copy)  speedup {speedup:.2}x vs bytes ratio {:.2}x",
+                "  {:<30} {:<28} {:>8.1} MB/token  {:>6.1} GB/s ({:>3.0}% of copy, >= 70%: {})  speedup {speedup:.2}x vs bytes ratio {ratio:.2}x = {:.2}{speed_verdict}",
                 s.name,
                 row.label,
                 bytes / 1e6,
                 rate,
-                100.0 * rate / copy,
-                base_bytes / bytes
+                100.0 * fraction,
+                verdict(fraction >= 0.7),
+                speedup / ratio,
             );
         }
     }
