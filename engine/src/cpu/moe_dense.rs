@@ -1,7 +1,8 @@
 //! The dense-training MoE MLP on the CPU: the reference for kernels-cuda's moe_dense.cu, and the path
 //! CPU training takes.
 //!
-//! Forward: `u = x·W1ᵀ` (one product of width E·f), then one pass per row writes
+//! Forward: `u = x·W1ᵀ` (one product of width E·f; for a few tokens, as in decode, the skinny
+//! products that read the weights in place instead of widening them), then one pass per row writes
 //! `g[t, j] = p[t, e]·gelu(u[t, j])` for the columns j of each expert e, then `y = g·W2` (one
 //! product reducing over E·f). Backward from dy: `dG = dy·W2ᵀ`, then one pass per row turns dG in
 //! place into `dU = dG·p·gelu'(u)` while summing `dp[t, e] = Σ_{j ∈ e} dG·gelu(u)`, then three
@@ -19,6 +20,7 @@ use super::elem::{with_float, Acc, Elem, Float};
 use super::elementwise::gelu_and_grad;
 use super::matmul::product;
 use super::par::worth_it;
+use super::skinny;
 use crate::backend::MoeDenseDims;
 use crate::{CpuStorage, Error, Result};
 
@@ -69,9 +71,16 @@ fn check_lengths(dims: &MoeDenseDims, operands: &[(&str, usize, usize)]) -> Resu
 fn forward_typed<T: Float>(x: &[T], w1: &[T], w2: &[T], p: &[T], dims: &MoeDenseDims) -> (Vec<T>, Vec<T>, Vec<T>) {
     let &MoeDenseDims { tokens, d, experts, width } = dims;
     let h = dims.hidden();
-    let (x, w1, w2, p) = (T::widen_slice(x), T::widen_slice(w1), T::widen_slice(w2), T::widen_slice(p));
-    let mut u = vec![T::Acc::zero(); tokens * h];
-    product(&mut u, &x, &w1, tokens, h, d, false, true);
+    let (x, p) = (T::widen_slice(x), T::widen_slice(p));
+    // A few tokens (decode) read the weights in place; more widen them once for the blocked GEMM.
+    let few = tokens <= skinny::MAX_ROWS;
+    let u = if few {
+        skinny::product(&x, w1, tokens, h, d, true)
+    } else {
+        let mut u = vec![T::Acc::zero(); tokens * h];
+        product(&mut u, &x, &T::widen_slice(w1), tokens, h, d, false, true);
+        u
+    };
     let mut g = vec![T::Acc::zero(); tokens * h];
     for_each_row(&mut g, &mut [], h, 0, |t, g_row, _| {
         let u_row = &u[t * h..(t + 1) * h];
@@ -81,8 +90,13 @@ fn forward_typed<T: Float>(x: &[T], w1: &[T], w2: &[T], p: &[T], dims: &MoeDense
         }
     });
     let g = T::narrow_vec(g);
-    let mut y = vec![T::Acc::zero(); tokens * d];
-    product(&mut y, &T::widen_slice(&g), &w2, tokens, d, h, false, false);
+    let y = if few {
+        skinny::product(&T::widen_slice(&g), w2, tokens, d, h, false)
+    } else {
+        let mut y = vec![T::Acc::zero(); tokens * d];
+        product(&mut y, &T::widen_slice(&g), &T::widen_slice(w2), tokens, d, h, false, false);
+        y
+    };
     (T::narrow_vec(y), T::narrow_vec(u), g)
 }
 

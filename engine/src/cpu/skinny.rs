@@ -2,74 +2,213 @@
 //! matrix, in its own dtype, converting each element to the arithmetic type as it is loaded. A
 //! blocked GEMM would first pack (and for bf16 / f16 widen) the whole right-hand matrix, which for
 //! one row costs more memory traffic than the product itself; here every weight byte is read
-//! once per call and nothing the size of the weights is written.
+//! once per call and nothing the size of the weights is written. Decode is bound by how fast the
+//! weights stream from memory, so both layouts are arranged to read b front to back in long
+//! contiguous runs (the hardware prefetchers follow a run within a 4 KiB page and restart at each
+//! jump), spread over the threads.
 //!
-//! - `b` stored `[n, k]` (x·Wᵀ): output j is a dot product of a's rows with row j of b; eight
-//!   independent partial sums per dot let the compiler vectorise without reassociating.
-//! - `b` stored `[k, n]` (x·W): a block of output columns accumulates `a[i, p]·b[p, block]` row by
-//!   row of b (an axpy over contiguous memory).
-//! Both split the output columns over threads when the product is large enough.
+//! - `b` stored `[n, k]` (x·Wᵀ): output j is a dot product of a's rows with row j of b, a
+//!   contiguous run of k elements; 16 independent lane sums per dot let the compiler vectorise
+//!   without reassociating. Threads split the output columns (`COLS` rows of b per task).
+//! - `b` stored `[k, n]` (x·W): output row i is Σ_p a[i, p]·b[p, :], an axpy of whole rows of b.
+//!   Splitting the output columns instead would read each row of b in short pieces with a stride
+//!   of n between them, which the prefetchers do not follow (that layout ran about 3x slower than
+//!   the `[n, k]` one). So the reduction over k is split: each task owns a slice of `K_SLICE`
+//!   rows of b (and a block of `WIDTH` columns when n is wide), accumulates its partial sums of the
+//!   output, and the partials are added slice by slice in a fixed order. The slices depend only on
+//!   k, never on the thread count, so the result is bit-identical with one thread or many.
+//!
+//! The inner loops are compiled for AVX-512F, AVX2 + FMA and the baseline, picked at run time per
+//! task (`simd_dispatch`), like the loops of simd.rs.
 
 use super::elem::prelude::*;
 use super::elem::Float;
 use super::par::{chunks, worth_it};
 
+/// Runs a kernel compiled for the widest SIMD the CPU has (the inner loops are `#[inline(always)]`
+/// so each copy vectorises for its own target).
+macro_rules! simd_dispatch {
+    ($kernel:ident::<$t:ty>($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F, checked just above.
+                unsafe { wide::avx512::$kernel::<$t>($($arg),*) }
+            } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has AVX2 and FMA, checked just above.
+                unsafe { wide::avx2::$kernel::<$t>($($arg),*) }
+            } else {
+                $kernel::<$t>($($arg),*)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $kernel::<$t>($($arg),*)
+        }
+    }};
+}
+
 /// Rows up to which products take this path.
 pub(super) const MAX_ROWS: usize = 4;
 
-/// Output columns per task: a block of accumulators stays in L1 for every row.
+/// `[n, k]`: output columns (rows of b) per task.
 const COLS: usize = 256;
+
+/// `[k, n]`: rows of b per slice of the reduction. A partial costs m·n accumulators written and
+/// read back once per slice, against `K_SLICE`·n weights read: under 1 % of the traffic for bf16.
+const K_SLICE: usize = 256;
+
+/// `[k, n]`: output columns per task; a task's partial (m·`WIDTH` accumulators) stays in L1 and
+/// its pieces of b's rows are whole 4 KiB pages of bf16.
+const WIDTH: usize = 2048;
+
+/// Lane sums per dot product.
+const LANES: usize = 16;
 
 /// `a (m x k, arithmetic type) · op(b)` where b is `[n, k]` when `b_transposed`, else `[k, n]`;
 /// returns the m x n result in the arithmetic type, row-major.
 pub(super) fn product<T: Float>(a: &[T::Acc], b: &[T], m: usize, n: usize, k: usize, b_transposed: bool) -> Vec<T::Acc> {
-    // Computed column-block-major ([block][row][col]) so each task owns one contiguous chunk.
+    if b_transposed {
+        by_columns::<T>(a, b, m, n, k)
+    } else {
+        by_k_slices::<T>(a, b, m, n, k)
+    }
+}
+
+/// x·Wᵀ: tasks own blocks of output columns, computed block-major ([block][row][col]) so each
+/// task writes one contiguous chunk, then transposed back to row-major when m > 1.
+fn by_columns<T: Float>(a: &[T::Acc], b: &[T], m: usize, n: usize, k: usize) -> Vec<T::Acc> {
     let mut blocked = vec![T::Acc::zero(); m * n];
-    let parallel = worth_it(m * n * k / 8);
-    chunks(&mut blocked, m * COLS, parallel, |blk, out| {
-        let (j0, width) = (blk * COLS, out.len() / m);
-        if b_transposed {
-            for (jj, j) in (j0..j0 + width).enumerate() {
-                let row = &b[j * k..(j + 1) * k];
-                for i in 0..m {
-                    out[i * width + jj] = dot::<T>(&a[i * k..(i + 1) * k], row);
-                }
-            }
-        } else {
-            for p in 0..k {
-                let row = &b[p * n + j0..p * n + j0 + width];
-                for i in 0..m {
-                    let ai = a[i * k + p];
-                    for (o, v) in out[i * width..(i + 1) * width].iter_mut().zip(row) {
-                        *o += ai * v.widen();
-                    }
-                }
-            }
+    chunks(&mut blocked, m * COLS, worth_it(m * n * k / 8), |blk, out| {
+        let j0 = blk * COLS;
+        let width = out.len() / m;
+        simd_dispatch!(dots::<T>(a, &b[j0 * k..(j0 + width) * k], m, k, out));
+    });
+    unblock(blocked, m, n, COLS)
+}
+
+/// x·W: tasks own (slice of k, block of columns) pairs; see the module comment.
+fn by_k_slices<T: Float>(a: &[T::Acc], b: &[T], m: usize, n: usize, k: usize) -> Vec<T::Acc> {
+    let slices = k.div_ceil(K_SLICE);
+    // [slice][block][row][col]: every task's partial is one contiguous chunk. The last block of
+    // each slice is narrower when WIDTH does not divide n, so chunks are cut by hand.
+    let mut partial = vec![T::Acc::zero(); slices * m * n];
+    chunks(&mut partial, m * n, worth_it(m * n * k / 8) && slices > 1, |s, part| {
+        let rows = s * K_SLICE..((s + 1) * K_SLICE).min(k);
+        for_blocks(part, m, n, |j0, width, out| simd_dispatch!(axpys::<T>(a, b, m, n, k, rows.clone(), j0, width, out)));
+    });
+    if slices == 1 {
+        return unblock(partial, m, n, WIDTH);
+    }
+    // The fixed-order sum of the slices, split over blocks of columns.
+    let mut total = vec![T::Acc::zero(); m * n];
+    chunks(&mut total, m * WIDTH, worth_it(slices * m * n), |blk, out| {
+        let offset = blk * m * WIDTH;
+        for s in 0..slices {
+            let part = &partial[s * m * n + offset..][..out.len()];
+            out.iter_mut().zip(part).for_each(|(o, &p)| *o += p);
         }
     });
-    if m == 1 {
+    unblock(total, m, n, WIDTH)
+}
+
+/// Calls `f(j0, width, chunk)` for each block of `WIDTH` columns of a block-major m x n buffer.
+fn for_blocks<A>(buf: &mut [A], m: usize, n: usize, mut f: impl FnMut(usize, usize, &mut [A])) {
+    let mut rest = buf;
+    for j0 in (0..n).step_by(WIDTH) {
+        let width = WIDTH.min(n - j0);
+        let (head, tail) = rest.split_at_mut(m * width);
+        f(j0, width, head);
+        rest = tail;
+    }
+}
+
+/// A block-major ([block][row][col], blocks of `width` columns) m x n buffer in row-major order.
+fn unblock<A: Copy>(blocked: Vec<A>, m: usize, n: usize, width: usize) -> Vec<A> {
+    if m == 1 || n <= width {
         return blocked;
     }
-    let mut out = vec![T::Acc::zero(); m * n];
-    for (blk, chunk) in blocked.chunks(m * COLS).enumerate() {
-        let width = chunk.len() / m;
+    let mut out = blocked.clone();
+    for (blk, chunk) in blocked.chunks(m * width).enumerate() {
+        let w = chunk.len() / m;
         for i in 0..m {
-            out[i * n + blk * COLS..][..width].copy_from_slice(&chunk[i * width..(i + 1) * width]);
+            out[i * n + blk * width..][..w].copy_from_slice(&chunk[i * w..(i + 1) * w]);
         }
     }
     out
 }
 
+
+/// The kernels again, inside functions compiled with wider SIMD enabled.
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    macro_rules! targeted {
+        ($module:ident, $features:literal) => {
+            pub(super) mod $module {
+                use crate::cpu::elem::Float;
+
+                #[target_feature(enable = $features)]
+                pub(in super::super) fn dots<T: Float>(a: &[T::Acc], rows: &[T], m: usize, k: usize, out: &mut [T::Acc]) {
+                    super::super::dots::<T>(a, rows, m, k, out)
+                }
+
+                #[allow(clippy::too_many_arguments)]
+                #[target_feature(enable = $features)]
+                pub(in super::super) fn axpys<T: Float>(a: &[T::Acc], b: &[T], m: usize, n: usize, k: usize, rows: std::ops::Range<usize>, j0: usize, width: usize, out: &mut [T::Acc]) {
+                    super::super::axpys::<T>(a, b, m, n, k, rows, j0, width, out)
+                }
+            }
+        };
+    }
+    targeted!(avx512, "avx512f");
+    targeted!(avx2, "avx2,fma");
+}
+
+/// `out[i·w + jj] = a_i · rows[jj]` for the `w = out.len() / m` rows of b in `rows`.
+#[inline(always)]
+fn dots<T: Float>(a: &[T::Acc], rows: &[T], m: usize, k: usize, out: &mut [T::Acc]) {
+    let width = out.len() / m;
+    for (jj, row) in rows.chunks_exact(k).enumerate() {
+        for i in 0..m {
+            out[i * width + jj] = dot::<T>(&a[i * k..(i + 1) * k], row);
+        }
+    }
+}
+
+/// `out[i·width + jj] += Σ_{p ∈ rows} a[i, p]·b[p, j0 + jj]`, row p of b read once for all m rows.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn axpys<T: Float>(a: &[T::Acc], b: &[T], m: usize, n: usize, k: usize, rows: std::ops::Range<usize>, j0: usize, width: usize, out: &mut [T::Acc]) {
+    for p in rows {
+        let row = &b[p * n + j0..p * n + j0 + width];
+        for i in 0..m {
+            let ai = a[i * k + p];
+            for (o, v) in out[i * width..(i + 1) * width].iter_mut().zip(row) {
+                *o += ai * v.widen();
+            }
+        }
+    }
+}
+
+#[inline(always)]
 fn dot<T: Float>(a: &[T::Acc], b: &[T]) -> T::Acc {
-    let mut lanes = [T::Acc::zero(); 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut lanes = [T::Acc::zero(); LANES];
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let (at, bt) = (ac.remainder(), bc.remainder());
     for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
+        for l in 0..LANES {
             lanes[l] += x[l] * y[l].widen();
         }
     }
-    let mut s = lanes.iter().fold(T::Acc::zero(), |s, &v| s + v);
+    // Pairwise, in a fixed order.
+    let mut width = LANES / 2;
+    while width > 0 {
+        for l in 0..width {
+            lanes[l] = lanes[l] + lanes[l + width];
+        }
+        width /= 2;
+    }
+    let mut s = lanes[0];
     for (x, y) in at.iter().zip(bt) {
         s += *x * y.widen();
     }

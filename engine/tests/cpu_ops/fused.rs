@@ -4,7 +4,7 @@
 
 use engine::{ops, DType, Rng, Tensor};
 
-use super::support::{check, indices, randn, random_indices, FLOATS};
+use super::support::{check, indices, on_threads, randn, random_indices, FLOATS};
 
 /// Ragged shapes; the last takes the multi-threaded path (and several row blocks).
 const SHAPES: [&[usize]; 3] = [&[7, 3, 5], &[3, 9], &[301, 131]];
@@ -106,11 +106,6 @@ fn cross_entropy_and_its_gradient_match_reference() {
     let tv = random_indices(&mut rng, 5, 11);
     let (loss_ref, _) = cross_entropy_ref(&big.to_f64_vec().unwrap(), &tv, &[1.0; 5], 11);
     check("cross_entropy +3000", &ops::cross_entropy(&big, &indices(&tv, &[5])).unwrap(), &[5], &loss_ref, DType::F32);
-}
-
-/// Runs `f` on a pool of `threads` workers.
-fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use engine::backend::BackendStorage;
 use engine::{ops, CpuStorage, DType, MatmulLayout, Rng, Tensor};
 
-use super::support::{check, randn, FLOATS};
+use super::support::{check, on_threads, randn, FLOATS};
 
 /// `C[b] = op(A[b]) · op(B[b])` over plain storage, as `MatmulLayout` describes it.
 fn reference(a: &[f64], b: &[f64], l: &MatmulLayout) -> Vec<f64> {
@@ -37,8 +37,9 @@ fn stored(lead: &[usize], r: usize, c: usize, t: bool) -> Vec<usize> {
 fn all_transpose_combinations_match_reference() {
     let mut rng = Rng::new(10);
     // The second size is big enough for gemm's own threading; the rest have a few rows (the
-    // skinny decode path), with column counts across its block edge and a multi-threaded one.
-    for (m, n, k) in [(7, 5, 13), (71, 67, 83), (1, 300, 19), (3, 257, 21), (4, 600, 400)] {
+    // skinny decode path), with column counts across its block edges, a multi-threaded one, and
+    // one whose x·W form sums several slices of k over two blocks of columns.
+    for (m, n, k) in [(7, 5, 13), (71, 67, 83), (1, 300, 19), (3, 257, 21), (4, 600, 400), (2, 2100, 600)] {
         for dtype in FLOATS {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 let (a, av) = randn(&mut rng, &stored(&[], m, k, ta), 1.0, dtype);
@@ -68,6 +69,24 @@ fn batched_products_match_reference() {
                     let what = format!("batch {batch} {m}x{n}x{k} ta={ta} tb={tb} shared_a={shared_a}");
                     check(&what, &out, &[batch, m, n], &reference(&av, &bv, &l), dtype);
                 }
+            }
+        }
+    }
+}
+
+/// The decode products (a few rows) split the sum over k across threads; the split must not
+/// depend on the thread count.
+#[test]
+fn skinny_products_give_the_same_bits_on_any_thread_count() {
+    let mut rng = Rng::new(14);
+    for dtype in [DType::F32, DType::BF16] {
+        for (m, tb) in [(1, false), (3, false), (1, true), (4, true)] {
+            let (a, _) = randn(&mut rng, &[m, 1100], 1.0, dtype);
+            let (b, _) = randn(&mut rng, &stored(&[], 1100, 2300, tb), 1.0, dtype);
+            let run = || ops::matmul_t(&a, &b, false, tb).unwrap().to_f64_vec().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let one = on_threads(1, run);
+            for threads in [2, 3] {
+                assert!(on_threads(threads, run) == one, "{m} rows tb={tb} {dtype}: {threads} threads differ from one");
             }
         }
     }

@@ -78,3 +78,8 @@ pub fn broadcast_flat(idx: &[usize], dims: &[usize]) -> usize {
     let s = strides(dims);
     (0..dims.len()).map(|i| if dims[i] == 1 { 0 } else { idx[pad + i] * s[i] }).sum()
 }
+
+/// Runs `f` on a pool of `threads` workers.
+pub fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
+}
