@@ -15,7 +15,8 @@
 //!   of n between them, which the prefetchers do not follow (that layout ran about 3x slower than
 //!   the `[n, k]` one). So the reduction over k is split: each task owns a slice of `K_SLICE`
 //!   rows of b (and a block of `WIDTH` columns when n is wide), accumulates its partial sums of the
-//!   output, and the partials are added slice by slice in a fixed order. The slices depend only on
+//!   output, and the partials are added slice by slice in a fixed order. A reduction of one slice
+//!   (a routed expert's w2) has nothing to add up, so its tasks split the columns instead. The slices depend only on
 //!   k, never on the thread count, so the result is bit-identical with one thread or many.
 //!
 //! The inner loops are compiled for AVX-512F, AVX2 + FMA and the baseline, picked at run time per
@@ -51,8 +52,9 @@ macro_rules! simd_dispatch {
 /// Rows up to which products take this path.
 pub(super) const MAX_ROWS: usize = 4;
 
-/// `[n, k]`: output columns (rows of b) per task.
-const COLS: usize = 256;
+/// `[n, k]`: output columns (rows of b) per task. Narrow enough that a routed expert's slab (a few
+/// hundred rows) still splits over the threads; a task's rows are still one contiguous run of b.
+const COLS: usize = 64;
 
 /// `[k, n]`: rows of b per slice of the reduction. A partial costs m·n accumulators written and
 /// read back once per slice, against `K_SLICE`·n weights read: under 1 % of the traffic for bf16.
@@ -61,6 +63,11 @@ const K_SLICE: usize = 256;
 /// `[k, n]`: output columns per task; a task's partial (m·`WIDTH` accumulators) stays in L1 and
 /// its pieces of b's rows are whole 4 KiB pages of bf16.
 const WIDTH: usize = 2048;
+
+/// `[k, n]` with a single slice of k (a routed expert's w2: k is the expert's width): output columns
+/// per task, narrower than `WIDTH` so the threads split one expert's product instead of one thread
+/// taking it whole; each row piece is still 1 KiB (bf16) of contiguous weights.
+const ONE_SLICE_WIDTH: usize = 512;
 
 /// Lane sums per dot product.
 const LANES: usize = 16;
@@ -90,16 +97,23 @@ fn by_columns<T: Float>(a: &[T::Acc], b: &[T], m: usize, n: usize, k: usize) -> 
 /// x·W: tasks own (slice of k, block of columns) pairs; see the module comment.
 fn by_k_slices<T: Float>(a: &[T::Acc], b: &[T], m: usize, n: usize, k: usize) -> Vec<T::Acc> {
     let slices = k.div_ceil(K_SLICE);
+    if slices == 1 {
+        // Nothing to sum across tasks: they split the columns. Each column's sum runs over p in the
+        // same order as in the sliced case, so the bits do not depend on the split.
+        let mut blocked = vec![T::Acc::zero(); m * n];
+        chunks(&mut blocked, m * ONE_SLICE_WIDTH, worth_it(m * n * k / 8), |blk, out| {
+            let j0 = blk * ONE_SLICE_WIDTH;
+            simd_dispatch!(axpys::<T>(a, b, m, n, k, 0..k, j0, out.len() / m, out));
+        });
+        return unblock(blocked, m, n, ONE_SLICE_WIDTH);
+    }
     // [slice][block][row][col]: every task's partial is one contiguous chunk. The last block of
     // each slice is narrower when WIDTH does not divide n, so chunks are cut by hand.
     let mut partial = vec![T::Acc::zero(); slices * m * n];
-    chunks(&mut partial, m * n, worth_it(m * n * k / 8) && slices > 1, |s, part| {
+    chunks(&mut partial, m * n, worth_it(m * n * k / 8), |s, part| {
         let rows = s * K_SLICE..((s + 1) * K_SLICE).min(k);
         for_blocks(part, m, n, |j0, width, out| simd_dispatch!(axpys::<T>(a, b, m, n, k, rows.clone(), j0, width, out)));
     });
-    if slices == 1 {
-        return unblock(partial, m, n, WIDTH);
-    }
     // The fixed-order sum of the slices, split over blocks of columns.
     let mut total = vec![T::Acc::zero(); m * n];
     chunks(&mut total, m * WIDTH, worth_it(slices * m * n), |blk, out| {

@@ -38,8 +38,9 @@ fn all_transpose_combinations_match_reference() {
     let mut rng = Rng::new(10);
     // The second size is big enough for gemm's own threading; the rest have a few rows (the
     // skinny decode path), with column counts across its block edges, a multi-threaded one, and
-    // one whose x·W form sums several slices of k over two blocks of columns.
-    for (m, n, k) in [(7, 5, 13), (71, 67, 83), (1, 300, 19), (3, 257, 21), (4, 600, 400), (2, 2100, 600)] {
+    // one whose x·W form sums several slices of k over two blocks of columns, and one of a single
+    // slice split over three blocks of columns (the last narrower).
+    for (m, n, k) in [(7, 5, 13), (71, 67, 83), (1, 300, 19), (3, 257, 21), (4, 600, 400), (2, 2100, 600), (2, 1100, 200)] {
         for dtype in FLOATS {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 let (a, av) = randn(&mut rng, &stored(&[], m, k, ta), 1.0, dtype);
@@ -80,13 +81,14 @@ fn batched_products_match_reference() {
 fn skinny_products_give_the_same_bits_on_any_thread_count() {
     let mut rng = Rng::new(14);
     for dtype in [DType::F32, DType::BF16] {
-        for (m, tb) in [(1, false), (3, false), (1, true), (4, true)] {
-            let (a, _) = randn(&mut rng, &[m, 1100], 1.0, dtype);
-            let (b, _) = randn(&mut rng, &stored(&[], 1100, 2300, tb), 1.0, dtype);
+        // k = 1100 sums several slices; k = 200 is one slice, split over columns.
+        for (m, k, tb) in [(1, 1100, false), (3, 1100, false), (2, 200, false), (1, 1100, true), (4, 1100, true)] {
+            let (a, _) = randn(&mut rng, &[m, k], 1.0, dtype);
+            let (b, _) = randn(&mut rng, &stored(&[], k, 2300, tb), 1.0, dtype);
             let run = || ops::matmul_t(&a, &b, false, tb).unwrap().to_f64_vec().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             let one = on_threads(1, run);
             for threads in [2, 3] {
-                assert!(on_threads(threads, run) == one, "{m} rows tb={tb} {dtype}: {threads} threads differ from one");
+                assert!(on_threads(threads, run) == one, "{m}x{k} tb={tb} {dtype}: {threads} threads differ from one");
             }
         }
     }
