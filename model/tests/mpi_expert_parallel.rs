@@ -28,7 +28,11 @@ fn main() {
         let (w2v, w2i) = tape.watch(w2.clone());
         let (lv, li) = tape.watch(logits.clone());
         let probs = lv.softmax().unwrap();
-        let y = if split { dense_moe(&group, &xv, &w1v, &w2v, &probs).unwrap() } else { xv.moe_dense_mlp(&w1v, &w2v, &probs).unwrap() };
+        let y = if split {
+            dense_moe(&group, &xv, &probs, |x, p| Ok(x.moe_dense_mlp(&w1v, &w2v, p)?)).unwrap()
+        } else {
+            xv.moe_dense_mlp(&w1v, &w2v, &probs).unwrap()
+        };
         let loss = y.mul(&Var::constant(upstream.clone())).unwrap().sum_all().unwrap();
         let g = tape.backward(&loss).unwrap();
         let get = |id| g.get(id).unwrap().clone();
