@@ -7,10 +7,14 @@
 # - mpi_collectives: every collective of the MPI communicator against the locally computed result.
 # - mpi_expert_parallel: the DS-MoE MLP with its experts split over the ranks equals the unsplit
 #   layer, forward and backward.
+# - mpi_expert_dispatch: the all-to-all sparse MoE MLP (tokens sent to the ranks of their experts
+#   and back) equals the local sparse layer, forward and backward, with and without dropping.
 # - data parallel: `mpirun -np 2 dsmoe train` of a micro DS-MoE matches one process with the same
 #   global batch (train loss within 1e-6 relative at every step).
 # - expert parallel training: `--expert-parallel 2` on 2 ranks (the experts split in two) and on
-#   4 ranks (a 2 x 2 grid of data and expert parallelism) match one process the same way.
+#   4 ranks (a 2 x 2 grid of data and expert parallelism) match one process the same way, and so
+#   does the SMoE baseline's top-2 training with its experts split over 2 ranks (all-to-all, with
+#   a capacity that drops tokens).
 # - resume at another world size: a run checkpointed on 2 ranks and resumed on 1 (and the other way),
 #   and one checkpointed with its experts split and resumed on 1, continue the one-process curve.
 # - bad setups: ranks started with different settings fail at start with a message on every rank;
@@ -37,6 +41,9 @@ mpirun -np 2 --oversubscribe "$(test_binary engine mpi_collectives)"
 echo "== expert-parallel DS-MoE MLP against the unsplit layer (2 ranks)"
 mpirun -np 2 --oversubscribe "$(test_binary model mpi_expert_parallel)"
 
+echo "== all-to-all expert-parallel sparse MoE MLP against the local sparse layer (2 ranks)"
+mpirun -np 2 --oversubscribe "$(test_binary model mpi_expert_dispatch)"
+
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cargo build --release --features mpi --bin dsmoe
@@ -54,11 +61,18 @@ m["mlp"]["expert_width"] = 16
 c["train"].update(batch_size=4, seq_len=32, steps=6, lr=0.002, min_lr=0.002, warmup_steps=0, eval_interval=0,
                   eval_windows=2, final_eval_windows=4, checkpoint_interval=3)
 json.dump(c, open(sys.argv[1], "w"), indent=1)
+# The SMoE baseline at the same size, top-2 with a capacity factor of 1 (so tokens are dropped).
+c = json.load(open("configs/smoe-tiny.json"))
+c["model"].update(d_model=32, n_layers=2, max_seq_len=32)
+c["model"]["attention"]["head_dim"] = 8
+c["model"]["mlp"].update(expert_width=16, capacity_factor=1.0)
+c["train"] = json.load(open(sys.argv[1]))["train"]
+json.dump(c, open(sys.argv[1].replace("micro", "smoe"), "w"), indent=1)
 PY
 # launch NP ARGS...: dsmoe alone (NP 1) or on NP MPI ranks.
 launch() { local np=$1; shift; if [ "$np" = 1 ]; then "$DSMOE" "$@"; else mpirun -np "$np" --oversubscribe "$DSMOE" "$@"; fi; }
 # train OUT NP [ARGS...] / resume OUT NP STEPS: a micro run into $WORK/OUT, its output in OUT.log.
-train() { local out=$1 np=$2; shift 2; launch "$np" train --config "$WORK/micro.json" --device cpu --no-final-eval --out "$WORK/$out" "$@" >>"$WORK/$out.log" 2>&1 || { cat "$WORK/$out.log"; exit 1; }; }
+train() { local out=$1 np=$2; shift 2; launch "$np" train --config "${CONFIG:-$WORK/micro.json}" --device cpu --no-final-eval --out "$WORK/$out" "$@" >>"$WORK/$out.log" 2>&1 || { cat "$WORK/$out.log"; exit 1; }; }
 resume() { local out=$1 np=$2 steps=$3; shift 3; launch "$np" train --resume --steps "$steps" --device cpu --no-final-eval --out "$WORK/$out" "$@" >>"$WORK/$out.log" 2>&1 || { cat "$WORK/$out.log"; exit 1; }; }
 # same_losses A B: every step B logged has A's train loss within 1e-6 relative.
 same_losses() {
@@ -84,6 +98,11 @@ train ep 2 --expert-parallel 2
 same_losses single ep "EP 2"
 train grid 4 --expert-parallel 2
 same_losses single grid "DP 2 x EP 2"
+
+echo "== SMoE top-2 training with EP 2 (2 ranks, all-to-all) against one process"
+CONFIG=$WORK/smoe.json train smoe-single 1
+CONFIG=$WORK/smoe.json train smoe-ep 2 --expert-parallel 2
+same_losses smoe-single smoe-ep "SMoE, EP 2"
 
 echo "== resume at another world size"
 train from-ep 2 --steps 3 --expert-parallel 2

@@ -34,7 +34,7 @@ use autograd::Var;
 use engine::comm::Communicator;
 use engine::{ops, Tensor};
 
-use crate::config::{Family, ModelConfig};
+use crate::config::ModelConfig;
 use crate::parallel::group_sum;
 use crate::{Error, Result};
 
@@ -88,9 +88,8 @@ pub fn local_rows(t: &Tensor, n_experts: usize, group: &dyn Communicator) -> Res
     Ok(ops::narrow(t, 0, first * per_expert, count * per_expert)?)
 }
 
-/// Fails unless `ranks` expert-parallel ranks can split `config`'s experts: it needs MoE layers,
-/// dense expert training (DS-MoE; the SMoE baseline routes top-k) and experts divisible by the
-/// rank count.
+/// Fails unless `ranks` expert-parallel ranks can split `config`'s experts: it needs MoE layers
+/// and experts divisible by the rank count.
 pub fn check_splittable(config: &ModelConfig, ranks: usize) -> Result<()> {
     if ranks <= 1 {
         return Ok(());
@@ -99,9 +98,6 @@ pub fn check_splittable(config: &ModelConfig, ranks: usize) -> Result<()> {
     let moe_layers = (0..config.n_layers).filter(|&i| config.is_moe_layer(i)).count();
     if moe_layers == 0 {
         return bad(format!("config {} has no MoE layer, so there are no experts to split over {ranks} ranks (use data parallelism alone)", config.name));
-    }
-    if config.family == Family::Smoe {
-        return bad(format!("config {} is the SMoE baseline, which routes top-k in training; expert parallelism of dense expert training is for DS-MoE", config.name));
     }
     let e = config.mlp.n_experts;
     if e % ranks != 0 {

@@ -26,10 +26,11 @@ use engine::ops::{self, Permutation, RouteMode, Routes};
 use engine::{Device, Rng, Tensor};
 
 use crate::config::{Activation, RouterKind};
+use crate::expert_dispatch::sparse_moe;
 use crate::expert_parallel::{dense_moe, local_rows};
 use crate::params::{Init, ParamId, Params};
 use crate::router::{Router, RouterOut, Selection};
-use crate::{Ctx, Error, Result};
+use crate::{Ctx, Result};
 
 pub struct Mlp {
     w1: ParamId,
@@ -146,13 +147,6 @@ impl Mlp {
                 };
                 (y, self.n_experts as f64, 0)
             }
-            _ if self.expert_group.is_some() => {
-                return Err(Error::Invalid {
-                    what: "routing",
-                    value: format!("{routing:?}"),
-                    msg: "sparse expert computation of a model whose experts are split over ranks is not supported; evaluate the gathered checkpoint on one process".into(),
-                })
-            }
             Routing::Sparse(sel) => match sel.route_mode(self.n_experts)? {
                 None => return self.routed(ctx, params, x, Routing::Dense),
                 Some(mode) => {
@@ -178,13 +172,19 @@ impl Mlp {
     /// tokens first), gated by `weights` `[T, k_max]`, and sums each token's results, all in the
     /// engine's sparse MoE ops (device-side routing lists; no per-expert host loop). Returns
     /// (output, token-expert pairs computed, pairs dropped by the capacity limit); the two counts
-    /// are read back for the report.
+    /// are read back for the report. With the experts split over ranks, the pairs go to the
+    /// ranks of their experts and back (`expert_dispatch.rs`).
     fn sparse(&self, x: &Var, (w1, w3, w2): (&Var, Option<&Var>, &Var), weights: &Var, routes: &Routes, capacity: Option<usize>) -> Result<(Var, usize, usize)> {
-        let perm = ops::moe_permute(routes, self.n_experts, capacity)?;
-        let y = match w3 {
-            None => x.moe_sparse_mlp(w1, w2, weights, &perm)?,
-            Some(w3) => sparse_by_expert(x, weights, &perm, |e| self.expert(e, w1, w3, w2))?,
+        let experts = |x: &Var, weights: &Var, perm: &Permutation| match w3 {
+            None => Ok(x.moe_sparse_mlp(w1, w2, weights, perm)?),
+            Some(w3) => sparse_by_expert(x, weights, perm, |e| self.expert(e, w1, w3, w2)),
         };
+        if let Some(group) = &self.expert_group {
+            let out = sparse_moe(group, x, weights, routes, self.n_experts, capacity, experts)?;
+            return Ok((out.y, out.computed, out.dropped));
+        }
+        let perm = ops::moe_permute(routes, self.n_experts, capacity)?;
+        let y = experts(x, weights, &perm)?;
         let used = perm.offsets.to_vec::<u32>()?[self.n_experts] as usize;
         let dropped = perm.dropped.to_vec::<u32>()?[0] as usize;
         Ok((y, used, dropped))
