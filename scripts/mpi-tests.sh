@@ -6,13 +6,19 @@
 #
 # - mpi_collectives: every collective of the MPI communicator against the locally computed result.
 # - mpi_expert_parallel: the DS-MoE MLP with its experts split over the ranks equals the unsplit
-#   layer, forward and backward.
+#   layer, and the all-to-all sparse MoE MLP (tokens sent to the ranks of their experts and back)
+#   the local sparse layer, forward and backward, with and without dropping.
 # - data parallel: `mpirun -np 2 dsmoe train` of a micro DS-MoE matches one process with the same
 #   global batch (train loss within 1e-6 relative at every step).
-# - resume at another world size: a run checkpointed on 2 ranks and resumed on 1 (and the other way)
-#   continues the one-process loss curve.
+# - expert parallel training: `--expert-parallel 2` on 2 ranks (the experts split in two) and on
+#   4 ranks (a 2 x 2 grid of data and expert parallelism) match one process the same way, and so
+#   does the SMoE baseline's top-2 training with its experts split over 2 ranks (all-to-all, with
+#   a capacity that drops tokens).
+# - resume at another world size: a run checkpointed on 2 ranks and resumed on 1 (and the other way),
+#   and one checkpointed with its experts split and resumed on 1, continue the one-process curve.
 # - bad setups: ranks started with different settings fail at start with a message on every rank;
-#   a rank that dies ends the job (no hang).
+#   experts that do not split over the expert-parallel ranks are refused on every rank; a rank
+#   that dies ends the job (no hang).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +37,7 @@ test_binary() {
 echo "== MPI collectives (2 ranks)"
 mpirun -np 2 --oversubscribe "$(test_binary engine mpi_collectives)"
 
-echo "== expert-parallel DS-MoE MLP against the unsplit layer (2 ranks)"
+echo "== expert-parallel MoE MLPs (dense split; all-to-all sparse) against the unsplit layers (2 ranks)"
 mpirun -np 2 --oversubscribe "$(test_binary model mpi_expert_parallel)"
 
 WORK=$(mktemp -d)
@@ -51,12 +57,19 @@ m["mlp"]["expert_width"] = 16
 c["train"].update(batch_size=4, seq_len=32, steps=6, lr=0.002, min_lr=0.002, warmup_steps=0, eval_interval=0,
                   eval_windows=2, final_eval_windows=4, checkpoint_interval=3)
 json.dump(c, open(sys.argv[1], "w"), indent=1)
+# The SMoE baseline at the same size, top-2 with a capacity factor of 1 (so tokens are dropped).
+c = json.load(open("configs/smoe-tiny.json"))
+c["model"].update(d_model=32, n_layers=2, max_seq_len=32)
+c["model"]["attention"]["head_dim"] = 8
+c["model"]["mlp"].update(expert_width=16, capacity_factor=1.0)
+c["train"] = json.load(open(sys.argv[1]))["train"]
+json.dump(c, open(sys.argv[1].replace("micro", "smoe"), "w"), indent=1)
 PY
 # launch NP ARGS...: dsmoe alone (NP 1) or on NP MPI ranks.
 launch() { local np=$1; shift; if [ "$np" = 1 ]; then "$DSMOE" "$@"; else mpirun -np "$np" --oversubscribe "$DSMOE" "$@"; fi; }
 # train OUT NP [ARGS...] / resume OUT NP STEPS: a micro run into $WORK/OUT, its output in OUT.log.
-train() { local out=$1 np=$2; shift 2; launch "$np" train --config "$WORK/micro.json" --device cpu --no-final-eval --out "$WORK/$out" "$@" >>"$WORK/$out.log" 2>&1 || { cat "$WORK/$out.log"; exit 1; }; }
-resume() { local out=$1 np=$2 steps=$3; launch "$np" train --resume --steps "$steps" --device cpu --no-final-eval --out "$WORK/$out" >>"$WORK/$out.log" 2>&1 || { cat "$WORK/$out.log"; exit 1; }; }
+train() { local out=$1 np=$2; shift 2; launch "$np" train --config "${CONFIG:-$WORK/micro.json}" --device cpu --no-final-eval --out "$WORK/$out" "$@" >>"$WORK/$out.log" 2>&1 || { cat "$WORK/$out.log"; exit 1; }; }
+resume() { local out=$1 np=$2 steps=$3; shift 3; launch "$np" train --resume --steps "$steps" --device cpu --no-final-eval --out "$WORK/$out" "$@" >>"$WORK/$out.log" 2>&1 || { cat "$WORK/$out.log"; exit 1; }; }
 # same_losses A B: every step B logged has A's train loss within 1e-6 relative.
 same_losses() {
     python3 - "$WORK/$1/metrics.jsonl" "$WORK/$2/metrics.jsonl" "$3" <<'PY'
@@ -76,7 +89,21 @@ train single 1
 train dp 2
 same_losses single dp "2 ranks"
 
+echo "== expert parallel training: EP 2 (2 ranks), DP 2 x EP 2 (4 ranks) against one process"
+train ep 2 --expert-parallel 2
+same_losses single ep "EP 2"
+train grid 4 --expert-parallel 2
+same_losses single grid "DP 2 x EP 2"
+
+echo "== SMoE top-2 training with EP 2 (2 ranks, all-to-all) against one process"
+CONFIG=$WORK/smoe.json train smoe-single 1
+CONFIG=$WORK/smoe.json train smoe-ep 2 --expert-parallel 2
+same_losses smoe-single smoe-ep "SMoE, EP 2"
+
 echo "== resume at another world size"
+train from-ep 2 --steps 3 --expert-parallel 2
+resume from-ep 1 6
+same_losses single from-ep "EP 2, resumed on 1"
 train from-dp 2 --steps 3
 resume from-dp 1 6
 same_losses single from-dp "2 ranks, resumed on 1"
@@ -93,6 +120,25 @@ fi
 grep -q "rank 1 has a different config" "$WORK/mismatch.log" || { cat "$WORK/mismatch.log"; echo "no mismatch message" >&2; exit 1; }
 [ ! -e "$WORK/mismatch/latest" ] || { echo "a mismatched run wrote a checkpoint" >&2; exit 1; }
 echo "  mismatched settings: refused at start"
+# 8 experts per layer over 3 expert-parallel ranks: every rank refuses, naming the numbers.
+if mpirun -np 3 --oversubscribe "$DSMOE" train --config "$WORK/micro.json" --device cpu --no-final-eval --out "$WORK/indivisible" --expert-parallel 3 >"$WORK/indivisible.log" 2>&1; then
+    cat "$WORK/indivisible.log"; echo "experts that do not split over 3 ranks were accepted" >&2; exit 1
+fi
+grep -q "8 experts per MoE layer, which do not split evenly over 3 expert-parallel ranks" "$WORK/indivisible.log" || { cat "$WORK/indivisible.log"; echo "no indivisible-experts message" >&2; exit 1; }
+[ ! -e "$WORK/indivisible/latest" ] || { echo "a refused run wrote a checkpoint" >&2; exit 1; }
+echo "  8 experts over 3 expert-parallel ranks: refused at start"
+# Expert parallelism of a model without MoE layers is refused the same way.
+python3 - "$WORK/dense.json" <<'PY'
+import json, sys
+c = json.load(open("configs/dense-tiny.json"))
+c["train"].update(batch_size=4, seq_len=32, steps=2)
+json.dump(c, open(sys.argv[1], "w"), indent=1)
+PY
+if mpirun -np 2 --oversubscribe "$DSMOE" train --config "$WORK/dense.json" --device cpu --no-final-eval --out "$WORK/no-moe" --expert-parallel 2 >"$WORK/no-moe.log" 2>&1; then
+    cat "$WORK/no-moe.log"; echo "expert parallelism of a dense model was accepted" >&2; exit 1
+fi
+grep -q "has no MoE layer, so there are no experts to split over 2 ranks" "$WORK/no-moe.log" || { cat "$WORK/no-moe.log"; echo "no no-MoE message" >&2; exit 1; }
+echo "  expert parallelism without MoE layers: refused at start"
 # A rank that dies before joining: the job ends (non-zero) instead of waiting for it.
 start=$(date +%s)
 if timeout 120 mpirun -np 1 "$DSMOE" train --config "$WORK/micro.json" --device cpu --no-final-eval --out "$WORK/dead" \

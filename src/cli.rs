@@ -113,6 +113,11 @@ pub struct TrainArgs {
     /// Skip the final sparse evaluation and sample.
     #[arg(long)]
     pub no_final_eval: bool,
+    /// Ranks per expert group when launched on several (expert parallelism of DS-MoE's dense
+    /// training): each MoE layer's experts are split over N ranks, and the world is N x the
+    /// data-parallel size. A resumed run may use another.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub expert_parallel: usize,
 }
 
 #[derive(clap::Args)]

@@ -9,6 +9,7 @@ pub mod count;
 mod ctx;
 pub mod data;
 mod error;
+pub mod expert_dispatch;
 pub mod expert_parallel;
 pub mod files;
 pub mod eval;

@@ -18,11 +18,16 @@
 //! statistics, but not at inference). Shared experts are a plain MLP beside the routed ones, added
 //! ungated.
 
+use std::sync::Arc;
+
 use autograd::Var;
+use engine::comm::Communicator;
 use engine::ops::{self, Permutation, RouteMode, Routes};
 use engine::{Device, Rng, Tensor};
 
 use crate::config::{Activation, RouterKind};
+use crate::expert_dispatch::sparse_moe;
+use crate::expert_parallel::{dense_moe, local_rows};
 use crate::params::{Init, ParamId, Params};
 use crate::router::{Router, RouterOut, Selection};
 use crate::{Ctx, Result};
@@ -37,6 +42,9 @@ pub struct Mlp {
     pub router: Option<Router>,
     /// Always-on shared experts: a plain MLP whose output is added to the routed one.
     shared: Option<Box<Mlp>>,
+    /// The expert-parallel group holding the other experts, when this MLP keeps only its rank's
+    /// rows of the stacked matrices (`split_experts`).
+    expert_group: Option<Arc<dyn Communicator>>,
 }
 
 /// The sizes of one MLP block.
@@ -89,7 +97,22 @@ impl Mlp {
         } else {
             None
         };
-        Ok(Mlp { w1, w2, w3, n_experts, width, router, shared })
+        Ok(Mlp { w1, w2, w3, n_experts, width, router, shared, expert_group: None })
+    }
+
+    /// Keeps only `group`'s rank's experts of the routed matrices (`expert_parallel.rs`); returns
+    /// the parameters it cut. An MLP without a router has nothing to split.
+    pub(crate) fn split_experts(&mut self, params: &mut Params, group: &Arc<dyn Communicator>) -> Result<Vec<ParamId>> {
+        if self.router.is_none() || group.size() == 1 {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<ParamId> = [Some(self.w1), Some(self.w2), self.w3].into_iter().flatten().collect();
+        for &id in &ids {
+            let p = params.get_mut(id);
+            p.value = local_rows(&p.value, self.n_experts, group.as_ref())?;
+        }
+        self.expert_group = Some(group.clone());
+        Ok(ids)
     }
 
     pub fn forward(&self, ctx: &Ctx, params: &Params, x: &Var, routing: Routing) -> Result<MlpOut> {
@@ -112,10 +135,18 @@ impl Mlp {
         let tokens = x.dims()[0];
         let (y, experts_per_token, dropped_tokens) = match routing {
             // One fused op: the gating and GeLU ride in the products' epilogues on CUDA.
-            Routing::Dense => match &w3 {
-                None => (x.moe_dense_mlp(&w1, &w2, &r.probs)?, self.n_experts as f64, 0),
-                Some(w3) => (dense_by_expert(x, &r.probs, |e| self.expert(e, &w1, w3, &w2))?, self.n_experts as f64, 0),
-            },
+            Routing::Dense => {
+                // The experts this rank holds (all of them unless split) on the probabilities' columns of those experts.
+                let experts = |x: &Var, p: &Var| match &w3 {
+                    None => Ok(x.moe_dense_mlp(&w1, &w2, p)?),
+                    Some(w3) => dense_by_expert(x, p, |e| self.expert(e, &w1, w3, &w2)),
+                };
+                let y = match &self.expert_group {
+                    None => experts(x, &r.probs)?,
+                    Some(group) => dense_moe(group, x, &r.probs, experts)?,
+                };
+                (y, self.n_experts as f64, 0)
+            }
             Routing::Sparse(sel) => match sel.route_mode(self.n_experts)? {
                 None => return self.routed(ctx, params, x, Routing::Dense),
                 Some(mode) => {
@@ -141,13 +172,19 @@ impl Mlp {
     /// tokens first), gated by `weights` `[T, k_max]`, and sums each token's results, all in the
     /// engine's sparse MoE ops (device-side routing lists; no per-expert host loop). Returns
     /// (output, token-expert pairs computed, pairs dropped by the capacity limit); the two counts
-    /// are read back for the report.
+    /// are read back for the report. With the experts split over ranks, the pairs go to the
+    /// ranks of their experts and back (`expert_dispatch.rs`).
     fn sparse(&self, x: &Var, (w1, w3, w2): (&Var, Option<&Var>, &Var), weights: &Var, routes: &Routes, capacity: Option<usize>) -> Result<(Var, usize, usize)> {
-        let perm = ops::moe_permute(routes, self.n_experts, capacity)?;
-        let y = match w3 {
-            None => x.moe_sparse_mlp(w1, w2, weights, &perm)?,
-            Some(w3) => sparse_by_expert(x, weights, &perm, |e| self.expert(e, w1, w3, w2))?,
+        let experts = |x: &Var, weights: &Var, perm: &Permutation| match w3 {
+            None => Ok(x.moe_sparse_mlp(w1, w2, weights, perm)?),
+            Some(w3) => sparse_by_expert(x, weights, perm, |e| self.expert(e, w1, w3, w2)),
         };
+        if let Some(group) = &self.expert_group {
+            let out = sparse_moe(group, x, weights, routes, self.n_experts, capacity, experts)?;
+            return Ok((out.y, out.computed, out.dropped));
+        }
+        let perm = ops::moe_permute(routes, self.n_experts, capacity)?;
+        let y = experts(x, weights, &perm)?;
         let used = perm.offsets.to_vec::<u32>()?[self.n_experts] as usize;
         let dropped = perm.dropped.to_vec::<u32>()?[0] as usize;
         Ok((y, used, dropped))

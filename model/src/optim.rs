@@ -5,6 +5,7 @@ use autograd::Gradients;
 use engine::{ops, AdamW, DType, Tensor};
 
 use crate::config::TrainConfig;
+use crate::expert_parallel::{local_rows, ExpertSplit};
 use crate::params::Params;
 use crate::{Error, Result};
 
@@ -23,6 +24,15 @@ pub struct UpdateStats {
 }
 
 impl Optimizer {
+    /// Keeps only this rank's rows of the split expert matrices' moments (after loading them whole).
+    pub fn split_experts(&mut self, split: &ExpertSplit, n_experts: usize) -> Result<()> {
+        for &i in &split.params {
+            self.m[i] = local_rows(&self.m[i], n_experts, split.group.as_ref())?;
+            self.v[i] = local_rows(&self.v[i], n_experts, split.group.as_ref())?;
+        }
+        Ok(())
+    }
+
     pub fn new(params: &Params) -> Result<Optimizer> {
         let zeros = |p: &autograd::Param| Tensor::zeros(p.value.shape().clone(), DType::F32, &p.value.device());
         Ok(Optimizer {
@@ -35,15 +45,26 @@ impl Optimizer {
     /// Applies one AdamW update from `grads` (already averaged over micro-batches). Parameters
     /// without a gradient (unused by the loss) are left alone. Weight decay applies to matrices
     /// only: decaying norm gains towards zero would fight the normalisation they exist for.
-    pub fn update(&mut self, params: &mut Params, grads: &Gradients, cfg: &TrainConfig, lr: f64) -> Result<UpdateStats> {
-        let mut sq = 0.0;
+    /// With the experts split over ranks (`split`), the norm is the whole model's: the split
+    /// matrices' squares are summed over the expert group.
+    pub fn update(&mut self, params: &mut Params, grads: &Gradients, cfg: &TrainConfig, lr: f64, split: Option<&ExpertSplit>) -> Result<UpdateStats> {
+        let (mut sq, mut split_sq) = (0.0, 0.0);
         let mut present = Vec::with_capacity(params.len());
-        for p in params.iter() {
+        for (i, p) in params.iter().enumerate() {
             let g = grads.get(p.id()).map(|g| ops::cast(g, DType::F32)).transpose()?;
             if let Some(g) = &g {
-                sq += ops::sum_all(&ops::mul(g, g)?)?.to_scalar()?;
+                let s = ops::sum_all(&ops::mul(g, g)?)?.to_scalar()?;
+                if split.is_some_and(|split| split.holds(i)) {
+                    split_sq += s;
+                } else {
+                    sq += s;
+                }
             }
             present.push(g);
+        }
+        if let Some(split) = split {
+            let device = params.iter().next().map_or(engine::Device::Cpu, |p| p.value.device());
+            sq += split.group.all_reduce_sum(&Tensor::from_slice(&[split_sq], [1], &device)?)?.to_vec::<f64>()?[0];
         }
         let grad_norm = sq.sqrt();
         if !grad_norm.is_finite() {

@@ -163,6 +163,56 @@ pub fn single() -> Arc<dyn Communicator> {
     Arc::new(LocalComm)
 }
 
+/// The ranks of a job as a 2-D grid of `data` × `expert` ranks: expert groups of consecutive
+/// world ranks (world rank = data rank · expert size + expert rank), each running one slice of
+/// the batch with the experts split among its ranks, and data groups of the ranks holding the
+/// same experts (`expert_parallel.rs`).
+#[derive(Clone)]
+pub struct Grid {
+    pub world: Arc<dyn Communicator>,
+    pub data: Arc<dyn Communicator>,
+    pub expert: Arc<dyn Communicator>,
+}
+
+impl Grid {
+    /// One process.
+    pub fn single() -> Grid {
+        Grid { world: single(), data: single(), expert: single() }
+    }
+
+    /// Every rank of `world` data parallel.
+    pub fn data_parallel(world: Arc<dyn Communicator>) -> Grid {
+        Grid { data: world.clone(), world, expert: single() }
+    }
+
+    /// `world` cut into expert groups of `expert_parallel` ranks. Every rank must call it at once
+    /// with the same size (the splits are collective); a size that does not divide the world
+    /// fails on every rank alike, before any collective.
+    pub fn new(world: Arc<dyn Communicator>, expert_parallel: usize) -> Result<Grid> {
+        let n = world.size();
+        if expert_parallel == 0 || n % expert_parallel != 0 {
+            let job = if n == 1 { "a single process (started without mpirun or RANK/WORLD_SIZE)".to_string() } else { format!("a job of {n} ranks") };
+            return Err(Error::Invalid {
+                what: "expert parallelism",
+                value: expert_parallel.to_string(),
+                msg: format!("{job} does not split into expert groups of {expert_parallel} (the world size must be data-parallel size x expert-parallel size)"),
+            });
+        }
+        if expert_parallel == 1 {
+            return Ok(Grid::data_parallel(world));
+        }
+        let (data_rank, expert_rank) = (world.rank() / expert_parallel, world.rank() % expert_parallel);
+        let expert = world.split(data_rank, expert_rank)?;
+        let data = world.split(expert_rank, data_rank)?;
+        Ok(Grid { world, data, expert })
+    }
+
+    /// "2 data x 2 expert ranks over MPI", for messages.
+    pub fn describe(&self) -> String {
+        format!("{} data x {} expert-parallel ranks over {}", self.data.size(), self.expert.size(), self.world.transport())
+    }
+}
+
 /// The u32 words of a SHA-256 of `bytes`, for `check_same_everywhere`.
 pub fn fingerprint(bytes: &[u8]) -> [u32; 8] {
     use sha2::Digest;

@@ -12,6 +12,13 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParamId(usize);
 
+impl ParamId {
+    /// The parameter's position in its `Params`' order.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
 #[derive(Default)]
 pub struct Params {
     list: Vec<Param>,
@@ -38,6 +45,10 @@ impl Params {
 
     pub fn get(&self, id: ParamId) -> &Param {
         &self.list[id.0]
+    }
+
+    pub fn get_mut(&mut self, id: ParamId) -> &mut Param {
+        &mut self.list[id.0]
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Param> {

@@ -12,16 +12,18 @@
 //! killed writer left. The data is checked whole before step 1, and a checkpoint is written only of
 //! finite weights and moments.
 //!
-//! Data-parallel runs (`start_in` / `resume_in` with a group of several ranks): rank 0 alone owns the
-//! run directory (lock, metrics, evaluation, checkpoints); every rank holds the whole model and
-//! optimizer state, so a checkpoint is rank 0's, written atomically as always, and a run resumes at
-//! any world size (the data RNG draws global batches, whatever their split). Every rank reads the
+//! Runs of several ranks (`start_in` / `resume_in` with a `Grid`): rank 0 alone owns the run
+//! directory (lock, metrics, evaluation, checkpoints). Under data parallelism every rank holds the
+//! whole model and optimizer state, so a checkpoint is rank 0's, written atomically as always.
+//! Under expert parallelism the ranks of rank 0's expert group evaluate with it, and a checkpoint
+//! gathers their experts' rows onto it first, so the file set is the one a single process writes.
+//! Either way a run resumes at any world size and grid (the data RNG draws global batches,
+//! whatever their split, and a checkpoint is always whole). Every rank reads the
 //! checkpoint to resume, so the run directory must be visible to all of them (one machine, or a
 //! shared filesystem). Start-up is agreed: a rank that fails to start makes every rank fail, and the
 //! ranks' configs, data RNG and step are checked to be the same before step 1.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use engine::comm::Communicator;
 use engine::{ops, DType, Device, Tensor};
@@ -31,7 +33,7 @@ use crate::checkpoint::{self, remove_stale_temps, rng_from_hex, rng_to_hex, Chec
 use crate::data::{default_corpus_path, Corpus};
 use crate::eval::{evaluate, EvalReport};
 use crate::metrics::{write_loss_plot, MetricsLog, TRAIN_LOSS, VAL_LOSS};
-use crate::parallel::{check_same_everywhere, fingerprint, single};
+use crate::parallel::{check_same_everywhere, fingerprint, Grid};
 use crate::params::all_finite;
 use crate::run_lock::RunLock;
 use crate::train::{StepReport, Trainer};
@@ -47,6 +49,7 @@ pub struct TrainingRun {
     pub trainer: Trainer,
     pub corpus: Corpus,
     out: PathBuf,
+    grid: Grid,
     /// Rank 0's (the writer's); None on the other ranks of a data-parallel run.
     metrics: Option<MetricsLog>,
     /// Held for the run's life by the writer: one writer per run directory.
@@ -101,18 +104,18 @@ pub fn validation_windows(corpus: &Corpus, seq: usize, limit: usize) -> Result<V
 impl TrainingRun {
     /// Starts a fresh run of `config` on `corpus`, writing into `out`.
     pub fn start(config: Config, corpus: Corpus, out: &Path, device: &Device, dtype: DType) -> Result<TrainingRun> {
-        TrainingRun::start_in(single(), config, corpus, out, device, dtype)
+        TrainingRun::start_in(Grid::single(), config, corpus, out, device, dtype)
     }
 
-    /// `start` as one rank of the data-parallel `group` (rank 0 writes the run directory).
-    pub fn start_in(group: Arc<dyn Communicator>, config: Config, corpus: Corpus, out: &Path, device: &Device, dtype: DType) -> Result<TrainingRun> {
-        let writer = group.rank() == 0;
+    /// `start` as one rank of `grid` (rank 0 writes the run directory).
+    pub fn start_in(grid: Grid, config: Config, corpus: Corpus, out: &Path, device: &Device, dtype: DType) -> Result<TrainingRun> {
+        let writer = grid.world.rank() == 0;
         let local = (|| {
             if writer {
                 refuse_existing_run(out)?;
             }
             check_data(&config, &corpus)?;
-            let trainer = Trainer::new(config, device, dtype)?.with_data_group(group.clone())?;
+            let trainer = Trainer::new(config, device, dtype)?.with_data_group(grid.data.clone())?.with_expert_group(grid.expert.clone())?;
             if !writer {
                 return Ok((trainer, None, None, Vec::new()));
             }
@@ -126,8 +129,8 @@ impl TrainingRun {
             let warnings = run_dir_warnings(out, removed, &metrics);
             Ok((trainer, Some(metrics), Some(lock), warnings))
         })();
-        let (trainer, metrics, lock, warnings) = agree(group.as_ref(), device, "starting the run", local)?;
-        let run = TrainingRun { trainer, corpus, out: out.to_path_buf(), metrics, _lock: lock, warnings };
+        let (trainer, metrics, lock, warnings) = agree(grid.world.as_ref(), device, "starting the run", local)?;
+        let run = TrainingRun { trainer, corpus, out: out.to_path_buf(), grid, metrics, _lock: lock, warnings };
         run.check_ranks_agree(device)?;
         Ok(run)
     }
@@ -136,20 +139,21 @@ impl TrainingRun {
     /// extends (or shortens) the schedule's length; the data is the run's own unless `corpus` is
     /// given; `dtype`, when given, must be the run's.
     pub fn resume(out: &Path, corpus: Option<Corpus>, steps: Option<u64>, device: &Device, dtype: Option<DType>) -> Result<TrainingRun> {
-        TrainingRun::resume_in(single(), out, corpus, steps, device, dtype)
+        TrainingRun::resume_in(Grid::single(), out, corpus, steps, device, dtype)
     }
 
-    /// `resume` as one rank of the data-parallel `group`, at any group size: every rank reads the
-    /// checkpoint, rank 0 alone takes the run directory's lock and writes.
-    pub fn resume_in(group: Arc<dyn Communicator>, out: &Path, corpus: Option<Corpus>, steps: Option<u64>, device: &Device, dtype: Option<DType>) -> Result<TrainingRun> {
-        let local = TrainingRun::resume_local(group.clone(), out, corpus, steps, device, dtype);
-        let run = agree(group.as_ref(), device, "resuming the run", local)?;
+    /// `resume` as one rank of `grid`, at any size and shape: every rank reads the checkpoint
+    /// (whole) and keeps its experts, rank 0 alone takes the run directory's lock and writes.
+    pub fn resume_in(grid: Grid, out: &Path, corpus: Option<Corpus>, steps: Option<u64>, device: &Device, dtype: Option<DType>) -> Result<TrainingRun> {
+        let world = grid.world.clone();
+        let local = TrainingRun::resume_local(grid, out, corpus, steps, device, dtype);
+        let run = agree(world.as_ref(), device, "resuming the run", local)?;
         run.check_ranks_agree(device)?;
         Ok(run)
     }
 
-    fn resume_local(group: Arc<dyn Communicator>, out: &Path, corpus: Option<Corpus>, steps: Option<u64>, device: &Device, dtype: Option<DType>) -> Result<TrainingRun> {
-        let writer = group.rank() == 0;
+    fn resume_local(grid: Grid, out: &Path, corpus: Option<Corpus>, steps: Option<u64>, device: &Device, dtype: Option<DType>) -> Result<TrainingRun> {
+        let writer = grid.world.rank() == 0;
         if !out.join(checkpoint::LATEST_FILE).exists() {
             let msg = match out.parent().filter(|_| out.join(checkpoint::STATE_FILE).exists()) {
                 Some(run) => format!("is one checkpoint of a run, not a run directory; resume the run: --out {}", run.display()),
@@ -177,11 +181,12 @@ impl TrainingRun {
             None => open_corpus(Some(Path::new(field("data")?)))?,
         };
         check_data(&config, &corpus)?;
-        let mut trainer = Trainer::new(config, device, saved)?.with_data_group(group)?;
+        let mut trainer = Trainer::new(config, device, saved)?.with_data_group(grid.data.clone())?;
         load_weights(&ckpt, &mut trainer.model, device)?;
         load_moments(&ckpt, &mut trainer)?;
         trainer.optimizer.step = ckpt.step();
         trainer.data_rng = data_rng;
+        let trainer = trainer.with_expert_group(grid.expert.clone())?;
         let (metrics, warnings) = if writer {
             let metrics = MetricsLog::open_resumed(&out.join(METRICS_FILE), ckpt.step())?;
             let warnings = run_dir_warnings(out, removed, &metrics);
@@ -189,15 +194,21 @@ impl TrainingRun {
         } else {
             (None, Vec::new())
         };
-        Ok(TrainingRun { trainer, corpus, out: out.to_path_buf(), metrics, _lock: lock, warnings })
+        Ok(TrainingRun { trainer, corpus, out: out.to_path_buf(), grid, metrics, _lock: lock, warnings })
     }
 
-    /// Fails on every rank unless all ranks run the same config, dtype, step and data stream.
+    /// Fails on every rank unless all ranks run the same config, dtype, step, data stream and grid.
     fn check_ranks_agree(&self, device: &Device) -> Result<()> {
         let t = &self.trainer;
         let config = serde_json::to_string(&t.config).map_err(|e| Error::checkpoint(self.out.display().to_string(), e.to_string()))?;
-        let state = format!("{config}\n{}\n{}\n{}\n{}", dtype_name(t.dtype), t.optimizer.step, rng_to_hex(&t.data_rng), self.corpus.path().display());
-        check_same_everywhere(t.data_group.as_ref(), device, "config, dtype, step or data", fingerprint(state.as_bytes()))
+        let grid = self.grid.describe();
+        let state = format!("{config}\n{}\n{}\n{}\n{}\n{grid}", dtype_name(t.dtype), t.optimizer.step, rng_to_hex(&t.data_rng), self.corpus.path().display());
+        check_same_everywhere(self.grid.world.as_ref(), device, "config, dtype, step, data or expert-parallel size", fingerprint(state.as_bytes()))
+    }
+
+    /// The ranks of the job as data x expert groups.
+    pub fn grid(&self) -> &Grid {
+        &self.grid
     }
 
     /// Whether this process writes the run directory (rank 0 of a data-parallel run).
@@ -236,21 +247,30 @@ impl TrainingRun {
             "grad_norm": report.grad_norm,
             "tokens": report.tokens,
         });
+        let due_eval = (t.eval_interval > 0 && report.step % t.eval_interval == 0) || last;
+        let due_checkpoint = (t.checkpoint_interval > 0 && report.step % t.checkpoint_interval == 0) || last;
         let mut val_loss = None;
-        if !self.is_writer() {
-            // Rank 0 evaluates, logs and checkpoints.
+        // Rank 0 evaluates, logs and checkpoints; with the experts split, the rest of its expert
+        // group computes with it (the evaluation's expert shares, the checkpoint's rows).
+        let helper = !self.is_writer() && self.trainer.model.expert_split.is_some() && self.trainer.data_group.rank() == 0;
+        if !self.is_writer() && !helper {
             return Ok(StepOutcome { report, val_loss, checkpoint: None });
         }
-        if (t.eval_interval > 0 && report.step % t.eval_interval == 0) || last {
+        if due_eval {
             let r = self.evaluate(InferenceMode::DENSE, self.trainer.config.train.eval_windows)?;
             record[VAL_LOSS] = json!(r.loss);
             val_loss = Some(r.loss);
         }
+        if helper {
+            if due_checkpoint {
+                self.whole_state()?;
+            }
+            return Ok(StepOutcome { report, val_loss, checkpoint: None });
+        }
         if let Some(metrics) = self.metrics.as_mut() {
             metrics.append(&record)?;
         }
-        let t = &self.trainer.config.train;
-        let checkpoint = if (t.checkpoint_interval > 0 && report.step % t.checkpoint_interval == 0) || last { Some(self.save()?) } else { None };
+        let checkpoint = if due_checkpoint { Some(self.save()?) } else { None };
         Ok(StepOutcome { report, val_loss, checkpoint })
     }
 
@@ -261,19 +281,33 @@ impl TrainingRun {
         evaluate(&self.trainer.model, &data, t.batch_size, mode, self.trainer.dtype, self.corpus.bytes_per_token())
     }
 
+    /// The weights and AdamW's moments, whole: with the experts split, every rank of the expert
+    /// group must call it at once (it gathers their rows).
+    fn whole_state(&self) -> Result<(Vec<(String, Tensor)>, Vec<(String, Tensor)>)> {
+        let tr = &self.trainer;
+        let whole = |i: usize, t: &Tensor| match &tr.model.expert_split {
+            Some(split) => split.gather(i, t),
+            None => Ok(t.clone()),
+        };
+        let mut model = Vec::with_capacity(tr.model.params.len());
+        let mut optimizer = Vec::with_capacity(2 * model.len());
+        for (i, p) in tr.model.params.iter().enumerate() {
+            model.push((p.name.clone(), whole(i, &p.value)?));
+            optimizer.push((format!("m.{}", p.name), whole(i, &tr.optimizer.m[i])?));
+            optimizer.push((format!("v.{}", p.name), whole(i, &tr.optimizer.v[i])?));
+        }
+        Ok((model, optimizer))
+    }
+
     /// Writes a checkpoint of the current step and refreshes the loss plot; returns its directory.
-    /// Only the writer (rank 0) may.
+    /// Only the writer (rank 0) may; with the experts split, the other ranks of its expert group
+    /// lend their rows at the same time (`step` does both).
     pub fn save(&self) -> Result<PathBuf> {
         if !self.is_writer() {
-            return Err(Error::checkpoint(self.out.display().to_string(), format!("rank {} of a data-parallel run does not write checkpoints; rank 0 does", self.trainer.data_group.rank())));
+            return Err(Error::checkpoint(self.out.display().to_string(), format!("rank {} of a parallel run does not write checkpoints; rank 0 does", self.grid.world.rank())));
         }
         let tr = &self.trainer;
-        let model: Vec<(String, Tensor)> = tr.model.params.iter().map(|p| (p.name.clone(), p.value.clone())).collect();
-        let mut optimizer = Vec::with_capacity(2 * model.len());
-        for (i, (name, _)) in model.iter().enumerate() {
-            optimizer.push((format!("m.{name}"), tr.optimizer.m[i].clone()));
-            optimizer.push((format!("v.{name}"), tr.optimizer.v[i].clone()));
-        }
+        let (model, optimizer) = self.whole_state()?;
         let config = serde_json::to_value(&tr.config).map_err(|e| Error::checkpoint(self.out.display().to_string(), e.to_string()))?;
         let state = json!({
             "data": self.corpus.path().display().to_string(),

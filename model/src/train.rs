@@ -7,6 +7,8 @@
 //! Under data parallelism (`with_data_group`) every rank draws the same global batch from the same
 //! data RNG and runs its own slice of it; losses are global means and the gradients are summed over
 //! the group before the update (`parallel.rs`), so every rank applies the single-process update.
+//! Under expert parallelism as well (`with_expert_group`), the ranks of one expert group run the
+//! same slice, each with its share of the experts (`expert_parallel.rs`).
 
 use std::sync::Arc;
 
@@ -75,6 +77,16 @@ impl Trainer {
         Ok(self)
     }
 
+    /// Splits the experts over `group` (expert parallelism): the model and AdamW's moments keep
+    /// this rank's experts. Call it on the whole state, fresh or loaded from a checkpoint.
+    pub fn with_expert_group(mut self, group: Arc<dyn Communicator>) -> Result<Trainer> {
+        self.model.split_experts(group)?;
+        if let Some(split) = &self.model.expert_split {
+            self.optimizer.split_experts(split, self.config.model.mlp.n_experts)?;
+        }
+        Ok(self)
+    }
+
     pub fn step(&mut self, data: &dyn BatchSource) -> Result<StepReport> {
         let t = &self.config.train;
         let (batch, seq, accum) = (t.batch_size, t.seq_len, t.grad_accum);
@@ -114,7 +126,7 @@ impl Trainer {
         }
         let lr = learning_rate(&self.config.train, next_step);
         let grads = all_reduce_gradients(group.as_ref(), &self.model.params, total.expect("grad_accum >= 1"))?;
-        let update = self.optimizer.update(&mut self.model.params, &grads, &self.config.train, lr)?;
+        let update = self.optimizer.update(&mut self.model.params, &grads, &self.config.train, lr, self.model.expert_split.as_ref())?;
         Ok(StepReport {
             step: self.optimizer.step,
             loss: loss_sum / accum as f64,

@@ -1,11 +1,15 @@
 //! The transformer: token embedding, pre-norm residual blocks (attention then MLP, each behind an
 //! RMSNorm), a final norm and the language-model head (tied to the embedding by default).
 
+use std::sync::Arc;
+
 use autograd::Var;
+use engine::comm::Communicator;
 use engine::{Device, Rng, Tensor};
 
 use crate::attention::{Attention, Positions};
 use crate::config::{Family, ModelConfig};
+use crate::expert_parallel::{check_splittable, ExpertSplit};
 use crate::losses;
 use crate::mlp::{Mlp, MlpShape, Routing};
 use crate::params::{Init, ParamId, Params};
@@ -26,6 +30,8 @@ pub struct Model {
     blocks: Vec<Block>,
     final_norm: ParamId,
     lm_head: Option<ParamId>,
+    /// Set when the MoE MLPs hold only one expert-parallel rank's experts (`split_experts`).
+    pub expert_split: Option<ExpertSplit>,
 }
 
 /// Expert selection at inference, for the MLP and attention routers separately.
@@ -94,7 +100,25 @@ impl Model {
         }
         let final_norm = params.add("final_norm.weight".into(), &[d], Init::Ones, device, &mut rng)?;
         let lm_head = (!config.tie_embeddings).then(|| params.add("lm_head.weight".into(), &[d, v], Init::Normal(0.02), device, &mut rng)).transpose()?;
-        Ok(Model { config: config.clone(), params, embed, blocks, final_norm, lm_head })
+        Ok(Model { config: config.clone(), params, embed, blocks, final_norm, lm_head, expert_split: None })
+    }
+
+    /// Keeps only `group`'s rank's experts in every MoE MLP (expert parallelism,
+    /// `expert_parallel.rs`). Done once, on the whole model (fresh or loaded).
+    pub fn split_experts(&mut self, group: Arc<dyn Communicator>) -> Result<()> {
+        check_splittable(&self.config, group.size())?;
+        if group.size() == 1 {
+            return Ok(());
+        }
+        if self.expert_split.is_some() {
+            return Err(Error::Invalid { what: "expert parallelism", value: group.size().to_string(), msg: "the model's experts are already split".into() });
+        }
+        let mut params = Vec::new();
+        for b in &mut self.blocks {
+            params.extend(b.mlp.split_experts(&mut self.params, &group)?.into_iter().map(ParamId::index));
+        }
+        self.expert_split = Some(ExpertSplit { group, params });
+        Ok(())
     }
 
     pub fn device(&self) -> Device {
@@ -173,7 +197,9 @@ impl Model {
     pub fn param_counts(&self, stats: Option<&[LayerStats]>) -> ParamCounts {
         let d = self.config.d_model;
         let embedding: usize = self.params.iter().filter(|p| p.name.starts_with("embed.") || p.name.starts_with("lm_head.")).map(|p| p.value.elem_count()).sum();
-        let total = self.params.count() - embedding;
+        // Split expert matrices count for the whole expert group.
+        let split = |i: usize| self.expert_split.as_ref().filter(|s| s.holds(i)).map_or(1, |s| s.group.size());
+        let total = self.params.iter().enumerate().map(|(i, p)| p.value.elem_count() * split(i)).sum::<usize>() - embedding;
         let (mut idle_total, mut mlp_expert_total, mut mlp_expert_active) = (0.0, 0usize, 0.0);
         for (i, b) in self.blocks.iter().enumerate() {
             let s = stats.and_then(|s| s.get(i));

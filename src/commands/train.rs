@@ -2,14 +2,13 @@
 //! With no arguments this is the README's main job: the tiny DS-MoE on the bundled corpus.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use engine::comm::Communicator;
 use indicatif::{ProgressBar, ProgressStyle};
 use model::config::presets;
-use model::run::{open_corpus, TrainingRun};
+use model::parallel::Grid;
+use model::run::{load_model, open_corpus, TrainingRun};
 use model::{Family, InferenceMode, Selection};
 
 use super::generate::bytes_to_text;
@@ -23,20 +22,19 @@ const SAMPLE_TOKENS: usize = 240;
 
 pub fn run(a: TrainArgs) -> Result<()> {
     let (job, device) = Job::join(device(&a.device)?)?;
-    let group = job.group.clone();
-    let result = train_job(a, group, device);
+    let result = Grid::new(job.group.clone(), a.expert_parallel).map_err(anyhow::Error::from).and_then(|grid| train_job(a, grid, device));
     job.finish(result)
 }
 
-/// The whole command as one rank of `group` (alone: the group of one). Rank 0 prints and writes.
-fn train_job(a: TrainArgs, group: Arc<dyn Communicator>, device: engine::Device) -> Result<()> {
-    let lead = group.rank() == 0;
+/// The whole command as one rank of `grid` (alone: the grid of one). Rank 0 prints and writes.
+fn train_job(a: TrainArgs, grid: Grid, device: engine::Device) -> Result<()> {
+    let lead = grid.world.rank() == 0;
     let mut run = if a.resume {
         let out = a.out.clone().unwrap_or_else(|| Path::new("runs").join(&a.config));
         let corpus = a.data.as_deref().map(|p| open_corpus(Some(p))).transpose()?;
         // The run's own dtype unless one is given (which must then be the run's).
         let dtype = a.dtype.as_deref().map(|d| compute_dtype(Some(d), &device)).transpose()?;
-        let run = TrainingRun::resume_in(group.clone(), &out, corpus, a.steps, &device, dtype).with_context(|| format!("resuming {}", out.display()))?;
+        let run = TrainingRun::resume_in(grid, &out, corpus, a.steps, &device, dtype).with_context(|| format!("resuming {}", out.display()))?;
         check_dtype(run.trainer.dtype, &device)?;
         let seed = run.trainer.config.train.seed;
         if let Some(s) = a.seed.filter(|&s| s != seed) {
@@ -54,7 +52,7 @@ fn train_job(a: TrainArgs, group: Arc<dyn Communicator>, device: engine::Device)
         }
         let out = a.out.clone().unwrap_or_else(|| fresh_run_dir(&config.model.name));
         let corpus = open_corpus(a.data.as_deref())?;
-        TrainingRun::start_in(group.clone(), config, corpus, &out, &device, dtype)?
+        TrainingRun::start_in(grid, config, corpus, &out, &device, dtype)?
     };
     for w in run.warnings() {
         eprintln!("warning: {w}");
@@ -67,7 +65,7 @@ fn train_job(a: TrainArgs, group: Arc<dyn Communicator>, device: engine::Device)
         return Ok(());
     }
     if !a.no_final_eval {
-        final_evaluation(&run)?;
+        final_evaluation(&run, &device)?;
     }
     if run.out().join(model::checkpoint::LATEST_FILE).exists() {
         println!("checkpoint: {}", run.out().display());
@@ -107,9 +105,9 @@ fn describe(run: &TrainingRun, device: &engine::Device, dtype: engine::DType) {
         run.step_count(),
         run.out().display()
     );
-    let group = &run.trainer.data_group;
-    if group.size() > 1 {
-        println!("data parallel: {} ranks over {}, {} sequences each per micro-batch", group.size(), group.transport(), c.train.batch_size / group.size());
+    let grid = run.grid();
+    if grid.world.size() > 1 {
+        println!("parallel: {}, {} sequences each per micro-batch", grid.describe(), c.train.batch_size / grid.data.size());
     }
 }
 
@@ -167,13 +165,25 @@ fn final_modes(run: &TrainingRun) -> Vec<InferenceMode> {
     modes
 }
 
-fn final_evaluation(run: &TrainingRun) -> Result<()> {
-    let windows = run.trainer.config.train.final_eval_windows;
+/// Rank 0's evaluation after training. A model whose experts are split over ranks is evaluated
+/// (and sampled) from the checkpoint the last step gathered, whole, on rank 0 alone.
+fn final_evaluation(run: &TrainingRun, device: &engine::Device) -> Result<()> {
+    let t = &run.trainer.config.train;
     let modes = final_modes(run);
+    let gathered = match run.trainer.model.expert_split {
+        Some(_) if run.out().join(model::checkpoint::LATEST_FILE).exists() => Some(load_model(run.out(), device)?.model),
+        Some(_) => {
+            println!("no final evaluation: no checkpoint to gather the split experts from");
+            return Ok(());
+        }
+        None => None,
+    };
+    let evaluated = gathered.as_ref().unwrap_or(&run.trainer.model);
+    let windows = model::run::validation_windows(&run.corpus, t.seq_len, t.final_eval_windows)?;
     let bar = ProgressBar::new(modes.len() as u64).with_message("final evaluation");
     let mut reports = Vec::new();
     for mode in &modes {
-        reports.push(run.evaluate(*mode, windows)?);
+        reports.push(model::eval::evaluate(evaluated, &windows, t.batch_size, *mode, run.trainer.dtype, run.corpus.bytes_per_token())?);
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -191,7 +201,7 @@ fn final_evaluation(run: &TrainingRun) -> Result<()> {
     if run.trainer.config.model.vocab_size == 256 {
         let prompt: Vec<u32> = SAMPLE_PROMPT.bytes().map(u32::from).collect();
         let mut rng = engine::Rng::new(run.trainer.config.train.seed);
-        let text = model::generate::generate(&run.trainer.model, &prompt, SAMPLE_TOKENS, 0.8, sample_mode, run.trainer.dtype, &mut rng)?;
+        let text = model::generate::generate(evaluated, &prompt, SAMPLE_TOKENS, 0.8, sample_mode, run.trainer.dtype, &mut rng)?;
         println!("\nsample ({}, temperature 0.8):\n{}\n", sample_mode.mlp.describe(), bytes_to_text(&text));
     }
     Ok(())
