@@ -52,3 +52,26 @@ fn a_wrong_gradient_fails_the_check() {
     let report = check_gradients(|v: &[Var]| v[0].moe_sparse_mlp(&v[1], &v[2], &v[3].detach(), &perm), &inputs, 1e-5).unwrap();
     assert!(report.per_input[3] > 0.1, "a missing weight gradient passed: {:?}", report.per_input);
 }
+
+/// The gated (SwiGLU) form in x, w1, w3, w2 and the router weights.
+fn check_swiglu(mode: RouteMode, capacity: Option<usize>, seed: u64) {
+    let (t, d, e, f) = (7, 5, 4, 3);
+    let mut rng = Rng::new(seed);
+    let probs = ops::softmax(&randn(&mut rng, &[t, e])).unwrap();
+    let routes = ops::moe_route(&probs, mode, false).unwrap();
+    let perm = ops::moe_permute(&routes, e, capacity).unwrap();
+    if capacity.is_some() {
+        assert!(perm.dropped.to_vec::<u32>().unwrap()[0] > 0, "the capacity case must drop pairs");
+    }
+    let w = |rng: &mut Rng| randn(rng, &[e * f, d]);
+    let inputs = [randn(&mut rng, &[t, d]), w(&mut rng), w(&mut rng), w(&mut rng), ops::mul(&routes.weights, &routes.mask).unwrap()];
+    let report = check_gradients(|v: &[Var]| v[0].moe_sparse_swiglu(&v[1], &v[2], &v[3], &v[4], &perm), &inputs, 1e-5).unwrap();
+    assert!(report.max_error() < 1e-6, "SwiGLU {mode:?}, capacity {capacity:?}: relative errors {:?}", report.per_input);
+}
+
+#[test]
+fn swiglu_matches_finite_differences() {
+    check_swiglu(RouteMode::TopK(2), None, 4);
+    check_swiglu(RouteMode::Threshold { eps: 1.0, k_max: 3 }, None, 5);
+    check_swiglu(RouteMode::TopK(3), Some(3), 6);
+}

@@ -9,18 +9,17 @@
 //!
 //! A plain MLP is the one-expert case without a router.
 //!
-//! SwiGLU experts (a third matrix `w3`, the up projection, stacked the same way) have no fused
-//! op: they run as the composition of the engine's GEMM and element-wise ops (silu among them),
-//! one expert at a time (`dense_by_expert`, `sparse_by_expert`), on every backend and under
-//! autograd. That costs what fusion saves: training copies each used expert's rows out of the
-//! stacked weights every step, and the sparse form reads the expert-sorted lists to the host to
-//! size each expert's product (a sync per layer, which the GeLU path makes too in training for its
-//! statistics, but not at inference). Shared experts are a plain MLP beside the routed ones, added
+//! SwiGLU experts (a third matrix `w3`, the up projection, stacked the same way) take the gated
+//! form of the sparse op (`moe_sparse_swiglu`: the same routing lists and kernels, the activation
+//! in the epilogues). Their dense all-experts form has no fused op yet; it is composed of full-width
+//! products over the stacked matrices (`dense_swiglu`: every expert in one GEMM of width E·f, as
+//! the GeLU op does, with the gating and SiLU as element-wise ops between them), under autograd
+//! and in the inference path alike. Shared experts are a plain MLP beside the routed ones, added
 //! ungated.
 
 use autograd::Var;
-use engine::ops::{self, Permutation, RouteMode, Routes};
-use engine::{Device, Rng, Tensor};
+use engine::ops::{self, RouteMode, Routes};
+use engine::{Device, Rng};
 
 use crate::config::{Activation, RouterKind};
 use crate::params::{Init, ParamId, Params};
@@ -114,7 +113,7 @@ impl Mlp {
             // One fused op: the gating and GeLU ride in the products' epilogues on CUDA.
             Routing::Dense => match &w3 {
                 None => (x.moe_dense_mlp(&w1, &w2, &r.probs)?, self.n_experts as f64, 0),
-                Some(w3) => (dense_by_expert(x, &r.probs, |e| self.expert(e, &w1, w3, &w2))?, self.n_experts as f64, 0),
+                Some(w3) => (dense_swiglu(x, (&w1, w3, &w2), &r.probs)?, self.n_experts as f64, 0),
             },
             Routing::Sparse(sel) => match sel.route_mode(self.n_experts)? {
                 None => return self.routed(ctx, params, x, Routing::Dense),
@@ -146,17 +145,11 @@ impl Mlp {
         let perm = ops::moe_permute(routes, self.n_experts, capacity)?;
         let y = match w3 {
             None => x.moe_sparse_mlp(w1, w2, weights, &perm)?,
-            Some(w3) => sparse_by_expert(x, weights, &perm, |e| self.expert(e, w1, w3, w2))?,
+            Some(w3) => x.moe_sparse_swiglu(w1, w3, w2, weights, &perm)?,
         };
         let used = perm.offsets.to_vec::<u32>()?[self.n_experts] as usize;
         let dropped = perm.dropped.to_vec::<u32>()?[0] as usize;
         Ok((y, used, dropped))
-    }
-
-    /// Expert `e`'s rows of the stacked SwiGLU matrices.
-    fn expert(&self, e: usize, w1: &Var, w3: &Var, w2: &Var) -> Result<ExpertMatrices> {
-        let rows = |w: &Var| w.narrow(0, e * self.width, self.width);
-        Ok((rows(w1)?, Some(rows(w3)?), rows(w2)?))
     }
 
     /// Parameters of one routed expert (all its matrices).
@@ -176,41 +169,13 @@ pub(crate) fn body(x: &Var, (w1, w3, w2): &ExpertMatrices) -> Result<Var> {
     Ok(h.matmul(w2)?)
 }
 
-/// `Σ_e p[:, e]·body_e(x)` over every expert of `p` `[T, E]`, summed in expert order.
-pub(crate) fn dense_by_expert(x: &Var, p: &Var, expert: impl Fn(usize) -> Result<ExpertMatrices>) -> Result<Var> {
-    let mut y: Option<Var> = None;
-    for e in 0..p.dims()[1] {
-        let term = body(x, &expert(e)?)?.mul(&p.narrow(1, e, 1)?)?;
-        y = Some(match y {
-            Some(y) => y.add(&term)?,
-            None => term,
-        });
-    }
-    Ok(y.expect("a router has at least one expert"))
-}
-
-/// Each token's kept slots of `perm`, weighted by `weights` `[T, k_max]` and summed: every expert
-/// runs once on the rows of its tokens (gathered), and the weighted results are scatter-added back.
-pub(crate) fn sparse_by_expert(x: &Var, weights: &Var, perm: &Permutation, expert: impl Fn(usize) -> Result<ExpertMatrices>) -> Result<Var> {
-    let (tokens, device) = (x.dims()[0], x.device());
-    let offsets = perm.offsets.to_vec::<u32>()?;
-    let sorted = perm.sorted_slots.to_vec::<u32>()?;
-    let slot_weights = weights.reshape([tokens * perm.k_max, 1])?;
-    let (mut parts, mut rows) = (Vec::new(), Vec::new());
-    for e in 0..perm.n_experts {
-        let slots = &sorted[offsets[e] as usize..offsets[e + 1] as usize];
-        if slots.is_empty() {
-            continue;
-        }
-        let toks: Vec<u32> = slots.iter().map(|s| s / perm.k_max as u32).collect();
-        let xe = x.index_select(&Tensor::from_slice(&toks, [toks.len()], &device)?)?;
-        let we = slot_weights.index_select(&Tensor::from_slice(slots, [slots.len()], &device)?)?;
-        parts.push(body(&xe, &expert(e)?)?.mul(&we)?);
-        rows.extend(toks);
-    }
-    if parts.is_empty() {
-        return Ok(Var::constant(Tensor::zeros(x.dims().to_vec(), x.dtype(), &device)?));
-    }
-    let y = Var::concat(&parts.iter().collect::<Vec<_>>(), 0)?;
-    Ok(y.scatter_add_rows(&Tensor::from_slice(&rows, [rows.len()], &device)?, tokens)?)
+/// `Σ_e p[:, e]·(silu(x·W1_eᵀ) ⊙ x·W3_eᵀ)·W2_e` over every expert of `p` `[T, E]`, from the
+/// stacked `[E·f, d]` matrices: two products of width E·f, the gating on the `[T, E, f]` view, and
+/// one product reducing over E·f (no per-expert output or weight copy exists).
+pub(crate) fn dense_swiglu(x: &Var, (w1, w3, w2): (&Var, &Var, &Var), p: &Var) -> Result<Var> {
+    let (tokens, experts) = (p.dims()[0], p.dims()[1]);
+    let h = x.matmul_t(w1, false, true)?.silu()?.mul(&x.matmul_t(w3, false, true)?)?;
+    let width = h.dims()[1];
+    let gated = h.reshape([tokens, experts, width / experts])?.mul(&p.reshape([tokens, experts, 1])?)?;
+    Ok(gated.reshape([tokens, width])?.matmul(w2)?)
 }
