@@ -33,7 +33,7 @@ done
 # Every test file that takes a device from engine::cuda::test_device(), but `nccl`: NCCL drives
 # real GPUs through the CUDA runtime and its own transports, which the emulated driver does not
 # provide, so on the emulated device it could only fail.
-GPU_TESTS=(--test cuda_ops --test cuda_gemm --test cuda_moe_dense --test cuda_moe_sparse --test cuda_moe_sparse_swiglu --test cuda_attention --test cuda_paged_attention --test devices --test backward_parity --test gpu_step --test emulated_train)
+GPU_TESTS=(--test cuda_ops --test cuda_gemm --test cuda_moe_dense --test cuda_moe_sparse --test cuda_attention --test cuda_paged_attention --test devices --test backward_parity --test gpu_step --test emulated_train)
 
 export DSMOE_DEVICE=emu DSMOE_REQUIRE_GPU=1
 export DSMOE_EMU_SMS="${DSMOE_EMU_SMS:-2}"

@@ -257,12 +257,10 @@ __device__ void combine(const S* rows, const u32* slot_pos, T* y, u64 tokens, u3
     }
 }
 
-// One warp per list entry i < offsets[groups]: dw[slot] = Σ_c dG[i,c]·H[i,c] (warp tree, fixed
-// order), dU[i,c] = w[slot]·dG[i,c]·gelu'(U[i,c]) written over dG, and wH[i,c] = w[slot]·H[i,c]
-// (the B operand of dW2ᵀ).
-template <typename T>
-__device__ void grad_act(T* dg, const T* h, const T* u, const T* w, const u32* sorted_slots, const u32* offsets, u32 groups,
-                         T* dweights, T* wh, u64 f) {
+// One warp per list entry i < offsets[groups]: dw[slot] = Σ_c grad(i·f + c, w[slot]) (each call
+// returns its term of dH·H and writes that element's gradients; warp tree, fixed order).
+template <typename T, class Grad>
+__device__ void grad_rows(const T* w, const u32* sorted_slots, const u32* offsets, u32 groups, T* dweights, u64 f, Grad grad) {
     const u32 lane = threadIdx.x & (WARP - 1);
     const u64 total = offsets[groups];
     const u64 warps = (u64)gridDim.x * blockDim.x / WARP;
@@ -270,45 +268,38 @@ __device__ void grad_act(T* dg, const T* h, const T* u, const T* w, const u32* s
         const u32 slot = sorted_slots[i];
         const float ws = to_float(w[slot]);
         float dot = 0.0f;
-        for (u64 c = lane; c < f; c += WARP) {
-            const u64 o = i * f + c;
-            const float g = to_float(dg[o]), x = to_float(u[o]), hv = to_float(h[o]);
-            dot += g * hv;
-            const float sg = 1.0f / (1.0f + expf(-2.0f * 0.7978845608028654f * (x + 0.044715f * x * x * x)));
-            const float du = 0.7978845608028654f * (1.0f + 3.0f * 0.044715f * x * x);
-            dg[o] = from_float<T>(ws * g * (sg + 2.0f * x * sg * (1.0f - sg) * du));
-            wh[o] = from_float<T>(ws * hv);
-        }
+        for (u64 c = lane; c < f; c += WARP) dot += grad(i * f + c, ws);
         dot = warp_reduce(dot, [](float a, float b) { return a + b; });
         if (lane == 0) dweights[slot] = from_float<T>(dot);
     }
 }
 
-// One warp per list entry i < offsets[groups], for gated experts: dw[slot] = Σ_c dH[i,c]·H[i,c]
-// (warp tree, fixed order), dGate[i,c] = w·dH·V·silu'(G) written over dH, dV[i,c] = w·dH·silu(G),
-// and wH[i,c] = w[slot]·H[i,c] (the B operand of dW2ᵀ).
+// GeLU experts: dU = w·dG·gelu'(U) written over dG, and wH = w·H (the B operand of dW2ᵀ).
+template <typename T>
+__device__ void grad_act(T* dg, const T* h, const T* u, const T* w, const u32* sorted_slots, const u32* offsets, u32 groups,
+                         T* dweights, T* wh, u64 f) {
+    grad_rows(w, sorted_slots, offsets, groups, dweights, f, [&](u64 o, float ws) {
+        const float g = to_float(dg[o]), x = to_float(u[o]), hv = to_float(h[o]);
+        const float sg = 1.0f / (1.0f + expf(-2.0f * 0.7978845608028654f * (x + 0.044715f * x * x * x)));
+        const float du = 0.7978845608028654f * (1.0f + 3.0f * 0.044715f * x * x);
+        dg[o] = from_float<T>(ws * g * (sg + 2.0f * x * sg * (1.0f - sg) * du));
+        wh[o] = from_float<T>(ws * hv);
+        return g * hv;
+    });
+}
+
+// Gated experts: dGate = w·dH·V·silu'(G) written over dH, dV = w·dH·silu(G), and wH = w·H.
 template <typename T>
 __device__ void grad_swiglu(T* dh, T* dv, const T* h, const T* g, const T* v, const T* w, const u32* sorted_slots, const u32* offsets,
                             u32 groups, T* dweights, T* wh, u64 f) {
-    const u32 lane = threadIdx.x & (WARP - 1);
-    const u64 total = offsets[groups];
-    const u64 warps = (u64)gridDim.x * blockDim.x / WARP;
-    for (u64 i = global_thread() / WARP; i < total; i += warps) {
-        const u32 slot = sorted_slots[i];
-        const float ws = to_float(w[slot]);
-        float dot = 0.0f;
-        for (u64 c = lane; c < f; c += WARP) {
-            const u64 o = i * f + c;
-            const float d = to_float(dh[o]), x = to_float(g[o]), hv = to_float(h[o]);
-            dot += d * hv;
-            const float sg = 1.0f / (1.0f + expf(-x));
-            dh[o] = from_float<T>(ws * d * to_float(v[o]) * sg * (1.0f + x * (1.0f - sg)));
-            dv[o] = from_float<T>(ws * d * x * sg);
-            wh[o] = from_float<T>(ws * hv);
-        }
-        dot = warp_reduce(dot, [](float a, float b) { return a + b; });
-        if (lane == 0) dweights[slot] = from_float<T>(dot);
-    }
+    grad_rows(w, sorted_slots, offsets, groups, dweights, f, [&](u64 o, float ws) {
+        const float d = to_float(dh[o]), x = to_float(g[o]), hv = to_float(h[o]);
+        const float sg = 1.0f / (1.0f + expf(-x));
+        dh[o] = from_float<T>(ws * d * to_float(v[o]) * sg * (1.0f + x * (1.0f - sg)));
+        dv[o] = from_float<T>(ws * d * x * sg);
+        wh[o] = from_float<T>(ws * hv);
+        return d * hv;
+    });
 }
 
 // ---- entry points -----------------------------------------------------------------------------------
