@@ -19,7 +19,7 @@
 
 use autograd::Var;
 use engine::ops::{self, RouteMode, Routes};
-use engine::{Device, Rng};
+use engine::{Device, Rng, Tensor};
 
 use crate::config::{Activation, RouterKind};
 use crate::params::{Init, ParamId, Params};
@@ -68,10 +68,30 @@ pub enum Routing {
 pub struct MlpOut {
     pub y: Var,
     pub router: Option<RouterOut>,
-    /// Mean experts per token that did work (counted from the routing), and tokens dropped by
-    /// the capacity limit.
-    pub experts_per_token: f64,
-    pub dropped_tokens: usize,
+    pub used: ExpertUse,
+}
+
+/// How many experts did work in one MLP forward.
+pub enum ExpertUse {
+    /// A fixed number per token (every expert, or a plain MLP's one).
+    PerToken(f64),
+    /// Counted by the sparse routing on the device: token-expert pairs computed and pairs dropped
+    /// by the capacity limit (u32 `[1]` each) over `tokens`, read only when the caller asks, so
+    /// a forward queues its layers without waiting on them.
+    Counted { pairs: Tensor, dropped: Tensor, tokens: usize },
+}
+
+impl ExpertUse {
+    /// (mean experts per token, pairs dropped by the capacity limit).
+    pub fn read(&self) -> Result<(f64, usize)> {
+        match self {
+            ExpertUse::PerToken(k) => Ok((*k, 0)),
+            ExpertUse::Counted { pairs, dropped, tokens } => {
+                let pairs = pairs.to_vec::<u32>()?[0] as f64;
+                Ok((pairs / (*tokens).max(1) as f64, dropped.to_vec::<u32>()?[0] as usize))
+            }
+        }
+    }
 }
 
 impl Mlp {
@@ -105,23 +125,22 @@ impl Mlp {
         let w3 = self.w3.map(|id| ctx.p(params.get(id))).transpose()?;
         let Some(router) = &self.router else {
             let y = body(x, &(w1, w3, w2))?;
-            return Ok(MlpOut { y, router: None, experts_per_token: 1.0, dropped_tokens: 0 });
+            return Ok(MlpOut { y, router: None, used: ExpertUse::PerToken(1.0) });
         };
         let r = router.forward(ctx, params, x)?;
         let tokens = x.dims()[0];
-        let (y, experts_per_token, dropped_tokens) = match routing {
+        let (y, used) = match routing {
             // One fused op: the gating and GeLU ride in the products' epilogues on CUDA.
             Routing::Dense => match &w3 {
-                None => (x.moe_dense_mlp(&w1, &w2, &r.probs)?, self.n_experts as f64, 0),
-                Some(w3) => (dense_swiglu(x, (&w1, w3, &w2), &r.probs)?, self.n_experts as f64, 0),
+                None => (x.moe_dense_mlp(&w1, &w2, &r.probs)?, ExpertUse::PerToken(self.n_experts as f64)),
+                Some(w3) => (dense_swiglu(x, (&w1, w3, &w2), &r.probs)?, ExpertUse::PerToken(self.n_experts as f64)),
             },
             Routing::Sparse(sel) => match sel.route_mode(self.n_experts)? {
                 None => return self.routed(ctx, params, x, Routing::Dense),
                 Some(mode) => {
                     let routes = ops::moe_route(r.probs.value(), mode, false)?;
                     let weights = r.probs.gather_last(&routes.experts)?.mul(&Var::constant(routes.mask.clone()))?;
-                    let (y, used, dropped) = self.sparse(x, (&w1, w3.as_ref(), &w2), &weights, &routes, None)?;
-                    (y, used as f64 / tokens as f64, dropped)
+                    self.sparse(x, (&w1, w3.as_ref(), &w2), &weights, &routes, None)?
                 }
             },
             Routing::TopKRenormalised { k, capacity_factor } => {
@@ -129,27 +148,24 @@ impl Mlp {
                 let kept = r.probs.gather_last(&routes.experts)?;
                 let weights = kept.div(&kept.sum(-1, true)?)?;
                 let capacity = capacity_factor.map(|cf| ((cf * (tokens * k) as f64 / self.n_experts as f64).ceil() as usize).max(1));
-                let (y, used, dropped) = self.sparse(x, (&w1, w3.as_ref(), &w2), &weights, &routes, capacity)?;
-                (y, used as f64 / tokens as f64, dropped)
+                self.sparse(x, (&w1, w3.as_ref(), &w2), &weights, &routes, capacity)?
             }
         };
-        Ok(MlpOut { y, router: Some(r), experts_per_token, dropped_tokens })
+        Ok(MlpOut { y, router: Some(r), used })
     }
 
     /// Runs each expert on the tokens `routes` gives it (at most `capacity` per expert, earlier
     /// tokens first), gated by `weights` `[T, k_max]`, and sums each token's results, all in the
-    /// engine's sparse MoE ops (device-side routing lists; no per-expert host loop). Returns
-    /// (output, token-expert pairs computed, pairs dropped by the capacity limit); the two counts
-    /// are read back for the report.
-    fn sparse(&self, x: &Var, (w1, w3, w2): (&Var, Option<&Var>, &Var), weights: &Var, routes: &Routes, capacity: Option<usize>) -> Result<(Var, usize, usize)> {
+    /// engine's sparse MoE ops (device-side routing lists; no per-expert host loop and no read
+    /// back). Returns the output and the counts of the routing, still on the device.
+    fn sparse(&self, x: &Var, (w1, w3, w2): (&Var, Option<&Var>, &Var), weights: &Var, routes: &Routes, capacity: Option<usize>) -> Result<(Var, ExpertUse)> {
         let perm = ops::moe_permute(routes, self.n_experts, capacity)?;
         let y = match w3 {
             None => x.moe_sparse_mlp(w1, w2, weights, &perm)?,
             Some(w3) => x.moe_sparse_swiglu(w1, w3, w2, weights, &perm)?,
         };
-        let used = perm.offsets.to_vec::<u32>()?[self.n_experts] as usize;
-        let dropped = perm.dropped.to_vec::<u32>()?[0] as usize;
-        Ok((y, used, dropped))
+        let pairs = ops::narrow(&perm.offsets, 0, self.n_experts, 1)?;
+        Ok((y, ExpertUse::Counted { pairs, dropped: perm.dropped, tokens: x.dims()[0] }))
     }
 
     /// Parameters of one routed expert (all its matrices).
