@@ -256,6 +256,9 @@ pub const MOE_SPARSE: KernelSource = KernelSource {
         "moe_grad_act_f32",
         "moe_grad_act_bf16",
         "moe_grad_act_f16",
+        "moe_grad_swiglu_f32",
+        "moe_grad_swiglu_bf16",
+        "moe_grad_swiglu_f16",
     ],
     // The bf16 / f16 grouped GEMMs run gemm_sm80.cuh's mainloop on every architecture (TMA cannot
     // gather rows): mma.sync, cp.async copies and ldmatrix loads.
@@ -265,7 +268,7 @@ pub const MOE_SPARSE: KernelSource = KernelSource {
 pub const MOE_DECODE: KernelSource = KernelSource {
     name: "moe_decode",
     source: include_str!("kernels/moe_decode.cu"),
-    entry_points: &["moe_decode_up_f32", "moe_decode_up_bf16", "moe_decode_up_f16", "moe_decode_down_f32", "moe_decode_down_bf16", "moe_decode_down_f16"],
+    entry_points: &["moe_decode_up_f32", "moe_decode_up_bf16", "moe_decode_up_f16", "moe_decode_up_swiglu_f32", "moe_decode_up_swiglu_bf16", "moe_decode_up_swiglu_f16", "moe_decode_down_f32", "moe_decode_down_bf16", "moe_decode_down_f16"],
     expect_sass: &[],
 };
 

@@ -9,13 +9,12 @@
 //!
 //! A plain MLP is the one-expert case without a router.
 //!
-//! SwiGLU experts (a third matrix `w3`, the up projection, stacked the same way) have no fused
-//! op: they run as the composition of the engine's GEMM and element-wise ops (silu among them),
-//! one expert at a time (`dense_by_expert`, `sparse_by_expert`), on every backend and under
-//! autograd. That costs what fusion saves: training copies each used expert's rows out of the
-//! stacked weights every step, and the sparse form reads the expert-sorted lists to the host to
-//! size each expert's product (a sync per layer, which the GeLU path makes too in training for its
-//! statistics, but not at inference). Shared experts are a plain MLP beside the routed ones, added
+//! SwiGLU experts (a third matrix `w3`, the up projection, stacked the same way) take the gated
+//! form of the sparse op (`moe_sparse_swiglu`: the same routing lists and kernels, the activation
+//! in the epilogues). Their dense all-experts form has no fused op yet; it is composed of full-width
+//! products over the stacked matrices (`dense_swiglu`: every expert in one GEMM of width E·f, as
+//! the GeLU op does, with the gating and SiLU as element-wise ops between them), under autograd
+//! and in the inference path alike. Shared experts are a plain MLP beside the routed ones, added
 //! ungated.
 
 use std::sync::Arc;
@@ -77,10 +76,33 @@ pub enum Routing {
 pub struct MlpOut {
     pub y: Var,
     pub router: Option<RouterOut>,
-    /// Mean experts per token that did work (counted from the routing), and tokens dropped by
-    /// the capacity limit.
-    pub experts_per_token: f64,
-    pub dropped_tokens: usize,
+    pub used: ExpertUse,
+}
+
+/// How many experts did work in one MLP forward.
+pub enum ExpertUse {
+    /// A fixed number per token (every expert, or a plain MLP's one).
+    PerToken(f64),
+    /// Counted by the sparse routing on the device: token-expert pairs computed and pairs dropped
+    /// by the capacity limit (u32 `[1]` each) over `tokens`, read only when the caller asks, so
+    /// a forward queues its layers without waiting on them.
+    Counted { pairs: Tensor, dropped: Tensor, tokens: usize },
+    /// Counted on the host by the expert-parallel exchange, over the whole expert group.
+    Exchanged { pairs: usize, dropped: usize, tokens: usize },
+}
+
+impl ExpertUse {
+    /// (mean experts per token, pairs dropped by the capacity limit).
+    pub fn read(&self) -> Result<(f64, usize)> {
+        match self {
+            ExpertUse::PerToken(k) => Ok((*k, 0)),
+            ExpertUse::Counted { pairs, dropped, tokens } => {
+                let pairs = pairs.to_vec::<u32>()?[0] as f64;
+                Ok((pairs / (*tokens).max(1) as f64, dropped.to_vec::<u32>()?[0] as usize))
+            }
+            ExpertUse::Exchanged { pairs, dropped, tokens } => Ok((*pairs as f64 / (*tokens).max(1) as f64, *dropped)),
+        }
+    }
 }
 
 impl Mlp {
@@ -129,31 +151,30 @@ impl Mlp {
         let w3 = self.w3.map(|id| ctx.p(params.get(id))).transpose()?;
         let Some(router) = &self.router else {
             let y = body(x, &(w1, w3, w2))?;
-            return Ok(MlpOut { y, router: None, experts_per_token: 1.0, dropped_tokens: 0 });
+            return Ok(MlpOut { y, router: None, used: ExpertUse::PerToken(1.0) });
         };
         let r = router.forward(ctx, params, x)?;
         let tokens = x.dims()[0];
-        let (y, experts_per_token, dropped_tokens) = match routing {
+        let (y, used) = match routing {
             // One fused op: the gating and GeLU ride in the products' epilogues on CUDA.
             Routing::Dense => {
                 // The experts this rank holds (all of them unless split) on the probabilities' columns of those experts.
                 let experts = |x: &Var, p: &Var| match &w3 {
                     None => Ok(x.moe_dense_mlp(&w1, &w2, p)?),
-                    Some(w3) => dense_by_expert(x, p, |e| self.expert(e, &w1, w3, &w2)),
+                    Some(w3) => dense_swiglu(x, (&w1, w3, &w2), p),
                 };
                 let y = match &self.expert_group {
                     None => experts(x, &r.probs)?,
                     Some(group) => dense_moe(group, x, &r.probs, experts)?,
                 };
-                (y, self.n_experts as f64, 0)
+                (y, ExpertUse::PerToken(self.n_experts as f64))
             }
             Routing::Sparse(sel) => match sel.route_mode(self.n_experts)? {
                 None => return self.routed(ctx, params, x, Routing::Dense),
                 Some(mode) => {
                     let routes = ops::moe_route(r.probs.value(), mode, false)?;
                     let weights = r.probs.gather_last(&routes.experts)?.mul(&Var::constant(routes.mask.clone()))?;
-                    let (y, used, dropped) = self.sparse(x, (&w1, w3.as_ref(), &w2), &weights, &routes, None)?;
-                    (y, used as f64 / tokens as f64, dropped)
+                    self.sparse(x, (&w1, w3.as_ref(), &w2), &weights, &routes, None)?
                 }
             },
             Routing::TopKRenormalised { k, capacity_factor } => {
@@ -161,39 +182,32 @@ impl Mlp {
                 let kept = r.probs.gather_last(&routes.experts)?;
                 let weights = kept.div(&kept.sum(-1, true)?)?;
                 let capacity = capacity_factor.map(|cf| ((cf * (tokens * k) as f64 / self.n_experts as f64).ceil() as usize).max(1));
-                let (y, used, dropped) = self.sparse(x, (&w1, w3.as_ref(), &w2), &weights, &routes, capacity)?;
-                (y, used as f64 / tokens as f64, dropped)
+                self.sparse(x, (&w1, w3.as_ref(), &w2), &weights, &routes, capacity)?
             }
         };
-        Ok(MlpOut { y, router: Some(r), experts_per_token, dropped_tokens })
+        Ok(MlpOut { y, router: Some(r), used })
     }
 
     /// Runs each expert on the tokens `routes` gives it (at most `capacity` per expert, earlier
     /// tokens first), gated by `weights` `[T, k_max]`, and sums each token's results, all in the
-    /// engine's sparse MoE ops (device-side routing lists; no per-expert host loop). Returns
-    /// (output, token-expert pairs computed, pairs dropped by the capacity limit); the two counts
-    /// are read back for the report. With the experts split over ranks, the pairs go to the
-    /// ranks of their experts and back (`expert_dispatch.rs`).
-    fn sparse(&self, x: &Var, (w1, w3, w2): (&Var, Option<&Var>, &Var), weights: &Var, routes: &Routes, capacity: Option<usize>) -> Result<(Var, usize, usize)> {
+    /// engine's sparse MoE ops (device-side routing lists; no per-expert host loop and no read
+    /// back). Returns the output and the counts of the routing, still on the device. With the
+    /// experts split over ranks, the pairs go to the ranks of their experts and back
+    /// (`expert_dispatch.rs`, which reads its lists to size the exchange, so its counts are known).
+    fn sparse(&self, x: &Var, (w1, w3, w2): (&Var, Option<&Var>, &Var), weights: &Var, routes: &Routes, capacity: Option<usize>) -> Result<(Var, ExpertUse)> {
         let experts = |x: &Var, weights: &Var, perm: &Permutation| match w3 {
             None => Ok(x.moe_sparse_mlp(w1, w2, weights, perm)?),
-            Some(w3) => sparse_by_expert(x, weights, perm, |e| self.expert(e, w1, w3, w2)),
+            Some(w3) => Ok(x.moe_sparse_swiglu(w1, w3, w2, weights, perm)?),
         };
+        let tokens = x.dims()[0];
         if let Some(group) = &self.expert_group {
             let out = sparse_moe(group, x, weights, routes, self.n_experts, capacity, experts)?;
-            return Ok((out.y, out.computed, out.dropped));
+            return Ok((out.y, ExpertUse::Exchanged { pairs: out.computed, dropped: out.dropped, tokens }));
         }
         let perm = ops::moe_permute(routes, self.n_experts, capacity)?;
         let y = experts(x, weights, &perm)?;
-        let used = perm.offsets.to_vec::<u32>()?[self.n_experts] as usize;
-        let dropped = perm.dropped.to_vec::<u32>()?[0] as usize;
-        Ok((y, used, dropped))
-    }
-
-    /// Expert `e`'s rows of the stacked SwiGLU matrices.
-    fn expert(&self, e: usize, w1: &Var, w3: &Var, w2: &Var) -> Result<ExpertMatrices> {
-        let rows = |w: &Var| w.narrow(0, e * self.width, self.width);
-        Ok((rows(w1)?, Some(rows(w3)?), rows(w2)?))
+        let pairs = ops::narrow(&perm.offsets, 0, self.n_experts, 1)?;
+        Ok((y, ExpertUse::Counted { pairs, dropped: perm.dropped, tokens }))
     }
 
     /// Parameters of one routed expert (all its matrices).
@@ -213,41 +227,13 @@ pub(crate) fn body(x: &Var, (w1, w3, w2): &ExpertMatrices) -> Result<Var> {
     Ok(h.matmul(w2)?)
 }
 
-/// `Σ_e p[:, e]·body_e(x)` over every expert of `p` `[T, E]`, summed in expert order.
-pub(crate) fn dense_by_expert(x: &Var, p: &Var, expert: impl Fn(usize) -> Result<ExpertMatrices>) -> Result<Var> {
-    let mut y: Option<Var> = None;
-    for e in 0..p.dims()[1] {
-        let term = body(x, &expert(e)?)?.mul(&p.narrow(1, e, 1)?)?;
-        y = Some(match y {
-            Some(y) => y.add(&term)?,
-            None => term,
-        });
-    }
-    Ok(y.expect("a router has at least one expert"))
-}
-
-/// Each token's kept slots of `perm`, weighted by `weights` `[T, k_max]` and summed: every expert
-/// runs once on the rows of its tokens (gathered), and the weighted results are scatter-added back.
-pub(crate) fn sparse_by_expert(x: &Var, weights: &Var, perm: &Permutation, expert: impl Fn(usize) -> Result<ExpertMatrices>) -> Result<Var> {
-    let (tokens, device) = (x.dims()[0], x.device());
-    let offsets = perm.offsets.to_vec::<u32>()?;
-    let sorted = perm.sorted_slots.to_vec::<u32>()?;
-    let slot_weights = weights.reshape([tokens * perm.k_max, 1])?;
-    let (mut parts, mut rows) = (Vec::new(), Vec::new());
-    for e in 0..perm.n_experts {
-        let slots = &sorted[offsets[e] as usize..offsets[e + 1] as usize];
-        if slots.is_empty() {
-            continue;
-        }
-        let toks: Vec<u32> = slots.iter().map(|s| s / perm.k_max as u32).collect();
-        let xe = x.index_select(&Tensor::from_slice(&toks, [toks.len()], &device)?)?;
-        let we = slot_weights.index_select(&Tensor::from_slice(slots, [slots.len()], &device)?)?;
-        parts.push(body(&xe, &expert(e)?)?.mul(&we)?);
-        rows.extend(toks);
-    }
-    if parts.is_empty() {
-        return Ok(Var::constant(Tensor::zeros(x.dims().to_vec(), x.dtype(), &device)?));
-    }
-    let y = Var::concat(&parts.iter().collect::<Vec<_>>(), 0)?;
-    Ok(y.scatter_add_rows(&Tensor::from_slice(&rows, [rows.len()], &device)?, tokens)?)
+/// `Σ_e p[:, e]·(silu(x·W1_eᵀ) ⊙ x·W3_eᵀ)·W2_e` over every expert of `p` `[T, E]`, from the
+/// stacked `[E·f, d]` matrices: two products of width E·f, the gating on the `[T, E, f]` view, and
+/// one product reducing over E·f (no per-expert output or weight copy exists).
+pub(crate) fn dense_swiglu(x: &Var, (w1, w3, w2): (&Var, &Var, &Var), p: &Var) -> Result<Var> {
+    let (tokens, experts) = (p.dims()[0], p.dims()[1]);
+    let h = x.matmul_t(w1, false, true)?.silu()?.mul(&x.matmul_t(w3, false, true)?)?;
+    let width = h.dims()[1];
+    let gated = h.reshape([tokens, experts, width / experts])?.mul(&p.reshape([tokens, experts, 1])?)?;
+    Ok(gated.reshape([tokens, width])?.matmul(w2)?)
 }

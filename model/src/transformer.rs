@@ -158,7 +158,7 @@ impl Model {
             }
             Ok(())
         };
-        let mut layers = Vec::with_capacity(self.blocks.len());
+        let mut uses = Vec::with_capacity(self.blocks.len());
         // Each residual add is fused with the norm that follows it (the next block's attention
         // norm, or the final norm after the last block): one pass gives the stream and its norm.
         let norm_weight = |id: ParamId| ctx.p(self.params.get(id));
@@ -183,8 +183,13 @@ impl Model {
                 }
             }
             (h, x) = h.add_rms_norm(&m.y, &norm_weight(next_norm(i))?, cfg.norm_eps)?;
-            layers.push(LayerStats { att_experts_per_token: a.experts_per_token, mlp_experts_per_token: m.experts_per_token, dropped_tokens: m.dropped_tokens });
+            uses.push((a.experts_per_token, m.used));
         }
+        // The MLP counts are read after every layer is queued (the first read waits for them all).
+        let layers = uses.into_iter().map(|(att, mlp)| {
+            let (mlp_experts_per_token, dropped_tokens) = mlp.read()?;
+            Ok(LayerStats { att_experts_per_token: att, mlp_experts_per_token, dropped_tokens })
+        }).collect::<Result<Vec<_>>>()?;
         let h = x;
         let logits = match self.lm_head {
             Some(w) => h.matmul(&ctx.p(self.params.get(w))?)?,

@@ -142,9 +142,15 @@ fn gelu_2u<A: Acc>(v: A) -> A {
 /// d/dx of x·σ(x): σ(x)·(1 + x·(1 − σ(x))).
 #[inline(always)]
 fn silu_grad<A: Acc>(v: A) -> A {
+    silu_and_grad(v).1
+}
+
+/// SiLU x·σ(x) and its derivative from one σ: for a backward that needs both (the gated MoE MLP).
+#[inline(always)]
+pub(super) fn silu_and_grad<A: Acc>(v: A) -> (A, A) {
     let one = A::one();
     let s = sigmoid(v, one);
-    s * (one + v * (one - s))
+    (v * s, s * (one + v * (one - s)))
 }
 
 /// `f` applied to every element, computed in the arithmetic type.

@@ -16,6 +16,7 @@ mod matmul;
 mod moe_dense;
 mod paged_attention;
 pub(crate) mod moe_sparse;
+pub(crate) mod moe_sparse_gated;
 mod par;
 pub mod pool;
 pub mod profile;

@@ -130,31 +130,31 @@ fn permute_lists(experts: &CpuStorage, counts: &CpuStorage, tokens: usize, k_max
 /// Rows per task of the parallel loops: an expert's list entries are cut into blocks of this
 /// many, so one busy expert spreads over the cores while each task's products stay large enough
 /// for the SIMD kernels. The split depends on the routing only, never on the thread count.
-const ROW_BLOCK: usize = 64;
+pub(super) const ROW_BLOCK: usize = 64;
 
 /// The list geometry shared by forward and backward.
-struct Lists<'a> {
+pub(super) struct Lists<'a> {
     offsets: &'a [u32],
     sorted: &'a [u32],
     slot_pos: &'a [u32],
-    dims: SparseDims,
+    pub(super) dims: SparseDims,
 }
 
 /// One task: `rows` list entries of `expert` starting at entry `first`.
 #[derive(Clone, Copy)]
-struct Block {
-    expert: usize,
-    first: usize,
-    rows: usize,
+pub(super) struct Block {
+    pub(super) expert: usize,
+    pub(super) first: usize,
+    pub(super) rows: usize,
 }
 
 impl Lists<'_> {
     /// List entries in use (the experts' entries back to back from 0).
-    fn total(&self) -> usize {
+    pub(super) fn total(&self) -> usize {
         *self.offsets.last().unwrap_or(&0) as usize
     }
     /// The busy experts' entries cut into blocks of at most `max_rows`, in list order.
-    fn blocks(&self, max_rows: usize) -> Vec<Block> {
+    pub(super) fn blocks(&self, max_rows: usize) -> Vec<Block> {
         let mut out = Vec::new();
         for e in 0..self.dims.n_experts {
             let (mut first, end) = (self.offsets[e] as usize, self.offsets[e + 1] as usize);
@@ -168,18 +168,18 @@ impl Lists<'_> {
     }
     /// Expert e's `[f, d]` rows of the stacked weights `w`, in the arithmetic type (borrowed for
     /// f32 / f64).
-    fn slab<'w, T: Float>(&self, w: &'w [T], e: usize) -> Cow<'w, [T::Acc]> {
+    pub(super) fn slab<'w, T: Float>(&self, w: &'w [T], e: usize) -> Cow<'w, [T::Acc]> {
         let len = self.dims.f * self.dims.d;
         T::widen_slice(&w[e * len..(e + 1) * len])
     }
-    fn slot(&self, i: usize) -> usize {
+    pub(super) fn slot(&self, i: usize) -> usize {
         self.sorted[i] as usize
     }
     fn token(&self, i: usize) -> usize {
         self.slot(i) / self.dims.k_max
     }
     /// `dst` = rows `src[token(i)]` (row length `len`) for the entries of `b`, widened.
-    fn gather<T: Float>(&self, dst: &mut Vec<T::Acc>, src: &[T], b: Block, len: usize) {
+    pub(super) fn gather<T: Float>(&self, dst: &mut Vec<T::Acc>, src: &[T], b: Block, len: usize) {
         dst.clear();
         for i in b.first..b.first + b.rows {
             dst.extend(src[self.token(i) * len..(self.token(i) + 1) * len].iter().map(|v| v.widen()));
@@ -187,7 +187,7 @@ impl Lists<'_> {
     }
     /// y[t] = Σ_j rows[slot_pos[t·k_max + j]] over the token's kept slots, in slot order (`rows`
     /// in list order, row length d), in parallel over tokens.
-    fn combine<T: Float>(&self, rows: &[T]) -> Vec<T> {
+    pub(super) fn combine<T: Float>(&self, rows: &[T]) -> Vec<T> {
         let SparseDims { tokens, d, k_max, .. } = self.dims;
         let mut y = vec![T::narrow(<T::Acc>::zero()); tokens * d];
         for_each_chunk(&mut y, d, worth_it(tokens * d * k_max), || vec![<T::Acc>::zero(); d], |acc, t, out| {
@@ -203,7 +203,7 @@ impl Lists<'_> {
 }
 
 /// `buf` (rows of `width`, list order) cut into one slice per block; empty slices when `buf` is.
-fn split_blocks<'b, X>(mut buf: &'b mut [X], blocks: &[Block], width: usize) -> Vec<&'b mut [X]> {
+pub(super) fn split_blocks<'b, X>(mut buf: &'b mut [X], blocks: &[Block], width: usize) -> Vec<&'b mut [X]> {
     let mut out = Vec::with_capacity(blocks.len());
     for b in blocks {
         let take = if buf.is_empty() { 0 } else { b.rows * width };
@@ -214,7 +214,7 @@ fn split_blocks<'b, X>(mut buf: &'b mut [X], blocks: &[Block], width: usize) -> 
     out
 }
 
-fn lists<'a>(offsets: &'a CpuStorage, sorted: &'a CpuStorage, slot_pos: &'a CpuStorage, dims: &SparseDims) -> Result<Lists<'a>> {
+pub(super) fn lists<'a>(offsets: &'a CpuStorage, sorted: &'a CpuStorage, slot_pos: &'a CpuStorage, dims: &SparseDims) -> Result<Lists<'a>> {
     const OP: &str = "moe_sparse_mlp";
     let l = Lists { offsets: indices(OP, offsets)?, sorted: indices(OP, sorted)?, slot_pos: indices(OP, slot_pos)?, dims: *dims };
     let total = *l.offsets.last().unwrap_or(&0) as usize;
@@ -231,7 +231,7 @@ fn lists<'a>(offsets: &'a CpuStorage, sorted: &'a CpuStorage, slot_pos: &'a CpuS
 }
 
 /// The cost of `products` GEMMs over the list entries in use, for the profile.
-fn sparse_cost(l: &Lists, products: usize, elem: usize) -> Cost {
+pub(super) fn sparse_cost(l: &Lists, products: usize, elem: usize) -> Cost {
     let SparseDims { tokens, d, f, .. } = l.dims;
     let total = l.total();
     Cost { bytes: ((2 * tokens * d + 2 * l.dims.n_experts * f * d + 2 * total * f) * elem) as u64, flops: (2 * products * total * d * f) as u64 }

@@ -13,6 +13,10 @@
 //!    over the token's kept slots, summed in slot order (deterministic). On CUDA a grouped
 //!    gather-GEMM-scatter, or per-expert GEMVs for a few tokens (`MoePath`).
 //! 4. `moe_sparse_mlp_backward`: dx, dw1, dw2 and the router-weight gradient dweights [T, k_max].
+//!
+//! `moe_sparse_swiglu` / `moe_sparse_swiglu_backward` are the gated form of 3. and 4.: a third
+//! stacked matrix w3 (the up projection) and y[t] = Σ_j w[t,j]·W2_eᵀ·(silu(W1_e·x[t]) ⊙ W3_e·x[t]),
+//! on the same routing, lists and kernels' structure (the activation rides in the epilogues).
 
 use super::{check_float, check_index, check_same_device, check_same_dtype};
 pub use crate::backend::{RouteMode, SparseDims, DROPPED};
@@ -66,11 +70,13 @@ pub enum MoePath {
     Decode,
 }
 
-/// What the forward keeps for the backward, in list order: U = x·W1ᵀ and H = gelu(U), `[T·k_max, f]`.
+/// What the forward keeps for the backward, in list order, `[T·k_max, f]` each: U = x·W1ᵀ and the
+/// activation H (gelu(U), or silu(U) ⊙ V for gated experts), and V = x·W3ᵀ for gated experts.
 #[derive(Debug, Clone)]
 pub struct SparseSaved {
     pub u: Tensor,
     pub h: Tensor,
+    pub v: Option<Tensor>,
 }
 
 #[derive(Debug, Clone)]
@@ -78,7 +84,9 @@ pub struct SparseGrads {
     pub dx: Tensor,
     pub dw1: Tensor,
     pub dw2: Tensor,
-    /// `[T, k_max]`: dy[t]·(W2_eᵀ·gelu(W1_e·x[t])) for kept slots, 0 elsewhere.
+    /// Gated experts only.
+    pub dw3: Option<Tensor>,
+    /// `[T, k_max]`: dy[t]·(W2_eᵀ·h(x[t])) for kept slots, 0 elsewhere.
     pub dweights: Tensor,
 }
 
@@ -160,58 +168,110 @@ pub fn moe_permute(routes: &Routes, n_experts: usize, capacity: Option<usize>) -
 /// The sparse expert MLP: y `[T, d]` from x `[T, d]`, w1 / w2 `[E·f, d]` and router weights
 /// `[T, k_max]` (x's dtype) over `perm`. With `save`, also what the backward needs.
 pub fn moe_sparse_mlp(x: &Tensor, w1: &Tensor, w2: &Tensor, weights: &Tensor, perm: &Permutation, path: MoePath, save: bool) -> Result<(Tensor, Option<SparseSaved>)> {
-    const OP: &str = "moe_sparse_mlp";
-    let dims = check_mlp(OP, x, w1, w2, weights, perm)?;
+    sparse_forward("moe_sparse_mlp", x, [w1, w2], None, weights, perm, path, save)
+}
+
+/// The gated sparse expert MLP: as `moe_sparse_mlp`, with SwiGLU experts (w1 the gate, w3 the up
+/// projection, w2 the down projection, all `[E·f, d]`).
+#[allow(clippy::too_many_arguments)]
+pub fn moe_sparse_swiglu(x: &Tensor, w1: &Tensor, w3: &Tensor, w2: &Tensor, weights: &Tensor, perm: &Permutation, path: MoePath, save: bool) -> Result<(Tensor, Option<SparseSaved>)> {
+    sparse_forward("moe_sparse_swiglu", x, [w1, w2], Some(w3), weights, perm, path, save)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sparse_forward(op: &'static str, x: &Tensor, [w1, w2]: [&Tensor; 2], w3: Option<&Tensor>, weights: &Tensor, perm: &Permutation, path: MoePath, save: bool) -> Result<(Tensor, Option<SparseSaved>)> {
+    let dims = check_mlp(op, x, w1, w2, w3, weights, perm)?;
     let decode = match path {
         MoePath::Auto => dims.tokens <= DECODE_MAX_TOKENS,
         MoePath::Grouped => false,
         MoePath::Decode => {
             if dims.tokens > DECODE_MAX_TOKENS {
-                return Err(Error::invalid(OP, format!("the decode path takes at most {DECODE_MAX_TOKENS} tokens, got {}", dims.tokens)));
+                return Err(Error::invalid(op, format!("the decode path takes at most {DECODE_MAX_TOKENS} tokens, got {}", dims.tokens)));
             }
             true
         }
     };
-    let (y, saved) = match (x.storage(), w1.storage(), w2.storage(), weights.storage()) {
-        (Storage::Cpu(x), Storage::Cpu(w1), Storage::Cpu(w2), Storage::Cpu(w)) => {
-            let (o, s, p) = cpu_perm(OP, perm)?;
+    let (y, saved) = match (x.storage(), w1.storage(), w2.storage(), weights.storage(), w3.map(Tensor::storage)) {
+        (Storage::Cpu(x), Storage::Cpu(w1), Storage::Cpu(w2), Storage::Cpu(w), None) => {
+            let (o, s, p) = cpu_perm(op, perm)?;
             let (y, saved) = cpu::moe_sparse::forward(x, w1, w2, w, o, s, p, &dims, save)?;
-            (Storage::Cpu(y), saved.map(|(u, h)| (Storage::Cpu(u), Storage::Cpu(h))))
+            (Storage::Cpu(y), saved.map(|(u, h)| (Storage::Cpu(u), Storage::Cpu(h), None)))
         }
-        (Storage::Cuda(x), Storage::Cuda(w1), Storage::Cuda(w2), Storage::Cuda(w)) => {
-            let (o, s, p) = cuda_perm(OP, perm)?;
-            let (y, saved) = cuda::moe_sparse::forward(x, w1, w2, w, o, s, p, &dims, decode, save)?;
-            (Storage::Cuda(y), saved.map(|(u, h)| (Storage::Cuda(u), Storage::Cuda(h))))
+        (Storage::Cpu(x), Storage::Cpu(w1), Storage::Cpu(w2), Storage::Cpu(w), Some(Storage::Cpu(w3))) => {
+            let (o, s, p) = cpu_perm(op, perm)?;
+            let (y, saved) = cpu::moe_sparse_gated::forward(x, [w1, w3, w2], w, o, s, p, &dims, save)?;
+            (Storage::Cpu(y), saved.map(|[u, v, h]| (Storage::Cpu(u), Storage::Cpu(h), Some(Storage::Cpu(v)))))
+        }
+        (Storage::Cuda(x), Storage::Cuda(w1), Storage::Cuda(w2), Storage::Cuda(w), w3) => {
+            let w3 = match w3 {
+                None => None,
+                Some(Storage::Cuda(w3)) => Some(w3),
+                Some(_) => unreachable!("devices were checked to match"),
+            };
+            let (o, s, p) = cuda_perm(op, perm)?;
+            let (y, saved) = cuda::moe_sparse::forward(x, [w1, w2], w3, w, o, s, p, &dims, decode, save)?;
+            (Storage::Cuda(y), saved.map(|(u, h, v)| (Storage::Cuda(u), Storage::Cuda(h), v.map(Storage::Cuda))))
         }
         _ => unreachable!("devices were checked to match"),
     };
     let dtype = x.dtype();
-    let saved = saved.map(|(u, h)| {
-        let shape = Shape::new(vec![dims.slots(), dims.f]);
-        SparseSaved { u: Tensor::from_storage(u, shape.clone(), dtype), h: Tensor::from_storage(h, shape, dtype) }
+    let saved = saved.map(|(u, h, v)| {
+        let list_rows = |s| Tensor::from_storage(s, [dims.slots(), dims.f], dtype);
+        SparseSaved { u: list_rows(u), h: list_rows(h), v: v.map(list_rows) }
     });
     Ok((Tensor::from_storage(y, [dims.tokens, dims.d], dtype), saved))
 }
 
 /// Gradients of `moe_sparse_mlp` for the output gradient `dy [T, d]`.
 pub fn moe_sparse_mlp_backward(dy: &Tensor, x: &Tensor, w1: &Tensor, w2: &Tensor, weights: &Tensor, perm: &Permutation, saved: &SparseSaved) -> Result<SparseGrads> {
-    const OP: &str = "moe_sparse_mlp_backward";
-    let dims = check_mlp(OP, x, w1, w2, weights, perm)?;
-    for t in [dy, &saved.u, &saved.h] {
-        check_same_device(OP, x, t)?;
-        check_same_dtype(OP, x, t)?;
+    sparse_backward("moe_sparse_mlp_backward", dy, x, [w1, w2], None, weights, perm, saved)
+}
+
+/// Gradients of `moe_sparse_swiglu` for the output gradient `dy [T, d]` (`dw3` is set).
+#[allow(clippy::too_many_arguments)]
+pub fn moe_sparse_swiglu_backward(dy: &Tensor, x: &Tensor, w1: &Tensor, w3: &Tensor, w2: &Tensor, weights: &Tensor, perm: &Permutation, saved: &SparseSaved) -> Result<SparseGrads> {
+    sparse_backward("moe_sparse_swiglu_backward", dy, x, [w1, w2], Some(w3), weights, perm, saved)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sparse_backward(op: &'static str, dy: &Tensor, x: &Tensor, [w1, w2]: [&Tensor; 2], w3: Option<&Tensor>, weights: &Tensor, perm: &Permutation, saved: &SparseSaved) -> Result<SparseGrads> {
+    let dims = check_mlp(op, x, w1, w2, w3, weights, perm)?;
+    if w3.is_some() != saved.v.is_some() {
+        return Err(Error::invalid(op, "the saved activations are of the other expert kind (V is saved for gated experts only)"));
     }
-    if dy.shape() != x.shape() || saved.u.dims() != [dims.slots(), dims.f] || saved.h.dims() != [dims.slots(), dims.f] {
-        return Err(Error::shape(OP, format!("dy {:?} must match x {:?}, and saved U / H be [{}, {}], got {:?} / {:?}", dy.shape(), x.shape(), dims.slots(), dims.f, saved.u.shape(), saved.h.shape())));
+    for t in [dy, &saved.u, &saved.h].into_iter().chain(&saved.v) {
+        check_same_device(op, x, t)?;
+        check_same_dtype(op, x, t)?;
     }
-    let [dx, dw1, dw2, dw] = match (dy.storage(), x.storage(), w1.storage(), w2.storage(), weights.storage(), saved.u.storage(), saved.h.storage()) {
+    let saved_shape_ok = [&saved.u, &saved.h].into_iter().chain(&saved.v).all(|t| t.dims() == [dims.slots(), dims.f]);
+    if dy.shape() != x.shape() || !saved_shape_ok {
+        return Err(Error::shape(op, format!("dy {:?} must match x {:?}, and the saved U / H (/ V) be [{}, {}], got {:?} / {:?}", dy.shape(), x.shape(), dims.slots(), dims.f, saved.u.shape(), saved.h.shape())));
+    }
+    let sv = saved.v.as_ref().map(Tensor::storage);
+    let (dx, dw1, dw2, dw3, dw) = match (dy.storage(), x.storage(), w1.storage(), w2.storage(), weights.storage(), saved.u.storage(), saved.h.storage()) {
         (Storage::Cpu(dy), Storage::Cpu(x), Storage::Cpu(w1), Storage::Cpu(w2), Storage::Cpu(w), Storage::Cpu(u), Storage::Cpu(h)) => {
-            let (o, s, p) = cpu_perm(OP, perm)?;
-            cpu::moe_sparse::backward(dy, x, w1, w2, w, o, s, p, u, h, &dims)?.map(Storage::Cpu)
+            let (o, s, p) = cpu_perm(op, perm)?;
+            match (w3.map(Tensor::storage), sv) {
+                (Some(Storage::Cpu(w3)), Some(Storage::Cpu(v))) => {
+                    let [dx, dw1, dw3, dw2, dw] = cpu::moe_sparse_gated::backward(dy, x, [w1, w3, w2], w, o, s, p, [u, v, h], &dims)?.map(Storage::Cpu);
+                    (dx, dw1, dw2, Some(dw3), dw)
+                }
+                (None, None) => {
+                    let [dx, dw1, dw2, dw] = cpu::moe_sparse::backward(dy, x, w1, w2, w, o, s, p, u, h, &dims)?.map(Storage::Cpu);
+                    (dx, dw1, dw2, None, dw)
+                }
+                _ => unreachable!("devices and expert kinds were checked to match"),
+            }
         }
         (Storage::Cuda(dy), Storage::Cuda(x), Storage::Cuda(w1), Storage::Cuda(w2), Storage::Cuda(w), Storage::Cuda(u), Storage::Cuda(h)) => {
-            let (o, s, p) = cuda_perm(OP, perm)?;
-            cuda::moe_sparse::backward(dy, x, w1, w2, w, o, s, p, u, h, &dims)?.map(Storage::Cuda)
+            let (o, s, p) = cuda_perm(op, perm)?;
+            let gated = match (w3.map(Tensor::storage), sv) {
+                (Some(Storage::Cuda(w3)), Some(Storage::Cuda(v))) => Some((w3, v)),
+                (None, None) => None,
+                _ => unreachable!("devices and expert kinds were checked to match"),
+            };
+            let (dx, dw1, dw2, dw3, dw) = cuda::moe_sparse::backward(dy, x, [w1, w2], gated, w, o, s, p, [u, h], &dims)?;
+            (Storage::Cuda(dx), Storage::Cuda(dw1), Storage::Cuda(dw2), dw3.map(Storage::Cuda), Storage::Cuda(dw))
         }
         _ => unreachable!("devices were checked to match"),
     };
@@ -220,6 +280,7 @@ pub fn moe_sparse_mlp_backward(dy: &Tensor, x: &Tensor, w1: &Tensor, w2: &Tensor
         dx: Tensor::from_storage(dx, x.shape().clone(), dtype),
         dw1: Tensor::from_storage(dw1, w1.shape().clone(), dtype),
         dw2: Tensor::from_storage(dw2, w2.shape().clone(), dtype),
+        dw3: dw3.map(|g| Tensor::from_storage(g, w1.shape().clone(), dtype)),
         dweights: Tensor::from_storage(dw, weights.shape().clone(), dtype),
     })
 }
@@ -231,9 +292,14 @@ fn check_slots(op: &'static str, tokens: usize, k_max: usize) -> Result<()> {
     Ok(())
 }
 
-fn check_mlp(op: &'static str, x: &Tensor, w1: &Tensor, w2: &Tensor, weights: &Tensor, perm: &Permutation) -> Result<SparseDims> {
+fn check_mlp(op: &'static str, x: &Tensor, w1: &Tensor, w2: &Tensor, w3: Option<&Tensor>, weights: &Tensor, perm: &Permutation) -> Result<SparseDims> {
     check_float(op, x)?;
-    for t in [w1, w2, weights] {
+    if let Some(w3) = w3 {
+        if w3.shape() != w1.shape() {
+            return Err(Error::shape(op, format!("w3 {:?} must match w1 {:?}", w3.shape(), w1.shape())));
+        }
+    }
+    for t in [w1, w2, weights].into_iter().chain(w3) {
         check_same_device(op, x, t)?;
         check_same_dtype(op, x, t)?;
     }

@@ -15,6 +15,10 @@
 //   sums w[slot] · Σ_{c in split} H[i, c] · W2_e[c, col] written as f32 to partial[split, slot, :].
 //   moe_combine_splits (moe_sparse.cu) then sums a token's (slot, split) partials in a fixed order,
 //   so there are no atomics and the result is bit-reproducible.
+// - moe_decode_up_swiglu_<T> (gated experts, a third matrix w3 stacked like w1): the same walk over
+//   W1 row c and W3 row c together (both streamed, one pass over the gathered x rows), G[i, c] kept
+//   in `u`, V[i, c] in `v`, and H[i, c] = silu(G)·V with G rounded to T first (as the grouped
+//   path's epilogue reads the stored G); moe_decode_down is the same for both activations.
 // Blocks of experts nobody chose exit after reading two offsets; the grid is sized from E alone, so
 // no host sync is needed. Parallelism: 8 selected experts x (512/8) = 512 blocks for W1 and
 // 8 x 4 x 16 = 512 blocks for W2 at d = 4096, f = 512: several waves of 132 SMs with 16 warps of
@@ -36,29 +40,40 @@ __device__ __forceinline__ float gelu_f(float x) {
     return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
 }
 
+__device__ __forceinline__ float silu_f(float x) { return x / (1.0f + expf(-x)); }
+
 template <typename T, int N> struct __align__(N * sizeof(T)) Vec { T v[N]; };
 
-// Up-projection of list entries [first, first + rows) of expert e (rows <= DECODE_ROWS) for W1 row c.
-template <typename T>
-__device__ void decode_up_rows(const T* x, const T* w1, const u32* sorted_slots, u32 k_max, T* h, T* u, u64 d, u64 f, u32 e,
-                               u64 c, u32 first, u32 rows) {
+// Up-projection of list entries [first, first + rows) of expert e (rows <= DECODE_ROWS) for W1 row c
+// (and W3 row c when GATED; w3 and v are unused otherwise).
+template <bool GATED, typename T>
+__device__ void decode_up_rows(const T* x, const T* w1, const T* w3, const u32* sorted_slots, u32 k_max, T* h, T* u, T* v_out, u64 d,
+                               u64 f, u32 e, u64 c, u32 first, u32 rows) {
     const u32 lane = threadIdx.x & (WARP - 1);
     const T* x_rows[DECODE_ROWS];
 #pragma unroll
     for (int r = 0; r < DECODE_ROWS; ++r) x_rows[r] = x + (u64)(r < (int)rows ? sorted_slots[first + r] / k_max : 0) * d;
     const Vec<T, 8>* wrow = reinterpret_cast<const Vec<T, 8>*>(w1 + ((u64)e * f + c) * d);
-    float acc[DECODE_ROWS];
+    const Vec<T, 8>* w3row = reinterpret_cast<const Vec<T, 8>*>(GATED ? w3 + ((u64)e * f + c) * d : nullptr);
+    float acc[DECODE_ROWS], acc3[GATED ? DECODE_ROWS : 1];
 #pragma unroll
     for (int r = 0; r < DECODE_ROWS; ++r) acc[r] = 0.0f;
+#pragma unroll
+    for (int r = 0; r < (GATED ? DECODE_ROWS : 1); ++r) acc3[r] = 0.0f;
 #pragma unroll 4
     for (u64 v = lane; v < d / 8; v += WARP) {
         const Vec<T, 8> wv = wrow[v];
+        Vec<T, 8> w3v;
+        if (GATED) w3v = w3row[v];
 #pragma unroll
         for (int r = 0; r < DECODE_ROWS; ++r) {
             if (r < (int)rows) {
                 const Vec<T, 8> xv = reinterpret_cast<const Vec<T, 8>*>(x_rows[r])[v];
 #pragma unroll
-                for (int q = 0; q < 8; ++q) acc[r] = fmaf(to_float(wv.v[q]), to_float(xv.v[q]), acc[r]);
+                for (int q = 0; q < 8; ++q) {
+                    acc[r] = fmaf(to_float(wv.v[q]), to_float(xv.v[q]), acc[r]);
+                    if (GATED) acc3[r] = fmaf(to_float(w3v.v[q]), to_float(xv.v[q]), acc3[r]);
+                }
             }
         }
     }
@@ -66,24 +81,27 @@ __device__ void decode_up_rows(const T* x, const T* w1, const u32* sorted_slots,
     for (int r = 0; r < DECODE_ROWS; ++r) {
         if (r < (int)rows) {
             const float v = warp_reduce(acc[r], [](float a, float b) { return a + b; });
+            const float up = GATED ? warp_reduce(acc3[GATED ? r : 0], [](float a, float b) { return a + b; }) : 0.0f;
             if (lane == 0) {
                 const u64 o = (u64)(first + r) * f + c;
-                if (u != nullptr) u[o] = from_float<T>(v);
-                h[o] = from_float<T>(gelu_f(v));
+                const T g = from_float<T>(v);
+                if (u != nullptr) u[o] = g;
+                if (GATED && v_out != nullptr) v_out[o] = from_float<T>(up);
+                h[o] = from_float<T>(GATED ? silu_f(to_float(g)) * up : gelu_f(v));
             }
         }
     }
 }
 
-template <typename T>
-__device__ void decode_up(const T* x, const T* w1, const u32* offsets, const u32* sorted_slots, u32 k_max, T* h, T* u, u64 d,
-                          u64 f) {
+template <bool GATED, typename T>
+__device__ void decode_up(const T* x, const T* w1, const T* w3, const u32* offsets, const u32* sorted_slots, u32 k_max, T* h, T* u,
+                          T* v, u64 d, u64 f) {
     const u32 e = blockIdx.x;
     const u64 c = (u64)blockIdx.y * UP_WARPS + threadIdx.x / WARP;
     if (c >= f) return;
     const u32 end = offsets[e + 1];
     for (u32 first = offsets[e]; first < end; first += DECODE_ROWS)
-        decode_up_rows(x, w1, sorted_slots, k_max, h, u, d, f, e, c, first, min(end - first, (u32)DECODE_ROWS));
+        decode_up_rows<GATED>(x, w1, w3, sorted_slots, k_max, h, u, v, d, f, e, c, first, min(end - first, (u32)DECODE_ROWS));
 }
 
 // Down-projection partials of list entries [first, first + rows) of expert e for this thread's
@@ -138,7 +156,12 @@ __device__ void decode_down(const T* h, const T* w2, const T* weights, const u32
 #define DECODE_KERNELS(T, SFX)                                                                                          \
     extern "C" __global__ void __launch_bounds__(UP_WARPS * WARP) moe_decode_up_##SFX(                                  \
         const T* x, const T* w1, const u32* offsets, const u32* sorted_slots, u32 k_max, T* h, T* u, u64 d, u64 f) {    \
-        decode_up<T>(x, w1, offsets, sorted_slots, k_max, h, u, d, f);                                                   \
+        decode_up<false, T>(x, w1, nullptr, offsets, sorted_slots, k_max, h, u, nullptr, d, f);                          \
+    }                                                                                                                    \
+    extern "C" __global__ void __launch_bounds__(UP_WARPS * WARP) moe_decode_up_swiglu_##SFX(                           \
+        const T* x, const T* w1, const T* w3, const u32* offsets, const u32* sorted_slots, u32 k_max, T* h, T* u, T* v,  \
+        u64 d, u64 f) {                                                                                                  \
+        decode_up<true, T>(x, w1, w3, offsets, sorted_slots, k_max, h, u, v, d, f);                                      \
     }                                                                                                                    \
     extern "C" __global__ void __launch_bounds__(DOWN_THREADS) moe_decode_down_##SFX(                                   \
         const T* h, const T* w2, const T* weights, const u32* offsets, const u32* sorted_slots, float* partial,          \

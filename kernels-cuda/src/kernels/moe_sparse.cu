@@ -21,6 +21,16 @@
 //   dW1_eᵀ = x[tok(e)]ᵀ · dU_e                 TN, K-grouped: the reduction runs over expert e's
 //   dW2_eᵀ = dy[tok(e)]ᵀ · wH_e                  list entries, gathered along K by token; every
 //                                               expert writes its whole [f, d] slab (TransposedSlab)
+// Gated (SwiGLU) experts, with a third matrix w3 stacked like w1 (moe_sparse_swiglu):
+//   G[i] = x[tok(i)] · W1_eᵀ                   RowStore, stored as is
+//   H[i] = silu(G[i]) ⊙ x[tok(i)] · W3_eᵀ       RowStore in SwiGLU mode: the epilogue reads the stored
+//                                               G (in place when G is not kept: out = gate = H's buffer)
+//                                               and keeps V = x·W3ᵀ for training in `pre`
+//   then the same down product and combine. Backward:
+//   dH[i] = dy[tok(i)] · W2_eᵀ;  dw[slot] = Σ_c dH·H;  dGate = w·dH·V·silu'(G);  dV = w·dH·silu(G);
+//   wH = w·H                                   moe_grad_swiglu
+//   dXrow[slot(i)] = dGate[i] · W1_e, then += dV[i] · W3_e   (ScatterRows, the second accumulating)
+//   dW1ᵀ, dW3ᵀ, dW2ᵀ: the dW product with dGate, dV and wH.
 // dW is computed transposed ([d, f] per expert) because the mainloop gathers only A's rows: x and
 // dy are the gathered operands, so they must be A, and A's columns (d) become the output's rows.
 // The epilogue transposes back through shared memory so the slabs land in w1's [f, d] layout with
@@ -88,38 +98,57 @@ typedef sm80::Tile<64, 64, 32, 2, 2, 4> NarrowTile;
 #define SLAB_LD (SparseTile::BM + 8)
 static_assert(SparseTile::BN * SLAB_LD * 2 <= SparseTile::SMEM_BYTES, "the transposed tile fits in the pipeline's shared memory");
 
-// Mirrors `SparseEpilogue` in engine/src/cuda/ops/moe_sparse.rs (repr(C), 48 bytes): keep in step.
+// RowStore's activations (SparseEpilogue::act).
+#define ACT_NONE 0u
+#define ACT_GELU 1u
+#define ACT_SWIGLU 2u
+
+// Mirrors `SparseEpilogue` in engine/src/cuda/ops/moe_sparse.rs (repr(C), 64 bytes): keep in step.
 struct SparseEpilogue {
-    u64 out;    // T*
-    u64 pre;    // RowStore with gelu: T* for the pre-activation, or 0
-    u64 scale;  // ScatterRows: const T* router weight per slot, or 0
-    u64 slots;  // ScatterRows: const u32* sorted_slots
-    u64 slab;   // TransposedSlab: elements between consecutive experts' outputs
-    u32 ldc;    // elements between output rows
-    u32 gelu;   // RowStore: apply GeLU (1) or store the product as is (0)
+    u64 out;         // T*
+    u64 pre;         // RowStore with an activation: T* for the pre-activation (V for SwiGLU), or 0
+    u64 scale;       // ScatterRows: const T* router weight per slot, or 0
+    u64 slots;       // ScatterRows: const u32* sorted_slots
+    u64 slab;        // TransposedSlab: elements between consecutive experts' outputs
+    u64 gate;        // RowStore with ACT_SWIGLU: const T* G, laid out like out (may equal out)
+    u32 ldc;         // elements between output rows
+    u32 act;         // RowStore: ACT_NONE, ACT_GELU or ACT_SWIGLU
+    u32 accumulate;  // ScatterRows: add the product to what out holds (1) or overwrite it (0)
+    u32 pad;
 };
 
-// out[row] = gelu?(acc), with the pre-activation kept when `pre` is set: rows in list order.
+__device__ __forceinline__ float silu_f(float x) { return x / (1.0f + expf(-x)); }
+
+// out[row] = act(acc), with the pre-activation kept when `pre` is set: rows in list order. SwiGLU
+// reads the pair of G at the same place (each pair is read and written by one thread only, so out
+// may alias gate).
 template <typename T> struct RowStore : sm80::EpilogueNoHooks {
     SparseEpilogue e;
     __device__ __forceinline__ void operator()(u32, u32 row, u32 col, float v0, float v1) const {
         const u64 at = (u64)row * e.ldc + col;
-        if (e.gelu) {
-            if (e.pre != 0) gemm_ep::store_pair(reinterpret_cast<T*>(e.pre) + at, v0, v1);
+        if (e.act != ACT_NONE && e.pre != 0) gemm_ep::store_pair(reinterpret_cast<T*>(e.pre) + at, v0, v1);
+        if (e.act == ACT_GELU) {
             v0 = gemm_ep::gelu_tanh(v0);
             v1 = gemm_ep::gelu_tanh(v1);
+        } else if (e.act == ACT_SWIGLU) {
+            const T* g = reinterpret_cast<const T*>(e.gate) + at;
+            v0 *= silu_f(to_float(g[0]));
+            v1 *= silu_f(to_float(g[1]));
         }
         gemm_ep::store_pair(reinterpret_cast<T*>(e.out) + at, v0, v1);
     }
 };
 
-// out[slot(row)] = w[slot]·acc (w = 1 without `scale`): list rows land on their (token, slot) rows.
+// out[slot(row)] = w[slot]·acc (w = 1 without `scale`), plus out's old value with `accumulate`:
+// list rows land on their (token, slot) rows. A slot has one list row, so one thread owns each pair.
 template <typename T> struct ScatterRows : sm80::EpilogueNoHooks {
     SparseEpilogue e;
     __device__ __forceinline__ void operator()(u32, u32 row, u32 col, float v0, float v1) const {
         const u32 slot = reinterpret_cast<const u32*>(e.slots)[row];
         const float s = e.scale != 0 ? to_float(reinterpret_cast<const T*>(e.scale)[slot]) : 1.0f;
-        gemm_ep::store_pair(reinterpret_cast<T*>(e.out) + (u64)slot * e.ldc + col, v0 * s, v1 * s);
+        T* o = reinterpret_cast<T*>(e.out) + (u64)slot * e.ldc + col;
+        const float b0 = e.accumulate ? to_float(o[0]) : 0.0f, b1 = e.accumulate ? to_float(o[1]) : 0.0f;
+        gemm_ep::store_pair(o, b0 + v0 * s, b1 + v1 * s);
     }
 };
 
@@ -228,12 +257,10 @@ __device__ void combine(const S* rows, const u32* slot_pos, T* y, u64 tokens, u3
     }
 }
 
-// One warp per list entry i < offsets[groups]: dw[slot] = Σ_c dG[i,c]·H[i,c] (warp tree, fixed
-// order), dU[i,c] = w[slot]·dG[i,c]·gelu'(U[i,c]) written over dG, and wH[i,c] = w[slot]·H[i,c]
-// (the B operand of dW2ᵀ).
-template <typename T>
-__device__ void grad_act(T* dg, const T* h, const T* u, const T* w, const u32* sorted_slots, const u32* offsets, u32 groups,
-                         T* dweights, T* wh, u64 f) {
+// One warp per list entry i < offsets[groups]: dw[slot] = Σ_c grad(i·f + c, w[slot]) (each call
+// returns its term of dH·H and writes that element's gradients; warp tree, fixed order).
+template <typename T, class Grad>
+__device__ void grad_rows(const T* w, const u32* sorted_slots, const u32* offsets, u32 groups, T* dweights, u64 f, Grad grad) {
     const u32 lane = threadIdx.x & (WARP - 1);
     const u64 total = offsets[groups];
     const u64 warps = (u64)gridDim.x * blockDim.x / WARP;
@@ -241,18 +268,38 @@ __device__ void grad_act(T* dg, const T* h, const T* u, const T* w, const u32* s
         const u32 slot = sorted_slots[i];
         const float ws = to_float(w[slot]);
         float dot = 0.0f;
-        for (u64 c = lane; c < f; c += WARP) {
-            const u64 o = i * f + c;
-            const float g = to_float(dg[o]), x = to_float(u[o]), hv = to_float(h[o]);
-            dot += g * hv;
-            const float sg = 1.0f / (1.0f + expf(-2.0f * 0.7978845608028654f * (x + 0.044715f * x * x * x)));
-            const float du = 0.7978845608028654f * (1.0f + 3.0f * 0.044715f * x * x);
-            dg[o] = from_float<T>(ws * g * (sg + 2.0f * x * sg * (1.0f - sg) * du));
-            wh[o] = from_float<T>(ws * hv);
-        }
+        for (u64 c = lane; c < f; c += WARP) dot += grad(i * f + c, ws);
         dot = warp_reduce(dot, [](float a, float b) { return a + b; });
         if (lane == 0) dweights[slot] = from_float<T>(dot);
     }
+}
+
+// GeLU experts: dU = w·dG·gelu'(U) written over dG, and wH = w·H (the B operand of dW2ᵀ).
+template <typename T>
+__device__ void grad_act(T* dg, const T* h, const T* u, const T* w, const u32* sorted_slots, const u32* offsets, u32 groups,
+                         T* dweights, T* wh, u64 f) {
+    grad_rows(w, sorted_slots, offsets, groups, dweights, f, [&](u64 o, float ws) {
+        const float g = to_float(dg[o]), x = to_float(u[o]), hv = to_float(h[o]);
+        const float sg = 1.0f / (1.0f + expf(-2.0f * 0.7978845608028654f * (x + 0.044715f * x * x * x)));
+        const float du = 0.7978845608028654f * (1.0f + 3.0f * 0.044715f * x * x);
+        dg[o] = from_float<T>(ws * g * (sg + 2.0f * x * sg * (1.0f - sg) * du));
+        wh[o] = from_float<T>(ws * hv);
+        return g * hv;
+    });
+}
+
+// Gated experts: dGate = w·dH·V·silu'(G) written over dH, dV = w·dH·silu(G), and wH = w·H.
+template <typename T>
+__device__ void grad_swiglu(T* dh, T* dv, const T* h, const T* g, const T* v, const T* w, const u32* sorted_slots, const u32* offsets,
+                            u32 groups, T* dweights, T* wh, u64 f) {
+    grad_rows(w, sorted_slots, offsets, groups, dweights, f, [&](u64 o, float ws) {
+        const float d = to_float(dh[o]), x = to_float(g[o]), hv = to_float(h[o]);
+        const float sg = 1.0f / (1.0f + expf(-x));
+        dh[o] = from_float<T>(ws * d * to_float(v[o]) * sg * (1.0f + x * (1.0f - sg)));
+        dv[o] = from_float<T>(ws * d * x * sg);
+        wh[o] = from_float<T>(ws * hv);
+        return d * hv;
+    });
 }
 
 // ---- entry points -----------------------------------------------------------------------------------
@@ -308,6 +355,11 @@ __device__ void grad_act(T* dg, const T* h, const T* u, const T* w, const u32* s
     extern "C" __global__ void moe_grad_act_##SFX(T* dg, const T* h, const T* u, const T* w, const u32* sorted_slots,   \
                                                   const u32* offsets, u32 groups, T* dweights, T* wh, u64 f) {           \
         grad_act<T>(dg, h, u, w, sorted_slots, offsets, groups, dweights, wh, f);                                        \
+    }                                                                                                                    \
+    extern "C" __global__ void moe_grad_swiglu_##SFX(T* dh, T* dv, const T* h, const T* g, const T* v, const T* w,      \
+                                                     const u32* sorted_slots, const u32* offsets, u32 groups,            \
+                                                     T* dweights, T* wh, u64 f) {                                        \
+        grad_swiglu<T>(dh, dv, h, g, v, w, sorted_slots, offsets, groups, dweights, wh, f);                              \
     }
 
 SPARSE_TENSOR_CORE(bf16, bf16)

@@ -9,9 +9,9 @@
 //! computed for each chunk's last token only (what sampling needs).
 //!
 //! Experts: the MLP routes per token (top-K, threshold, threshold-K) through the engine's routing
-//! op and runs only the chosen experts (`moe_sparse_mlp`); dense modes use the fused dense MoE op.
-//! SwiGLU experts take the training model's composed per-expert path instead, and shared experts
-//! are added to every token's routed output.
+//! op and runs only the chosen experts (`moe_sparse_mlp`, `moe_sparse_swiglu` for SwiGLU experts);
+//! dense modes use the fused dense MoE op (SwiGLU: the training model's full-width composition),
+//! and shared experts are added to every token's routed output.
 //! Attention experts either run every head and gate them (the paper's dense attention) or, with
 //! per-expert weights (`HeadProjections::PerExpert`), compute query projections and output rows
 //! only for the experts each token selects; the attention core itself then still runs over every
@@ -26,7 +26,7 @@ use engine::{DType, Tensor};
 use super::cache::KvCache;
 use super::weights::{AttentionWeights, ExpertWeights, HeadProjections, InferWeights, MlpWeights, RouterWeights};
 use crate::config::Family;
-use crate::mlp::{self, ExpertMatrices};
+use crate::mlp;
 use crate::router::Selection;
 use crate::{Error, InferenceMode, Result};
 
@@ -221,29 +221,22 @@ fn mlp(mw: &MlpWeights, w: &InferWeights, x: &Tensor, selection: Selection, tall
     }
 }
 
-/// An MLP's experts, without its shared ones. SwiGLU experts run through the training model's
-/// composed per-expert functions on constants (no tape), so both paths compute alike.
+/// An MLP's experts, without its shared ones. The composed SwiGLU forms run the training model's
+/// functions on constants (no tape), so both paths compute alike.
 fn routed_mlp(mw: &MlpWeights, w: &InferWeights, x: &Tensor, selection: Selection, tally: &mut Tally) -> Result<Tensor> {
     let constant = |t: &Tensor| Var::constant(t.clone());
-    let split_expert = |split: &[[Tensor; 3]], e: usize| -> Result<ExpertMatrices> {
-        let [w1, w3, w2] = &split[e];
-        Ok((constant(w1), Some(constant(w3)), constant(w2)))
-    };
+    let ExpertWeights { w1, w3, w2 } = &mw.experts;
     let Some(router) = &mw.router else {
-        let expert = match &mw.experts {
-            ExpertWeights::Stacked { w1, w2 } => (constant(w1), None, constant(w2)),
-            ExpertWeights::Split(split) => split_expert(split, 0)?,
-        };
-        return Ok(mlp::body(&constant(x), &expert)?.into_value());
+        return Ok(mlp::body(&constant(x), &(constant(w1), w3.as_ref().map(constant), constant(w2)))?.into_value());
     };
     let (n, experts) = (x.dims()[0], w.config.mlp.n_experts);
     let probs = route(router, x)?;
     tally.mlp_token_layers += n;
     let sparse = |routes: &ops::Routes, weights: &Tensor| -> Result<Tensor> {
         let perm = ops::moe_permute(routes, experts, None)?;
-        Ok(match &mw.experts {
-            ExpertWeights::Stacked { w1, w2 } => ops::moe_sparse_mlp(x, w1, w2, weights, &perm, MoePath::Auto, false)?.0,
-            ExpertWeights::Split(split) => mlp::sparse_by_expert(&constant(x), &constant(weights), &perm, |e| split_expert(split, e))?.into_value(),
+        Ok(match w3 {
+            None => ops::moe_sparse_mlp(x, w1, w2, weights, &perm, MoePath::Auto, false)?.0,
+            Some(w3) => ops::moe_sparse_swiglu(x, w1, w3, w2, weights, &perm, MoePath::Auto, false)?.0,
         })
     };
     let (y, used) = if w.config.family == Family::Smoe {
@@ -256,9 +249,9 @@ fn routed_mlp(mw: &MlpWeights, w: &InferWeights, x: &Tensor, selection: Selectio
     } else {
         match selection.route_mode(experts)? {
             None => {
-                let y = match &mw.experts {
-                    ExpertWeights::Stacked { w1, w2 } => ops::moe_dense_mlp(x, w1, w2, &probs)?.y,
-                    ExpertWeights::Split(split) => mlp::dense_by_expert(&constant(x), &constant(&probs), |e| split_expert(split, e))?.into_value(),
+                let y = match w3 {
+                    None => ops::moe_dense_mlp(x, w1, w2, &probs)?.y,
+                    Some(w3) => mlp::dense_swiglu(&constant(x), (&constant(w1), &constant(w3), &constant(w2)), &constant(&probs))?.into_value(),
                 };
                 (y, Tensor::full((n * experts) as f64, [1], DType::F32, &x.device())?)
             }

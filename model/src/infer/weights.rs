@@ -37,12 +37,14 @@ pub(crate) struct AttentionWeights {
     pub router: Option<RouterWeights>,
 }
 
-/// The matrices of an MLP's experts (one expert for a plain MLP).
-pub(crate) enum ExpertWeights {
-    /// GeLU: w1, w2 `[E·f, d]` each (expert e owns rows `e·f .. (e+1)·f`).
-    Stacked { w1: Tensor, w2: Tensor },
-    /// SwiGLU: (w1 gate, w3 up, w2 down) `[f, d]` each, per expert.
-    Split(Vec<[Tensor; 3]>),
+/// The stacked matrices of an MLP's experts (one expert for a plain MLP): `[E·f, d]` each, expert
+/// e owning rows `e·f .. (e+1)·f`.
+pub(crate) struct ExpertWeights {
+    /// The input projection (SwiGLU's gate).
+    pub w1: Tensor,
+    /// SwiGLU's up projection.
+    pub w3: Option<Tensor>,
+    pub w2: Tensor,
 }
 
 pub(crate) struct MlpWeights {
@@ -54,10 +56,8 @@ pub(crate) struct MlpWeights {
 
 impl MlpWeights {
     fn bytes(&self) -> usize {
-        let experts: usize = match &self.experts {
-            ExpertWeights::Stacked { w1, w2 } => w1.size_in_bytes() + w2.size_in_bytes(),
-            ExpertWeights::Split(e) => e.iter().flatten().map(Tensor::size_in_bytes).sum(),
-        };
+        let ExpertWeights { w1, w3, w2 } = &self.experts;
+        let experts: usize = [w1, w2].into_iter().chain(w3).map(Tensor::size_in_bytes).sum();
         experts + self.router.as_ref().map_or(0, RouterWeights::bytes) + self.shared.as_ref().map_or(0, |s| s.bytes())
     }
 }
@@ -206,14 +206,6 @@ fn mlp_weights(get: &mut impl FnMut(&str, &[usize]) -> Result<Tensor>, cfg: &Mod
     let dims = [experts * width, cfg.d_model];
     let w1 = get(&format!("{prefix}.w1"), &dims)?;
     let w2 = get(&format!("{prefix}.w2"), &dims)?;
-    let experts = match cfg.mlp.activation {
-        Activation::Gelu => ExpertWeights::Stacked { w1, w2 },
-        Activation::Swiglu => {
-            let w3 = get(&format!("{prefix}.w3"), &dims)?;
-            let split = |w: &Tensor| ops::split(w, &vec![width; experts], 0);
-            let (w1, w3, w2) = (split(&w1)?, split(&w3)?, split(&w2)?);
-            ExpertWeights::Split(w1.into_iter().zip(w3).zip(w2).map(|((a, b), c)| [a, b, c]).collect())
-        }
-    };
-    Ok(MlpWeights { experts, router: None, shared: None })
+    let w3 = (cfg.mlp.activation == Activation::Swiglu).then(|| get(&format!("{prefix}.w3"), &dims)).transpose()?;
+    Ok(MlpWeights { experts: ExpertWeights { w1, w3, w2 }, router: None, shared: None })
 }

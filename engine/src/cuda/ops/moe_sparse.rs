@@ -1,5 +1,7 @@
 //! Sparse MoE on CUDA: routing and permutation (moe_route.cu), the grouped gather-GEMM-scatter
-//! forward and its training backward (moe_sparse.cu), the decode GEMVs (moe_decode.cu). Nothing
+//! forward and its training backward (moe_sparse.cu), the decode GEMVs (moe_decode.cu), for GeLU
+//! experts and gated (SwiGLU) ones (a third matrix w3: one more product, the activation in its
+//! epilogue). Nothing
 //! here reads device memory back: every size a kernel needs from the routing (expert offsets,
 //! list length) it reads on the device, and grids are sized from host-known bounds, so a layer can
 //! be captured in a CUDA graph.
@@ -124,7 +126,7 @@ pub(crate) fn permute(experts: &CudaStorage, counts: &CudaStorage, tokens: usize
     Ok([offsets, sorted, slot_pos, totals, dropped])
 }
 
-/// Mirrors `SparseEpilogue` in moe_sparse.cu (repr(C), 48 bytes).
+/// Mirrors `SparseEpilogue` in moe_sparse.cu (repr(C), 64 bytes).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 struct SparseEpilogue {
@@ -133,9 +135,16 @@ struct SparseEpilogue {
     scale: u64,
     slots: u64,
     slab: u64,
+    gate: u64,
     ldc: u32,
-    gelu: u32,
+    act: u32,
+    accumulate: u32,
+    pad: u32,
 }
+
+/// RowStore's activations (ACT_* in moe_sparse.cu).
+const ACT_GELU: u32 = 1;
+const ACT_SWIGLU: u32 = 2;
 
 /// The three grouped products of moe_sparse.cu (its entry-point families), each with its operand
 /// layout and the group table it walks.
@@ -299,8 +308,12 @@ fn decode_fits(d: usize, dtype: DType) -> bool {
     d % 8 == 0 && dtype != DType::F64
 }
 
+/// What the forward keeps for the backward: (U, H, V), V for gated experts only.
+type Saved = (CudaStorage, CudaStorage, Option<CudaStorage>);
+
+/// y, and with `save` what the backward reads; gated experts when `w3` is given.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn forward(x: &CudaStorage, w1: &CudaStorage, w2: &CudaStorage, weights: &CudaStorage, offsets: &CudaStorage, sorted: &CudaStorage, slot_pos: &CudaStorage, dims: &SparseDims, decode: bool, save: bool) -> Result<(CudaStorage, Option<(CudaStorage, CudaStorage)>)> {
+pub(crate) fn forward(x: &CudaStorage, [w1, w2]: [&CudaStorage; 2], w3: Option<&CudaStorage>, weights: &CudaStorage, offsets: &CudaStorage, sorted: &CudaStorage, slot_pos: &CudaStorage, dims: &SparseDims, decode: bool, save: bool) -> Result<(CudaStorage, Option<Saved>)> {
     let dtype = x.dtype();
     let sfx = float_suffix("moe_sparse_mlp", dtype)?;
     let dev = x.dev();
@@ -308,7 +321,10 @@ pub(crate) fn forward(x: &CudaStorage, w1: &CudaStorage, w2: &CudaStorage, weigh
     let slots = dims.slots();
     let h = CudaStorage::uninit(dev, dtype, slots * f)?;
     let u = if save { Some(CudaStorage::uninit(dev, dtype, slots * f)?) } else { None };
+    let v = if save && w3.is_some() { Some(CudaStorage::uninit(dev, dtype, slots * f)?) } else { None };
     let up = u.as_ref().map_or(0, |u| u.ptr());
+    let vp = v.as_ref().map_or(0, |v| v.ptr());
+    let saved = |u: Option<CudaStorage>, h: CudaStorage| u.map(|u| (u, h, v));
     if decode && decode_fits(d, dtype) && tokens <= crate::ops::moe_sparse::DECODE_MAX_TOKENS {
         let splits = f.div_ceil(DOWN_SPLIT);
         let partial = CudaStorage::uninit(dev, DType::F32, splits * slots * d)?;
@@ -318,12 +334,22 @@ pub(crate) fn forward(x: &CudaStorage, w1: &CudaStorage, w2: &CudaStorage, weigh
             let ne = grid_dim("moe_sparse_mlp", n_experts)?;
             let weight_bytes = nbytes(tokens.min(n_experts) * k_max * f * d, dtype);
             let flops = 2 * (slots * f * d) as u64;
-            // SAFETY: moe_decode_up_<T>(const T* x, const T* w1, const u32* offsets, const u32* sorted_slots,
-            // u32 k_max, T* h, T* u, u64 d, u64 f); an expert's entries are walked 16 at a time; d % 8 == 0
-            // and buffers from the allocator are 16-byte aligned (checked above); u may be null.
-            unsafe {
-                launch(dev, &MOE_DECODE, &format!("moe_decode_up_{sfx}"), fixed((ne, grid_dim("moe_sparse_mlp", f.div_ceil(UP_WARPS))?, 1), 256), &mut kernel_args![&xp, &w1p, &op, &sp, &km, &hp, &up, &dd, &ff], Cost { bytes: weight_bytes, flops })?
-            };
+            let up_grid = fixed((ne, grid_dim("moe_sparse_mlp", f.div_ceil(UP_WARPS))?, 1), 256);
+            match w3 {
+                // SAFETY: moe_decode_up_<T>(const T* x, const T* w1, const u32* offsets, const u32* sorted_slots,
+                // u32 k_max, T* h, T* u, u64 d, u64 f); an expert's entries are walked 16 at a time; d % 8 == 0
+                // and buffers from the allocator are 16-byte aligned (checked above); u may be null.
+                None => unsafe { launch(dev, &MOE_DECODE, &format!("moe_decode_up_{sfx}"), up_grid, &mut kernel_args![&xp, &w1p, &op, &sp, &km, &hp, &up, &dd, &ff], Cost { bytes: weight_bytes, flops })? },
+                Some(w3) => {
+                    let w3p = w3.ptr();
+                    // SAFETY: moe_decode_up_swiglu_<T>(const T* x, const T* w1, const T* w3, const u32* offsets,
+                    // const u32* sorted_slots, u32 k_max, T* h, T* u, T* v, u64 d, u64 f): as moe_decode_up, w3
+                    // shaped like w1 (op layer); u and v may be null (set together).
+                    unsafe {
+                        launch(dev, &MOE_DECODE, &format!("moe_decode_up_swiglu_{sfx}"), up_grid, &mut kernel_args![&xp, &w1p, &w3p, &op, &sp, &km, &hp, &up, &vp, &dd, &ff], Cost { bytes: 2 * weight_bytes, flops: 2 * flops })?
+                    }
+                }
+            }
             let grid = (ne, grid_dim("moe_sparse_mlp", d.div_ceil(DOWN_COLS_PER_BLOCK))?, grid_dim("moe_sparse_mlp", splits)?);
             // SAFETY: moe_decode_down_<T>(const T* h, const T* w2, const T* weights, const u32* offsets,
             // const u32* sorted_slots, float* partial, u64 slots, u64 d, u64 f); partial holds splits x slots
@@ -331,21 +357,32 @@ pub(crate) fn forward(x: &CudaStorage, w1: &CudaStorage, w2: &CudaStorage, weigh
             unsafe { launch(dev, &MOE_DECODE, &format!("moe_decode_down_{sfx}"), fixed(grid, 256), &mut kernel_args![&hp, &w2p, &wp, &op, &sp, &pp, &sl, &dd, &ff], Cost { bytes: weight_bytes, flops })? };
         }
         let y = combine(&partial, slot_pos, dims, splits, dtype)?;
-        return Ok((y, u.map(|u| (u, h))));
+        return Ok((y, saved(u, h)));
     }
     let rows = CudaStorage::uninit(dev, dtype, slots * d)?;
     if slots > 0 {
         let g = Grouped::new("moe_sparse_mlp", offsets, sorted, dims, dtype)?;
-        g.gemm(Role::Rows, x.ptr(), w1.ptr(), SparseEpilogue { out: h.ptr(), pre: up, ldc: f as u32, gelu: 1, ..Default::default() })?;
+        let ldc = f as u32;
+        match w3 {
+            None => g.gemm(Role::Rows, x.ptr(), w1.ptr(), SparseEpilogue { out: h.ptr(), pre: up, ldc, act: ACT_GELU, ..Default::default() })?,
+            Some(w3) => {
+                // G into U when kept, else into H's buffer, which the up product's epilogue then
+                // overwrites pair by pair with silu(G)·V.
+                let gate = if save { up } else { h.ptr() };
+                g.gemm(Role::Rows, x.ptr(), w1.ptr(), SparseEpilogue { out: gate, ldc, ..Default::default() })?;
+                g.gemm(Role::Rows, x.ptr(), w3.ptr(), SparseEpilogue { out: h.ptr(), pre: vp, gate, ldc, act: ACT_SWIGLU, ..Default::default() })?;
+            }
+        }
         let scatter = SparseEpilogue { out: rows.ptr(), scale: weights.ptr(), slots: g.sorted.ptr(), ldc: d as u32, ..Default::default() };
         g.gemm(Role::Scatter, h.ptr(), w2.ptr(), scatter)?;
     }
     let y = combine(&rows, slot_pos, dims, 1, dtype)?;
-    Ok((y, u.map(|u| (u, h))))
+    Ok((y, saved(u, h)))
 }
 
+/// (dx, dw1, dw2, dw3, dweights); `gated` holds w3 and the saved V for gated experts.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn backward(dy: &CudaStorage, x: &CudaStorage, w1: &CudaStorage, w2: &CudaStorage, weights: &CudaStorage, offsets: &CudaStorage, sorted: &CudaStorage, slot_pos: &CudaStorage, u: &CudaStorage, h: &CudaStorage, dims: &SparseDims) -> Result<[CudaStorage; 4]> {
+pub(crate) fn backward(dy: &CudaStorage, x: &CudaStorage, [w1, w2]: [&CudaStorage; 2], gated: Option<(&CudaStorage, &CudaStorage)>, weights: &CudaStorage, offsets: &CudaStorage, sorted: &CudaStorage, slot_pos: &CudaStorage, [u, h]: [&CudaStorage; 2], dims: &SparseDims) -> Result<(CudaStorage, CudaStorage, CudaStorage, Option<CudaStorage>, CudaStorage)> {
     const OP: &str = "moe_sparse_mlp_backward";
     let dtype = x.dtype();
     let sfx = float_suffix(OP, dtype)?;
@@ -354,29 +391,55 @@ pub(crate) fn backward(dy: &CudaStorage, x: &CudaStorage, w1: &CudaStorage, w2: 
     let slots = dims.slots();
     let dweights = CudaStorage::zeros(dev, dtype, slots)?;
     let dx_rows = CudaStorage::uninit(dev, dtype, slots * d)?;
+    let slab_grad = || CudaStorage::zeros(dev, dtype, n_experts * f * d);
     if slots == 0 {
         let dx = combine(&dx_rows, slot_pos, dims, 1, dtype)?;
-        return Ok([dx, CudaStorage::zeros(dev, dtype, n_experts * f * d)?, CudaStorage::zeros(dev, dtype, n_experts * f * d)?, dweights]);
+        let dw3 = gated.map(|_| slab_grad()).transpose()?;
+        return Ok((dx, slab_grad()?, slab_grad()?, dw3, dweights));
     }
+    let slab_out = || CudaStorage::uninit(dev, dtype, n_experts * f * d);
     let (dg, wh) = (CudaStorage::uninit(dev, dtype, slots * f)?, CudaStorage::uninit(dev, dtype, slots * f)?);
-    let (dw1, dw2) = (CudaStorage::uninit(dev, dtype, n_experts * f * d)?, CudaStorage::uninit(dev, dtype, n_experts * f * d)?);
+    let (dw1, dw2) = (slab_out()?, slab_out()?);
     let g = Grouped::new(OP, offsets, sorted, dims, dtype)?;
-    // dG = dy[tok]·W2_eᵀ.
+    // dG (dH for gated experts) = dy[tok]·W2ᵀ.
     g.gemm(Role::Rows, dy.ptr(), w2.ptr(), SparseEpilogue { out: dg.ptr(), ldc: f as u32, ..Default::default() })?;
     let (gp, hp, upp, wp, op, sp, dwp, whp, ff, ne) = (dg.ptr(), h.ptr(), u.ptr(), weights.ptr(), offsets.ptr(), sorted.ptr(), dweights.ptr(), wh.ptr(), f as u64, n_experts as u32);
-    let cost = Cost { bytes: nbytes(5 * slots * f, dtype), flops: 14 * (slots * f) as u64 };
-    // SAFETY: moe_grad_act_<T>(T* dg, const T* h, const T* u, const T* w, const u32* sorted_slots,
-    // const u32* offsets, u32 groups, T* dweights, T* wh, u64 f); dg, h, u, wh hold slots rows of f,
-    // w and dweights slots elements; rows past offsets[groups] are not touched.
-    unsafe { launch(dev, &MOE_SPARSE, &format!("moe_grad_act_{sfx}"), Grid::linear(dev, slots as u64 * 32), &mut kernel_args![&gp, &hp, &upp, &wp, &sp, &op, &ne, &dwp, &whp, &ff], cost)? };
-    // dX rows = dU·W1_e, scattered to their slots.
-    g.gemm(Role::Scatter, dg.ptr(), w1.ptr(), SparseEpilogue { out: dx_rows.ptr(), slots: sorted.ptr(), ldc: d as u32, ..Default::default() })?;
-    // dW1_eᵀ = x[tok]ᵀ·dU_e, dW2_eᵀ = dy[tok]ᵀ·wH_e, stored back as [f, d] slabs.
-    for (a, b, out) in [(x, &dg, &dw1), (dy, &wh, &dw2)] {
-        g.gemm(Role::Dw, a.ptr(), b.ptr(), SparseEpilogue { out: out.ptr(), slab: (f * d) as u64, ldc: d as u32, ..Default::default() })?;
-    }
+    let grid = Grid::linear(dev, slots as u64 * 32);
+    let scatter_dx = |a: &CudaStorage, w: &CudaStorage, accumulate: u32| g.gemm(Role::Scatter, a.ptr(), w.ptr(), SparseEpilogue { out: dx_rows.ptr(), slots: sorted.ptr(), ldc: d as u32, accumulate, ..Default::default() });
+    let slabs = |a: &CudaStorage, b: &CudaStorage, out: &CudaStorage| g.gemm(Role::Dw, a.ptr(), b.ptr(), SparseEpilogue { out: out.ptr(), slab: (f * d) as u64, ldc: d as u32, ..Default::default() });
+    let dw3 = match gated {
+        None => {
+            let cost = Cost { bytes: nbytes(5 * slots * f, dtype), flops: 14 * (slots * f) as u64 };
+            // SAFETY: moe_grad_act_<T>(T* dg, const T* h, const T* u, const T* w, const u32* sorted_slots,
+            // const u32* offsets, u32 groups, T* dweights, T* wh, u64 f); dg, h, u, wh hold slots rows of f,
+            // w and dweights slots elements; rows past offsets[groups] are not touched.
+            unsafe { launch(dev, &MOE_SPARSE, &format!("moe_grad_act_{sfx}"), grid, &mut kernel_args![&gp, &hp, &upp, &wp, &sp, &op, &ne, &dwp, &whp, &ff], cost)? };
+            // dX rows = dU·W1_e, scattered to their slots.
+            scatter_dx(&dg, w1, 0)?;
+            None
+        }
+        Some((w3, v)) => {
+            let dv = CudaStorage::uninit(dev, dtype, slots * f)?;
+            let (dvp, vp) = (dv.ptr(), v.ptr());
+            let cost = Cost { bytes: nbytes(7 * slots * f, dtype), flops: 12 * (slots * f) as u64 };
+            // SAFETY: moe_grad_swiglu_<T>(T* dh, T* dv, const T* h, const T* g, const T* v, const T* w,
+            // const u32* sorted_slots, const u32* offsets, u32 groups, T* dweights, T* wh, u64 f); dh, dv, h,
+            // g (= U), v, wh hold slots rows of f, w and dweights slots elements; rows past offsets[groups]
+            // are not touched.
+            unsafe { launch(dev, &MOE_SPARSE, &format!("moe_grad_swiglu_{sfx}"), grid, &mut kernel_args![&gp, &dvp, &hp, &upp, &vp, &wp, &sp, &op, &ne, &dwp, &whp, &ff], cost)? };
+            // dX rows = dGate·W1_e, then += dV·W3_e (the second product adds onto the first's rows).
+            scatter_dx(&dg, w1, 0)?;
+            scatter_dx(&dv, w3, 1)?;
+            let dw3 = slab_out()?;
+            slabs(x, &dv, &dw3)?;
+            Some(dw3)
+        }
+    };
+    // dW1_eᵀ = x[tok]ᵀ·dU_e (dGate_e), dW2_eᵀ = dy[tok]ᵀ·wH_e, stored back as [f, d] slabs.
+    slabs(x, &dg, &dw1)?;
+    slabs(dy, &wh, &dw2)?;
     let dx = combine(&dx_rows, slot_pos, dims, 1, dtype)?;
-    Ok([dx, dw1, dw2, dweights])
+    Ok((dx, dw1, dw2, dw3, dweights))
 }
 
 #[cfg(test)]
@@ -385,7 +448,7 @@ mod tests {
 
     #[test]
     fn the_epilogue_struct_matches_the_cuda_layout() {
-        assert_eq!(std::mem::size_of::<SparseEpilogue>(), 48);
+        assert_eq!(std::mem::size_of::<SparseEpilogue>(), 64);
     }
 
     #[test]
