@@ -25,6 +25,8 @@ mod rms_norm;
 mod rope;
 mod simd;
 mod skinny;
+#[cfg(target_arch = "x86_64")]
+mod skinny_bf16;
 mod softmax;
 mod strided;
 mod topk;

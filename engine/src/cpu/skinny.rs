@@ -20,7 +20,8 @@
 //!   k, never on the thread count, so the result is bit-identical with one thread or many.
 //!
 //! The inner loops are compiled for AVX-512F, AVX2 + FMA and the baseline, picked at run time per
-//! task (`simd_dispatch`), like the loops of simd.rs.
+//! task (`simd_dispatch`), like the loops of simd.rs; bf16 weights on AVX-512 take the intrinsics
+//! of skinny_bf16.rs, which give the same bits.
 
 use super::elem::prelude::*;
 use super::elem::Float;
@@ -174,8 +175,32 @@ mod wide {
             }
         };
     }
-    targeted!(avx512, "avx512f");
     targeted!(avx2, "avx2,fma");
+
+    /// As `targeted!`, with bf16 weights taking the intrinsics of skinny_bf16.rs.
+    pub(super) mod avx512 {
+        use crate::cpu::elem::Float;
+        use crate::cpu::skinny_bf16 as bf16;
+
+        #[target_feature(enable = "avx512f")]
+        pub(in super::super) fn dots<T: Float + 'static>(a: &[T::Acc], rows: &[T], m: usize, k: usize, out: &mut [T::Acc]) {
+            match bf16::operands::<T>(a, rows, out) {
+                // SAFETY: this function runs only where the CPU has AVX-512F (its dispatch checks).
+                Some((a, rows, out)) => unsafe { bf16::dots(a, rows, m, k, out) },
+                None => super::super::dots::<T>(a, rows, m, k, out),
+            }
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = "avx512f")]
+        pub(in super::super) fn axpys<T: Float + 'static>(a: &[T::Acc], b: &[T], m: usize, n: usize, k: usize, rows: std::ops::Range<usize>, j0: usize, width: usize, out: &mut [T::Acc]) {
+            match bf16::operands::<T>(a, b, out) {
+                // SAFETY: as in `dots`.
+                Some((a, b, out)) => unsafe { bf16::axpys(a, b, m, n, k, rows, j0, width, out) },
+                None => super::super::axpys::<T>(a, b, m, n, k, rows, j0, width, out),
+            }
+        }
+    }
 }
 
 /// `out[i·w + jj] = a_i · rows[jj]` for the `w = out.len() / m` rows of b in `rows`.
