@@ -175,6 +175,15 @@ impl Lists<'_> {
     pub(super) fn slot(&self, i: usize) -> usize {
         self.sorted[i] as usize
     }
+    /// Per-entry values (list order) put back in slot order, `slots` long, `zero` where no entry
+    /// names a slot.
+    pub(super) fn in_slot_order<T: Copy>(&self, list: &[T], slots: usize, zero: T) -> Vec<T> {
+        let mut out = vec![zero; slots];
+        for (i, &v) in list.iter().enumerate() {
+            out[self.slot(i)] = v;
+        }
+        out
+    }
     fn token(&self, i: usize) -> usize {
         self.slot(i) / self.dims.k_max
     }
@@ -246,6 +255,15 @@ pub(crate) fn forward(x: &CpuStorage, w1: &CpuStorage, w2: &CpuStorage, weights:
             Ok(forward_typed(x, w1, w2, w, &l, save))
         })
     })
+}
+
+/// Runs a backward's per-block tasks, on the pool when `parallel`.
+pub(super) fn run_tasks<X: Send>(tasks: Vec<X>, parallel: bool, run: impl Fn(X) + Sync + Send) {
+    if parallel {
+        tasks.into_par_iter().for_each(run);
+    } else {
+        tasks.into_iter().for_each(run);
+    }
 }
 
 /// A forward task's buffers: gathered X rows, U, H and Y of its block (kept per worker).
@@ -374,14 +392,7 @@ fn backward_typed<T: Float>(dy: &[T], x: &[T], w1: &[T], w2: &[T], w: &[T], u: &
         product_serial(&mut acc, &he, &dy_rows, f, d, b.rows, true, false);
         g2.iter_mut().zip(&acc).for_each(|(o, v)| *o = T::narrow(*v));
     };
-    if worth_it(total * d * f) {
-        tasks.into_par_iter().for_each(run);
-    } else {
-        tasks.into_iter().for_each(run);
-    }
-    let mut dweights = vec![zero; slots];
-    for (i, &v) in dw_list.iter().enumerate() {
-        dweights[l.slot(i)] = v;
-    }
+    run_tasks(tasks, worth_it(total * d * f), run);
+    let dweights = l.in_slot_order(&dw_list, slots, zero);
     [T::wrap(l.combine(&dx_list)), T::wrap(dw1), T::wrap(dw2), T::wrap(dweights)]
 }

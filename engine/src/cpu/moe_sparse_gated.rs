@@ -18,7 +18,7 @@ use super::elem::prelude::*;
 use super::elem::{with_float, Elem, Float};
 use super::elementwise::silu_and_grad;
 use super::matmul::product_serial;
-use super::moe_sparse::{lists, sparse_cost, split_blocks, Block, Lists, ROW_BLOCK};
+use super::moe_sparse::{lists, sparse_cost, run_tasks, split_blocks, Block, Lists, ROW_BLOCK};
 use super::par::worth_it;
 use super::profile::timed;
 use super::skinny;
@@ -163,15 +163,8 @@ fn backward_typed<T: Float>(dy: &[T], x: &[T], [w1, w3, w2]: [&[T]; 3], w: &[T],
             grad.iter_mut().zip(&acc).for_each(|(o, v)| *o = T::narrow(*v));
         }
     };
-    if worth_it(total * d * f) {
-        tasks.into_par_iter().for_each(run);
-    } else {
-        tasks.into_iter().for_each(run);
-    }
-    let mut dweights = vec![zero; slots];
-    for (i, &v) in dw_list.iter().enumerate() {
-        dweights[l.slot(i)] = v;
-    }
+    run_tasks(tasks, worth_it(total * d * f), run);
+    let dweights = l.in_slot_order(&dw_list, slots, zero);
     [T::wrap(l.combine(&dx_list)), T::wrap(dw1), T::wrap(dw3), T::wrap(dw2), T::wrap(dweights)]
 }
 
