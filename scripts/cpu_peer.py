@@ -99,7 +99,9 @@ def main():
     notes = ""
     if os.path.exists("perf/cpu-peer.md"):
         old = open("perf/cpu-peer.md").read()
-        notes = old[old.index(NOTES):] if NOTES in old else ""
+        # The heading on a line of its own: the rerun text above the table names it too.
+        heading = "\n" + NOTES + "\n"
+        notes = old[old.index(heading) + 1:] if heading in old else ""
     with open("perf/cpu-peer.md", "w") as f:
         f.write("# dsmoe vs PyTorch on the CPU\n\n")
         f.write(RERUN)
