@@ -71,7 +71,7 @@ const WIDTH: usize = 2048;
 const ONE_SLICE_WIDTH: usize = 512;
 
 /// Lane sums per dot product.
-const LANES: usize = 16;
+pub(super) const LANES: usize = 16;
 
 /// `a (m x k, arithmetic type) · op(b)` where b is `[n, k]` when `b_transposed`, else `[k, n]`;
 /// returns the m x n result in the arithmetic type, row-major.
@@ -239,7 +239,13 @@ fn dot<T: Float>(a: &[T::Acc], b: &[T]) -> T::Acc {
             lanes[l] += x[l] * y[l].widen();
         }
     }
-    // Pairwise, in a fixed order.
+    finish_dot::<T>(lanes, at, bt)
+}
+
+/// The end of a dot product: the lane sums reduced pairwise in a fixed order, then the tail
+/// `Σ a·b` added in order. skinny_bf16.rs ends its dots here too, so both paths give the same bits.
+#[inline(always)]
+pub(super) fn finish_dot<T: Float>(mut lanes: [T::Acc; LANES], a_tail: &[T::Acc], b_tail: &[T]) -> T::Acc {
     let mut width = LANES / 2;
     while width > 0 {
         for l in 0..width {
@@ -248,7 +254,7 @@ fn dot<T: Float>(a: &[T::Acc], b: &[T]) -> T::Acc {
         width /= 2;
     }
     let mut s = lanes[0];
-    for (x, y) in at.iter().zip(bt) {
+    for (x, y) in a_tail.iter().zip(b_tail) {
         s += *x * y.widen();
     }
     s

@@ -14,9 +14,8 @@ use std::arch::x86_64::*;
 use half::bf16;
 
 use super::elem::Float;
+use super::skinny::{finish_dot, LANES};
 
-/// Sixteen lane sums per dot product, as skinny.rs's generic `dot`.
-const LANES: usize = 16;
 
 /// How far ahead the loops ask for weights (software prefetch): a batch-1 product does two flops
 /// per two bytes loaded, so without it each load waits on memory. `dot` reads one long run;
@@ -67,7 +66,7 @@ pub(super) unsafe fn dots(a: &[f32], rows: &[bf16], m: usize, k: usize, out: &mu
     }
 }
 
-/// Σ a[p]·b[p] with sixteen lane sums reduced pairwise, then the tail in order.
+/// Σ a[p]·b[p] in `LANES` lane sums, finished as skinny.rs's `dot` (`finish_dot`).
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn dot(a: &[f32], b: &[bf16]) -> f32 {
@@ -84,18 +83,7 @@ unsafe fn dot(a: &[f32], b: &[bf16]) -> f32 {
     let mut lanes = [0f32; LANES];
     // SAFETY: lanes holds 16 f32; unaligned store.
     unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
-    let mut width = LANES / 2;
-    while width > 0 {
-        for l in 0..width {
-            lanes[l] += lanes[l + width];
-        }
-        width /= 2;
-    }
-    let mut s = lanes[0];
-    for (x, y) in a[whole..].iter().zip(&b[whole..]) {
-        s += *x * y.widen();
-    }
-    s
+    finish_dot::<bf16>(lanes, &a[whole..], &b[whole..])
 }
 
 /// `out[i·width + jj] += Σ_{p ∈ rows} a[i, p]·b[p, j0 + jj]` (skinny.rs's `axpys`).
