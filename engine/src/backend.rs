@@ -35,6 +35,10 @@ impl RouteMode {
 /// `slot_pos` of a slot that is not in the list.
 pub const DROPPED: u32 = u32::MAX;
 
+/// Token counts up to this run the sparse MLP's decode kernels (one pass over each chosen expert's
+/// weights) instead of the grouped GEMM, unless a caller forces a path.
+pub const DECODE_MAX_TOKENS: usize = 16;
+
 /// Sizes of one sparse MLP call, for the backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SparseDims {

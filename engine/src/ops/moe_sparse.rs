@@ -19,15 +19,13 @@
 //! on the same routing, lists and kernels' structure (the activation rides in the epilogues).
 
 use super::{check_float, check_index, check_same_device, check_same_dtype};
-pub use crate::backend::{RouteMode, SparseDims, DROPPED};
+pub use crate::backend::{RouteMode, SparseDims, DECODE_MAX_TOKENS, DROPPED};
 use crate::{cpu, cuda, DType, Error, Result, Shape, Storage, Tensor};
 
 /// Most experts a routing kernel handles (a 64-bit per-lane mask over a warp).
 pub const MAX_EXPERTS: usize = 2048;
 /// Most experts one token may use (one per lane of a warp).
 pub const MAX_SLOTS: usize = 32;
-/// Token counts up to this run the decode kernels under `MoePath::Auto`.
-pub const DECODE_MAX_TOKENS: usize = 16;
 
 /// Routing of T tokens, `[T, k_max]` slots each: slot j of token t is used when j < counts[t].
 #[derive(Debug, Clone)]

@@ -13,7 +13,7 @@ use super::{float_suffix, nbytes};
 use crate::cuda::launch::{kernel_args, launch, launch_with_smem, Grid};
 use crate::cuda::profile::Cost;
 use crate::cuda::CudaStorage;
-use crate::backend::{RouteMode, SparseDims};
+use crate::backend::{RouteMode, SparseDims, DECODE_MAX_TOKENS};
 use crate::CpuStorage;
 use crate::{DType, Error, Result};
 
@@ -325,7 +325,7 @@ pub(crate) fn forward(x: &CudaStorage, [w1, w2]: [&CudaStorage; 2], w3: Option<&
     let up = u.as_ref().map_or(0, |u| u.ptr());
     let vp = v.as_ref().map_or(0, |v| v.ptr());
     let saved = |u: Option<CudaStorage>, h: CudaStorage| u.map(|u| (u, h, v));
-    if decode && decode_fits(d, dtype) && tokens <= crate::ops::moe_sparse::DECODE_MAX_TOKENS {
+    if decode && decode_fits(d, dtype) && tokens <= DECODE_MAX_TOKENS {
         let splits = f.div_ceil(DOWN_SPLIT);
         let partial = CudaStorage::uninit(dev, DType::F32, splits * slots * d)?;
         if slots > 0 {
