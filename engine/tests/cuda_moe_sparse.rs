@@ -67,19 +67,25 @@ fn threshold_routing_counts_experts_above_eps_with_at_least_one() {
 }
 
 #[test]
-fn permutation_is_stable_by_expert_and_drops_later_tokens() {
+fn permutation_is_stable_by_expert_and_gives_first_choices_priority() {
+    // Tokens' (first, second) choices: (2, 0), (2, 1), (2, 0), (0, -): slots 0..8, slot 7 unused.
     let experts = Tensor::from_slice(&[2u32, 0, 2, 1, 2, 0, 0, 2], [4, 2], &Device::Cpu).unwrap();
     let counts = Tensor::from_slice(&[2u32, 2, 2, 1], [4], &Device::Cpu).unwrap();
     let routes = ops::Routes { experts: experts.clone(), weights: Tensor::zeros([4, 2], DType::F32, &Device::Cpu).unwrap(), mask: Tensor::zeros([4, 2], DType::F32, &Device::Cpu).unwrap(), counts };
     let p = ops::moe_permute(&routes, 4, None).unwrap();
     assert_eq!(u32s(&p.offsets), [0, 3, 1 + 3, 7, 7]);
-    assert_eq!(&u32s(&p.sorted_slots)[..7], [1, 5, 6, 3, 0, 2, 4]);
+    // Within an expert: the first choices in token order, then the second choices.
+    assert_eq!(&u32s(&p.sorted_slots)[..7], [6, 1, 5, 3, 0, 2, 4]);
     assert_eq!(u32s(&p.slot_pos)[7], ops::moe_sparse::DROPPED, "slot 1 of token 3 is unused");
     assert_eq!(u32s(&p.expert_counts), [3, 1, 3, 0]);
     let capped = ops::moe_permute(&routes, 4, Some(2)).unwrap();
     assert_eq!(u32s(&capped.offsets), [0, 2, 3, 5, 5]);
     assert_eq!(u32s(&capped.dropped), [2]);
-    assert_eq!(u32s(&capped.slot_pos)[6], ops::moe_sparse::DROPPED, "token 3's expert-0 slot is the third: dropped");
+    let pos = u32s(&capped.slot_pos);
+    assert_eq!(pos[6], 0, "token 3's first choice (expert 0) is kept although tokens 0 and 2 come earlier");
+    assert_eq!(pos[1], 1, "token 0's second choice takes the last place of expert 0");
+    assert_eq!(pos[5], ops::moe_sparse::DROPPED, "token 2's second choice is dropped before token 3's first choice");
+    assert_eq!(pos[4], ops::moe_sparse::DROPPED, "expert 2 keeps its first two first choices");
 }
 
 /// y[t] = Σ_j w[t,j]·W2_eᵀ·gelu(W1_e·x[t]) evaluated token by token with plain ops.
