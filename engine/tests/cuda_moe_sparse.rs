@@ -4,8 +4,9 @@
 //! the permutation's order, capacity dropping, empty experts; the sparse MLP against a dense
 //! per-token evaluation; error paths.
 //! CUDA (one `skipped:` line without a GPU): routing in all three modes with tied probabilities
-//! (exact match), permutation (empty experts, all tokens on one expert, T = 1, capacity; exact, the
-//! whole sorted_slots tensor; experts out of range are an error on both devices),
+//! (exact match), permutation (empty experts, all tokens on one expert, T = 1, capacity, first
+//! choices before second choices; exact, the whole sorted_slots tensor; experts out of range are
+//! an error on both devices),
 //! the sparse layer forward in every mode on both paths (grouped and decode, also with an expert
 //! named twice per token, which gives it more than the decode kernels' 16 rows), the backward (dx,
 //! dw1, dw2, dweights), and K = N sparse against the dense all-experts evaluation. Inputs are fresh
@@ -178,16 +179,26 @@ fn cuda_permutation_matches_cpu() {
         }
         let r = ops::moe_route(&p, RouteMode::TopK(k), false).unwrap();
         let rg = ops::moe_route(&p.to_device(&dev).unwrap(), RouteMode::TopK(k), false).unwrap();
-        for cap in [None, Some(1), Some((t * k).div_ceil(n))] {
-            let c = ops::moe_permute(&r, n, cap).unwrap();
-            let g = ops::moe_permute(&rg, n, cap).unwrap();
-            assert_eq!(u32s(&g.offsets), u32s(&c.offsets), "{t} tokens, {n} experts, k {k}, cap {cap:?}");
-            // The whole tensor: past the kept entries both devices hold DROPPED.
-            assert_eq!(u32s(&g.sorted_slots), u32s(&c.sorted_slots));
-            assert_eq!(u32s(&g.slot_pos), u32s(&c.slot_pos));
-            assert_eq!(u32s(&g.expert_counts), u32s(&c.expert_counts));
-            assert_eq!(u32s(&g.dropped), u32s(&c.dropped));
-        }
+        same_permutations(&r, &rg, n, &[None, Some(1), Some((t * k).div_ceil(n))], &format!("{t} tokens, {n} experts, k {k}"));
+    }
+    // The CPU test's hand-built routes, where first choices outrank earlier tokens' second choices.
+    let (experts, counts) = ([2u32, 0, 2, 1, 2, 0, 0, 2], [2u32, 2, 2, 1]);
+    let (r, rg) = (hand_routes(&experts, &counts, 2, DType::F32, &Device::Cpu), hand_routes(&experts, &counts, 2, DType::F32, &dev));
+    same_permutations(&r, &rg, 4, &[None, Some(1), Some(2)], "first-choice priority");
+}
+
+/// `moe_permute` of the CPU routes `r` and the device routes `rg` (the same values) agree exactly
+/// at every capacity of `caps`.
+fn same_permutations(r: &ops::Routes, rg: &ops::Routes, n: usize, caps: &[Option<usize>], case: &str) {
+    for &cap in caps {
+        let c = ops::moe_permute(r, n, cap).unwrap();
+        let g = ops::moe_permute(rg, n, cap).unwrap();
+        assert_eq!(u32s(&g.offsets), u32s(&c.offsets), "{case}, cap {cap:?}");
+        // The whole tensor: past the kept entries both devices hold DROPPED.
+        assert_eq!(u32s(&g.sorted_slots), u32s(&c.sorted_slots), "{case}, cap {cap:?}");
+        assert_eq!(u32s(&g.slot_pos), u32s(&c.slot_pos), "{case}, cap {cap:?}");
+        assert_eq!(u32s(&g.expert_counts), u32s(&c.expert_counts), "{case}, cap {cap:?}");
+        assert_eq!(u32s(&g.dropped), u32s(&c.dropped), "{case}, cap {cap:?}");
     }
 }
 
