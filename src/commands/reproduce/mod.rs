@@ -164,7 +164,7 @@ const PAPER_MI_ALPHA_ATT: f64 = 2e-4;
 /// attention MI weight: ds-moe-tiny's 0.005 was chosen for the main job's MLP sparsity and never
 /// tuned for attention. In 300-step runs at ε = 0.48 in both routers, 0.005 left 28-32 % of the
 /// attention experts in use in layers 1-3 (the paper: above 60 % in every layer) at loss 2.041,
-/// 1e-3 47-83 % at 2.052, and the paper's 2e-4 57-76 % at 2.022 (dense: 2.019 against 2.033).
+/// 1e-3 47-83 % at 2.052, and the paper's 2e-4 56-76 % at 2.022 (dense: 2.019 against 2.033).
 fn ds_moe(scale: Scale) -> Result<RunSpec> {
     if scale == Scale::Paper {
         return Ok(RunSpec { name: "ds-moe".into(), config: preset("ds-moe-1b", scale)? });
