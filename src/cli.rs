@@ -44,9 +44,9 @@ pub enum Command {
 pub enum Scale {
     /// A seconds-long miniature, for tests.
     Toy,
-    /// The tiny configs for 300 steps: 32 minutes on a 2-core CPU shared with other builds.
+    /// The tiny configs for their own 600 steps (about 1.8 training tokens per parameter).
     Tiny,
-    /// The tiny configs for their full 600 steps, evaluated on 4x the windows.
+    /// The tiny configs for 4x their steps, evaluated on 4x the windows.
     Small,
     /// The paper's 1B/3B/6B presets (a GPU job).
     Paper,

@@ -4,8 +4,9 @@
 //! the permutation's order, capacity dropping, empty experts; the sparse MLP against a dense
 //! per-token evaluation; error paths.
 //! CUDA (one `skipped:` line without a GPU): routing in all three modes with tied probabilities
-//! (exact match), permutation (empty experts, all tokens on one expert, T = 1, capacity; exact, the
-//! whole sorted_slots tensor; experts out of range are an error on both devices),
+//! (exact match), permutation (empty experts, all tokens on one expert, T = 1, capacity, first
+//! choices before second choices; exact, the whole sorted_slots tensor; experts out of range are
+//! an error on both devices),
 //! the sparse layer forward in every mode on both paths (grouped and decode, also with an expert
 //! named twice per token, which gives it more than the decode kernels' 16 rows), the backward (dx,
 //! dw1, dw2, dweights), and K = N sparse against the dense all-experts evaluation. Inputs are fresh
@@ -67,19 +68,25 @@ fn threshold_routing_counts_experts_above_eps_with_at_least_one() {
 }
 
 #[test]
-fn permutation_is_stable_by_expert_and_drops_later_tokens() {
+fn permutation_is_stable_by_expert_and_gives_first_choices_priority() {
+    // Tokens' (first, second) choices: (2, 0), (2, 1), (2, 0), (0, -): slots 0..8, slot 7 unused.
     let experts = Tensor::from_slice(&[2u32, 0, 2, 1, 2, 0, 0, 2], [4, 2], &Device::Cpu).unwrap();
     let counts = Tensor::from_slice(&[2u32, 2, 2, 1], [4], &Device::Cpu).unwrap();
     let routes = ops::Routes { experts: experts.clone(), weights: Tensor::zeros([4, 2], DType::F32, &Device::Cpu).unwrap(), mask: Tensor::zeros([4, 2], DType::F32, &Device::Cpu).unwrap(), counts };
     let p = ops::moe_permute(&routes, 4, None).unwrap();
     assert_eq!(u32s(&p.offsets), [0, 3, 1 + 3, 7, 7]);
-    assert_eq!(&u32s(&p.sorted_slots)[..7], [1, 5, 6, 3, 0, 2, 4]);
+    // Within an expert: the first choices in token order, then the second choices.
+    assert_eq!(&u32s(&p.sorted_slots)[..7], [6, 1, 5, 3, 0, 2, 4]);
     assert_eq!(u32s(&p.slot_pos)[7], ops::moe_sparse::DROPPED, "slot 1 of token 3 is unused");
     assert_eq!(u32s(&p.expert_counts), [3, 1, 3, 0]);
     let capped = ops::moe_permute(&routes, 4, Some(2)).unwrap();
     assert_eq!(u32s(&capped.offsets), [0, 2, 3, 5, 5]);
     assert_eq!(u32s(&capped.dropped), [2]);
-    assert_eq!(u32s(&capped.slot_pos)[6], ops::moe_sparse::DROPPED, "token 3's expert-0 slot is the third: dropped");
+    let pos = u32s(&capped.slot_pos);
+    assert_eq!(pos[6], 0, "token 3's first choice (expert 0) is kept although tokens 0 and 2 come earlier");
+    assert_eq!(pos[1], 1, "token 0's second choice takes the last place of expert 0");
+    assert_eq!(pos[5], ops::moe_sparse::DROPPED, "token 2's second choice is dropped before token 3's first choice");
+    assert_eq!(pos[4], ops::moe_sparse::DROPPED, "expert 2 keeps its first two first choices");
 }
 
 /// y[t] = Σ_j w[t,j]·W2_eᵀ·gelu(W1_e·x[t]) evaluated token by token with plain ops.
@@ -172,16 +179,26 @@ fn cuda_permutation_matches_cpu() {
         }
         let r = ops::moe_route(&p, RouteMode::TopK(k), false).unwrap();
         let rg = ops::moe_route(&p.to_device(&dev).unwrap(), RouteMode::TopK(k), false).unwrap();
-        for cap in [None, Some(1), Some((t * k).div_ceil(n))] {
-            let c = ops::moe_permute(&r, n, cap).unwrap();
-            let g = ops::moe_permute(&rg, n, cap).unwrap();
-            assert_eq!(u32s(&g.offsets), u32s(&c.offsets), "{t} tokens, {n} experts, k {k}, cap {cap:?}");
-            // The whole tensor: past the kept entries both devices hold DROPPED.
-            assert_eq!(u32s(&g.sorted_slots), u32s(&c.sorted_slots));
-            assert_eq!(u32s(&g.slot_pos), u32s(&c.slot_pos));
-            assert_eq!(u32s(&g.expert_counts), u32s(&c.expert_counts));
-            assert_eq!(u32s(&g.dropped), u32s(&c.dropped));
-        }
+        same_permutations(&r, &rg, n, &[None, Some(1), Some((t * k).div_ceil(n))], &format!("{t} tokens, {n} experts, k {k}"));
+    }
+    // The CPU test's hand-built routes, where first choices outrank earlier tokens' second choices.
+    let (experts, counts) = ([2u32, 0, 2, 1, 2, 0, 0, 2], [2u32, 2, 2, 1]);
+    let (r, rg) = (hand_routes(&experts, &counts, 2, DType::F32, &Device::Cpu), hand_routes(&experts, &counts, 2, DType::F32, &dev));
+    same_permutations(&r, &rg, 4, &[None, Some(1), Some(2)], "first-choice priority");
+}
+
+/// `moe_permute` of the CPU routes `r` and the device routes `rg` (the same values) agree exactly
+/// at every capacity of `caps`.
+fn same_permutations(r: &ops::Routes, rg: &ops::Routes, n: usize, caps: &[Option<usize>], case: &str) {
+    for &cap in caps {
+        let c = ops::moe_permute(r, n, cap).unwrap();
+        let g = ops::moe_permute(rg, n, cap).unwrap();
+        assert_eq!(u32s(&g.offsets), u32s(&c.offsets), "{case}, cap {cap:?}");
+        // The whole tensor: past the kept entries both devices hold DROPPED.
+        assert_eq!(u32s(&g.sorted_slots), u32s(&c.sorted_slots), "{case}, cap {cap:?}");
+        assert_eq!(u32s(&g.slot_pos), u32s(&c.slot_pos), "{case}, cap {cap:?}");
+        assert_eq!(u32s(&g.expert_counts), u32s(&c.expert_counts), "{case}, cap {cap:?}");
+        assert_eq!(u32s(&g.dropped), u32s(&c.dropped), "{case}, cap {cap:?}");
     }
 }
 

@@ -48,7 +48,8 @@ pub struct MlpConfig {
     #[serde(default)]
     pub top_k: Option<usize>,
     /// Expert capacity as a multiple of the even share `k·T/N`; overflow tokens skip the MLP
-    /// (residual only). `smoe` only; none means unlimited.
+    /// (residual only), second choices before first choices (GShard / fairseq's Top2Gate).
+    /// `smoe` only; none means unlimited.
     #[serde(default)]
     pub capacity_factor: Option<f64>,
     /// An MoE MLP in every `moe_every`-th layer (fairseq's `--moe-freq`); others are dense MLPs

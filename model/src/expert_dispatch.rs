@@ -6,16 +6,17 @@
 //! norms and routers run replicated; `expert_parallel.rs`). The sparse layer splits the work by
 //! tokens and by experts at once:
 //!
-//! 1. Rank r takes its share of the tokens, rows `[r·T/n, (r+1)·T/n)`, and lists its routed
-//!    (token, expert) pairs sorted by expert (`moe_permute` without a capacity). Experts of one
-//!    rank are consecutive, so the list is already grouped by destination rank.
+//! 1. Every rank lists all T tokens' routed (token, expert) pairs sorted by expert, with the
+//!    capacity limit (`moe_permute` on the replicated routes: integer work over T·k slots). So
+//!    the dropping is the single-process one by construction, first choices before second
+//!    choices, whatever the ranks' token shares. Rank r keeps the pairs of its share of the
+//!    tokens, rows `[r·T/n, (r+1)·T/n)`. Experts of one rank are consecutive, so the list is
+//!    already grouped by destination rank.
 //! 2. Dispatch: one all-to-all with per-rank counts sends each pair's token row to the rank of its
 //!    expert, and a second one its expert's index. A rank receives the rows in source-rank order,
 //!    so in the original token order.
 //! 3. The receiving rank runs its experts on what it got with the local sparse ops (grouped per
-//!    expert, `moe_permute` on the received rows). The capacity limit is applied here, to each
-//!    expert's rows in arrival order, which is the single-process order (earlier tokens first),
-//!    so dropping is exactly as in one process.
+//!    expert, `moe_permute` on the received rows, which are all kept).
 //! 4. Combine: the all-to-all in reverse brings each pair's output back to the rank that sent it,
 //!    in the order it was sent; there it is gated by the pair's router weight and added into its
 //!    token's row (`scatter_add_rows`, in list order: deterministic), and one all-reduce of the
@@ -77,14 +78,19 @@ pub fn sparse_moe(
     let x = replicated_input(group, x)?;
     let weights = replicated_input(group, weights)?;
 
-    // 1. This rank's tokens and their routed pairs, sorted by expert (so by destination rank).
-    let (lo, len) = (rank * tokens / n, (rank + 1) * tokens / n - rank * tokens / n);
-    let rows = |t: &Tensor| ops::narrow(t, 0, lo, len);
-    let share = Routes { experts: rows(&routes.experts)?, weights: rows(&routes.weights)?, mask: rows(&routes.mask)?, counts: rows(&routes.counts)? };
-    let perm = ops::moe_permute(&share, n_experts, None)?;
-    let offsets: Vec<usize> = perm.offsets.to_vec::<u32>()?.into_iter().map(|o| o as usize).collect();
-    let slots: Vec<u32> = perm.sorted_slots.to_vec::<u32>()?[..offsets[n_experts]].to_vec();
-    let token_rows: Vec<u32> = slots.iter().map(|s| (lo + *s as usize / k) as u32).collect();
+    // 1. All tokens' kept pairs sorted by expert, then this rank's tokens' pairs among them, still
+    //    sorted by expert (so by destination rank).
+    let perm = ops::moe_permute(routes, n_experts, capacity)?;
+    let all_offsets = perm.offsets.to_vec::<u32>()?;
+    let all_slots = perm.sorted_slots.to_vec::<u32>()?;
+    let share = (rank * tokens / n * k) as u32..((rank + 1) * tokens / n * k) as u32;
+    let mut offsets = vec![0usize];
+    let mut slots: Vec<u32> = Vec::new();
+    for e in 0..n_experts {
+        slots.extend(all_slots[all_offsets[e] as usize..all_offsets[e + 1] as usize].iter().filter(|s| share.contains(*s)));
+        offsets.push(slots.len());
+    }
+    let token_rows: Vec<u32> = slots.iter().map(|s| s / k as u32).collect();
     let send_rows: Vec<usize> = (0..n).map(|q| offsets[(q + 1) * count] - offsets[q * count]).collect();
     let send_experts: Vec<u32> = (0..n_experts).flat_map(|e| std::iter::repeat(e as u32).take(offsets[e + 1] - offsets[e])).collect();
 
@@ -97,18 +103,15 @@ pub fn sparse_moe(
     let r = local.len();
     let unit = Tensor::ones([r, 1], x.dtype(), &device)?;
     let received_routes = Routes { experts: Tensor::from_slice(&local, [r, 1], &device)?, weights: unit.clone(), mask: unit.clone(), counts: Tensor::from_slice(&vec![1u32; r], [r], &device)? };
-    let received_perm = ops::moe_permute(&received_routes, count, capacity)?;
+    let received_perm = ops::moe_permute(&received_routes, count, None)?;
     let computed = experts(&received, &Var::constant(unit), &received_perm)?;
 
     // 4. Combine: back to the senders, gated, into the tokens' rows, summed over the group.
     let (returned, _) = exchange(group, &computed, &recv_rows)?;
-    let flat_slots: Vec<u32> = slots.iter().map(|s| (lo * k) as u32 + s).collect();
-    let gates = weights.reshape([tokens * k, 1])?.index_select(&index(&flat_slots)?)?;
+    let gates = weights.reshape([tokens * k, 1])?.index_select(&index(&slots)?)?;
     let y = returned.mul(&gates)?.scatter_add_rows(&index(&token_rows)?, tokens)?;
     let y = group_sum(group.as_ref(), &y)?;
 
-    let kept = received_perm.offsets.to_vec::<u32>()?[count];
-    let dropped = received_perm.dropped.to_vec::<u32>()?[0];
-    let totals = group.all_reduce_sum(&Tensor::from_slice(&[kept, dropped], [2], &device)?)?.to_vec::<u32>()?;
-    Ok(SparseOut { y, computed: totals[0] as usize, dropped: totals[1] as usize })
+    let dropped = perm.dropped.to_vec::<u32>()?[0] as usize;
+    Ok(SparseOut { y, computed: all_offsets[n_experts] as usize, dropped })
 }

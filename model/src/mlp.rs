@@ -188,8 +188,8 @@ impl Mlp {
         Ok(MlpOut { y, router: Some(r), used })
     }
 
-    /// Runs each expert on the tokens `routes` gives it (at most `capacity` per expert, earlier
-    /// tokens first), gated by `weights` `[T, k_max]`, and sums each token's results, all in the
+    /// Runs each expert on the tokens `routes` gives it (at most `capacity` per expert, first
+    /// choices before second choices, each in token order), gated by `weights` `[T, k_max]`, and sums each token's results, all in the
     /// engine's sparse MoE ops (device-side routing lists; no per-expert host loop and no read
     /// back). Returns the output and the counts of the routing, still on the device. With the
     /// experts split over ranks, the pairs go to the ranks of their experts and back

@@ -86,8 +86,10 @@ fn route_typed<T: Float>(p: &[T], tokens: usize, n: usize, mode: RouteMode, reno
     [CpuStorage::U32(experts), T::wrap(weights), T::wrap(mask), CpuStorage::U32(counts)]
 }
 
-/// Stable counting sort of the used slots by expert, with the capacity limit. Returns (offsets,
-/// sorted_slots, slot_pos, expert_counts, dropped).
+/// Stable counting sort of the used slots by expert, with the capacity limit, over the slots in
+/// priority order (every token's first choice in token order, then every second choice, ...: the
+/// order of GShard's and fairseq's Top2Gate). Returns (offsets, sorted_slots, slot_pos,
+/// expert_counts, dropped).
 pub(crate) fn permute(experts: &CpuStorage, counts: &CpuStorage, tokens: usize, k_max: usize, n: usize, capacity: u32) -> Result<[CpuStorage; 5]> {
     timed(|| "moe_permute".into(), || Cost::streaming(tokens * (k_max + 1), 3 * tokens * k_max, 4, 0), || permute_lists(experts, counts, tokens, k_max, n, capacity))
 }
@@ -99,8 +101,9 @@ fn permute_lists(experts: &CpuStorage, counts: &CpuStorage, tokens: usize, k_max
         return Err(Error::shape("moe_permute", format!("{tokens} tokens x {k_max} slots, got {} experts and {} counts", experts.len(), counts.len())));
     }
     let used = |s: usize| (s % k_max) < counts[s / k_max] as usize;
+    let by_priority = || (0..k_max).flat_map(move |j| (0..tokens).map(move |t| t * k_max + j)).filter(move |&s| used(s));
     let mut total = vec![0u32; n];
-    for s in (0..slots).filter(|&s| used(s)) {
+    for s in by_priority() {
         let e = experts[s] as usize;
         if e >= n {
             return Err(Error::IndexOutOfRange { op: "moe_permute", index: e, size: n });
@@ -115,7 +118,7 @@ fn permute_lists(experts: &CpuStorage, counts: &CpuStorage, tokens: usize, k_max
         dropped += total[e] - kept;
     }
     let (mut sorted, mut slot_pos, mut rank) = (vec![DROPPED; slots], vec![DROPPED; slots], vec![0u32; n]);
-    for s in (0..slots).filter(|&s| used(s)) {
+    for s in by_priority() {
         let e = experts[s] as usize;
         if rank[e] < capacity {
             let pos = offsets[e] + rank[e];

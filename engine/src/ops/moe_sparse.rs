@@ -7,8 +7,11 @@
 //!    threshold on N·p, or threshold-then-batch-average-K), as `[T, k_max]` slots: expert index,
 //!    router weight, a 0/1 mask of used slots, and a count per token. Ties go to the lower expert.
 //! 2. `moe_permute(routes, N, capacity)`: the expert-sorted list of used slots (slot = t·k_max + j),
-//!    within an expert in token order; with a capacity, each expert keeps its first `capacity`
-//!    slots and the rest are dropped (they contribute nothing: the token keeps its residual).
+//!    within an expert in priority order: every token's first choice in token order, then every
+//!    second choice, and so on; with a capacity, each expert keeps its first `capacity` slots and
+//!    the rest are dropped (they contribute nothing: the token keeps its residual). So a token's
+//!    second choice is dropped before another token's first choice, as in GShard's top-2 gating
+//!    and fairseq's Top2Gate (whose second-choice positions start after all first choices).
 //! 3. `moe_sparse_mlp(x, w1, w2, weights [T, k_max], perm)`: y[t] = Σ_j w[t,j]·W2_eᵀ·gelu(W1_e·x[t])
 //!    over the token's kept slots, summed in slot order (deterministic). On CUDA a grouped
 //!    gather-GEMM-scatter, or per-expert GEMVs for a few tokens (`MoePath`).
@@ -123,7 +126,8 @@ pub fn moe_route(probs: &Tensor, mode: RouteMode, renormalise: bool) -> Result<R
 }
 
 /// Builds the expert-sorted list of the used slots of `routes` over `n_experts` experts, keeping at
-/// most `capacity` slots per expert (earlier tokens first) when given.
+/// most `capacity` slots per expert (first choices before second choices, each in token order)
+/// when given.
 pub fn moe_permute(routes: &Routes, n_experts: usize, capacity: Option<usize>) -> Result<Permutation> {
     const OP: &str = "moe_permute";
     let (experts, counts) = (&routes.experts, &routes.counts);

@@ -18,17 +18,21 @@
 //   by moe_route's k_device, so this mode needs no host round trip either.
 //
 // Permutation (the expert-sorted list): the flat slot index s = t·k_max + j of every used slot is
-// placed in a stable counting sort by expert; within an expert, slots keep token order, which is
-// what makes capacity dropping deterministic ("earlier tokens win").
-// 1. moe_chunk_rank: one warp per chunk of CHUNK slots; 32 slots at a time, __match_any_sync
+// placed in a stable counting sort by expert over the slots in priority order i = j·T + t (every
+// token's first choice in token order, then every second choice, ...). Within an expert, slots
+// keep that order, which makes capacity dropping deterministic and gives first choices priority:
+// a token's second choice is dropped before another token's first choice, as in GShard's and
+// fairseq's Top2Gate (second-choice positions start after all first choices).
+// 1. moe_chunk_rank: one warp per chunk of CHUNK priority positions; 32 at a time, __match_any_sync
 //    groups the lanes holding one expert, so each slot gets its rank among the chunk's earlier
 //    slots of its expert (a per-warp shared-memory histogram, updated by each group's leader).
-//    Writes rank_in_chunk [T·k_max] and chunk_hist [chunks, N].
+//    Writes rank_in_chunk [T·k_max] (by priority position) and chunk_hist [chunks, N].
 // 2. moe_expert_scan: one warp per expert scans its column of chunk_hist: chunk_base (exclusive)
 //    and the expert's total.
 // 3. moe_offsets: one warp: kept_e = min(total_e, capacity), offsets [N+1] = exclusive scan of
 //    kept, dropped [1] = Σ (total − kept).
-// 4. moe_scatter_slots: per slot, rank = chunk_base + rank_in_chunk; kept when rank < capacity:
+// 4. moe_scatter_slots: per priority position i and its slot s, rank = chunk_base +
+//    rank_in_chunk; kept when rank < capacity:
 //    pos = offsets[e] + rank, sorted_slots[pos] = s, slot_pos[s] = pos; otherwise slot_pos[s] =
 //    DROPPED (also for unused slots). The host fills sorted_slots with DROPPED first, so its tail
 //    past offsets[N] reads DROPPED, as on the CPU.
@@ -159,7 +163,10 @@ extern "C" __global__ void moe_batch_k(const u32* above, u64 tokens, u32 k_max, 
 
 // ---- permutation ---------------------------------------------------------------------------------
 
-// Launched with 32-thread blocks, one per chunk of CHUNK slots.
+// The slot at priority position i = j·T + t: slot j of token t, flat index t·k_max + j.
+__device__ __forceinline__ u64 priority_slot(u64 i, u64 tokens, u32 k_max) { return (i % tokens) * k_max + i / tokens; }
+
+// Launched with 32-thread blocks, one per chunk of CHUNK priority positions.
 // A used slot naming an expert >= n (hand-built routes) is stored in *bad_expert (any one of them;
 // the word is zero before, and n >= 1) and then treated as unused, so no index goes out of range;
 // the host turns a non-zero word into an error.
@@ -171,10 +178,11 @@ extern "C" __global__ void moe_chunk_rank(const u32* experts, const u32* counts,
     for (u32 e = lane; e < n; e += WARP) hist[e] = 0;
     __syncwarp();
     const u64 begin = (u64)blockIdx.x * CHUNK;
-    for (u64 s0 = begin; s0 < begin + CHUNK && s0 < slots; s0 += WARP) {
-        const u64 s = s0 + lane;
+    for (u64 i0 = begin; i0 < begin + CHUNK && i0 < slots; i0 += WARP) {
+        const u64 i = i0 + lane;
+        const u64 s = priority_slot(i, tokens, k_max);
         u32 e = NO_EXPERT;
-        if (s < slots && (u32)(s % k_max) < counts[s / k_max]) {
+        if (i < slots && (u32)(s % k_max) < counts[s / k_max]) {
             e = experts[s];
             if (e >= n) {
                 *bad_expert = e;
@@ -185,11 +193,11 @@ extern "C" __global__ void moe_chunk_rank(const u32* experts, const u32* counts,
         if (e != NO_EXPERT) {
             const u32 below = peers & ((1u << lane) - 1u);
             const u32 base = hist[e];
-            rank_in_chunk[s] = base + __popc(below);
+            rank_in_chunk[i] = base + __popc(below);
             __syncwarp(peers);
             if (below == 0) hist[e] = base + __popc(peers);
-        } else if (s < slots) {
-            rank_in_chunk[s] = DROPPED;
+        } else if (i < slots) {
+            rank_in_chunk[i] = DROPPED;
         }
         __syncwarp();
     }
@@ -244,12 +252,13 @@ extern "C" __global__ void moe_scatter_slots(const u32* experts, const u32* rank
                                              const u32* offsets, u32* sorted_slots, u32* slot_pos, u64 tokens, u32 k_max,
                                              u32 n, u32 capacity) {
     const u64 slots = tokens * k_max;
-    for (u64 s = global_thread(); s < slots; s += global_threads()) {
-        const u32 r = rank_in_chunk[s];
+    for (u64 i = global_thread(); i < slots; i += global_threads()) {
+        const u64 s = priority_slot(i, tokens, k_max);
+        const u32 r = rank_in_chunk[i];
         u32 pos = DROPPED;
         if (r != DROPPED) {
             const u32 e = experts[s];
-            const u32 rank = chunk_base[(s / CHUNK) * n + e] + r;
+            const u32 rank = chunk_base[(i / CHUNK) * n + e] + r;
             if (rank < capacity) {
                 pos = offsets[e] + rank;
                 sorted_slots[pos] = (u32)s;

@@ -60,10 +60,17 @@ pub fn attention_router(v: &Value) -> Option<String> {
     let shares = v["attention_share"].as_array()?;
     let n = f(v, "attention_experts");
     let min = shares.iter().filter_map(Value::as_f64).fold(f64::INFINITY, f64::min);
+    let ratio = f(v, "mi_alpha_att") / 2e-4;
+    let relation = if (ratio - 1.0).abs() < 0.05 {
+        "the same weight".to_string()
+    } else if ratio > 1.0 {
+        format!("so {ratio:.0}x stronger")
+    } else {
+        format!("so {:.0}x weaker", 1.0 / ratio)
+    };
     Some(format!(
-        "the attention MI weight is {} per layer over {n:.0} experts (the paper's 3B: 2e-4 over 8, so {:.0}x stronger), and in the sparsest layer a token keeps {:.1} of {n:.0} experts",
+        "the attention MI weight is {} per layer over {n:.0} experts (the paper's 3B: 2e-4 over 8, {relation}), and in the sparsest layer a token keeps {:.1} of {n:.0} experts",
         f(v, "mi_alpha_att"),
-        f(v, "mi_alpha_att") / 2e-4,
         min * n
     ))
 }
@@ -96,5 +103,7 @@ mod tests {
 
         let fig5 = json!({"attention_share": [0.75, 0.25], "attention_experts": 4, "mi_alpha_att": 0.005});
         assert_eq!(attention_router(&fig5).unwrap(), "the attention MI weight is 0.005 per layer over 4 experts (the paper's 3B: 2e-4 over 8, so 25x stronger), and in the sparsest layer a token keeps 1.0 of 4 experts");
+        let paper = json!({"attention_share": [0.75, 0.5], "attention_experts": 4, "mi_alpha_att": 2e-4});
+        assert_eq!(attention_router(&paper).unwrap(), "the attention MI weight is 0.0002 per layer over 4 experts (the paper's 3B: 2e-4 over 8, the same weight), and in the sparsest layer a token keeps 2.0 of 4 experts");
     }
 }
