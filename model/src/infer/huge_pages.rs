@@ -13,39 +13,59 @@
 
 use engine::{CpuStorage, Storage, Tensor};
 
-use crate::Result;
-
 /// The huge page size on x86-64 and aarch64 Linux.
 const HUGE_PAGE: usize = 2 << 20;
 
 /// `t` in a buffer advised for huge pages, when it is a CPU tensor spanning at least two of them.
-pub(crate) fn on_huge_pages(t: Tensor) -> Result<Tensor> {
-    let Storage::Cpu(cpu) = t.storage() else { return Ok(t) };
+pub(crate) fn on_huge_pages(t: Tensor) -> Tensor {
+    let Storage::Cpu(cpu) = t.storage() else { return t };
     if t.size_in_bytes() < 2 * HUGE_PAGE {
-        return Ok(t);
+        return t;
     }
     let copy = match cpu {
         CpuStorage::F32(v) => CpuStorage::F32(advised_copy(v)),
         CpuStorage::BF16(v) => CpuStorage::BF16(advised_copy(v)),
         CpuStorage::F16(v) => CpuStorage::F16(advised_copy(v)),
-        _ => return Ok(t),
+        _ => return t,
     };
-    Ok(Tensor::from_cpu(copy, t.dims().to_vec()))
+    Tensor::from_cpu(copy, t.dims().to_vec())
 }
 
 /// A copy of `v` in a new buffer whose whole huge pages were advised before the first write.
 fn advised_copy<T: Copy>(v: &[T]) -> Vec<T> {
     let mut out: Vec<T> = Vec::with_capacity(v.len());
-    let start = out.as_ptr() as usize;
-    let first = start.next_multiple_of(HUGE_PAGE);
-    let end = (start + std::mem::size_of_val(v)) / HUGE_PAGE * HUGE_PAGE;
     #[cfg(target_os = "linux")]
-    if end > first {
-        // SAFETY: [first, end) lies inside the allocation just made (rounded inwards to whole huge
-        // pages); MADV_HUGEPAGE changes only how the kernel backs it, never its contents or
-        // validity, and its failure (huge pages compiled out) is harmless, so the result is ignored.
-        unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE) };
+    {
+        let start = out.as_ptr() as usize;
+        let first = start.next_multiple_of(HUGE_PAGE);
+        let end = (start + std::mem::size_of_val(v)) / HUGE_PAGE * HUGE_PAGE;
+        if end > first {
+            // SAFETY: [first, end) lies inside the allocation just made (rounded inwards to whole
+            // huge pages); MADV_HUGEPAGE changes only how the kernel backs it, never its contents
+            // or validity, and its failure (huge pages compiled out) is harmless, so the result is
+            // ignored.
+            unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE) };
+        }
     }
     out.extend_from_slice(v);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use engine::{CpuStorage, Tensor};
+
+    use super::on_huge_pages;
+
+    #[test]
+    fn a_large_tensor_moves_with_its_values_and_a_small_one_stays() {
+        let values: Vec<f32> = (0..3 << 20).map(|i| i as f32).collect();
+        let large = Tensor::from_cpu(CpuStorage::F32(values.clone()), vec![3 << 10, 1 << 10]);
+        let moved = on_huge_pages(large.clone());
+        assert!(!moved.same_storage(&large), "a 12 MiB tensor is copied into an advised buffer");
+        assert_eq!(moved.dims(), large.dims());
+        assert_eq!(moved.to_vec::<f32>().unwrap(), values);
+        let small = Tensor::from_cpu(CpuStorage::F32(vec![1.0; 16]), vec![16]);
+        assert!(on_huge_pages(small.clone()).same_storage(&small), "a tensor under two huge pages is left as it is");
+    }
 }

@@ -158,7 +158,7 @@ fn normal_f32(rng: &mut Rng, n: usize, std: f32) -> Vec<f32> {
 /// Walks the model's tensors in order, asking `get(name, dims)` for each.
 /// Every tensor `get_any` gives goes on huge pages when large enough (huge_pages.rs).
 fn build(cfg: &ModelConfig, dtype: DType, device: &Device, per_expert_attention: bool, mut get_any: impl FnMut(&str, &[usize]) -> Result<Tensor>) -> Result<InferWeights> {
-    let mut get = |name: &str, dims: &[usize]| on_huge_pages(get_any(name, dims)?);
+    let mut get = |name: &str, dims: &[usize]| -> Result<Tensor> { Ok(on_huge_pages(get_any(name, dims)?)) };
     let (d, v, a, m) = (cfg.d_model, cfg.vocab_size, &cfg.attention, &cfg.mlp);
     let (hq, dh, hkv) = (cfg.q_heads(), a.head_dim, a.kv_heads);
     let router = |get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>, prefix: &str, n: usize| -> Result<RouterWeights> {
