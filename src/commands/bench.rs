@@ -152,8 +152,9 @@ fn inference(a: BenchInferenceArgs) -> Result<()> {
     }
     bar.finish_and_clear();
     let copy = copy_before.max(copy_bandwidth_gbs());
+    let read = read_bandwidth_gbs();
     let medians: Vec<Vec<Sample>> = samples.into_iter().map(|per_row| per_row.into_iter().map(median).collect()).collect();
-    print_table(&a, &subjects, &rows, &protocols, &medians, copy, dtype)?;
+    print_table(&a, &subjects, &rows, &protocols, &medians, (copy, read), dtype)?;
     if !a.no_record {
         record(&a, &subjects, &rows, &protocols, &medians, copy, dtype)?;
     }
@@ -209,7 +210,8 @@ fn weight_bytes_per_token(w: &InferWeights, active: f64) -> f64 {
     (active + (w.config.vocab_size * w.config.d_model) as f64) * w.dtype.size_in_bytes() as f64
 }
 
-fn print_table(a: &BenchInferenceArgs, subjects: &[Subject], rows: &[Row], protocols: &[Protocol], m: &[Vec<Sample>], copy: f64, dtype: engine::DType) -> Result<()> {
+/// `(copy, read)`: the copy and read-only bandwidths measured in the run, GB/s.
+fn print_table(a: &BenchInferenceArgs, subjects: &[Subject], rows: &[Row], protocols: &[Protocol], m: &[Vec<Sample>], (copy, read): (f64, f64), dtype: engine::DType) -> Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("inference on the CPU ({threads} threads), {dtype} weights; median of {} alternating runs; speedups over the first row", a.repeats);
     let headers: Vec<String> = protocols
@@ -250,7 +252,8 @@ fn print_table(a: &BenchInferenceArgs, subjects: &[Subject], rows: &[Row], proto
     if let Some(p) = protocols.iter().position(|&p| p == Protocol::Output).filter(|_| a.output_batch == 1) {
         println!("\nbatch-1 decode, weights read per second against the copy bandwidth ({copy:.1} GB/s, read + write, measured in this run);");
         println!("targets: >= 70 % of copy, and a speedup over the first row >= 0.9x its bytes ratio; a row that had under 90 % of");
-        println!("the {threads} cores (process CPU time / wall time) ran on a shared machine, and its share of copy is not judged:");
+        println!("the {threads} cores (process CPU time / wall time) ran on a shared machine, and its share of copy is not judged;");
+        println!("for context, the read-only bandwidth of the same cores, measured after the rows: {read:.1} GB/s:");
         for (r, row) in rows.iter().enumerate() {
             let s = &subjects[row.subject];
             let bytes = weight_bytes_per_token(&s.weights, m[r][p].active);
@@ -263,13 +266,14 @@ fn print_table(a: &BenchInferenceArgs, subjects: &[Subject], rows: &[Row], proto
             let share_verdict = if busy < 0.9 * threads as f64 { "not judged" } else { verdict(fraction >= 0.7) };
             let speed_verdict = if r == 0 { String::new() } else { format!(" (>= 0.9x: {})", verdict(speedup >= 0.9 * ratio)) };
             println!(
-                "  {:<30} {:<28} {:>8.1} MB/token  {:>6.1} GB/s ({:>3.0}% of copy, >= 70%: {}; {busy:.2} cores busy)  speedup {speedup:.2}x vs bytes ratio {ratio:.2}x = {:.2}{speed_verdict}",
+                "  {:<30} {:<28} {:>8.1} MB/token  {:>6.1} GB/s ({:>3.0}% of copy, >= 70%: {}; {:>3.0}% of read; {busy:.2} cores busy)  speedup {speedup:.2}x vs bytes ratio {ratio:.2}x = {:.2}{speed_verdict}",
                 s.name,
                 row.label,
                 bytes / 1e6,
                 rate,
                 100.0 * fraction,
                 share_verdict,
+                100.0 * rate / read,
                 speedup / ratio,
             );
         }
@@ -306,6 +310,38 @@ fn copy_bandwidth_gbs() -> f64 {
     }
     std::hint::black_box(&dst);
     2.0 * BYTES as f64 / best / 1e9
+}
+
+/// Host memory read bandwidth in GB/s, for context beside the copy bandwidth: every core sums its
+/// share of a 1 GiB buffer (four times the copy's, so that it does not fit in a large L3), eight
+/// independent sums so the loop waits on memory only; the best of three.
+fn read_bandwidth_gbs() -> f64 {
+    const BYTES: usize = 1 << 30;
+    let src: Vec<u64> = (0..BYTES as u64 / 8).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let share = src.len().div_ceil(threads);
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let total: u64 = std::thread::scope(|scope| {
+            let sums: Vec<_> = src.chunks(share).map(|s| scope.spawn(move || sum_words(s))).collect();
+            sums.into_iter().map(|h| h.join().unwrap_or(0)).fold(0, u64::wrapping_add)
+        });
+        best = best.min(start.elapsed().as_secs_f64());
+        std::hint::black_box(total);
+    }
+    BYTES as f64 / best / 1e9
+}
+
+/// The wrapping sum of `words` in eight lanes (independent adds, so the loop streams).
+fn sum_words(words: &[u64]) -> u64 {
+    let mut lanes = [0u64; 8];
+    for c in words.chunks_exact(8) {
+        for l in 0..8 {
+            lanes[l] = lanes[l].wrapping_add(c[l]);
+        }
+    }
+    lanes.iter().fold(0, |a, &v| a.wrapping_add(v))
 }
 
 fn record(a: &BenchInferenceArgs, subjects: &[Subject], rows: &[Row], protocols: &[Protocol], m: &[Vec<Sample>], copy: f64, dtype: engine::DType) -> Result<()> {

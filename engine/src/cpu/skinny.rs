@@ -259,3 +259,39 @@ pub(super) fn finish_dot<T: Float>(mut lanes: [T::Acc; LANES], a_tail: &[T::Acc]
     }
     s
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use half::bf16;
+
+    /// The AVX-512 loops of skinny_bf16.rs promise the generic loops' bits: the same products at
+    /// shapes with row and column tails (rows not a multiple of the rows added together, widths
+    /// with a half line and scalars left over), on both layouts.
+    #[test]
+    fn bf16_intrinsics_give_the_generic_bits() {
+        if !is_x86_feature_detected!("avx512f") {
+            eprintln!("no AVX-512F on this CPU: the bf16 intrinsics path does not run here");
+            return;
+        }
+        let mut rng = crate::Rng::new(21);
+        let mut draw = |len: usize| (0..len).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
+        for (m, n, k) in [(1, 2100, 23), (3, 53, 258), (2, 512, 9), (4, 19, 1)] {
+            let a = draw(m * k);
+            let b: Vec<bf16> = draw(k * n).into_iter().map(bf16::from_f32).collect();
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            // [k, n]: the axpys over all of k at once, columns 0..n.
+            let (mut generic, mut wide) = (vec![0.5f32; m * n], vec![0.5f32; m * n]);
+            super::axpys::<bf16>(&a, &b, m, n, k, 0..k, 0, n, &mut generic);
+            // SAFETY: the CPU has AVX-512F, checked above.
+            unsafe { super::wide::avx512::axpys::<bf16>(&a, &b, m, n, k, 0..k, 0, n, &mut wide) };
+            assert_eq!(bits(generic), bits(wide), "axpys {m}x{n}x{k}");
+            // [n, k]: the same b read as n' = k rows of length k' = n.
+            let (mut generic, mut wide) = (vec![0f32; m * k], vec![0f32; m * k]);
+            let a = draw(m * n);
+            super::dots::<bf16>(&a, &b, m, n, &mut generic);
+            // SAFETY: as above.
+            unsafe { super::wide::avx512::dots::<bf16>(&a, &b, m, n, &mut wide) };
+            assert_eq!(bits(generic), bits(wide), "dots {m}x{k}x{n}");
+        }
+    }
+}
