@@ -23,9 +23,9 @@
 //! code written for N ranks runs unchanged in one), `mpi` (CPU tensors over MPI; cargo feature
 //! `mpi`) and `nccl` (CUDA tensors over NCCL, loaded at run time, so building needs no CUDA).
 //! Reductions run in the tensor's dtype, except that bf16 and f16 are summed in f32 on MPI (MPI has
-//! no 16-bit float sum). A collective is a blocking call for MPI; for NCCL it is queued on the
-//! device's stream like a kernel, so it is ordered with the surrounding ops and a later copy to the
-//! host waits for it.
+//! no 16-bit float sum). A collective is a blocking call for MPI (but for
+//! `start_all_reduce_sum`); for NCCL it is queued on the device's stream like a kernel, so it is
+//! ordered with the surrounding ops and a later copy to the host waits for it.
 //!
 //! Failure: a rank that returns an error from a collective has left the group unusable; the caller
 //! must end the job (`abort` for MPI, whose `mpirun` then stops every rank; the NCCL path aborts the

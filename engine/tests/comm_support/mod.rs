@@ -37,7 +37,7 @@ pub fn check_collectives(c: &dyn Communicator, device: &Device) {
         assert_equal(&what("all_reduce_sum"), &c.all_reduce_sum(&mine).unwrap(), &sum, &[rows, width], rank);
         // Started reductions: two in flight at once, polled, waited in order; each the right sum
         // (on NCCL, the reads below also check that the compute stream waits for the reduction).
-        let twice = engine::ops::add(&mine, &mine).unwrap();
+        let twice = tensor(&input(rank, rows, width).iter().map(|v| 2.0 * v).collect::<Vec<_>>(), rows, width, dtype, device);
         let mut first = c.start_all_reduce_sum(&mine).unwrap();
         let second = c.start_all_reduce_sum(&twice).unwrap();
         first.poll().unwrap();
