@@ -108,10 +108,20 @@ want, got, what = load(sys.argv[1]), load(sys.argv[2]), sys.argv[3]
 assert got and got == want, f"{what}: the logged steps differ:\n{want}\n{got}"
 print(f"  {what}: {len(got)} steps, losses and gradient norms identical (last loss {got[-1][1]!r})")
 PY
-    local a="$WORK/$1/$(cat "$WORK/$1/latest")" b="$WORK/$2/$(cat "$WORK/$2/latest")"
-    cmp "$a/model.safetensors" "$b/model.safetensors" && cmp "$a/optimizer.safetensors" "$b/optimizer.safetensors" \
-        || { echo "$3: the final checkpoints differ" >&2; exit 1; }
-    echo "  $3: final weights and moments identical"
+    python3 - "$WORK/$1/$(cat "$WORK/$1/latest")" "$WORK/$2/$(cat "$WORK/$2/latest")" "$3" <<'PY'
+import json, struct, sys
+def tensors(path):  # name -> raw bytes (the header's metadata map has no fixed key order)
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    head = json.loads(raw[8:8 + n]); head.pop("__metadata__", None)
+    return {k: (v["dtype"], v["shape"], raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]]) for k, v in head.items()}
+for f in ("model.safetensors", "optimizer.safetensors"):
+    a, b = tensors(f"{sys.argv[1]}/{f}"), tensors(f"{sys.argv[2]}/{f}")
+    assert a.keys() == b.keys(), f"{sys.argv[3]}: {f}: different tensors"
+    bad = [k for k in a if a[k] != b[k]]
+    assert not bad, f"{sys.argv[3]}: {f}: {len(bad)} tensors differ, e.g. {bad[:3]}"
+print(f"  {sys.argv[3]}: final weights and AdamW moments identical, bit for bit")
+PY
 }
 
 echo "== data parallel training (2 ranks, all-reduce overlapped with backward) against one process"
@@ -196,7 +206,7 @@ echo "  a dead rank ended the job in $(( $(date +%s) - start )) s"
 # at once, names the dead one, and the run directory holds only whole checkpoints: it resumes.
 mpirun -np 2 --oversubscribe "$DSMOE" train --config "$WORK/micro.json" --device cpu --no-final-eval --out "$WORK/killed" --steps 100000 >"$WORK/killed.log" 2>&1 &
 job=$!
-for _ in $(seq 600); do [ "$(wc -l <"$WORK/killed/metrics.jsonl" 2>/dev/null || echo 0)" -ge 4 ] && break; sleep 0.2; done
+for _ in $(seq 600); do [ "$(wc -l 2>/dev/null <"$WORK/killed/metrics.jsonl" || echo 0)" -ge 4 ] && break; sleep 0.2; done
 victim=$(pgrep -P "$job" -n dsmoe) || { cat "$WORK/killed.log"; echo "no rank process to kill" >&2; exit 1; }
 start=$(date +%s)
 kill -KILL "$victim"

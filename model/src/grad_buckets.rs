@@ -169,3 +169,47 @@ impl<'g> OverlappedReduce<'g> {
         Ok((out, ReduceWait { blocked: start.elapsed() }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use engine::comm::LocalComm;
+    use engine::Rng;
+
+    use super::*;
+    use crate::params::Init;
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        t.to_f64_vec().unwrap()
+    }
+
+    /// On the group of one the reduction returns each parameter's gradient (plus the earlier
+    /// micro-batches'), whatever order they are reported in; buckets start only in plan order;
+    /// a parameter with no gradient anywhere gets none, and a second report is an error.
+    #[test]
+    fn buckets_start_in_plan_order_and_return_every_gradient() {
+        let (dev, mut rng) = (Device::Cpu, Rng::new(7));
+        let mut params = Params::default();
+        let ids: Vec<_> = [("a", 6), ("b", 4), ("c", 3), ("d", 5)].iter().map(|&(n, len)| params.add(n.into(), &[len], Init::Ones, &dev, &mut rng).unwrap()).collect();
+        let id = |i: usize| params.get(ids[i]).id();
+        let t = |v: f64, len: usize| Tensor::from_f64s(&vec![v; len], [len], DType::F32, &dev).unwrap();
+        let mut earlier = Gradients::default();
+        earlier.accumulate(id(0), t(1.0, 6)).unwrap();
+        earlier.accumulate(id(3), t(2.0, 5)).unwrap();
+        // 16 bytes a bucket: d | c | b | a (reverse creation order, one each).
+        let mut reduce = OverlappedReduce::new(&LocalComm, &params, 16, earlier);
+        assert_eq!(reduce.buckets.len(), 4);
+        reduce.ready(id(1), Some(&t(3.0, 4))).unwrap();
+        assert_eq!(reduce.in_flight.len(), 0, "b is complete but d and c are not");
+        reduce.ready(id(3), None).unwrap();
+        assert_eq!(reduce.in_flight.len(), 1, "d starts (its earlier gradient alone)");
+        reduce.ready(id(0), Some(&t(0.5, 6))).unwrap();
+        assert_eq!(reduce.in_flight.len(), 1, "c still holds back b and a");
+        let err = reduce.ready(id(0), None).unwrap_err();
+        assert!(err.to_string().contains("reported twice"), "{err}");
+        let (grads, _) = reduce.finish().unwrap();
+        assert_eq!(values(grads.get(id(0)).unwrap()), vec![1.5; 6]);
+        assert_eq!(values(grads.get(id(1)).unwrap()), vec![3.0; 4]);
+        assert!(grads.get(id(2)).is_none(), "c had a gradient nowhere");
+        assert_eq!(values(grads.get(id(3)).unwrap()), vec![2.0; 5]);
+    }
+}
