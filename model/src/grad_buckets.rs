@@ -109,7 +109,8 @@ impl<'g> OverlappedReduce<'g> {
         let Some(&(b, i)) = self.slot.get(&id) else { return Ok(()) };
         let bucket = &mut self.buckets[b];
         let m = &bucket.members[i];
-        if bucket.grads[i].is_some() {
+        // A started bucket had every member reported.
+        if b < self.in_flight.len() || bucket.grads[i].is_some() {
             return Err(engine::Error::invalid("gradient all-reduce", format!("{}: the parameter's gradient was reported twice in one backward pass", m.name)));
         }
         let total = match (self.earlier.remove(id), grad) {
@@ -204,8 +205,10 @@ mod tests {
         assert_eq!(reduce.in_flight.len(), 1, "d starts (its earlier gradient alone)");
         reduce.ready(id(0), Some(&t(0.5, 6))).unwrap();
         assert_eq!(reduce.in_flight.len(), 1, "c still holds back b and a");
-        let err = reduce.ready(id(0), None).unwrap_err();
-        assert!(err.to_string().contains("reported twice"), "{err}");
+        for again in [0, 3] {
+            let err = reduce.ready(id(again), None).unwrap_err();
+            assert!(err.to_string().contains("reported twice"), "{err}");
+        }
         let (grads, _) = reduce.finish().unwrap();
         assert_eq!(values(grads.get(id(0)).unwrap()), vec![1.5; 6]);
         assert_eq!(values(grads.get(id(1)).unwrap()), vec![3.0; 4]);
