@@ -118,6 +118,14 @@ pub struct TrainArgs {
     /// data-parallel size. A resumed run may use another.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub expert_parallel: usize,
+    /// Data parallel: all-reduce the gradients after the backward pass instead of starting each
+    /// bucket's all-reduce during it (the default), for comparison; both give the same update.
+    #[arg(long)]
+    pub reduce_after_backward: bool,
+    /// Data parallel: the most gradient MiB one all-reduce carries (smaller buckets start earlier
+    /// in the backward pass and pay more collectives' latency).
+    #[arg(long, default_value_t = 16.0, value_name = "MIB")]
+    pub grad_bucket_mb: f64,
 }
 
 #[derive(clap::Args)]

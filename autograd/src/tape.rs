@@ -1,4 +1,12 @@
 //! The tape: an append-only list of recorded ops, and the reverse walk over it.
+//!
+//! The walk visits nodes from the loss back to the first record. A node's gradient is complete
+//! when the walk reaches it (every consumer was recorded later, so was visited before), which is
+//! what lets `backward_with_hook` hand each leaf's gradient to a caller the moment it is final:
+//! a parameter registered as several leaves (`param` called once per use) is final at the
+//! earliest-recorded of them, so the hook counts a leaf id's records before the walk and reports
+//! the id when the walk has passed its last one. Data parallelism uses this to start a gradient
+//! bucket's all-reduce while the walk goes on. Without a hook the walk does no counting.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -122,15 +130,24 @@ impl Tape {
     /// Gradients of `loss` (seeded with ones of its shape) with respect to every leaf it depends
     /// on, then clears the tape. A loss that depends on no leaf gives empty gradients.
     pub fn backward(&self, loss: &Var) -> Result<Gradients> {
-        self.backward_impl(loss, false)
+        self.backward_impl(loss, false, None)
     }
 
     /// Like `backward`, but keeps the tape (and every saved tensor) for inspection or a second call.
     pub fn backward_retain(&self, loss: &Var) -> Result<Gradients> {
-        self.backward_impl(loss, true)
+        self.backward_impl(loss, true, None)
     }
 
-    fn backward_impl(&self, loss: &Var, retain: bool) -> Result<Gradients> {
+    /// Like `backward`, and hands every leaf recorded before the loss to `on_ready` once, the
+    /// moment its gradient is final: `Some` of the gradient `backward` would return for it, or
+    /// `None` for a leaf the loss does not reach. Leaves come in the walk's order (the reverse of
+    /// their last use, roughly). An error from `on_ready` ends the walk with that error. A loss
+    /// that depends on no leaf reports nothing.
+    pub fn backward_with_hook(&self, loss: &Var, on_ready: &mut dyn FnMut(LeafId, Option<&Tensor>) -> Result<()>) -> Result<Gradients> {
+        self.backward_impl(loss, false, Some(on_ready))
+    }
+
+    fn backward_impl(&self, loss: &Var, retain: bool, on_ready: Option<&mut dyn FnMut(LeafId, Option<&Tensor>) -> Result<()>>) -> Result<Gradients> {
         let Some((tape, root, generation)) = loss.tracking() else {
             return Ok(Gradients::default());
         };
@@ -149,7 +166,8 @@ impl Tape {
             }
             std::mem::take(&mut inner.nodes)
         };
-        let result = walk(&mut nodes, root, loss.value(), !retain);
+        let hook = on_ready.map(|f| ReadyHook::new(&nodes, root, f));
+        let result = walk(&mut nodes, root, loss.value(), !retain, hook);
         let mut inner = self.0.borrow_mut();
         if retain {
             inner.nodes = nodes;
@@ -160,13 +178,49 @@ impl Tape {
     }
 }
 
+/// `backward_with_hook`'s callback and, per leaf id, how many of its records the walk has yet to
+/// pass.
+struct ReadyHook<'a> {
+    on_ready: &'a mut dyn FnMut(LeafId, Option<&Tensor>) -> Result<()>,
+    records_left: HashMap<LeafId, usize>,
+}
+
+impl<'a> ReadyHook<'a> {
+    fn new(nodes: &[Node], root: usize, on_ready: &'a mut dyn FnMut(LeafId, Option<&Tensor>) -> Result<()>) -> ReadyHook<'a> {
+        let mut records_left = HashMap::new();
+        for node in &nodes[..=root] {
+            if let NodeKind::Leaf(id) = node.kind {
+                *records_left.entry(id).or_insert(0) += 1;
+            }
+        }
+        ReadyHook { on_ready, records_left }
+    }
+
+    /// The walk passed one record of leaf `id`; reports it if that was its last.
+    fn passed(&mut self, id: LeafId, out: &Gradients) -> Result<()> {
+        let left = self.records_left.get_mut(&id).expect("every leaf record was counted");
+        *left -= 1;
+        if *left == 0 {
+            (self.on_ready)(id, out.get(id))?;
+        }
+        Ok(())
+    }
+}
+
 /// The reverse walk from `root`. With `consume`, each rule is dropped right after it runs, which
 /// frees the tensors it saved.
-fn walk(nodes: &mut [Node], root: usize, loss: &Tensor, consume: bool) -> Result<Gradients> {
+fn walk(nodes: &mut [Node], root: usize, loss: &Tensor, consume: bool, mut hook: Option<ReadyHook>) -> Result<Gradients> {
     let mut grads: Vec<Option<Tensor>> = vec![None; root + 1];
     grads[root] = Some(Tensor::ones(loss.shape().clone(), loss.dtype(), &loss.device())?);
     let mut out = Gradients::default();
     for i in (0..=root).rev() {
+        if let (Some(hook), NodeKind::Leaf(id)) = (hook.as_mut(), &nodes[i].kind) {
+            if let Some(g) = grads[i].take() {
+                out.accumulate(*id, g)?;
+            }
+            hook.passed(*id, &out)?;
+            continue;
+        }
         let Some(g) = grads[i].take() else { continue };
         match &nodes[i].kind {
             NodeKind::Leaf(id) => out.accumulate(*id, g)?,

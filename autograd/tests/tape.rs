@@ -84,3 +84,59 @@ fn mixing_tapes_is_an_error() {
     assert!(a.add(&b).is_err());
     assert!(t2.backward(&a).is_err());
 }
+
+/// One recording for the hook tests: `early` is a leaf twice (first and last op), `shared` one
+/// leaf read by two ops, `unused` a leaf the loss does not reach, `after` a leaf recorded after
+/// the loss, and `x` a watched input.
+fn hook_graph(tape: &Tape, p: &[Param; 4]) -> (Var, autograd::LeafId) {
+    let [early, shared, unused, after] = p;
+    let (x, x_id) = tape.watch(t(&[0.5, -1.0], &[2]));
+    let e1 = tape.param(early);
+    let h = e1.mul(&x).unwrap().tanh().unwrap();
+    let s = tape.param(shared);
+    let h = h.mul(&s).unwrap().add(&s.sqr().unwrap()).unwrap();
+    let _ = tape.param(unused).exp().unwrap();
+    let e2 = tape.param(early);
+    let loss = h.mul(&e2).unwrap().sum_all().unwrap();
+    let _ = tape.param(after);
+    (loss, x_id)
+}
+
+#[test]
+fn the_ready_hook_reports_every_leaf_once_with_its_final_gradient() {
+    let p = [
+        Param::new("early", t(&[0.3, -0.7], &[2])),
+        Param::new("shared", t(&[1.1, 0.4], &[2])),
+        Param::new("unused", t(&[2.0], &[1])),
+        Param::new("after", t(&[5.0], &[1])),
+    ];
+    let tape = Tape::new();
+    let (loss, x_id) = hook_graph(&tape, &p);
+    let want = tape.backward(&loss).unwrap();
+    let (loss, hooked_x) = hook_graph(&tape, &p);
+    let mut seen: Vec<(autograd::LeafId, Option<Vec<f64>>)> = Vec::new();
+    let got = tape.backward_with_hook(&loss, &mut |id, g| {
+        seen.push((id, g.map(|g| g.to_f64_vec().unwrap())));
+        Ok(())
+    })
+    .unwrap();
+    let ids: Vec<_> = seen.iter().map(|(id, _)| *id).collect();
+    let (early, shared, unused, after) = (p[0].id(), p[1].id(), p[2].id(), p[3].id());
+    // Once each, in the walk's order: `unused` (its record is the latest before the loss's
+    // second `early`, and the walk passes it first), then `shared`, then `early` at its first
+    // record, and the watched input last of all; `after` never.
+    assert_eq!(ids, vec![unused, shared, early, hooked_x], "order of reports");
+    assert!(!ids.contains(&after));
+    for (id, g) in &seen {
+        let returned = got.get(*id).map(|t| t.to_f64_vec().unwrap());
+        assert_eq!(g, &returned, "the hook's gradient equals the returned one");
+        let reference = if *id == hooked_x { want.get(x_id) } else { want.get(*id) };
+        assert_eq!(g, &reference.map(|t| t.to_f64_vec().unwrap()), "and plain backward's");
+    }
+    assert!(seen[0].1.is_none(), "a leaf the loss does not reach is reported without a gradient");
+    assert_eq!(got.len(), 3, "the hook changes nothing in the returned set");
+    // An error from the hook ends the walk with it.
+    let (loss, _) = hook_graph(&tape, &p);
+    let err = tape.backward_with_hook(&loss, &mut |_, _| Err(engine::Error::invalid("hook", "refused"))).err().expect("the hook's error");
+    assert!(err.to_string().contains("refused"), "{err}");
+}

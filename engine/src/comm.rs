@@ -10,6 +10,10 @@
 //! - `all_to_all`: rank r sends rows `[o_q, o_q + send_rows[q])` of its tensor (dim 0, in order) to
 //!   rank q, and gets back what every rank sent it, concatenated in source-rank order, with the
 //!   per-source row counts. The counts are exchanged inside the call, so callers need not know them.
+//! - `start_all_reduce_sum`: `all_reduce_sum` without waiting for it: a `PendingSum` whose `wait`
+//!   gives the sum (`pending.rs`). MPI starts MPI_Iallreduce; NCCL queues the reduction on a
+//!   communication stream of its own, after the compute stream's work so far, so the compute stream
+//!   keeps going; the group of one (and any transport without its own) has it done at once.
 //! - `broadcast`: every rank gets root's tensor (the others' shapes and dtypes must match it).
 //! - `barrier`: returns when every rank has entered it.
 //! - `split`: sub-communicators by colour, ordered by key (MPI_Comm_split), for a 2-D grid of
@@ -19,9 +23,9 @@
 //! code written for N ranks runs unchanged in one), `mpi` (CPU tensors over MPI; cargo feature
 //! `mpi`) and `nccl` (CUDA tensors over NCCL, loaded at run time, so building needs no CUDA).
 //! Reductions run in the tensor's dtype, except that bf16 and f16 are summed in f32 on MPI (MPI has
-//! no 16-bit float sum). A collective is a blocking call for MPI; for NCCL it is queued on the
-//! device's stream like a kernel, so it is ordered with the surrounding ops and a later copy to the
-//! host waits for it.
+//! no 16-bit float sum). A collective is a blocking call for MPI (but for
+//! `start_all_reduce_sum`); for NCCL it is queued on the device's stream like a kernel, so it is
+//! ordered with the surrounding ops and a later copy to the host waits for it.
 //!
 //! Failure: a rank that returns an error from a collective has left the group unusable; the caller
 //! must end the job (`abort` for MPI, whose `mpirun` then stops every rank; the NCCL path aborts the
@@ -33,11 +37,13 @@
 pub mod mpi;
 pub mod nccl;
 mod nccl_lib;
+pub mod pending;
 pub mod rendezvous;
 
 use std::sync::Arc;
 
 use crate::{Error, Result, Tensor};
+pub use pending::{InFlight, PendingSum};
 
 pub trait Communicator: Send + Sync {
     /// This process's index in the group, 0-based.
@@ -47,6 +53,13 @@ pub trait Communicator: Send + Sync {
     /// What carries the collectives, for messages: "local", "MPI", "NCCL".
     fn transport(&self) -> &'static str;
     fn all_reduce_sum(&self, x: &Tensor) -> Result<Tensor>;
+    /// Starts `all_reduce_sum` of `x` and returns before it finishes. Every rank must start its
+    /// reductions in the same order, as with any collective. The same sum, bit for bit, as
+    /// `all_reduce_sum` on a group of two (one addition per element); on larger groups the
+    /// transport may order the additions differently.
+    fn start_all_reduce_sum(&self, x: &Tensor) -> Result<PendingSum> {
+        Ok(PendingSum::Done(self.all_reduce_sum(x)?))
+    }
     fn reduce_scatter_sum(&self, x: &Tensor) -> Result<Tensor>;
     fn all_gather(&self, x: &Tensor) -> Result<Tensor>;
     fn all_to_all(&self, x: &Tensor, send_rows: &[usize]) -> Result<(Tensor, Vec<usize>)>;

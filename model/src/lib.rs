@@ -14,6 +14,7 @@ pub mod expert_parallel;
 pub mod files;
 pub mod eval;
 pub mod generate;
+pub mod grad_buckets;
 pub mod infer;
 mod losses;
 pub mod memory;

@@ -18,11 +18,13 @@
 //! gradient. So the loss value every rank reports is the global one, and nothing is scaled by the
 //! group size by hand.
 //!
-//! Gradients are all-reduced after the backward pass, in buckets of about `BUCKET_BYTES`
-//! (concatenated per dtype, one collective per bucket, so small tensors do not each pay a
-//! collective's latency). The tape has no per-leaf completion hook (a parameter's gradient is final
-//! only when the walk has visited every use), so the buckets are not overlapped with the backward
-//! pass yet; on CUDA, NCCL queues them on the device stream behind the last backward kernels.
+//! Gradients are all-reduced in buckets of about `BUCKET_BYTES` by default (concatenated per dtype, one
+//! collective per bucket, so small tensors do not each pay a collective's latency). By default the
+//! buckets overlap the backward pass (`grad_buckets.rs`): the tape reports each parameter's
+//! gradient as soon as it is final, and a bucket's non-blocking all-reduce starts as soon as it is
+//! complete. `all_reduce_gradients` here is the other way, after the backward pass, one blocking
+//! collective per bucket (`dsmoe train --reduce-after-backward`); on two ranks both give the same
+//! bits.
 //!
 //! What does not carry over: the SMoE baseline's capacity is per rank (each rank drops tokens of
 //! its own slice, as fairseq and DeepSpeed do), so SMoE data-parallel training matches a single
@@ -32,12 +34,12 @@ use std::sync::Arc;
 
 use autograd::{Gradients, Var};
 use engine::comm::{Communicator, LocalComm};
-use engine::{ops, Device, Tensor};
+use engine::{ops, Device, Shape, Tensor};
 
 use crate::params::Params;
 use crate::{Ctx, Error, Result};
 
-/// Gradient bucket size for the all-reduce after backward.
+/// Default gradient bucket size (`Trainer::grad_bucket_bytes`).
 pub const BUCKET_BYTES: usize = 16 << 20;
 
 /// The group of one, for single-process runs.
@@ -94,7 +96,7 @@ pub fn shard_rows<T: Copy>(data: &[T], rows: usize, rank: usize, size: usize) ->
 /// Sums `grads` over the group, in buckets, so every rank ends with the global gradient. A
 /// parameter that has a gradient on some rank and none on another (no token reached it there)
 /// counts as zeros where missing, so every rank reduces the same buckets.
-pub fn all_reduce_gradients(group: &dyn Communicator, params: &Params, grads: Gradients) -> Result<Gradients> {
+pub fn all_reduce_gradients(group: &dyn Communicator, params: &Params, grads: Gradients, bucket_bytes: usize) -> Result<Gradients> {
     if group.size() == 1 {
         return Ok(grads);
     }
@@ -103,7 +105,7 @@ pub fn all_reduce_gradients(group: &dyn Communicator, params: &Params, grads: Gr
     let anywhere = group.all_reduce_sum(&Tensor::from_slice(&present, [present.len()], &device)?)?.to_vec::<u32>()?;
     let mut grads = grads;
     let mut out = Gradients::default();
-    // Buckets: consecutive parameters of one dtype, up to BUCKET_BYTES each.
+    // Buckets: consecutive parameters of one dtype, up to `bucket_bytes` each.
     let mut bucket: Vec<(autograd::LeafId, Tensor)> = Vec::new();
     let mut bytes = 0;
     for (p, &count) in params.iter().zip(&anywhere) {
@@ -114,7 +116,7 @@ pub fn all_reduce_gradients(group: &dyn Communicator, params: &Params, grads: Gr
             Some(g) => g,
             None => Tensor::zeros(p.value.shape().clone(), p.value.dtype(), &device)?,
         };
-        if bucket.first().is_some_and(|(_, b)| b.dtype() != g.dtype()) || bytes + g.size_in_bytes() > BUCKET_BYTES && !bucket.is_empty() {
+        if bucket.first().is_some_and(|(_, b)| b.dtype() != g.dtype()) || bytes + g.size_in_bytes() > bucket_bytes && !bucket.is_empty() {
             reduce_bucket(group, std::mem::take(&mut bucket), &mut out)?;
             bytes = 0;
         }
@@ -129,14 +131,26 @@ fn reduce_bucket(group: &dyn Communicator, bucket: Vec<(autograd::LeafId, Tensor
     if bucket.is_empty() {
         return Ok(());
     }
-    let flat: Vec<Tensor> = bucket.iter().map(|(_, g)| g.reshape([g.elem_count()])).collect::<engine::Result<_>>()?;
-    let refs: Vec<&Tensor> = flat.iter().collect();
-    let summed = group.all_reduce_sum(&ops::concat(&refs, 0)?)?;
-    let sizes: Vec<usize> = flat.iter().map(Tensor::elem_count).collect();
-    for ((id, g), part) in bucket.iter().zip(ops::split(&summed, &sizes, 0)?) {
-        out.accumulate(*id, part.reshape(g.shape().clone())?)?;
+    let (ids, grads): (Vec<_>, Vec<_>) = bucket.into_iter().unzip();
+    let shapes: Vec<Shape> = grads.iter().map(|g| g.shape().clone()).collect();
+    let summed = group.all_reduce_sum(&flatten(&grads)?)?;
+    for (id, g) in ids.into_iter().zip(unflatten(&summed, &shapes)?) {
+        out.accumulate(id, g)?;
     }
     Ok(())
+}
+
+/// A bucket's tensors (one dtype) as one vector, in order: what one collective carries.
+pub(crate) fn flatten(grads: &[Tensor]) -> engine::Result<Tensor> {
+    let flat: Vec<Tensor> = grads.iter().map(|g| g.reshape([g.elem_count()])).collect::<engine::Result<_>>()?;
+    let refs: Vec<&Tensor> = flat.iter().collect();
+    ops::concat(&refs, 0)
+}
+
+/// `flatten`'s vector cut back into tensors of `shapes`.
+pub(crate) fn unflatten(flat: &Tensor, shapes: &[Shape]) -> engine::Result<Vec<Tensor>> {
+    let sizes: Vec<usize> = shapes.iter().map(Shape::elem_count).collect();
+    ops::split(flat, &sizes, 0)?.into_iter().zip(shapes).map(|(part, shape)| part.reshape(shape.clone())).collect()
 }
 
 /// Fails on every rank unless every rank holds the same `fingerprint` (a hash of the config and the

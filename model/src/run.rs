@@ -246,6 +246,7 @@ impl TrainingRun {
             "lr": report.lr,
             "grad_norm": report.grad_norm,
             "tokens": report.tokens,
+            "grad_reduce_wait_s": report.grad_reduce_wait_s,
         });
         let due_eval = (t.eval_interval > 0 && report.step % t.eval_interval == 0) || last;
         let due_checkpoint = (t.checkpoint_interval > 0 && report.step % t.checkpoint_interval == 0) || last;

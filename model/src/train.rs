@@ -8,15 +8,19 @@
 //! data RNG and runs its own slice of it; losses are global means and the gradients are summed over
 //! the group before the update (`parallel.rs`), so every rank applies the single-process update.
 //! Under expert parallelism as well (`with_expert_group`), the ranks of one expert group run the
-//! same slice, each with its share of the experts (`expert_parallel.rs`).
+//! same slice, each with its share of the experts (`expert_parallel.rs`). The gradient all-reduce
+//! overlaps the last micro-batch's backward pass (`grad_buckets.rs`) unless `overlap_reduce` is
+//! off, when it runs after it (`parallel::all_reduce_gradients`); both give the same update.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use autograd::{Gradients, Tape};
 use engine::comm::Communicator;
 use engine::{DType, Rng, Tensor};
 
 use crate::config::Config;
+use crate::grad_buckets::OverlappedReduce;
 use crate::optim::{learning_rate, Optimizer};
 use crate::parallel::{all_reduce_gradients, global_mean_all, shard_rows};
 use crate::transformer::{InferenceMode, Model};
@@ -37,6 +41,11 @@ pub struct Trainer {
     pub dtype: DType,
     /// The data-parallel group this trainer is one rank of (the group of one by default).
     pub data_group: Arc<dyn Communicator>,
+    /// Start each gradient bucket's all-reduce during the backward pass, as soon as it is complete
+    /// (the default), rather than all of them after it.
+    pub overlap_reduce: bool,
+    /// The most gradient bytes one all-reduce carries (`parallel::BUCKET_BYTES` by default).
+    pub grad_bucket_bytes: usize,
 }
 
 /// What one step measured.
@@ -50,6 +59,9 @@ pub struct StepReport {
     pub lr: f64,
     pub grad_norm: f64,
     pub tokens: usize,
+    /// Seconds the step blocked on the data-parallel gradient all-reduce after the backward pass:
+    /// the final wait when overlapped, the whole reduction otherwise (0 in one process).
+    pub grad_reduce_wait_s: f64,
 }
 
 impl Trainer {
@@ -59,7 +71,7 @@ impl Trainer {
         let model = Model::new(&config.model, device, config.train.seed)?;
         let optimizer = Optimizer::new(&model.params)?;
         let data_rng = Rng::new(config.train.seed ^ 0x5eed_da7a);
-        Ok(Trainer { config, model, optimizer, data_rng, dtype, data_group: crate::parallel::single() })
+        Ok(Trainer { config, model, optimizer, data_rng, dtype, data_group: crate::parallel::single(), overlap_reduce: true, grad_bucket_bytes: crate::parallel::BUCKET_BYTES })
     }
 
     /// Makes this trainer one rank of a data-parallel group: each rank runs an equal slice of every
@@ -96,8 +108,9 @@ impl Trainer {
         let local = batch / ranks;
         let (mut loss_sum, mut aux_sum) = (0.0, 0.0);
         let mut total: Option<Gradients> = None;
+        let mut reduced = None;
         let next_step = self.optimizer.step + 1;
-        for _ in 0..accum {
+        for micro in 0..accum {
             let (inputs, targets) = data.sample_batch(&mut self.data_rng, batch, seq)?;
             let (inputs, targets) = (shard_rows(&inputs, batch, rank, ranks)?, shard_rows(&targets, batch, rank, ranks)?);
             let input = Tensor::from_slice(&inputs, [inputs.len()], &device)?;
@@ -118,6 +131,12 @@ impl Trainer {
             }
             loss_sum += ce_value;
             let loss = if accum > 1 { loss.mul_scalar(1.0 / accum as f64)? } else { loss };
+            if self.overlap_reduce && ranks > 1 && micro + 1 == accum {
+                let mut reduce = OverlappedReduce::new(group.as_ref(), &self.model.params, self.grad_bucket_bytes, total.take().unwrap_or_default());
+                tape.backward_with_hook(&loss, &mut |id, g| reduce.ready(id, g))?;
+                reduced = Some(reduce.finish()?);
+                continue;
+            }
             let grads = tape.backward(&loss)?;
             match total.as_mut() {
                 None => total = Some(grads),
@@ -125,7 +144,14 @@ impl Trainer {
             }
         }
         let lr = learning_rate(&self.config.train, next_step);
-        let grads = all_reduce_gradients(group.as_ref(), &self.model.params, total.expect("grad_accum >= 1"))?;
+        let (grads, wait) = match reduced {
+            Some((grads, wait)) => (grads, wait.blocked),
+            None => {
+                let start = Instant::now();
+                let grads = all_reduce_gradients(group.as_ref(), &self.model.params, total.expect("grad_accum >= 1"), self.grad_bucket_bytes)?;
+                (grads, start.elapsed())
+            }
+        };
         let update = self.optimizer.update(&mut self.model.params, &grads, &self.config.train, lr, self.model.expert_split.as_ref())?;
         Ok(StepReport {
             step: self.optimizer.step,
@@ -134,6 +160,7 @@ impl Trainer {
             lr,
             grad_norm: update.grad_norm,
             tokens: batch * seq * accum,
+            grad_reduce_wait_s: wait.as_secs_f64(),
         })
     }
 }

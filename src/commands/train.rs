@@ -54,6 +54,11 @@ fn train_job(a: TrainArgs, grid: Grid, device: engine::Device) -> Result<()> {
         let corpus = open_corpus(a.data.as_deref())?;
         TrainingRun::start_in(grid, config, corpus, &out, &device, dtype)?
     };
+    run.trainer.overlap_reduce = !a.reduce_after_backward;
+    if !(a.grad_bucket_mb.is_finite() && a.grad_bucket_mb > 0.0) {
+        bail!("--grad-bucket-mb {} must be a positive number of MiB", a.grad_bucket_mb);
+    }
+    run.trainer.grad_bucket_bytes = (a.grad_bucket_mb * (1 << 20) as f64).ceil() as usize;
     for w in run.warnings() {
         eprintln!("warning: {w}");
     }

@@ -11,22 +11,39 @@
 //! printing its error, which ends the others at once instead of leaving them in their next
 //! collective.
 //!
-//! Threads: MPI is started at `MPI_THREAD_SERIALIZED`, and each communicator holds a lock across
-//! every call, so a handle may be shared between threads.
+//! Threads: MPI is started at `MPI_THREAD_SERIALIZED`, and every MPI call of the process is made
+//! under one lock, so handles may be shared between threads.
+//!
+//! `start_all_reduce_sum` is MPI_Iallreduce (`MpiPending` keeps its buffers and request until it
+//! completes). OpenMPI runs non-blocking collectives in its libnbc schedules, which progress only
+//! inside MPI calls (there is no progress thread by default), so `poll` (MPI_Test) is what moves
+//! one forward while the caller computes; on a group of two, its sum equals MPI_Allreduce's bit for
+//! bit (one addition per element, and IEEE addition commutes).
 
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use std::ffi::c_void;
 
 use mpi::collective::SystemOperation;
 use mpi::datatype::{Equivalence, Partition, PartitionMut};
 use mpi::environment::Universe;
 use mpi::topology::{Color, Communicator as _, SimpleCommunicator};
 use mpi::traits::{CommunicatorCollectives, Root};
+use mpi::ffi::{MPI_Datatype, MPI_Request};
+use mpi::raw::AsRaw;
 use mpi::Count;
 
-use super::{check_root, check_rows_divisible, check_send_rows, rows_and_width, Communicator};
+use super::{check_root, check_rows_divisible, check_send_rows, rows_and_width, Communicator, InFlight, PendingSum};
 use crate::{ops, CpuStorage, DType, Error, Result, Tensor};
 
 static UNIVERSE: Mutex<Option<Universe>> = Mutex::new(None);
+
+/// Held across every MPI call: MPI_THREAD_SERIALIZED allows one thread in MPI at a time per process.
+static CALLS: Mutex<()> = Mutex::new(());
+
+fn guard() -> MutexGuard<'static, ()> {
+    CALLS.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Starts MPI and returns this process's handle on the world group.
 pub fn init() -> Result<Arc<MpiComm>> {
@@ -53,13 +70,12 @@ pub fn abort(code: i32) -> ! {
 
 pub struct MpiComm {
     comm: SimpleCommunicator,
-    lock: Mutex<()>,
 }
 
 // SAFETY: the communicator is a plain MPI handle; MPI runs at MPI_THREAD_SERIALIZED and every call
-// on the handle is made under `lock`, so no two threads call MPI at once through it.
+// on the handle is made under `CALLS`, so no two threads call MPI at once through it.
 unsafe impl Send for MpiComm {}
-// SAFETY: as above: shared access only reaches MPI under `lock`.
+// SAFETY: as above: shared access only reaches MPI under `CALLS`.
 unsafe impl Sync for MpiComm {}
 
 enum Reduction {
@@ -69,11 +85,11 @@ enum Reduction {
 
 impl MpiComm {
     fn new(comm: SimpleCommunicator) -> MpiComm {
-        MpiComm { comm, lock: Mutex::new(()) }
+        MpiComm { comm }
     }
 
-    fn guard(&self) -> MutexGuard<'_, ()> {
-        self.lock.lock().unwrap_or_else(|e| e.into_inner())
+    fn guard(&self) -> MutexGuard<'static, ()> {
+        guard()
     }
 
     fn sum<T: Equivalence + Copy + Default>(&self, send: &[T], out_len: usize, how: &Reduction) -> Result<Vec<T>> {
@@ -88,8 +104,7 @@ impl MpiComm {
     }
 
     fn reduce(&self, x: &Tensor, how: Reduction) -> Result<Tensor> {
-        let half = matches!(x.dtype(), DType::BF16 | DType::F16);
-        let src = if half { ops::cast(x, DType::F32)? } else { x.clone() };
+        let src = summable(x)?;
         let n = x.elem_count();
         let (out_len, dims) = match how {
             Reduction::All => (n, x.dims().to_vec()),
@@ -105,11 +120,91 @@ impl MpiComm {
             CpuStorage::U32(v) => CpuStorage::U32(self.sum(&v, out_len, &how)?),
             CpuStorage::BF16(_) | CpuStorage::F16(_) => unreachable!("16-bit floats were cast to f32 above"),
         };
-        let t = Tensor::from_cpu(out, dims);
-        if half {
-            ops::cast(&t, x.dtype())
-        } else {
-            Ok(t)
+        restore_dtype(Tensor::from_cpu(out, dims), x.dtype())
+    }
+}
+
+/// `x` in a dtype MPI can sum: bf16 and f16 widened to f32.
+fn summable(x: &Tensor) -> Result<Tensor> {
+    if matches!(x.dtype(), DType::BF16 | DType::F16) {
+        ops::cast(x, DType::F32)
+    } else {
+        Ok(x.clone())
+    }
+}
+
+/// A sum computed by `summable`'s dtype, back in the caller's `dtype`.
+fn restore_dtype(t: Tensor, dtype: DType) -> Result<Tensor> {
+    if t.dtype() == dtype {
+        Ok(t)
+    } else {
+        ops::cast(&t, dtype)
+    }
+}
+
+/// The address of a host buffer and its MPI element type.
+fn raw_buffer(s: &mut CpuStorage) -> (*mut c_void, MPI_Datatype) {
+    match s {
+        CpuStorage::F32(v) => (v.as_mut_ptr().cast(), f32::equivalent_datatype().as_raw()),
+        CpuStorage::F64(v) => (v.as_mut_ptr().cast(), f64::equivalent_datatype().as_raw()),
+        CpuStorage::U32(v) => (v.as_mut_ptr().cast(), u32::equivalent_datatype().as_raw()),
+        CpuStorage::BF16(_) | CpuStorage::F16(_) => unreachable!("16-bit floats are widened to f32 before MPI sees them"),
+    }
+}
+
+/// An MPI_Iallreduce in flight. Its buffers live on the heap, so moving the handle moves no
+/// memory MPI is using; they are freed only after the request completed (`wait`, or `drop`).
+struct MpiPending {
+    /// Read by MPI until the request completes; kept alive for that only.
+    _send: CpuStorage,
+    recv: CpuStorage,
+    request: MPI_Request,
+    done: bool,
+    dims: Vec<usize>,
+    dtype: DType,
+}
+
+// SAFETY: the request is an MPI handle touched only under `CALLS`; the buffers are owned vectors.
+unsafe impl Send for MpiPending {}
+
+impl MpiPending {
+    fn finish(&mut self) {
+        if !self.done {
+            let _g = guard();
+            // SAFETY: the request is live (started, not completed); MPI_Wait completes and frees it.
+            unsafe { mpi::ffi::MPI_Wait(&mut self.request, mpi::ffi::RSMPI_STATUS_IGNORE) };
+            self.done = true;
+        }
+    }
+}
+
+impl InFlight for MpiPending {
+    fn poll(&mut self) -> Result<bool> {
+        if !self.done {
+            let mut flag = 0;
+            let _g = guard();
+            // SAFETY: the request is live; MPI_Test writes one int and frees the request once done.
+            unsafe { mpi::ffi::MPI_Test(&mut self.request, &mut flag, mpi::ffi::RSMPI_STATUS_IGNORE) };
+            self.done = flag != 0;
+        }
+        Ok(self.done)
+    }
+
+    fn wait(mut self: Box<Self>) -> Result<Tensor> {
+        self.finish();
+        let recv = std::mem::replace(&mut self.recv, CpuStorage::U32(Vec::new()));
+        restore_dtype(Tensor::from_cpu(recv, std::mem::take(&mut self.dims)), self.dtype)
+    }
+}
+
+impl Drop for MpiPending {
+    fn drop(&mut self) {
+        // Dropped unfinished: an error path, after which the job ends. Waiting could hang on a
+        // peer that never starts this reduction, and freeing would hand MPI's buffers back while
+        // it may still write them, so they are leaked instead.
+        if !matches!(self.poll(), Ok(true)) {
+            std::mem::forget(std::mem::replace(&mut self._send, CpuStorage::U32(Vec::new())));
+            std::mem::forget(std::mem::replace(&mut self.recv, CpuStorage::U32(Vec::new())));
         }
     }
 }
@@ -144,6 +239,27 @@ impl Communicator for MpiComm {
 
     fn all_reduce_sum(&self, x: &Tensor) -> Result<Tensor> {
         self.reduce(x, Reduction::All)
+    }
+
+    fn start_all_reduce_sum(&self, x: &Tensor) -> Result<PendingSum> {
+        let n = count("sum", x.elem_count())?;
+        let mut send = cpu(&summable(x)?, "MPI reduction")?;
+        let mut recv = send.clone();
+        let (send_ptr, datatype) = raw_buffer(&mut send);
+        let (recv_ptr, _) = raw_buffer(&mut recv);
+        // SAFETY: reads a constant the MPI library exports.
+        let mut request: MPI_Request = unsafe { mpi::ffi::RSMPI_REQUEST_NULL };
+        let rc = {
+            let _g = self.guard();
+            // SAFETY: both buffers hold n elements of `datatype` and move into the handle below,
+            // which keeps them (heap memory, not moved by moving the handle) until the request
+            // completes; `request` is a valid out-pointer.
+            unsafe { mpi::ffi::MPI_Iallreduce(send_ptr, recv_ptr, n, datatype, SystemOperation::sum().as_raw(), self.comm.as_raw(), &mut request) }
+        };
+        if rc != mpi::ffi::MPI_SUCCESS as i32 {
+            return Err(Error::invalid("start_all_reduce_sum", format!("MPI_Iallreduce of {n} elements failed with MPI error {rc}")));
+        }
+        Ok(PendingSum::InFlight(Box::new(MpiPending { _send: send, recv, request, done: false, dims: x.dims().to_vec(), dtype: x.dtype() })))
     }
 
     fn reduce_scatter_sum(&self, x: &Tensor) -> Result<Tensor> {

@@ -11,21 +11,33 @@
 //! (`rendezvous.rs`, torchrun-style), which gives up after its timeout instead of waiting forever
 //! for a rank that never comes.
 //!
+//! `start_all_reduce_sum` is the one collective that leaves the engine's stream: it is queued on a
+//! communication stream of the communicator's own (made on first use), after an event recorded on
+//! the compute stream (so it reads its input only once the kernels that wrote it are done), and
+//! an event recorded after it marks its end. The compute stream keeps running the backward pass
+//! meanwhile; `wait` makes the compute stream wait for the end event (the host does not wait).
+//! `NcclPending` keeps the input tensor alive until then: the allocator's cache hands a freed block
+//! to the next kernel of the compute stream, which must not overwrite what NCCL is still reading.
+//! NCCL runs the operations of one communicator in the order they were issued, on whichever stream,
+//! so nothing else may be issued on this communicator while a started reduction waits on compute
+//! work that itself waits on another collective of the same communicator (data parallelism issues
+//! no other collective of its group during the backward pass).
+//!
 //! all_to_all is NCCL's grouped send/recv: the row counts are first all-gathered (one small
 //! collective and a host copy, as every rank must know what it receives), then each peer's block
 //! goes as bytes. Failure: an NCCL error aborts the communicator (ncclCommAbort), so its other
 //! calls fail fast rather than hang; the caller then ends the job.
 
 use std::ffi::{c_int, CStr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cudarc::nccl::sys::{cudaStream_t, ncclComm_t, ncclDataType_t, ncclRedOp_t, ncclResult_t, ncclUniqueId};
 
 use super::nccl_lib::{nccl, Nccl};
 use super::rendezvous;
-use super::{check_root, check_rows_divisible, check_send_rows, rows_and_width, Communicator, Launch};
-use crate::cuda::CudaStorage;
+use super::{check_root, check_rows_divisible, check_send_rows, rows_and_width, Communicator, InFlight, Launch, PendingSum};
+use crate::cuda::{CudaStorage, Event};
 use crate::{cuda, DType, Device, Error, Result, Storage, Tensor};
 
 /// Bytes of NCCL's unique id.
@@ -36,7 +48,17 @@ pub struct NcclComm {
     rank: usize,
     size: usize,
     ordinal: usize,
+    /// The stream `start_all_reduce_sum` queues on, made on first use.
+    comm_stream: OnceLock<CommStream>,
 }
+
+/// A CUDA stream handle of the communicator's device.
+struct CommStream(cudaStream_t);
+
+// SAFETY: a stream handle may be used from any thread with its context current (every use binds).
+unsafe impl Send for CommStream {}
+// SAFETY: as above; the handle is only read.
+unsafe impl Sync for CommStream {}
 
 // SAFETY: an NCCL communicator may be used from any thread as long as calls on it are not
 // concurrent; each call here runs to completion (it only queues work) before returning, and the
@@ -87,7 +109,7 @@ impl NcclComm {
         // SAFETY: `comm` is a valid out-pointer; the device's context is current, which is how NCCL
         // learns the device.
         check("ncclCommInitRank", unsafe { (l.comm_init_rank)(&mut comm, size as c_int, id, rank as c_int) })?;
-        Ok(NcclComm { comm, rank, size, ordinal })
+        Ok(NcclComm { comm, rank, size, ordinal, comm_stream: OnceLock::new() })
     }
 
     /// Joins the group a launcher started, on device `ordinal`: the unique id comes over `group`
@@ -116,6 +138,18 @@ impl NcclComm {
         Ok(dev.stream() as cudaStream_t)
     }
 
+    /// The communication stream, made on first use.
+    fn comm_stream(&self) -> Result<cudaStream_t> {
+        if let Some(s) = self.comm_stream.get() {
+            return Ok(s.0);
+        }
+        cuda::device(self.ordinal)?.bind()?;
+        let stream = cudarc::driver::result::stream::create(cudarc::driver::result::stream::StreamKind::NonBlocking)
+            .map_err(|e| Error::Cuda { op: "cuStreamCreate".into(), msg: format!("the NCCL communication stream on cuda:{}: {e:?}", self.ordinal) })?;
+        // One thread calls at a time (see the Send impl), so the cell is still empty here.
+        Ok(self.comm_stream.get_or_init(|| CommStream(stream as cudaStream_t)).0)
+    }
+
     fn storage<'a>(&self, x: &'a Tensor, op: &'static str) -> Result<&'a CudaStorage> {
         match x.storage() {
             Storage::Cuda(s) if s.device() == Device::Cuda(self.ordinal) => Ok(s),
@@ -127,10 +161,14 @@ impl NcclComm {
         CudaStorage::uninit(cuda::device(self.ordinal)?, dtype, len)
     }
 
-    /// Runs one NCCL call; on failure aborts the communicator so no later call waits on it.
+    /// Runs one NCCL call on the engine's stream; on failure aborts the communicator so no later
+    /// call waits on it.
     fn call(&self, op: &str, f: impl FnOnce(&Nccl, cudaStream_t) -> ncclResult_t) -> Result<()> {
+        self.call_on(self.stream()?, op, f)
+    }
+
+    fn call_on(&self, stream: cudaStream_t, op: &str, f: impl FnOnce(&Nccl, cudaStream_t) -> ncclResult_t) -> Result<()> {
         let l = lib()?;
-        let stream = self.stream()?;
         let r = check(op, f(l, stream));
         if r.is_err() {
             // SAFETY: the communicator is live; aborting it makes its pending and later calls fail.
@@ -140,15 +178,19 @@ impl NcclComm {
     }
 
     fn reduce(&self, x: &Tensor, out_len: usize, dims: Vec<usize>, op: &'static str) -> Result<Tensor> {
+        self.reduce_on(self.stream()?, x, out_len, dims, op)
+    }
+
+    fn reduce_on(&self, stream: cudaStream_t, x: &Tensor, out_len: usize, dims: Vec<usize>, op: &'static str) -> Result<Tensor> {
         let src = self.storage(x, op)?;
         let out = self.output(x.dtype(), out_len)?;
         let (dt, comm) = (nccl_dtype(x.dtype()), self.comm);
-        self.call(op, |l, s| {
+        self.call_on(stream, op, |l, s| {
             let (i, o) = (src.ptr() as *const _, out.ptr() as *mut _);
             // SAFETY: both buffers live on this device and hold the element counts NCCL reads and
             // writes (all-reduce: n in, n out; reduce-scatter: n in, n/size out).
             unsafe {
-                if op == "all_reduce_sum" {
+                if op != "reduce_scatter_sum" {
                     (l.all_reduce)(i, o, out_len, dt, ncclRedOp_t::ncclSum, comm, s)
                 } else {
                     (l.reduce_scatter)(i, o, out_len, dt, ncclRedOp_t::ncclSum, comm, s)
@@ -164,6 +206,53 @@ impl Drop for NcclComm {
         if let Ok(l) = lib() {
             // SAFETY: the communicator is live and dropped once; destroy waits for its queued work.
             unsafe { (l.comm_destroy)(self.comm) };
+        }
+        if let (Some(s), Ok(dev)) = (self.comm_stream.get(), cuda::device(self.ordinal)) {
+            if dev.bind().is_ok() {
+                // SAFETY: the stream was made by `comm_stream` and is destroyed once; the driver
+                // lets queued work finish first. A failure cannot be reported from drop.
+                let _ = unsafe { cudarc::driver::result::stream::destroy(s.0 as _) };
+            }
+        }
+    }
+}
+
+/// An all-reduce queued on the communication stream: its input (kept from reuse until the
+/// compute stream is ordered after the reduction), its output, and the event after it.
+struct NcclPending {
+    input: Option<Tensor>,
+    output: Option<Tensor>,
+    done: Event,
+}
+
+impl NcclPending {
+    /// Orders the engine's stream after the reduction, once; the input may be freed after.
+    fn join(&mut self) -> Result<()> {
+        if self.input.is_some() {
+            self.done.order_after(None)?;
+            self.input = None;
+        }
+        Ok(())
+    }
+}
+
+impl InFlight for NcclPending {
+    fn poll(&mut self) -> Result<bool> {
+        self.done.is_done()
+    }
+
+    fn wait(mut self: Box<Self>) -> Result<Tensor> {
+        self.join()?;
+        Ok(self.output.take().expect("the output is taken only here"))
+    }
+}
+
+impl Drop for NcclPending {
+    fn drop(&mut self) {
+        if self.join().is_err() {
+            // The compute stream could not be ordered after the reduction, so the input must not
+            // go back to the allocator's cache while NCCL may still read it: keep it.
+            std::mem::forget(self.input.take());
         }
     }
 }
@@ -181,6 +270,18 @@ impl Communicator for NcclComm {
 
     fn all_reduce_sum(&self, x: &Tensor) -> Result<Tensor> {
         self.reduce(x, x.elem_count(), x.dims().to_vec(), "all_reduce_sum")
+    }
+
+    fn start_all_reduce_sum(&self, x: &Tensor) -> Result<PendingSum> {
+        let dev = cuda::device(self.ordinal)?;
+        let comm_stream = self.comm_stream()?;
+        let inputs_ready = Event::on(dev)?;
+        inputs_ready.record()?;
+        inputs_ready.order_after(Some(comm_stream as _))?;
+        let output = self.reduce_on(comm_stream, x, x.elem_count(), x.dims().to_vec(), "start_all_reduce_sum")?;
+        let done = Event::on(dev)?;
+        done.record_on(comm_stream as _)?;
+        Ok(PendingSum::InFlight(Box::new(NcclPending { input: Some(x.clone()), output: Some(output), done })))
     }
 
     fn reduce_scatter_sum(&self, x: &Tensor) -> Result<Tensor> {
@@ -271,6 +372,6 @@ impl Communicator for NcclComm {
         check("ncclCommUserRank", unsafe { (l.comm_user_rank)(sub, &mut rank) })?;
         // SAFETY: as above.
         check("ncclCommCount", unsafe { (l.comm_count)(sub, &mut size) })?;
-        Ok(Arc::new(NcclComm { comm: sub, rank: rank as usize, size: size as usize, ordinal: self.ordinal }))
+        Ok(Arc::new(NcclComm { comm: sub, rank: rank as usize, size: size as usize, ordinal: self.ordinal, comm_stream: OnceLock::new() }))
     }
 }

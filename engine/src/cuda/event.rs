@@ -1,6 +1,8 @@
 //! CUDA events: markers in a device's stream, for timing GPU work and for waiting on a point in it
 //! without draining the whole stream. Benchmarks record one before and one after the region and read
-//! `elapsed_ms`; the profiler (profile.rs) brackets every launch with a pair.
+//! `elapsed_ms`; the profiler (profile.rs) brackets every launch with a pair. Between two streams of
+//! one device (NCCL's communication stream and the engine's), an event recorded on one and waited
+//! for by the other orders them with no host wait (`record_on`, `order_after`).
 //!
 //! The elapsed-time call is resolved by hand: CUDA 12.8 renamed it `cuEventElapsedTime_v2`, and
 //! cudarc's 13.0 bindings know only the new name, which a 12.x driver before 12.8 lacks (cudarc
@@ -45,6 +47,33 @@ impl Event {
         self.dev.bind()?;
         // SAFETY: the event and stream belong to this device's context and are alive.
         unsafe { result::event::record(self.event, self.dev.stream()) }.ctx("cuEventRecord")
+    }
+
+    /// Records the event at the current end of `stream`, another stream of this device.
+    pub(crate) fn record_on(&self, stream: sys::CUstream) -> Result<()> {
+        self.dev.bind()?;
+        // SAFETY: the event is alive and `stream` belongs to this device's context (caller's word).
+        unsafe { result::event::record(self.event, stream) }.ctx("cuEventRecord")
+    }
+
+    /// Makes `stream` (of this device; `None`: the engine's) wait for the recorded point before it
+    /// runs anything queued on it later. The host does not wait.
+    pub(crate) fn order_after(&self, stream: Option<sys::CUstream>) -> Result<()> {
+        self.dev.bind()?;
+        let stream = stream.unwrap_or_else(|| self.dev.stream());
+        // SAFETY: the event is alive and `stream` belongs to this device's context.
+        unsafe { result::stream::wait_event(stream, self.event, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT) }.ctx("cuStreamWaitEvent")
+    }
+
+    /// Whether the work before the recorded point has finished. Never blocks.
+    pub(crate) fn is_done(&self) -> Result<bool> {
+        self.dev.bind()?;
+        // SAFETY: the event is alive.
+        match unsafe { result::event::query(self.event) } {
+            Ok(()) => Ok(true),
+            Err(e) if e.0 == sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+            Err(e) => Err(super::error::driver("cuEventQuery", e)),
+        }
     }
 
     /// Blocks until the work before the recorded point has finished.

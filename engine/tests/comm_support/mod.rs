@@ -35,6 +35,15 @@ pub fn check_collectives(c: &dyn Communicator, device: &Device) {
             }
         }
         assert_equal(&what("all_reduce_sum"), &c.all_reduce_sum(&mine).unwrap(), &sum, &[rows, width], rank);
+        // Started reductions: two in flight at once, polled, waited in order; each the right sum
+        // (on NCCL, the reads below also check that the compute stream waits for the reduction).
+        let twice = tensor(&input(rank, rows, width).iter().map(|v| 2.0 * v).collect::<Vec<_>>(), rows, width, dtype, device);
+        let mut first = c.start_all_reduce_sum(&mine).unwrap();
+        let second = c.start_all_reduce_sum(&twice).unwrap();
+        first.poll().unwrap();
+        assert_equal(&what("start_all_reduce_sum"), &first.wait().unwrap(), &sum, &[rows, width], rank);
+        let doubled: Vec<f64> = sum.iter().map(|s| 2.0 * s).collect();
+        assert_equal(&what("start_all_reduce_sum, second in flight"), &second.wait().unwrap(), &doubled, &[rows, width], rank);
         let block = rows / size * width;
         assert_equal(&what("reduce_scatter_sum"), &c.reduce_scatter_sum(&mine).unwrap(), &sum[rank * block..(rank + 1) * block], &[rows / size, width], rank);
         let gathered: Vec<f64> = (0..size).flat_map(|r| input(r, rows, width)).collect();
@@ -64,6 +73,7 @@ pub fn check_collectives(c: &dyn Communicator, device: &Device) {
         assert_equal(&what("all_to_all"), &got, &want, &[want_rows.iter().sum(), width], rank);
     }
     c.barrier().unwrap();
+    check_started_sum_bits(c, device);
 
     // Sub-groups: even and odd ranks, ordered by descending rank.
     let sub = c.split(rank % 2, size - rank).unwrap();
@@ -73,4 +83,24 @@ pub fn check_collectives(c: &dyn Communicator, device: &Device) {
     let one = Tensor::from_f64s(&[rank as f64], [1], DType::F32, device).unwrap();
     let want: f64 = members.iter().map(|&r| r as f64).sum();
     assert_equal("split all_reduce_sum", &sub.all_reduce_sum(&one).unwrap(), &[want], &[1], rank);
+}
+
+/// On values that use every mantissa bit, a started all-reduce gives what `all_reduce_sum` gives:
+/// bit for bit on up to two ranks (one addition per element, which commutes), within rounding on
+/// more (the transport may order the additions differently). Long enough that MPI picks its
+/// large-message algorithms.
+fn check_started_sum_bits(c: &dyn Communicator, device: &Device) {
+    let n = 300_001;
+    let values: Vec<f64> = (0..n).map(|k| ((k as f64 * 0.618_033_988_7 + c.rank() as f64 * 0.414_213_562_3).fract() - 0.5) * 3.7).collect();
+    let x = Tensor::from_f64s(&values, [n], DType::F32, device).unwrap();
+    let blocking = c.all_reduce_sum(&x).unwrap().to_f64_vec().unwrap();
+    let started = c.start_all_reduce_sum(&x).unwrap().wait().unwrap().to_f64_vec().unwrap();
+    if c.size() <= 2 {
+        let differ = blocking.iter().zip(&started).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differ, 0, "rank {}: started and blocking all-reduce differ in {differ} of {n} elements", c.rank());
+    } else {
+        for (a, b) in blocking.iter().zip(&started) {
+            assert!((a - b).abs() <= 1e-6 * (1.0 + a.abs()), "rank {}: started {b} vs blocking {a}", c.rank());
+        }
+    }
 }
