@@ -10,6 +10,7 @@
 //!   a second operand is fetched with `Elem::view`, which reports a dtype mismatch instead of panicking.
 
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 use std::ops::{AddAssign, MulAssign};
 
 use half::{bf16, f16, slice::HalfFloatSliceExt};
@@ -34,8 +35,16 @@ pub(crate) trait Acc: num_traits::Float + AddAssign + MulAssign + Send + Sync + 
     /// `x[i] = e^(x[i] − shift)` in place; returns the sum. f32 runs the run-time-dispatched SIMD
     /// loop (simd.rs), f64 libm.
     fn exp_shifted_sum(x: &mut [Self], shift: Self) -> Self;
-    /// `out[i] = gate · gelu(u[i])`, the σ form of the tanh GeLU (SIMD for f32, as above).
-    fn gated_gelu(u: &[Self], gate: Self, out: &mut [Self]);
+    /// `out[i] = gate · gelu(u[i])`, the σ form of the tanh GeLU (SIMD for f32, as above), into
+    /// `out` that may be uninitialised: it is only written.
+    fn gated_gelu_into(u: &[Self], gate: Self, out: &mut [MaybeUninit<Self>]);
+    /// `gated_gelu_into` over initialised elements.
+    fn gated_gelu(u: &[Self], gate: Self, out: &mut [Self]) {
+        // SAFETY: MaybeUninit<Self> has Self's layout, and gated_gelu_into stores only initialised
+        // values, so `out` holds valid values of Self again when the borrow ends.
+        let out = unsafe { &mut *(out as *mut [Self] as *mut [MaybeUninit<Self>]) };
+        Self::gated_gelu_into(u, gate, out)
+    }
     /// The backward of `gated_gelu` in place: `dg[i] ← dg[i] · gate · gelu'(u[i])`; returns
     /// `Σ dg[i] · gelu(u[i])` of the incoming dg, the gate's gradient (SIMD for f32, as above).
     fn gelu_backward(dg: &mut [Self], u: &[Self], gate: Self) -> Self;
@@ -50,7 +59,7 @@ impl Acc for f32 {
     fn exp_shifted_sum(x: &mut [f32], shift: f32) -> f32 {
         super::simd::exp_shifted_sum(x, shift)
     }
-    fn gated_gelu(u: &[f32], gate: f32, out: &mut [f32]) {
+    fn gated_gelu_into(u: &[f32], gate: f32, out: &mut [MaybeUninit<f32>]) {
         super::simd::gated_gelu(u, gate, out)
     }
     fn gelu_backward(dg: &mut [f32], u: &[f32], gate: f32) -> f32 {
@@ -70,8 +79,10 @@ impl Acc for f64 {
             s + *v
         })
     }
-    fn gated_gelu(u: &[f64], gate: f64, out: &mut [f64]) {
-        out.iter_mut().zip(u).for_each(|(o, &v)| *o = gate * super::elementwise::gelu(v));
+    fn gated_gelu_into(u: &[f64], gate: f64, out: &mut [MaybeUninit<f64>]) {
+        out.iter_mut().zip(u).for_each(|(o, &v)| {
+            o.write(gate * super::elementwise::gelu(v));
+        });
     }
     fn gelu_backward(dg: &mut [f64], u: &[f64], gate: f64) -> f64 {
         dg.iter_mut().zip(u).fold(0.0, |sum, (d, &v)| {

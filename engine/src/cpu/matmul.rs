@@ -12,7 +12,7 @@ use gemm::Parallelism;
 
 use super::elem::prelude::*;
 use super::elem::{with_float, Acc, Elem, Float};
-use super::par::{chunks, worth_it};
+use super::par::{chunks, filled, worth_it};
 use super::skinny;
 use crate::backend::MatmulLayout;
 use crate::{CpuStorage, Error, Result};
@@ -65,15 +65,11 @@ pub(super) fn product_vec<F: Acc>(a: &[F], b: &[F], (m, n, k): (usize, usize, us
         // k == 0 is an empty sum: the zeros are the answer; m or n == 0 is an empty output.
         return vec![F::zero(); m * n];
     }
-    let mut out: Vec<F> = Vec::with_capacity(m * n);
     let par = if m * n * k >= GEMM_PAR_MIN { Parallelism::Rayon(0) } else { Parallelism::None };
     let l = MatmulLayout { batch: 1, m, n, k, trans_a, trans_b, a_batch_stride: 0, b_batch_stride: 0 };
-    let dst = out.spare_capacity_mut();
-    gemm_into(dst.as_mut_ptr().cast(), dst.len(), a, b, &l, par);
-    // SAFETY: `gemm_into` wrote all m·n elements of the capacity (read_dst = false writes the
-    // whole output and reads none of it), so the first m·n elements are initialised.
-    unsafe { out.set_len(m * n) };
-    out
+    // SAFETY: `gemm_into` writes all m·n elements (read_dst = false writes the whole output and
+    // reads none of it).
+    unsafe { filled(m * n, |dst| gemm_into(dst.as_mut_ptr().cast(), dst.len(), a, b, &l, par)) }
 }
 
 /// `dst (m x n) = op(a)·op(b)` on the calling thread only, for ops that already run one task per core over many small

@@ -17,6 +17,8 @@
 //! Sums run over 16 lane accumulators added pairwise at the end: a fixed order, so results are
 //! the same on every run of one machine (the lane count does not depend on the SIMD width).
 
+use std::mem::MaybeUninit;
+
 const LANES: usize = 16;
 
 /// eˣ for f32, branch-free (see the module comment).
@@ -102,13 +104,14 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
 
 /// σ-form GeLU, x·σ(2u) with 2u = 2c·(x + a·x³) (as `elementwise::gelu`), scaled by `gate`:
 /// `out[i] = gate · gelu(u[i])`.
+/// `out` may be uninitialised: it is only written.
 #[inline(always)]
-fn gated_gelu_body(u: &[f32], gate: f32, out: &mut [f32]) {
+fn gated_gelu_body(u: &[f32], gate: f32, out: &mut [MaybeUninit<f32>]) {
     const C2: f32 = (2.0 * super::elementwise::GELU_C) as f32;
     const A: f32 = super::elementwise::GELU_A as f32;
     for (o, &v) in out.iter_mut().zip(u) {
         let s = 1.0 / (1.0 + exp(-(C2 * (v + A * v * v * v))));
-        *o = gate * (v * s);
+        o.write(gate * (v * s));
     }
 }
 
@@ -187,7 +190,7 @@ multiversion! {
 
 multiversion! {
     /// `out[i] = gate · gelu(u[i])` (the σ form of the tanh GeLU).
-    gated_gelu(u: &[f32], gate: f32, out: &mut [f32]) -> () = gated_gelu_body
+    gated_gelu(u: &[f32], gate: f32, out: &mut [MaybeUninit<f32>]) -> () = gated_gelu_body
 }
 
 multiversion! {
@@ -229,8 +232,11 @@ mod tests {
         let (d, reference): (f32, f64) = (dot(&x, &a), x.iter().zip(&a).map(|(&p, &q)| p as f64 * q as f64).sum());
         assert_eq!(d, dot_body(&x, &a));
         assert!(((d as f64 - reference) / reference).abs() < 1e-6);
+        let (mut a, mut b) = (vec![MaybeUninit::uninit(); 103], vec![MaybeUninit::uninit(); 103]);
         gated_gelu(&x, 0.5, &mut a);
         gated_gelu_body(&x, 0.5, &mut b);
+        // SAFETY: both loops wrote all 103 elements.
+        let (a, b): (Vec<f32>, Vec<f32>) = unsafe { (a.iter().map(|v| v.assume_init()).collect(), b.iter().map(|v| v.assume_init()).collect()) };
         assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() <= 1e-6 * q.abs().max(1e-6)));
         let gelu = |v: f64| 0.5 * v * (1.0 + (0.797_884_560_8 * (v + 0.044_715 * v * v * v)).tanh());
         assert!(x.iter().zip(&a).all(|(&v, &g)| (g as f64 - 0.5 * gelu(v as f64)).abs() < 1e-6 * (1.0 + v.abs() as f64)));
