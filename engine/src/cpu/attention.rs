@@ -301,15 +301,9 @@ fn forward_tile<T: Float>(x: &Inputs<T>, t: &Tile) -> (Vec<T::Acc>, Vec<T::Acc>)
         for (r, p) in s.chunks_exact_mut(cols).enumerate() {
             let seen = visible(t.lo + r / g, j0, cols);
             let m_new = p[..seen].iter().fold(m[r], |a, &b| max_nan(a, b));
-            let mut sum = T::Acc::zero();
-            for (c, pc) in p.iter_mut().enumerate() {
-                *pc = if c < seen {
-                    (*pc - m_new).exp()
-                } else {
-                    T::Acc::zero()
-                };
-                sum += *pc;
-            }
+            let (shown, masked) = p.split_at_mut(seen);
+            let sum = T::Acc::exp_shifted_sum(shown, m_new);
+            masked.fill(T::Acc::zero());
             // The first key tile always holds key 0, so m is finite from then on.
             let correction = (m[r] - m_new).exp();
             l[r] = l[r] * correction + sum;
@@ -401,14 +395,12 @@ fn probs_and_dscores<A: Acc>(
         .zip(ds.chunks_exact_mut(cols))
         .enumerate()
     {
-        let seen = visible(i0 + r / g, j0, cols);
-        for (c, (pc, dc)) in pr.iter_mut().zip(dr.iter_mut()).enumerate() {
-            *pc = if c < seen {
-                (*pc - qr.lse[r]).exp()
-            } else {
-                A::zero()
-            };
-            *dc = *pc * (*dc - qr.delta[r]);
+        let (seen, delta) = (visible(i0 + r / g, j0, cols), qr.delta[r]);
+        let (shown, masked) = pr.split_at_mut(seen);
+        A::exp_shifted_sum(shown, qr.lse[r]);
+        masked.fill(A::zero());
+        for (&pc, dc) in pr.iter().zip(dr.iter_mut()) {
+            *dc = pc * (*dc - delta);
         }
     }
 }

@@ -59,8 +59,9 @@ fn expect_len(op: &'static str, what: &str, got: usize, want: usize) -> Result<(
 fn row_stats<T: Float>(row: &[T], exps: &mut Vec<T::Acc>) -> (T::Acc, T::Acc) {
     let wide = T::widen_slice(row);
     let m = wide.iter().fold(T::Acc::neg_infinity(), |a, &v| max_nan(a, v));
-    exps.resize(row.len(), T::Acc::zero());
-    (m, T::Acc::exp_shifted_sum(&wide, m, exps))
+    exps.clear();
+    exps.extend_from_slice(&wide);
+    (m, T::Acc::exp_shifted_sum(exps, m))
 }
 
 fn forward_typed<T: Float>(x: &[T], targets: &[u32], vocab: usize) -> Vec<T> {

@@ -10,6 +10,7 @@
 //!   a second operand is fetched with `Elem::view`, which reports a dtype mismatch instead of panicking.
 
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 use std::ops::{AddAssign, MulAssign};
 
 use half::{bf16, f16, slice::HalfFloatSliceExt};
@@ -31,11 +32,22 @@ pub(crate) trait Elem: WithDType {
 pub(crate) trait Acc: num_traits::Float + AddAssign + MulAssign + Send + Sync + std::fmt::Debug + 'static {
     /// A constant or hyper-parameter given in f64, rounded to this type.
     fn of(x: f64) -> Self;
-    /// `out[i] = e^(x[i] − shift)` over `x`; returns the sum. f32 runs the run-time-dispatched SIMD
+    /// `x[i] = e^(x[i] − shift)` in place; returns the sum. f32 runs the run-time-dispatched SIMD
     /// loop (simd.rs), f64 libm.
-    fn exp_shifted_sum(x: &[Self], shift: Self, out: &mut [Self]) -> Self;
-    /// `out[i] = gate · gelu(u[i])`, the σ form of the tanh GeLU (SIMD for f32, as above).
-    fn gated_gelu(u: &[Self], gate: Self, out: &mut [Self]);
+    fn exp_shifted_sum(x: &mut [Self], shift: Self) -> Self;
+    /// `out[i] = gate · gelu(u[i])`, the σ form of the tanh GeLU (SIMD for f32, as above), into
+    /// `out` that may be uninitialised: it is only written.
+    fn gated_gelu_into(u: &[Self], gate: Self, out: &mut [MaybeUninit<Self>]);
+    /// `gated_gelu_into` over initialised elements.
+    fn gated_gelu(u: &[Self], gate: Self, out: &mut [Self]) {
+        // SAFETY: MaybeUninit<Self> has Self's layout, and gated_gelu_into stores only initialised
+        // values, so `out` holds valid values of Self again when the borrow ends.
+        let out = unsafe { &mut *(out as *mut [Self] as *mut [MaybeUninit<Self>]) };
+        Self::gated_gelu_into(u, gate, out)
+    }
+    /// The backward of `gated_gelu` in place: `dg[i] ← dg[i] · gate · gelu'(u[i])`; returns
+    /// `Σ dg[i] · gelu(u[i])` of the incoming dg, the gate's gradient (SIMD for f32, as above).
+    fn gelu_backward(dg: &mut [Self], u: &[Self], gate: Self) -> Self;
     /// Σ a[i]·b[i] in a fixed order (SIMD lanes for f32, sequential for f64).
     fn dot(a: &[Self], b: &[Self]) -> Self;
 }
@@ -44,11 +56,14 @@ impl Acc for f32 {
     fn of(x: f64) -> f32 {
         x as f32
     }
-    fn exp_shifted_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
-        super::simd::exp_shifted_sum(x, shift, out)
+    fn exp_shifted_sum(x: &mut [f32], shift: f32) -> f32 {
+        super::simd::exp_shifted_sum(x, shift)
     }
-    fn gated_gelu(u: &[f32], gate: f32, out: &mut [f32]) {
+    fn gated_gelu_into(u: &[f32], gate: f32, out: &mut [MaybeUninit<f32>]) {
         super::simd::gated_gelu(u, gate, out)
+    }
+    fn gelu_backward(dg: &mut [f32], u: &[f32], gate: f32) -> f32 {
+        super::simd::gelu_backward(dg, u, gate)
     }
     fn dot(a: &[f32], b: &[f32]) -> f32 {
         super::simd::dot(a, b)
@@ -58,14 +73,24 @@ impl Acc for f64 {
     fn of(x: f64) -> f64 {
         x
     }
-    fn exp_shifted_sum(x: &[f64], shift: f64, out: &mut [f64]) -> f64 {
-        x.iter().zip(out.iter_mut()).fold(0.0, |s, (v, o)| {
-            *o = (v - shift).exp();
-            s + *o
+    fn exp_shifted_sum(x: &mut [f64], shift: f64) -> f64 {
+        x.iter_mut().fold(0.0, |s, v| {
+            *v = (*v - shift).exp();
+            s + *v
         })
     }
-    fn gated_gelu(u: &[f64], gate: f64, out: &mut [f64]) {
-        out.iter_mut().zip(u).for_each(|(o, &v)| *o = gate * super::elementwise::gelu(v));
+    fn gated_gelu_into(u: &[f64], gate: f64, out: &mut [MaybeUninit<f64>]) {
+        out.iter_mut().zip(u).for_each(|(o, &v)| {
+            o.write(gate * super::elementwise::gelu(v));
+        });
+    }
+    fn gelu_backward(dg: &mut [f64], u: &[f64], gate: f64) -> f64 {
+        dg.iter_mut().zip(u).fold(0.0, |sum, (d, &v)| {
+            let (gl, gr) = super::elementwise::gelu_and_grad(v);
+            let part = *d * gl;
+            *d = *d * gate * gr;
+            sum + part
+        })
     }
     fn dot(a: &[f64], b: &[f64]) -> f64 {
         a.iter().zip(b).fold(0.0, |s, (x, y)| s + x * y)

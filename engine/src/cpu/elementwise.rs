@@ -9,7 +9,9 @@
 
 use super::elem::prelude::*;
 use super::elem::{max_nan, min_nan, with_float, Acc, Elem, Float};
-use super::par::{chunks, worth_it, FLAT_CHUNK};
+use std::mem::MaybeUninit;
+
+use super::par::{chunks, filled, worth_it, FLAT_CHUNK};
 use super::strided::Strided;
 use crate::backend::{BinaryOp, ScalarOp, UnaryOp};
 use crate::{CpuStorage, Error, Result};
@@ -158,14 +160,16 @@ fn map<T: Float, F>(x: &[T], f: F) -> Vec<T>
 where
     F: Fn(T::Acc) -> T::Acc + Sync + Send,
 {
-    let mut out = vec![T::narrow(T::Acc::zero()); x.len()];
-    chunks(&mut out, FLAT_CHUNK, worth_it(x.len()), |i, o| {
-        let src = &x[i * FLAT_CHUNK..][..o.len()];
-        for (o, &v) in o.iter_mut().zip(src) {
-            *o = T::narrow(f(v.widen()));
-        }
-    });
-    out
+    let fill = |out: &mut [MaybeUninit<T>]| {
+        chunks(out, FLAT_CHUNK, worth_it(x.len()), |i, o| {
+            let src = &x[i * FLAT_CHUNK..][..o.len()];
+            for (o, &v) in o.iter_mut().zip(src) {
+                o.write(T::narrow(f(v.widen())));
+            }
+        })
+    };
+    // SAFETY: the chunks cover the output and each element of a chunk is written.
+    unsafe { filled(x.len(), fill) }
 }
 
 /// `f(a, b)` over `dims`, each operand read through its strides (0 where broadcast).
@@ -174,53 +178,57 @@ where
     F: Fn(T::Acc, T::Acc) -> T::Acc + Sync + Send,
 {
     let len: usize = dims.iter().product();
-    let mut out = vec![T::narrow(T::Acc::zero()); len];
     if len == 0 {
-        return out;
+        return Vec::new();
     }
     let layout = Strided::new(dims, [sa, sb]);
     let parallel = worth_it(len);
     let [ia, ib] = layout.inner_strides;
-    if layout.rows() == 1 && ia == 1 && ib == 1 {
-        // Same-shape operands: one run, split into flat chunks so it still spreads over threads.
-        chunks(&mut out, FLAT_CHUNK, parallel, |i, o| {
-            let start = i * FLAT_CHUNK;
-            run(o, &a[start..], 1, &b[start..], 1, &f);
-        });
-    } else {
-        chunks(&mut out, layout.inner, parallel, |row, o| {
-            let [oa, ob] = layout.offsets(row);
-            run(o, &a[oa..], ia, &b[ob..], ib, &f);
-        });
-    }
-    out
+    let fill = |out: &mut [MaybeUninit<T>]| {
+        if layout.rows() == 1 && ia == 1 && ib == 1 {
+            // Same-shape operands: one run, split into flat chunks so it still spreads over threads.
+            chunks(out, FLAT_CHUNK, parallel, |i, o| {
+                let start = i * FLAT_CHUNK;
+                run(o, &a[start..], 1, &b[start..], 1, &f);
+            });
+        } else {
+            chunks(out, layout.inner, parallel, |row, o| {
+                let [oa, ob] = layout.offsets(row);
+                run(o, &a[oa..], ia, &b[ob..], ib, &f);
+            });
+        }
+    };
+    // SAFETY: the chunks (flat ones, or rows of `layout.inner`) cover the output, and `run` writes
+    // every element of its chunk.
+    unsafe { filled(len, fill) }
 }
 
-/// One run of `out.len()` elements; `a` and `b` start at the run and step by `sa` / `sb`.
+/// One run of `out.len()` elements, each written once; `a` and `b` start at the run and step by
+/// `sa` / `sb`.
 #[inline(always)]
-fn run<T: Float, F: Fn(T::Acc, T::Acc) -> T::Acc>(out: &mut [T], a: &[T], sa: usize, b: &[T], sb: usize, f: &F) {
+fn run<T: Float, F: Fn(T::Acc, T::Acc) -> T::Acc>(out: &mut [MaybeUninit<T>], a: &[T], sa: usize, b: &[T], sb: usize, f: &F) {
     let n = out.len();
     match (sa, sb) {
         (1, 1) => {
             for ((o, x), y) in out.iter_mut().zip(&a[..n]).zip(&b[..n]) {
-                *o = T::narrow(f(x.widen(), y.widen()));
+                o.write(T::narrow(f(x.widen(), y.widen())));
             }
         }
         (1, 0) => {
             let y = b[0].widen();
             for (o, x) in out.iter_mut().zip(&a[..n]) {
-                *o = T::narrow(f(x.widen(), y));
+                o.write(T::narrow(f(x.widen(), y)));
             }
         }
         (0, 1) => {
             let x = a[0].widen();
             for (o, y) in out.iter_mut().zip(&b[..n]) {
-                *o = T::narrow(f(x, y.widen()));
+                o.write(T::narrow(f(x, y.widen())));
             }
         }
         _ => {
             for (j, o) in out.iter_mut().enumerate() {
-                *o = T::narrow(f(a[j * sa].widen(), b[j * sb].widen()));
+                o.write(T::narrow(f(a[j * sa].widen(), b[j * sb].widen())));
             }
         }
     }

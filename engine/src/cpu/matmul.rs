@@ -12,7 +12,7 @@ use gemm::Parallelism;
 
 use super::elem::prelude::*;
 use super::elem::{with_float, Acc, Elem, Float};
-use super::par::{chunks, worth_it};
+use super::par::{chunks, filled, worth_it};
 use super::skinny;
 use crate::backend::MatmulLayout;
 use crate::{CpuStorage, Error, Result};
@@ -34,16 +34,18 @@ fn matmul_typed<T: Float>(a: &[T], b: &[T], l: &MatmulLayout) -> Vec<T> {
         return T::narrow_vec(skinny::product(&T::widen_slice(&a[..l.m * l.k]), b, l.m, l.n, l.k, l.trans_b));
     }
     let (a, b) = (T::widen_slice(a), T::widen_slice(b));
-    let mut out = vec![T::Acc::zero(); l.batch * l.m * l.n];
     let per_product = l.m * l.n * l.k;
+    if l.batch == 1 {
+        return T::narrow_vec(product_vec(&a, &b, (l.m, l.n, l.k), (l.trans_a, l.trans_b)));
+    }
+    let mut out = vec![T::Acc::zero(); l.batch * l.m * l.n];
     if per_product == 0 {
         // k == 0 is an empty sum: the zeros are the answer; m or n == 0 is an empty output.
         return T::narrow_vec(out);
     }
-    if per_product >= GEMM_PAR_MIN || l.batch == 1 {
-        let par = if per_product >= GEMM_PAR_MIN { Parallelism::Rayon(0) } else { Parallelism::None };
+    if per_product >= GEMM_PAR_MIN {
         for (i, c) in out.chunks_mut(l.m * l.n).enumerate() {
-            gemm_one(c, &a[i * l.a_batch_stride..], &b[i * l.b_batch_stride..], l, par);
+            gemm_one(c, &a[i * l.a_batch_stride..], &b[i * l.b_batch_stride..], l, Parallelism::Rayon(0));
         }
     } else {
         chunks(&mut out, l.m * l.n, worth_it(l.batch * per_product), |i, c| {
@@ -53,16 +55,24 @@ fn matmul_typed<T: Float>(a: &[T], b: &[T], l: &MatmulLayout) -> Vec<T> {
     T::narrow_vec(out)
 }
 
-/// `dst (m x n) = op(a)·op(b)` for one product in an arithmetic type, threaded by the same rule as
-/// `matmul`: for fused ops that run element-wise stages of their own between products. The caller
-/// sizes the slices (m·k, k·n, m·n elements at least).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn product<F: Acc>(dst: &mut [F], a: &[F], b: &[F], m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) {
+/// `op(a)·op(b)` (m x n) for one product in an arithmetic type, in a new vector, threaded by the
+/// same rule as `matmul`: for fused ops that run element-wise stages of their own between
+/// products. The vector is not zeroed first:
+/// `gemm` without `read_dst` writes every element of its output, and zeroing the tens of MiB of
+/// the MoE layer's [tokens, E·f] products is a pass over memory as long as reading them.
+pub(super) fn product_vec<F: Acc>(a: &[F], b: &[F], (m, n, k): (usize, usize, usize), (trans_a, trans_b): (bool, bool)) -> Vec<F> {
+    if m * n * k == 0 {
+        // k == 0 is an empty sum: the zeros are the answer; m or n == 0 is an empty output.
+        return vec![F::zero(); m * n];
+    }
     let par = if m * n * k >= GEMM_PAR_MIN { Parallelism::Rayon(0) } else { Parallelism::None };
-    product_with(dst, a, b, (m, n, k), (trans_a, trans_b), par);
+    let l = MatmulLayout { batch: 1, m, n, k, trans_a, trans_b, a_batch_stride: 0, b_batch_stride: 0 };
+    // SAFETY: `gemm_into` writes all m·n elements (read_dst = false writes the whole output and
+    // reads none of it).
+    unsafe { filled(m * n, |dst| gemm_into(dst.as_mut_ptr().cast(), dst.len(), a, b, &l, par)) }
 }
 
-/// `product` on the calling thread only, for ops that already run one task per core over many small
+/// `dst (m x n) = op(a)·op(b)` on the calling thread only, for ops that already run one task per core over many small
 /// products (the sparse MoE layer's blocks of an expert's rows, attention's tiles).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn product_serial<F: Acc>(dst: &mut [F], a: &[F], b: &[F], m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) {
@@ -94,21 +104,28 @@ fn check_extents(a_len: usize, b_len: usize, l: &MatmulLayout) -> Result<()> {
 
 /// `dst (m x n, row-major) = op(a) · op(b)` for one batch entry; `a` and `b` start at its matrices.
 fn gemm_one<F: Acc>(dst: &mut [F], a: &[F], b: &[F], l: &MatmulLayout, par: Parallelism) {
+    gemm_into(dst.as_mut_ptr(), dst.len(), a, b, l, par);
+}
+
+/// `gemm_one` into `dst_len` elements at `dst`, which may be uninitialised: they are only written.
+fn gemm_into<F: Acc>(dst: *mut F, dst_len: usize, a: &[F], b: &[F], l: &MatmulLayout, par: Parallelism) {
     let (m, n, k) = (l.m, l.n, l.k);
-    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "matmul extents checked by check_extents");
+    assert!(dst_len >= m * n && a.len() >= m * k && b.len() >= k * n, "matmul extents checked by check_extents");
     // (row stride, column stride) of op(A) (m x k) and op(B) (k x n) in the row-major storage.
     let (a_rs, a_cs) = if l.trans_a { (1, m) } else { (k, 1) };
     let (b_rs, b_cs) = if l.trans_b { (1, k) } else { (n, 1) };
-    // SAFETY: `dst` holds m·n elements and is written as a row-major m x n matrix; `a` holds m·k
-    // and `b` k·n elements (asserted above), and the strides address exactly those elements for
-    // either transpose flag. `read_dst = false`, so `dst` is only written; the three slices do not
-    // overlap because `dst` is borrowed mutably. `gemm` supports f32 and f64, the only `Acc` types.
+    // SAFETY: `dst` points at m·n writable elements (asserted above; the callers hand over a
+    // mutable slice or a vector's spare capacity) and is written as a row-major m x n matrix; `a`
+    // holds m·k and `b` k·n elements, and the strides address exactly those elements for either
+    // transpose flag. `read_dst = false`, so `dst` is only written, never read; it does not overlap
+    // `a` or `b` because it comes from a mutable borrow. `gemm` supports f32 and f64, the only
+    // `Acc` types.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             false,

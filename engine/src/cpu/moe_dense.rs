@@ -13,13 +13,14 @@
 //! the products that read them read the stored values. u is stored rounded too, and the backward
 //! reads that stored u. For f32 / f64 every rounding step is the identity.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::elem::prelude::*;
 use super::elem::{with_float, Acc, Elem, Float};
-use super::elementwise::gelu_and_grad;
-use super::matmul::product;
-use super::par::worth_it;
+use super::matmul::product_vec;
+use super::par::{filled, worth_it};
 use super::skinny;
 use crate::backend::MoeDenseDims;
 use crate::{CpuStorage, Error, Result};
@@ -77,25 +78,25 @@ fn forward_typed<T: Float>(x: &[T], w1: &[T], w2: &[T], p: &[T], dims: &MoeDense
     let u = if few {
         skinny::product(&x, w1, tokens, h, d, true)
     } else {
-        let mut u = vec![T::Acc::zero(); tokens * h];
-        product(&mut u, &x, &T::widen_slice(w1), tokens, h, d, false, true);
-        u
+        product_vec(&x, &T::widen_slice(w1), (tokens, h, d), (false, true))
     };
-    let mut g = vec![T::Acc::zero(); tokens * h];
-    for_each_row(&mut g, &mut [], h, 0, |t, g_row, _| {
-        let u_row = &u[t * h..(t + 1) * h];
-        for e in 0..experts {
-            let cols = e * width..(e + 1) * width;
-            T::Acc::gated_gelu(&u_row[cols.clone()], p[t * experts + e], &mut g_row[cols]);
-        }
-    });
+    let fill = |g: &mut [MaybeUninit<T::Acc>]| {
+        for_each_row(g, &mut [] as &mut [T::Acc], h, 0, |t, g_row, _| {
+            let u_row = &u[t * h..(t + 1) * h];
+            for e in 0..experts {
+                let cols = e * width..(e + 1) * width;
+                T::Acc::gated_gelu_into(&u_row[cols.clone()], p[t * experts + e], &mut g_row[cols]);
+            }
+        })
+    };
+    // SAFETY: the rows of h cover the output, and gated_gelu_into writes every element of each
+    // expert's columns, which cover the row (h = experts·width).
+    let g = unsafe { filled(tokens * h, fill) };
     let g = T::narrow_vec(g);
     let y = if few {
         skinny::product(&T::widen_slice(&g), w2, tokens, d, h, false)
     } else {
-        let mut y = vec![T::Acc::zero(); tokens * d];
-        product(&mut y, &T::widen_slice(&g), &T::widen_slice(w2), tokens, d, h, false, false);
-        y
+        product_vec(&T::widen_slice(&g), &T::widen_slice(w2), (tokens, d, h), (false, false))
     };
     (T::narrow_vec(y), T::narrow_vec(u), g)
 }
@@ -106,42 +107,31 @@ fn backward_typed<T: Float>(dy: &[T], x: &[T], w1: &[T], w2: &[T], p: &[T], u: &
     let h = dims.hidden();
     let (dy, x, w1, w2, p, u) = (T::widen_slice(dy), T::widen_slice(x), T::widen_slice(w1), T::widen_slice(w2), T::widen_slice(p), T::widen_slice(u));
     // dG, turned in place into dU row by row.
-    let mut du = vec![T::Acc::zero(); tokens * h];
-    product(&mut du, &dy, &w2, tokens, h, d, false, true);
+    let mut du = product_vec(&dy, &w2, (tokens, h, d), (false, true));
     let mut dp = vec![T::Acc::zero(); tokens * experts];
     for_each_row(&mut du, &mut dp, h, experts, |t, du_row, dp_row| {
         let u_row = &u[t * h..(t + 1) * h];
         for e in 0..experts {
-            let pe = p[t * experts + e];
             let cols = e * width..(e + 1) * width;
-            let mut sum = T::Acc::zero();
-            for (dj, &uj) in du_row[cols.clone()].iter_mut().zip(&u_row[cols]) {
-                let (gl, gr) = gelu_and_grad(uj);
-                sum += *dj * gl;
-                *dj = *dj * pe * gr;
-            }
-            dp_row[e] = sum;
+            dp_row[e] = T::Acc::gelu_backward(&mut du_row[cols.clone()], &u_row[cols], p[t * experts + e]);
         }
     });
     let du = T::narrow_vec(du);
     let du_wide = T::widen_slice(&du);
-    let mut dw2 = vec![T::Acc::zero(); h * d];
-    product(&mut dw2, &T::widen_slice(g), &dy, h, d, tokens, true, false);
-    let mut dw1 = vec![T::Acc::zero(); h * d];
-    product(&mut dw1, &du_wide, &x, h, d, tokens, true, false);
-    let mut dx = vec![T::Acc::zero(); tokens * d];
-    product(&mut dx, &du_wide, &w1, tokens, d, h, false, false);
+    let dw2 = product_vec(&T::widen_slice(g), &dy, (h, d, tokens), (true, false));
+    let dw1 = product_vec(&du_wide, &x, (h, d, tokens), (true, false));
+    let dx = product_vec(&du_wide, &w1, (tokens, d, h), (false, false));
     (T::narrow_vec(dx), T::narrow_vec(dw1), T::narrow_vec(dw2), T::narrow_vec(dp))
 }
 
 /// Calls `f(t, a_row, b_row)` for row t of `a` (rows of `a_len`) and of `b` (rows of `b_len`; `b`
 /// may be empty with `b_len` 0), on the rayon pool when the rows are worth it.
-fn for_each_row<A: Acc>(a: &mut [A], b: &mut [A], a_len: usize, b_len: usize, f: impl Fn(usize, &mut [A], &mut [A]) + Sync + Send) {
+fn for_each_row<A: Send, B: Send>(a: &mut [A], b: &mut [B], a_len: usize, b_len: usize, f: impl Fn(usize, &mut [A], &mut [B]) + Sync + Send) {
     if a_len == 0 {
         return;
     }
     let rows = a.len() / a_len;
-    let b_rows: Vec<&mut [A]> = if b_len == 0 { (0..rows).map(|_| <&mut [A]>::default()).collect() } else { b.chunks_mut(b_len).collect() };
+    let b_rows: Vec<&mut [B]> = if b_len == 0 { (0..rows).map(|_| <&mut [B]>::default()).collect() } else { b.chunks_mut(b_len).collect() };
     if worth_it(a.len()) {
         a.par_chunks_mut(a_len).zip(b_rows).enumerate().for_each(|(t, (ar, br))| f(t, ar, br));
     } else {

@@ -4,6 +4,8 @@
 //! the calling thread otherwise. Small tensors stay serial because a rayon dispatch costs a few
 //! microseconds, more than a tiny op itself; the threshold is counted in elements touched.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 /// Elements of work below which an op runs on the calling thread.
@@ -70,4 +72,18 @@ where
             f(&mut s, i, ca, cb);
         }
     }
+}
+
+/// A vector of `len` elements that `fill` writes through the uninitialised slice it is given, with
+/// no zeroing first: the pool would zero a reused block on the calling thread, a serial pass as
+/// long as the op's own parallel one.
+///
+/// # Safety
+/// `fill` must write every element of the slice.
+pub(crate) unsafe fn filled<T>(len: usize, fill: impl FnOnce(&mut [MaybeUninit<T>])) -> Vec<T> {
+    let mut out = Vec::with_capacity(len);
+    fill(&mut out.spare_capacity_mut()[..len]);
+    // SAFETY: the caller's `fill` wrote all `len` elements, within the capacity reserved above.
+    unsafe { out.set_len(len) };
+    out
 }

@@ -1,6 +1,6 @@
 //! The widest SIMD the CPU has, chosen at run time, for the f32 loops that are not GEMMs: the
-//! exponentials of softmax and cross-entropy rows, the GeLU gating of the dense MoE layer, and the
-//! row dot products of RMSNorm.
+//! exponentials of softmax and cross-entropy rows and of attention's score tiles, the GeLU gating
+//! of the dense MoE layer and its backward, and the row dot products of RMSNorm.
 //!
 //! One binary serves AVX2 and AVX-512 machines: each loop is written once, as plain Rust over
 //! fixed 16-element chunks with a branch-free `exp`, and compiled three times, inside functions
@@ -16,6 +16,8 @@
 //!
 //! Sums run over 16 lane accumulators added pairwise at the end: a fixed order, so results are
 //! the same on every run of one machine (the lane count does not depend on the SIMD width).
+
+use std::mem::MaybeUninit;
 
 const LANES: usize = 16;
 
@@ -65,22 +67,21 @@ fn lane_sum(acc: [f32; LANES]) -> f32 {
     a[0]
 }
 
-/// `out[i] = e^(x[i] − shift)`; returns Σ out.
+/// `x[i] = e^(x[i] − shift)` in place; returns Σ x.
 #[inline(always)]
-fn exp_shifted_sum_body(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
+fn exp_shifted_sum_body(x: &mut [f32], shift: f32) -> f32 {
     let mut acc = [0.0f32; LANES];
-    let (xs, xt) = x.split_at(x.len() / LANES * LANES);
-    let (os, ot) = out.split_at_mut(xs.len());
-    for (xc, oc) in xs.chunks_exact(LANES).zip(os.chunks_exact_mut(LANES)) {
+    let (xs, xt) = x.split_at_mut(x.len() / LANES * LANES);
+    for xc in xs.chunks_exact_mut(LANES) {
         for j in 0..LANES {
             let e = exp(xc[j] - shift);
-            oc[j] = e;
+            xc[j] = e;
             acc[j] += e;
         }
     }
-    for (j, (v, o)) in xt.iter().zip(ot.iter_mut()).enumerate() {
-        *o = exp(v - shift);
-        acc[j] += *o;
+    for (j, v) in xt.iter_mut().enumerate() {
+        *v = exp(*v - shift);
+        acc[j] += *v;
     }
     lane_sum(acc)
 }
@@ -103,14 +104,48 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
 
 /// σ-form GeLU, x·σ(2u) with 2u = 2c·(x + a·x³) (as `elementwise::gelu`), scaled by `gate`:
 /// `out[i] = gate · gelu(u[i])`.
+/// `out` may be uninitialised: it is only written.
 #[inline(always)]
-fn gated_gelu_body(u: &[f32], gate: f32, out: &mut [f32]) {
+fn gated_gelu_body(u: &[f32], gate: f32, out: &mut [MaybeUninit<f32>]) {
     const C2: f32 = (2.0 * super::elementwise::GELU_C) as f32;
     const A: f32 = super::elementwise::GELU_A as f32;
     for (o, &v) in out.iter_mut().zip(u) {
         let s = 1.0 / (1.0 + exp(-(C2 * (v + A * v * v * v))));
-        *o = gate * (v * s);
+        o.write(gate * (v * s));
     }
+}
+
+/// The dense MoE layer's backward through `g = gate · gelu(u)`, in place over one expert's columns
+/// of a row: `dg[i]` becomes `dg[i] · gate · gelu'(u[i])`, and the return value is
+/// `Σ dg[i] · gelu(u[i])` (the gradient of `gate`), over 16 lane accumulators. GeLU and its
+/// derivative share one σ(2u), as `elementwise::gelu_and_grad`.
+#[inline(always)]
+fn gelu_backward_body(dg: &mut [f32], u: &[f32], gate: f32) -> f32 {
+    const C: f32 = super::elementwise::GELU_C as f32;
+    const C2: f32 = (2.0 * super::elementwise::GELU_C) as f32;
+    const A: f32 = super::elementwise::GELU_A as f32;
+    const A3: f32 = (3.0 * super::elementwise::GELU_A) as f32;
+    #[inline(always)]
+    fn step(d: &mut f32, v: f32, gate: f32) -> f32 {
+        let s = 1.0 / (1.0 + exp(-(C2 * (v + A * v * v * v))));
+        let du = C * (1.0 + A3 * v * v);
+        let (gl, gr) = (v * s, s + 2.0 * v * s * (1.0 - s) * du);
+        let part = *d * gl;
+        *d = *d * gate * gr;
+        part
+    }
+    let mut acc = [0.0f32; LANES];
+    let split = dg.len() / LANES * LANES;
+    let (ds, dt) = dg.split_at_mut(split);
+    for (dc, uc) in ds.chunks_exact_mut(LANES).zip(u[..split].chunks_exact(LANES)) {
+        for j in 0..LANES {
+            acc[j] += step(&mut dc[j], uc[j], gate);
+        }
+    }
+    for (j, (d, &v)) in dt.iter_mut().zip(&u[split..]).enumerate() {
+        acc[j] += step(d, v, gate);
+    }
+    lane_sum(acc)
 }
 
 /// Defines `$name`, which runs `$body` compiled for the widest of AVX-512F, AVX2 + FMA and the
@@ -144,8 +179,8 @@ macro_rules! multiversion {
 }
 
 multiversion! {
-    /// `out[i] = e^(x[i] − shift)` for the first `x.len()` elements of `out`; returns their sum.
-    exp_shifted_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 = exp_shifted_sum_body
+    /// `x[i] = e^(x[i] − shift)` in place; returns their sum.
+    exp_shifted_sum(x: &mut [f32], shift: f32) -> f32 = exp_shifted_sum_body
 }
 
 multiversion! {
@@ -155,7 +190,12 @@ multiversion! {
 
 multiversion! {
     /// `out[i] = gate · gelu(u[i])` (the σ form of the tanh GeLU).
-    gated_gelu(u: &[f32], gate: f32, out: &mut [f32]) -> () = gated_gelu_body
+    gated_gelu(u: &[f32], gate: f32, out: &mut [MaybeUninit<f32>]) -> () = gated_gelu_body
+}
+
+multiversion! {
+    /// `dg[i] ← dg[i] · gate · gelu'(u[i])` in place; returns `Σ dg[i] · gelu(u[i])` (old dg).
+    gelu_backward(dg: &mut [f32], u: &[f32], gate: f32) -> f32 = gelu_backward_body
 }
 
 #[cfg(test)]
@@ -183,8 +223,8 @@ mod tests {
     fn dispatched_loops_match_their_scalar_bodies() {
         // Ragged length: full 16-lane chunks and a tail.
         let x: Vec<f32> = (0..103).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.17).collect();
-        let (mut a, mut b) = (vec![0.0; 103], vec![0.0; 103]);
-        let (sa, sb) = (exp_shifted_sum(&x, 3.0, &mut a), exp_shifted_sum_body(&x, 3.0, &mut b));
+        let (mut a, mut b) = (x.clone(), x.clone());
+        let (sa, sb) = (exp_shifted_sum(&mut a, 3.0), exp_shifted_sum_body(&mut b, 3.0));
         assert!((sa - sb).abs() <= 1e-6 * sb.abs());
         assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() <= 1e-6 * q.abs()));
         let reference: f64 = x.iter().map(|&v| (v as f64 - 3.0).exp()).sum();
@@ -192,10 +232,26 @@ mod tests {
         let (d, reference): (f32, f64) = (dot(&x, &a), x.iter().zip(&a).map(|(&p, &q)| p as f64 * q as f64).sum());
         assert_eq!(d, dot_body(&x, &a));
         assert!(((d as f64 - reference) / reference).abs() < 1e-6);
+        let (mut a, mut b) = (vec![MaybeUninit::uninit(); 103], vec![MaybeUninit::uninit(); 103]);
         gated_gelu(&x, 0.5, &mut a);
         gated_gelu_body(&x, 0.5, &mut b);
+        // SAFETY: both loops wrote all 103 elements.
+        let (a, b): (Vec<f32>, Vec<f32>) = unsafe { (a.iter().map(|v| v.assume_init()).collect(), b.iter().map(|v| v.assume_init()).collect()) };
         assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() <= 1e-6 * q.abs().max(1e-6)));
         let gelu = |v: f64| 0.5 * v * (1.0 + (0.797_884_560_8 * (v + 0.044_715 * v * v * v)).tanh());
         assert!(x.iter().zip(&a).all(|(&v, &g)| (g as f64 - 0.5 * gelu(v as f64)).abs() < 1e-6 * (1.0 + v.abs() as f64)));
+        // The backward against the scalar GeLU and derivative (gelu_and_grad), in f64.
+        let dg: Vec<f32> = (0..103).map(|i| ((i * 53 % 89) as f32 - 44.0) * 0.03).collect();
+        let (mut a, mut b) = (dg.clone(), dg.clone());
+        let (sa, sb) = (gelu_backward(&mut a, &x, 0.7), gelu_backward_body(&mut b, &x, 0.7));
+        assert_eq!(a, b);
+        assert!((sa - sb).abs() <= 1e-6 * sb.abs().max(1.0));
+        let mut reference = 0.0f64;
+        for ((&v, &d), &got) in x.iter().zip(&dg).zip(&a) {
+            let (gl, gr) = super::super::elementwise::gelu_and_grad(v as f64);
+            reference += d as f64 * gl;
+            assert!((got as f64 - d as f64 * 0.7 * gr).abs() < 1e-5 * (1.0 + (d as f64 * gr).abs()));
+        }
+        assert!((sa as f64 - reference).abs() < 1e-5 * reference.abs().max(1.0));
     }
 }

@@ -18,8 +18,9 @@ fn softmax_typed<T: Float>(x: &[T], rows: usize, cols: usize, log: bool) -> Vec<
     for_each_chunk(&mut out, cols, worth_it(rows * cols), Vec::new, |exps: &mut Vec<T::Acc>, r, out| {
         let row = T::widen_slice(&x[r * cols..][..cols]);
         let max = row.iter().fold(T::Acc::neg_infinity(), |m, &v| max_nan(m, v));
-        exps.resize(cols, T::Acc::zero());
-        let sum = T::Acc::exp_shifted_sum(&row, max, exps);
+        exps.clear();
+        exps.extend_from_slice(&row);
+        let sum = T::Acc::exp_shifted_sum(exps, max);
         if log {
             let log_sum = sum.ln();
             for (o, &v) in out.iter_mut().zip(row.iter()) {
