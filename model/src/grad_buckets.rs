@@ -52,20 +52,54 @@ struct Member {
     dtype: DType,
 }
 
-struct Bucket {
-    members: Vec<Member>,
-    grads: Vec<Option<Tensor>>,
-    /// Members not reported yet.
-    missing: usize,
-}
-
-/// One step's overlapped gradient all-reduce over `group`.
-pub struct OverlappedReduce<'g> {
-    group: &'g dyn Communicator,
+/// Which parameters travel together, in which order. It depends only on the parameters and the
+/// bucket size, so a trainer builds it once and reuses it every step (`fits` says when it must
+/// be rebuilt).
+pub struct BucketPlan {
+    bucket_bytes: usize,
     device: Device,
-    buckets: Vec<Bucket>,
+    buckets: Vec<Vec<Member>>,
     /// Bucket and position in it of every parameter.
     slot: HashMap<LeafId, (usize, usize)>,
+}
+
+impl BucketPlan {
+    pub fn new(params: &Params, bucket_bytes: usize) -> BucketPlan {
+        let device = params.iter().next().map(|p| p.value.device()).unwrap_or(Device::Cpu);
+        let mut buckets: Vec<Vec<Member>> = Vec::new();
+        let mut bytes = 0;
+        for p in params.iter().collect::<Vec<_>>().into_iter().rev() {
+            let size = p.value.size_in_bytes();
+            let fits = buckets.last().is_some_and(|b| b[0].dtype == p.value.dtype() && bytes + size <= bucket_bytes);
+            if !fits {
+                buckets.push(Vec::new());
+                bytes = 0;
+            }
+            buckets.last_mut().expect("pushed above").push(Member { id: p.id(), name: p.name.clone(), shape: p.value.shape().clone(), dtype: p.value.dtype() });
+            bytes += size;
+        }
+        let slot = buckets.iter().enumerate().flat_map(|(b, bucket)| bucket.iter().enumerate().map(move |(i, m)| (m.id, (b, i)))).collect();
+        BucketPlan { bucket_bytes, device, buckets, slot }
+    }
+
+    /// Whether this plan was made for these parameters (the same leaves, shapes and dtypes) and
+    /// this bucket size.
+    pub fn fits(&self, params: &Params, bucket_bytes: usize) -> bool {
+        let mut planned = self.buckets.iter().flatten().rev();
+        bucket_bytes == self.bucket_bytes
+            && params.iter().all(|p| planned.next().is_some_and(|m| m.id == p.id() && m.shape == *p.value.shape() && m.dtype == p.value.dtype()))
+            && planned.next().is_none()
+    }
+}
+
+/// One step's overlapped gradient all-reduce over `group`, following `plan`.
+pub struct OverlappedReduce<'g> {
+    group: &'g dyn Communicator,
+    plan: &'g BucketPlan,
+    /// The reported gradients, by bucket then position; taken when the bucket starts.
+    grads: Vec<Vec<Option<Tensor>>>,
+    /// Members of each bucket not reported yet.
+    missing: Vec<usize>,
     /// Whether the parameter had a gradient on this rank, by bucket then position.
     present: Vec<Vec<bool>>,
     in_flight: Vec<PendingSum>,
@@ -79,38 +113,22 @@ pub struct ReduceWait {
 }
 
 impl<'g> OverlappedReduce<'g> {
-    /// The bucket plan for `params`; `earlier` holds the summed gradients of the step's earlier
+    /// A step's reduction; `earlier` holds the summed gradients of the step's earlier
     /// micro-batches (empty with one).
-    pub fn new(group: &'g dyn Communicator, params: &Params, bucket_bytes: usize, earlier: Gradients) -> OverlappedReduce<'g> {
-        let device = params.iter().next().map(|p| p.value.device()).unwrap_or(Device::Cpu);
-        let mut buckets: Vec<Bucket> = Vec::new();
-        let mut bytes = 0;
-        for p in params.iter().collect::<Vec<_>>().into_iter().rev() {
-            let size = p.value.size_in_bytes();
-            let fits = buckets.last().is_some_and(|b| b.members[0].dtype == p.value.dtype() && bytes + size <= bucket_bytes);
-            if !fits {
-                buckets.push(Bucket { members: Vec::new(), grads: Vec::new(), missing: 0 });
-                bytes = 0;
-            }
-            let b = buckets.last_mut().expect("pushed above");
-            b.members.push(Member { id: p.id(), name: p.name.clone(), shape: p.value.shape().clone(), dtype: p.value.dtype() });
-            b.grads.push(None);
-            b.missing += 1;
-            bytes += size;
-        }
-        let slot = buckets.iter().enumerate().flat_map(|(b, bucket)| bucket.members.iter().enumerate().map(move |(i, m)| (m.id, (b, i)))).collect();
-        let present = buckets.iter().map(|b| vec![false; b.members.len()]).collect();
-        OverlappedReduce { group, device, buckets, slot, present, in_flight: Vec::new(), earlier }
+    pub fn new(group: &'g dyn Communicator, plan: &'g BucketPlan, earlier: Gradients) -> OverlappedReduce<'g> {
+        let grads = plan.buckets.iter().map(|b| vec![None; b.len()]).collect();
+        let missing = plan.buckets.iter().map(Vec::len).collect();
+        let present = plan.buckets.iter().map(|b| vec![false; b.len()]).collect();
+        OverlappedReduce { group, plan, grads, missing, present, in_flight: Vec::new(), earlier }
     }
 
     /// The walk's report for leaf `id`: its final gradient on this micro-batch, or `None`. Leaves
     /// that are not parameters (watched inputs) are ignored.
     pub fn ready(&mut self, id: LeafId, grad: Option<&Tensor>) -> engine::Result<()> {
-        let Some(&(b, i)) = self.slot.get(&id) else { return Ok(()) };
-        let bucket = &mut self.buckets[b];
-        let m = &bucket.members[i];
+        let Some(&(b, i)) = self.plan.slot.get(&id) else { return Ok(()) };
+        let m = &self.plan.buckets[b][i];
         // A started bucket had every member reported.
-        if b < self.in_flight.len() || bucket.grads[i].is_some() {
+        if b < self.in_flight.len() || self.grads[b][i].is_some() {
             return Err(engine::Error::invalid("gradient all-reduce", format!("{}: the parameter's gradient was reported twice in one backward pass", m.name)));
         }
         let total = match (self.earlier.remove(id), grad) {
@@ -123,11 +141,11 @@ impl<'g> OverlappedReduce<'g> {
             }
         }
         self.present[b][i] = total.is_some();
-        bucket.grads[i] = Some(match total {
+        self.grads[b][i] = Some(match total {
             Some(g) => g,
-            None => Tensor::zeros(m.shape.clone(), m.dtype, &self.device)?,
+            None => Tensor::zeros(m.shape.clone(), m.dtype, &self.plan.device)?,
         });
-        bucket.missing -= 1;
+        self.missing[b] -= 1;
         self.launch_complete()?;
         for p in &mut self.in_flight {
             p.poll()?;
@@ -137,8 +155,9 @@ impl<'g> OverlappedReduce<'g> {
 
     /// Starts every complete bucket whose predecessors have all started.
     fn launch_complete(&mut self) -> engine::Result<()> {
-        while let Some(bucket) = self.buckets.get_mut(self.in_flight.len()).filter(|b| b.missing == 0) {
-            let grads: Vec<Tensor> = bucket.grads.iter_mut().map(|g| g.take().expect("a complete bucket has every gradient")).collect();
+        while self.missing.get(self.in_flight.len()) == Some(&0) {
+            let bucket = &mut self.grads[self.in_flight.len()];
+            let grads: Vec<Tensor> = bucket.iter_mut().map(|g| g.take().expect("a complete bucket has every gradient")).collect();
             let pending = self.group.start_all_reduce_sum(&flatten(&grads)?)?;
             self.in_flight.push(pending);
         }
@@ -150,18 +169,18 @@ impl<'g> OverlappedReduce<'g> {
     pub fn finish(mut self) -> Result<(Gradients, ReduceWait)> {
         // In the buckets not started yet, a member without a gradient is one not reported.
         let started = self.in_flight.len();
-        let unreported: Vec<LeafId> = self.buckets[started..].iter().flat_map(|b| b.members.iter().zip(&b.grads).filter(|(_, g)| g.is_none()).map(|(m, _)| m.id)).collect();
+        let unreported: Vec<LeafId> = self.plan.buckets[started..].iter().zip(&self.grads[started..]).flat_map(|(b, grads)| b.iter().zip(grads).filter(|(_, g)| g.is_none()).map(|(m, _)| m.id)).collect();
         for id in unreported {
             self.ready(id, None)?;
         }
         let start = Instant::now();
         let flags: Vec<u32> = self.present.iter().flatten().map(|&p| p as u32).collect();
-        let anywhere = self.group.all_reduce_sum(&Tensor::from_slice(&flags, [flags.len()], &self.device)?)?.to_vec::<u32>()?;
+        let anywhere = self.group.all_reduce_sum(&Tensor::from_slice(&flags, [flags.len()], &self.plan.device)?)?.to_vec::<u32>()?;
         let mut out = Gradients::default();
         let mut flag = anywhere.iter();
-        for (bucket, pending) in self.buckets.iter().zip(std::mem::take(&mut self.in_flight)) {
-            let shapes: Vec<Shape> = bucket.members.iter().map(|m| m.shape.clone()).collect();
-            for (m, g) in bucket.members.iter().zip(unflatten(&pending.wait()?, &shapes)?) {
+        for (bucket, pending) in self.plan.buckets.iter().zip(std::mem::take(&mut self.in_flight)) {
+            let shapes: Vec<Shape> = bucket.iter().map(|m| m.shape.clone()).collect();
+            for (m, g) in bucket.iter().zip(unflatten(&pending.wait()?, &shapes)?) {
                 if *flag.next().expect("one flag per parameter") > 0 {
                     out.accumulate(m.id, g)?;
                 }
@@ -197,8 +216,10 @@ mod tests {
         earlier.accumulate(id(0), t(1.0, 6)).unwrap();
         earlier.accumulate(id(3), t(2.0, 5)).unwrap();
         // 16 bytes a bucket: d | c | b | a (reverse creation order, one each).
-        let mut reduce = OverlappedReduce::new(&LocalComm, &params, 16, earlier);
-        assert_eq!(reduce.buckets.len(), 4);
+        let plan = BucketPlan::new(&params, 16);
+        assert_eq!(plan.buckets.len(), 4);
+        assert!(plan.fits(&params, 16) && !plan.fits(&params, 32));
+        let mut reduce = OverlappedReduce::new(&LocalComm, &plan, earlier);
         reduce.ready(id(1), Some(&t(3.0, 4))).unwrap();
         assert_eq!(reduce.in_flight.len(), 0, "b is complete but d and c are not");
         reduce.ready(id(3), None).unwrap();

@@ -20,7 +20,7 @@ use engine::comm::Communicator;
 use engine::{DType, Rng, Tensor};
 
 use crate::config::Config;
-use crate::grad_buckets::OverlappedReduce;
+use crate::grad_buckets::{BucketPlan, OverlappedReduce};
 use crate::optim::{learning_rate, Optimizer};
 use crate::parallel::{all_reduce_gradients, global_mean_all, shard_rows};
 use crate::transformer::{InferenceMode, Model};
@@ -46,6 +46,8 @@ pub struct Trainer {
     pub overlap_reduce: bool,
     /// The most gradient bytes one all-reduce carries (`parallel::BUCKET_BYTES` by default).
     pub grad_bucket_bytes: usize,
+    /// The overlapped reduction's bucket plan, made at the first step that needs it.
+    bucket_plan: Option<BucketPlan>,
 }
 
 /// What one step measured.
@@ -71,7 +73,7 @@ impl Trainer {
         let model = Model::new(&config.model, device, config.train.seed)?;
         let optimizer = Optimizer::new(&model.params)?;
         let data_rng = Rng::new(config.train.seed ^ 0x5eed_da7a);
-        Ok(Trainer { config, model, optimizer, data_rng, dtype, data_group: crate::parallel::single(), overlap_reduce: true, grad_bucket_bytes: crate::parallel::BUCKET_BYTES })
+        Ok(Trainer { config, model, optimizer, data_rng, dtype, data_group: crate::parallel::single(), overlap_reduce: true, grad_bucket_bytes: crate::parallel::BUCKET_BYTES, bucket_plan: None })
     }
 
     /// Makes this trainer one rank of a data-parallel group: each rank runs an equal slice of every
@@ -132,7 +134,11 @@ impl Trainer {
             loss_sum += ce_value;
             let loss = if accum > 1 { loss.mul_scalar(1.0 / accum as f64)? } else { loss };
             if self.overlap_reduce && ranks > 1 && micro + 1 == accum {
-                let mut reduce = OverlappedReduce::new(group.as_ref(), &self.model.params, self.grad_bucket_bytes, total.take().unwrap_or_default());
+                if !self.bucket_plan.as_ref().is_some_and(|p| p.fits(&self.model.params, self.grad_bucket_bytes)) {
+                    self.bucket_plan = Some(BucketPlan::new(&self.model.params, self.grad_bucket_bytes));
+                }
+                let plan = self.bucket_plan.as_ref().expect("made above");
+                let mut reduce = OverlappedReduce::new(group.as_ref(), plan, total.take().unwrap_or_default());
                 tape.backward_with_hook(&loss, &mut |id, g| reduce.ready(id, g))?;
                 reduced = Some(reduce.finish()?);
                 continue;
