@@ -39,7 +39,8 @@
 // What it leaves out (FlashAttention-3 has them): overlapping one warpgroup's softmax with the
 // other's products (ping-pong) and the next tile's S with this tile's softmax (intra-warpgroup
 // pipelining); each consumer here waits for its own wgmmas before the softmax. The two consumers
-// and the producer still overlap with each other. The backward stays on attention_sm80.cu.
+// and the producer still overlap with each other. The backward's dK / dV kernel is
+// attention_bwd_sm90.cu; dQ stays on attention_sm80.cu.
 //
 // The module is compiled for every architecture the engine builds, but wgmma, TMA and mbarrier
 // transaction counts exist only on sm_90a: elsewhere the entry points trap (the host launches them
@@ -49,94 +50,13 @@
 #include "gemm_sm80.cuh"
 #include "gemm_sm90.cuh"
 #include "attention_rows.cuh"
+#include "attention_wgmma.cuh"
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 namespace attn90 {
+using namespace attn_wgmma;
 
 constexpr int ROWS = 128, KEYS = 64, STAGES = 2;
-
-// D[64 x 64] += A[64 x 16]·B[16 x 64], A and B K-major in shared memory (descriptors).
-template <typename T> __device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], u64 da, u64 db);
-// D[64 x N] += A[64 x 16]·B[16 x N], A from registers (the m16n8k16 A layout per warp), B
-// MN-major in shared memory.
-template <typename T, int N> __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const u32 (&a)[4], u64 db);
-
-#define WGMMA_SS_N64(T, PTXT) \
-    template <> __device__ __forceinline__ void wgmma_ss_n64<T>(float (&d)[32], u64 da, u64 db) { \
-        asm volatile( \
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n" \
-            "wgmma.mma_async.sync.aligned.m64n64k16.f32." PTXT "." PTXT " {" \
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, " \
-            "%32, %33, p, 1, 1, 0, 0;\n}\n" \
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]) \
-            : "l"(da), "l"(db), "r"(1)); \
-    }
-
-#define WGMMA_RS_N64(T, PTXT) \
-    template <> __device__ __forceinline__ void wgmma_rs<T, 64>(float (&d)[32], const u32 (&a)[4], u64 db) { \
-        asm volatile( \
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n" \
-            "wgmma.mma_async.sync.aligned.m64n64k16.f32." PTXT "." PTXT " {" \
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, " \
-            "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n" \
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]) \
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1)); \
-    }
-
-#define WGMMA_RS_N96(T, PTXT) \
-    template <> __device__ __forceinline__ void wgmma_rs<T, 96>(float (&d)[48], const u32 (&a)[4], u64 db) { \
-        asm volatile( \
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %53, 0;\n" \
-            "wgmma.mma_async.sync.aligned.m64n96k16.f32." PTXT "." PTXT " {" \
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
-            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47}, " \
-            "{%48, %49, %50, %51}, %52, p, 1, 1, 1;\n}\n" \
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
-              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
-              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]) \
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1)); \
-    }
-
-#define WGMMA_RS_N128(T, PTXT) \
-    template <> __device__ __forceinline__ void wgmma_rs<T, 128>(float (&d)[64], const u32 (&a)[4], u64 db) { \
-        asm volatile( \
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n" \
-            "wgmma.mma_async.sync.aligned.m64n128k16.f32." PTXT "." PTXT " {" \
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
-            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
-            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, " \
-            "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n" \
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
-              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
-              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
-              "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
-              "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]) \
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1)); \
-    }
-
-
-#define WGMMA_FORMS(T, PTXT) WGMMA_SS_N64(T, PTXT) WGMMA_RS_N64(T, PTXT) WGMMA_RS_N96(T, PTXT) WGMMA_RS_N128(T, PTXT)
-WGMMA_FORMS(bf16, "bf16")
-WGMMA_FORMS(f16, "f16")
-
-// An accumulator array [N][4] as the flat [4N] registers a wgmma operand list takes (same layout).
-template <int N> __device__ __forceinline__ float (&flat(float (&x)[N][4]))[4 * N] { return reinterpret_cast<float(&)[4 * N]>(x); }
 
 // Shared-memory plan for head dim D: 64-column (128-byte) chunks, the Q tile, the K/V stages, the
 // barriers; +1024 to align everything to the 128-byte swizzle's 1024-byte atom.
@@ -218,7 +138,7 @@ __device__ __forceinline__ void forward(const T* q, T* out, float* lse, const u3
             for (int kk = 0; kk < D / 16; ++kk) {
                 const u64 da = sm90::make_desc(sq + (kk / 4) * (ROWS * 128) + c * (64 * 128) + (kk % 4) * 32, 16, 1024);
                 const u64 db = sm90::make_desc(kt + (kk / 4) * (KEYS * 128) + (kk % 4) * 32, 16, 1024);
-                wgmma_ss_n64<T>(flat(sc), da, db);
+                wgmma_ss<T, 64>(flat(sc), da, db);
             }
             sm90::wgmma_commit();
             sm90::wgmma_wait<0>();
@@ -229,13 +149,7 @@ __device__ __forceinline__ void forward(const T* q, T* out, float* lse, const u3
 
             // O += P·V: k16 step kk of P is S's n8 blocks 2kk and 2kk + 1.
             u32 a[KEYS / 16][4];
-#pragma unroll
-            for (int kk = 0; kk < KEYS / 16; ++kk) {
-                a[kk][0] = pack2<T>(sc[2 * kk][0], sc[2 * kk][1]);
-                a[kk][1] = pack2<T>(sc[2 * kk][2], sc[2 * kk][3]);
-                a[kk][2] = pack2<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-                a[kk][3] = pack2<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-            }
+            a_fragments<T>(a, sc);
             sm90::wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < KEYS / 16; ++kk) wgmma_rs<T, D>(flat(o), a[kk], sm90::make_desc(vt + kk * 2048, 8192, 1024));
