@@ -15,8 +15,9 @@
 //! wraps twice), a first warpgroup that skips the tile above its rows, key tiles that run into the
 //! next sequence and past the end of the tensor; 130 at 3:1 and d = 96 two idle rows per tile (42 x
 //! 3) and the 96-wide head (a half-used second column chunk).
-//! The backward's dk/dv there is attention_bwd_sm90.cu (128 keys per block, 64-row query tiles
-//! through a two-stage TMA ring): [200, 70] gives it two key blocks in the first sequence, the
+//! The backward there is attention_sm90.cu's dq (the forward's tiles and ring, so the same cases
+//! cover it) and attention_bwd_sm90.cu's dk/dv (128 keys per block, 64-row query tiles through a
+//! two-stage TMA ring): [200, 70] gives it two key blocks in the first sequence, the
 //! second ending inside its second warpgroup, four query tiles (the ring wraps twice), key and
 //! query boxes that run into the next sequence and past the end of the tensor; 130 at 3:1 a
 //! second block of two keys whose one query tile (21 positions x 3 heads) starts before them and

@@ -9,10 +9,10 @@
 //! - With `cuobjdump` on PATH (or `DSMOE_CUOBJDUMP` naming it; it needs `nvdisasm` on PATH), the
 //!   sm_90a SASS of each module must show every entry point and every instruction the module's
 //!   `expect_sass` lists (e.g. `HGMMA` for a wgmma GEMM).
-//! - Every sm_90a `gemm90_*` and `attention_dkdv90_*` entry uses exactly 168 registers per thread
-//!   (`cuobjdump -res-usage`): the register split of its warpgroups (`setmaxnreg.dec 40` for the
-//!   producer, `.inc 232` for the two consumers) fits the pool allocated at launch only then, and otherwise `setmaxnreg.inc`
-//!   waits forever.
+//! - Every sm_90a `gemm90_*`, `attention_dq90_*` and `attention_dkdv90_*` entry uses exactly 168
+//!   registers per thread (`cuobjdump -res-usage`): the register split of its warpgroups
+//!   (`setmaxnreg.dec 40` for the producer, `.inc 232` for the two consumers) fits the pool
+//!   allocated at launch only then, and otherwise `setmaxnreg.inc` waits forever.
 //! - The disk cache returns what was compiled, CUBIN and PTX.
 //!
 //! Without libnvrtc each test prints one `skipped:` line, unless `DSMOE_REQUIRE_NVRTC=1` (CI), which
@@ -202,8 +202,8 @@ fn registers(res_usage: &str) -> Vec<(String, u32)> {
 }
 
 /// Entry-name prefixes of the sm_90a kernels with the same 384-thread, 40/232 setmaxnreg split as
-/// the GEMM (the attention dk/dv kernel of attention_bwd_sm90.cu too), and how many each module has.
-const SETMAXNREG_SPLIT: [(&str, usize); 2] = [("gemm90_", 12), ("attention_dkdv90_", 6)];
+/// the GEMM (the attention backward's dq and dk/dv kernels too), and how many of each there are.
+const SETMAXNREG_SPLIT: [(&str, usize); 3] = [("gemm90_", 12), ("attention_dq90_", 6), ("attention_dkdv90_", 6)];
 
 #[test]
 fn sm90a_setmaxnreg_kernels_use_the_registers_their_split_needs() {

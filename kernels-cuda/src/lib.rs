@@ -420,6 +420,8 @@ pub const PAGED_ATTENTION: KernelSource = KernelSource {
     expect_sass: &[],
 };
 
+/// The Hopper (wgmma + TMA) forward and dq kernels of fused causal attention, bf16 / f16, head dims
+/// 64, 96 and 128.
 pub const ATTENTION_SM90: KernelSource = KernelSource {
     name: "attention_sm90",
     source: include_str!("kernels/attention_sm90.cu"),
@@ -430,6 +432,12 @@ pub const ATTENTION_SM90: KernelSource = KernelSource {
         "attention_fwd90_f16_d64",
         "attention_fwd90_f16_d96",
         "attention_fwd90_f16_d128",
+        "attention_dq90_bf16_d64",
+        "attention_dq90_bf16_d96",
+        "attention_dq90_bf16_d128",
+        "attention_dq90_f16_d64",
+        "attention_dq90_f16_d96",
+        "attention_dq90_f16_d128",
     ],
     // wgmma (HGMMA) fed by TMA (UTMALDG).
     expect_sass: &["HGMMA", "UTMALDG"],

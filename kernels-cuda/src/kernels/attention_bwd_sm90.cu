@@ -1,8 +1,9 @@
 // attention_bwd_sm90.cu: the Hopper (sm_90a) dK / dV kernel of the fused causal attention backward
 // (FlashAttention-2 / -3 algorithm) for bf16 and f16 with head dims 64, 96 and 128: wgmma for all
 // four products, TMA for every tile, an mbarrier ring between a producer warpgroup and two
-// consumer warpgroups. Same contract and results as attention_dkdv_tc (attention_sm80.cu); dQ (and D = dO·out
-// per row, which this kernel reads) still comes from attention_dq_tc, launched before it.
+// consumer warpgroups. Same contract and results as attention_dkdv_tc (attention_sm80.cu). dQ, and
+// D = dO·out per row, which this kernel reads, come from attention_dq90 (attention_sm90.cu),
+// launched before it.
 //
 // Layout (engine::backend::AttentionDims): q, dO [N, Hq, D]; k, v, dk, dv [N, Hkv, D]; lse, delta
 // [N, Hq] f32; packed sequences cut by u32 `offsets`; query head h reads key/value head h / G.
@@ -55,9 +56,10 @@
 // there is no FlashAttention-3 ping-pong between warpgroups and no intra-warpgroup pipelining of
 // the next tile's Sᵀ / dPᵀ with this tile's elementwise step. A warpgroup also computes the (fully
 // masked) query tiles that end before its first key, at most 64 positions' worth per block: a
-// branch around them made ptxas spill at D = 128. Expect FlashAttention-2-on-Hopper territory for
-// dK / dV (roughly 35-45 % of bf16 peak; unmeasured, no Hopper has run it). dQ stays on mma.sync
-// (attention_dq_tc), so the backward as a whole stays short of FlashAttention-3's.
+// branch around them made ptxas spill at D = 128. Expect FlashAttention-2-on-Hopper territory
+// (roughly 35-45 % of bf16 peak for the backward; unmeasured, no Hopper has run it), short of
+// FlashAttention-3's. dQ is a second pass over the same scores (attention_dq90) instead of float
+// atomics from this kernel: S and dP are computed twice, the price of determinism.
 //
 // The module is compiled for every architecture the engine builds, but wgmma, TMA and mbarrier
 // transaction counts exist only on sm_90a: elsewhere the entry points trap (the host launches them

@@ -176,16 +176,7 @@ __device__ void attention_dq_tc(const T* q, const T* k, const T* v, const T* out
     stage_rows<D, CHP>(sdo, rows.source<T, D>(dout), dout);
     stage_kv<T, D, CHP>(k, v, sk, sv, rows, hkv, 0);
     cp_async_commit();
-    if (threadIdx.x < BR) {  // D per row, in a fixed order
-        const int r = threadIdx.x;
-        float dd = 0.0f;
-        if (rows.valid(r)) {
-            const u64 row = rows.row(r);
-            for (int x = 0; x < D; ++x) dd += to_float(out[row * D + x]) * to_float(dout[row * D + x]);
-            delta[row] = dd;
-        }
-        delta_s[r] = dd;
-    }
+    if (threadIdx.x < BR) delta_s[threadIdx.x] = row_delta<T, D>(out, dout, delta, rows, threadIdx.x);
     const int r0 = warp * 16 + gid;
     const float scale2 = scale * 1.4426950408889634f;
     float lse2[2], dl[2];

@@ -3,8 +3,8 @@
 //! kernel (which also stores D = dO·out per row) followed by a dk/dv kernel, in stream order. The kernel files' headers have the algorithms; here: the kernel variant for the dtype and
 //! head dim, the grids, the sequence offsets copied to the device.
 //!
-//! On compute capability 9.0 the tensor-core forward is attention_sm90.cu and the backward's dk/dv
-//! kernel attention_bwd_sm90.cu (wgmma + TMA, built for sm_90a; dq stays on attention_sm80.cu).
+//! On compute capability 9.0 the tensor-core forward and dq are attention_sm90.cu and the dk/dv
+//! kernel attention_bwd_sm90.cu (wgmma + TMA, built for sm_90a).
 //! `DSMOE_ATTENTION_PATH=sm80` forces the sm_80 kernels there too: to compare the two, or to rule
 //! one out when a result looks wrong.
 
@@ -55,7 +55,7 @@ const SM90_THREADS: u32 = 288;
 /// Keys per tile of the Hopper forward (its KEYS).
 const SM90_KEYS: usize = 64;
 
-/// Whether the tensor-core forward and dk/dv run as attention_sm90.cu and attention_bwd_sm90.cu:
+/// Whether the tensor-core kernels run as attention_sm90.cu and attention_bwd_sm90.cu:
 /// on compute capability 9.0 unless `DSMOE_ATTENTION_PATH=sm80`.
 fn hopper_path(dev: &CudaDevice) -> bool {
     dev.info.compute_capability == (9, 0) && !std::env::var("DSMOE_ATTENTION_PATH").is_ok_and(|p| p == "sm80")
@@ -75,10 +75,8 @@ fn sm90_smem(dims: &AttentionDims) -> u32 {
 #[allow(clippy::too_many_arguments)]
 fn forward_sm90(q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, out: &CudaStorage, lse: &CudaStorage, p: &Plan, dims: &AttentionDims, variant: &str, cost: Cost) -> Result<()> {
     let dev = q.dev();
-    let (d, hkv, tokens) = (dims.head_dim as u64, dims.kv_heads as u64, dims.tokens as u64);
-    let elem = q.dtype().size_in_bytes() as u64;
-    let map = |x: &CudaStorage| tensor_map(x.ptr(), q.dtype(), &[d, hkv, tokens], &[d * elem, hkv * d * elem], &[64, 1, 64]).map(TensorMap);
-    let (map_k, map_v) = (map(k)?, map(v)?);
+    let hkv = dims.kv_heads as u64;
+    let (map_k, map_v) = (kv_tensor_map(k, dims)?, kv_tensor_map(v, dims)?);
     let grid = Grid { grid: (p.max_len.div_ceil(SM90_ROWS / dims.group()) as u32, hkv as u32, p.seqs), block: (SM90_THREADS, 1, 1) };
     let (qp, op, lp, offp) = (q.ptr(), out.ptr(), lse.ptr(), p.offsets.ptr());
     let (hq, hkv, scale) = (dims.q_heads as u32, hkv as u32, dims.scale as f32);
@@ -90,6 +88,39 @@ fn forward_sm90(q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, out: &CudaSto
     unsafe {
         launch_with_smem(dev, &ATTENTION_SM90, &format!("attention_fwd90_{variant}"), grid, sm90_smem(dims), &mut kernel_args![&qp, &op, &lp, &offp, &hq, &hkv, &scale, &map_k, &map_v], cost)
     }
+}
+
+/// attention_sm90.cu's dq shared memory (Plan<D, 2>::SMEM): the Q and dO tiles, the forward's ring
+/// and barriers, and D for each of the 128 rows; 384 threads (a producer warpgroup).
+fn sm90_dq_smem(dims: &AttentionDims) -> u32 {
+    let chunk_rows = dims.head_dim.div_ceil(64) * 128;
+    (chunk_rows * (2 * SM90_ROWS + 2 * 2 * SM90_KEYS) + 2 * 2 * 8 + SM90_ROWS * 4 + 1024) as u32
+}
+const SM90_DQ_THREADS: u32 = 384;
+
+/// The Hopper dq (and D = dO·out per row into `delta`): the forward's grid and K/V tensor maps.
+#[allow(clippy::too_many_arguments)]
+fn dq_sm90(q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, out: &CudaStorage, d_out: &CudaStorage, lse: &CudaStorage, delta: &CudaStorage, dq: &CudaStorage, p: &Plan, dims: &AttentionDims, variant: &str, cost: Cost) -> Result<()> {
+    let dev = q.dev();
+    let (map_k, map_v) = (kv_tensor_map(k, dims)?, kv_tensor_map(v, dims)?);
+    let grid = Grid { grid: (p.max_len.div_ceil(SM90_ROWS / dims.group()) as u32, dims.kv_heads as u32, p.seqs), block: (SM90_DQ_THREADS, 1, 1) };
+    let (qp, gp, op, lp, dp, dqp, offp) = (q.ptr(), d_out.ptr(), out.ptr(), lse.ptr(), delta.ptr(), dq.ptr(), p.offsets.ptr());
+    let (hq, hkv, scale) = (dims.q_heads as u32, dims.kv_heads as u32, dims.scale as f32);
+    // SAFETY: attention_dq90_<T>_d<D>(const T* q, const T* dout, const T* out, const float* lse,
+    // float* delta, T* dq, const u32* offsets, u32 hq, u32 hkv, float scale, TensorMap map_k,
+    // TensorMap map_v); shapes and maps as for the Hopper forward (d = D, G ≤ 64); out and dout
+    // [N, hq, D], lse and delta N·hq f32, dq N·hq·D; smem as sm90_dq_smem, which the kernel's plan
+    // matches.
+    unsafe {
+        launch_with_smem(dev, &ATTENTION_SM90, &format!("attention_dq90_{variant}"), grid, sm90_dq_smem(dims), &mut kernel_args![&qp, &gp, &op, &lp, &dp, &dqp, &offp, &hq, &hkv, &scale, &map_k, &map_v], cost)
+    }
+}
+
+/// A tensor map over k or v ([N, Hkv, D] as a 3-D tensor, boxes of 64 columns x 1 head x 64 keys).
+fn kv_tensor_map(x: &CudaStorage, dims: &AttentionDims) -> Result<TensorMap> {
+    let (d, hkv, tokens) = (dims.head_dim as u64, dims.kv_heads as u64, dims.tokens as u64);
+    let elem = x.dtype().size_in_bytes() as u64;
+    tensor_map(x.ptr(), x.dtype(), &[d, hkv, tokens], &[d * elem, hkv * d * elem], &[64, 1, 64]).map(TensorMap)
 }
 
 /// Keys per block and threads of the Hopper dk/dv kernel (attention_bwd_sm90.cu's KEYS: two
@@ -115,10 +146,9 @@ fn dkdv_sm90(q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, d_out: &CudaStor
     let dev = q.dev();
     let (d, hkv, g, tokens) = (dims.head_dim as u64, dims.kv_heads as u64, dims.group() as u64, dims.tokens as u64);
     let elem = q.dtype().size_in_bytes() as u64;
-    let kv_map = |x: &CudaStorage| tensor_map(x.ptr(), q.dtype(), &[d, hkv, tokens], &[d * elem, hkv * d * elem], &[64, 1, 64]).map(TensorMap);
     let positions = (SM90_DKDV_QROWS as u64 / g) as u32;
     let q_map = |x: &CudaStorage| tensor_map(x.ptr(), q.dtype(), &[d, g, hkv, tokens], &[d * elem, g * d * elem, hkv * g * d * elem], &[64, g as u32, 1, positions]).map(TensorMap);
-    let (map_q, map_do, map_k, map_v) = (q_map(q)?, q_map(d_out)?, kv_map(k)?, kv_map(v)?);
+    let (map_q, map_do, map_k, map_v) = (q_map(q)?, q_map(d_out)?, kv_tensor_map(k, dims)?, kv_tensor_map(v, dims)?);
     let grid = Grid { grid: (p.max_len.div_ceil(SM90_DKDV_KEYS) as u32, hkv as u32, p.seqs), block: (SM90_DKDV_THREADS, 1, 1) };
     let (lp, dp, dkp, dvp, offp) = (lse.ptr(), delta.ptr(), dk.ptr(), dv.ptr(), p.offsets.ptr());
     let (hq, hkv, scale) = (dims.q_heads as u32, hkv as u32, dims.scale as f32);
@@ -271,16 +301,21 @@ pub(crate) fn backward(
     let flops = p.flops(seq_offsets, dims);
     let cost = Cost { bytes: nbytes(4 * q.len() + 2 * k.len(), dtype) + 8 * lse.len() as u64, flops: 3 * flops / 2 };
     if let Some(variant) = tensor_core_variant(dev, dtype, dims) {
-        // SAFETY: attention_dq_tc_<T>_d<D>(const T* q, const T* k, const T* v, const T* out,
-        // const T* dout, const float* lse, float* delta, T* dq, const u32* offsets, u32 hq, u32 hkv,
-        // float scale); shapes as for the CUDA-core kernels below with d = D and G ≤ 64
-        // (tensor_core_variant); smem holds the Q and dO tiles, two stages of K and V tiles and
-        // the rows' D.
-        unsafe {
-            launch_with_smem(dev, &ATTENTION_SM80, &format!("attention_dq_tc_{variant}"), tc_query_grid(&p, dims), tc_smem(6, 1, dims), &mut kernel_args![&qp, &kp, &vp, &op, &gp, &lp, &dp, &dqp, &offp, &hq, &hkv, &scale], cost)?
-        };
+        let hopper = hopper_path(dev);
+        if hopper {
+            dq_sm90(q, k, v, out, d_out, lse, &delta, &dq, &p, dims, &variant, cost)?;
+        } else {
+            // SAFETY: attention_dq_tc_<T>_d<D>(const T* q, const T* k, const T* v, const T* out,
+            // const T* dout, const float* lse, float* delta, T* dq, const u32* offsets, u32 hq,
+            // u32 hkv, float scale); shapes as for the CUDA-core kernels below with d = D and G ≤ 64
+            // (tensor_core_variant); smem holds the Q and dO tiles, two stages of K and V tiles and
+            // the rows' D.
+            unsafe {
+                launch_with_smem(dev, &ATTENTION_SM80, &format!("attention_dq_tc_{variant}"), tc_query_grid(&p, dims), tc_smem(6, 1, dims), &mut kernel_args![&qp, &kp, &vp, &op, &gp, &lp, &dp, &dqp, &offp, &hq, &hkv, &scale], cost)?
+            };
+        }
         let cost = Cost { bytes: nbytes(2 * q.len() + 4 * k.len(), dtype) + 8 * lse.len() as u64, flops: 2 * flops };
-        if hopper_path(dev) {
+        if hopper {
             dkdv_sm90(q, k, v, d_out, lse, &delta, &dk, &dv, &p, dims, &variant, cost)?;
             return Ok((dq, dk, dv));
         }
