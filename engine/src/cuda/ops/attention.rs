@@ -323,10 +323,10 @@ pub(crate) fn backward(
         // SAFETY: attention_dkdv_tc_<T>_d<D>(const T* q, const T* k, const T* v, const T* dout,
         // const float* lse, const float* delta, T* dk, T* dv, const u32* offsets, u32 hq, u32 hkv,
         // float scale); one block per 64 keys of a key/value head and sequence; delta was written
-        // by the dq kernel before this launch (same stream); smem holds the K, V, Q and dO
-        // tiles and the rows' lse and D.
+        // by the dq kernel before this launch (same stream); smem holds the K and V tiles and two
+        // stages of the Q and dO tiles and of the rows' lse and D.
         unsafe {
-            launch_with_smem(dev, &ATTENTION_SM80, &format!("attention_dkdv_tc_{variant}"), grid, tc_smem(4, 2, dims), &mut kernel_args![&qp, &kp, &vp, &gp, &lp, &dp, &dkp, &dvp, &offp, &hq, &hkv, &scale], cost)?
+            launch_with_smem(dev, &ATTENTION_SM80, &format!("attention_dkdv_tc_{variant}"), grid, tc_smem(6, 4, dims), &mut kernel_args![&qp, &kp, &vp, &gp, &lp, &dp, &dkp, &dvp, &offp, &hq, &hkv, &scale], cost)?
         };
         return Ok((dq, dk, dv));
     }
