@@ -1,8 +1,13 @@
 //! Causal attention at the DS-MoE-1B / 3B / 6B head shapes (query heads, key/value heads, head dim:
 //! 32/2/64, 32/4/96, 32/4/128), and decode attention over the paged KV cache.
 //!
-//! Prefill, one sequence of T tokens, forward and forward + backward, three paths in the same run:
-//! - `fused`: the fused op (`Var::causal_attention`; on the GPU the tensor-core flash kernels);
+//! Prefill, one sequence of T tokens, forward and forward + backward, three paths in the same run
+//! (four on Hopper):
+//! - `fused`: the fused op (`Var::causal_attention`; on the GPU the tensor-core flash kernels: on
+//!   compute capability 9.0 the wgmma + TMA forward and dK / dV, attention_sm90.cu and
+//!   attention_bwd_sm90.cu, with dQ on mma.sync);
+//! - `fused_sm80` (compute capability 9.0 only): the same op forced onto the mma.sync kernels
+//!   (`DSMOE_ATTENTION_PATH=sm80`), so the Hopper kernels are measured against them;
 //! - `composite`: the path the model used before (scores, `[T, T]` mask, softmax, weighted values,
 //!   keys and values repeated per query head), through `model::causal_heads` on the same inputs;
 //! - `cublas` (GPU only): the unfused sequence a cuBLAS user writes, per key/value head: one GEMM
@@ -169,6 +174,7 @@ fn gpu(c: &mut Criterion) {
     let Some(dev) = support::gpu() else { return };
     let Some(blas) = Blas::new() else { return };
     let peak = support::ceiling(&blas, &dev).bf16_tflops;
+    let hopper = support::facts().compute_capability == (9, 0);
     let mut rng = Rng::new(2);
     let mut group = c.benchmark_group("attention_gpu_bf16");
     group.sample_size(10).warm_up_time(Duration::from_secs(1));
@@ -183,6 +189,10 @@ fn gpu(c: &mut Criterion) {
                 for (label, path) in PATHS {
                     let p = &p;
                     paths.push((label, if backward { Box::new(move || drop(p.forward_backward(path))) } else { Box::new(move || drop(p.forward(path))) }));
+                }
+                if hopper {
+                    let p = &p;
+                    paths.push(("fused_sm80", Box::new(move || on_sm80_kernels(|| if backward { drop(p.forward_backward(AttentionPath::Fused)) } else { drop(p.forward(AttentionPath::Fused)) }))));
                 }
                 let (u, b) = (&unfused, &blas);
                 paths.push(("cublas", if backward { Box::new(move || u.forward_backward(b)) } else { Box::new(move || drop(u.forward(b))) }));
@@ -202,6 +212,14 @@ fn gpu(c: &mut Criterion) {
         }
     }
     group.finish();
+}
+
+/// Runs `f` with the fused attention forced onto the mma.sync kernels (the engine reads
+/// `DSMOE_ATTENTION_PATH` at each launch).
+fn on_sm80_kernels(f: impl FnOnce()) {
+    std::env::set_var("DSMOE_ATTENTION_PATH", "sm80");
+    f();
+    std::env::remove_var("DSMOE_ATTENTION_PATH");
 }
 
 /// One decode step's inputs over a pool holding exactly the batch's blocks, in random order.

@@ -48,7 +48,7 @@ for arch in "${ARCHS[@]}"; do
         if [ "$arch" = sm_90a ]; then
             # The sm_80 GEMM is real code on Hopper too (DSMOE_GEMM_PATH=sm80 selects it there).
             DSMOE_EMU_ARCH="$arch" DSMOE_EMU_LAUNCH_LOG="$log" DSMOE_GEMM_PATH=sm80 cargo test --workspace --release --test cuda_gemm -- every_form_and_dtype
-            # Likewise the sm_80 attention forward (DSMOE_ATTENTION_PATH=sm80).
+            # Likewise the sm_80 attention forward and dk/dv (DSMOE_ATTENTION_PATH=sm80).
             DSMOE_EMU_ARCH="$arch" DSMOE_EMU_LAUNCH_LOG="$log" DSMOE_ATTENTION_PATH=sm80 cargo test --workspace --release --test cuda_attention -- every_form_and_dtype
         fi
         DSMOE_EMU_ARCH="$arch" DSMOE_EMU_LAUNCH_LOG="$log" cargo test --workspace --release --test emu_entry_coverage -- --ignored --nocapture

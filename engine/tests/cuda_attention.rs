@@ -15,6 +15,13 @@
 //! wraps twice), a first warpgroup that skips the tile above its rows, key tiles that run into the
 //! next sequence and past the end of the tensor; 130 at 3:1 and d = 96 two idle rows per tile (42 x
 //! 3) and the 96-wide head (a half-used second column chunk).
+//! The backward there is attention_sm90.cu's dq (the forward's tiles and ring, so the same cases
+//! cover it) and attention_bwd_sm90.cu's dk/dv (128 keys per block, 64-row query tiles through a
+//! two-stage TMA ring): [200, 70] gives it two key blocks in the first sequence, the
+//! second ending inside its second warpgroup, four query tiles (the ring wraps twice), key and
+//! query boxes that run into the next sequence and past the end of the tensor; 130 at 3:1 a
+//! second block of two keys whose one query tile (21 positions x 3 heads) starts before them and
+//! has an idle zero row; MoA's 8:1 at [66, 9] nine full tiles of 8 positions x 8 heads.
 //! Every device allocation is poisoned with NaN bytes, so a row a kernel forgot fails. Relative
 //! error by norm below the dtype's tolerance (f32 1e-5, f16 2e-3, bf16 1e-2). Without a GPU each
 //! test prints one `skipped:` line.

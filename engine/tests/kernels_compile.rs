@@ -9,10 +9,10 @@
 //! - With `cuobjdump` on PATH (or `DSMOE_CUOBJDUMP` naming it; it needs `nvdisasm` on PATH), the
 //!   sm_90a SASS of each module must show every entry point and every instruction the module's
 //!   `expect_sass` lists (e.g. `HGMMA` for a wgmma GEMM).
-//! - Every sm_90a `gemm90_*` entry uses exactly 168 registers per thread (`cuobjdump -res-usage`):
-//!   the register split of its warpgroups (`setmaxnreg.dec 40` for the producer, `.inc 232` for the
-//!   two consumers) fits the pool allocated at launch only then, and otherwise `setmaxnreg.inc`
-//!   waits forever.
+//! - Every sm_90a `gemm90_*`, `attention_dq90_*` and `attention_dkdv90_*` entry uses exactly 168
+//!   registers per thread (`cuobjdump -res-usage`): the register split of its warpgroups
+//!   (`setmaxnreg.dec 40` for the producer, `.inc 232` for the two consumers) fits the pool
+//!   allocated at launch only then, and otherwise `setmaxnreg.inc` waits forever.
 //! - The disk cache returns what was compiled, CUBIN and PTX.
 //!
 //! Without libnvrtc each test prints one `skipped:` line, unless `DSMOE_REQUIRE_NVRTC=1` (CI), which
@@ -201,23 +201,29 @@ fn registers(res_usage: &str) -> Vec<(String, u32)> {
     out
 }
 
+/// Entry-name prefixes of the sm_90a kernels with the same 384-thread, 40/232 setmaxnreg split as
+/// the GEMM (the attention backward's dq and dk/dv kernels too), and how many of each there are.
+const SETMAXNREG_SPLIT: [(&str, usize); 3] = [("gemm90_", 12), ("attention_dq90_", 6), ("attention_dkdv90_", 6)];
+
 #[test]
-fn sm90a_gemm_uses_the_registers_its_setmaxnreg_split_needs() {
+fn sm90a_setmaxnreg_kernels_use_the_registers_their_split_needs() {
     let Some(objdump) = Disassembler::or_skip("regs") else { return };
-    let mut checked = 0;
     let mut failures = Vec::new();
-    for b in builds().iter().filter(|b| b.arch == "sm_90a" && b.src.entry_points.iter().any(|e| e.starts_with("gemm90_"))) {
-        let Ok(c) = &b.result else { continue }; // reported by the compile test
-        let usage = objdump.run("-res-usage", b.src.name, &c.cubin);
-        for (name, regs) in registers(&usage).into_iter().filter(|(n, _)| n.starts_with("gemm90_")) {
-            checked += 1;
-            if regs != GEMM90_REGS {
-                failures.push(format!("{name}: {regs} registers per thread, but its setmaxnreg 40/232 split needs exactly {GEMM90_REGS} (fewer: setmaxnreg.inc hangs)"));
+    for (prefix, expected) in SETMAXNREG_SPLIT {
+        let mut checked = 0;
+        for b in builds().iter().filter(|b| b.arch == "sm_90a" && b.src.entry_points.iter().any(|e| e.starts_with(prefix))) {
+            let Ok(c) = &b.result else { continue }; // reported by the compile test
+            let usage = objdump.run("-res-usage", b.src.name, &c.cubin);
+            for (name, regs) in registers(&usage).into_iter().filter(|(n, _)| n.starts_with(prefix)) {
+                checked += 1;
+                if regs != GEMM90_REGS {
+                    failures.push(format!("{name}: {regs} registers per thread, but its setmaxnreg 40/232 split needs exactly {GEMM90_REGS} (fewer: setmaxnreg.inc hangs)"));
+                }
             }
         }
+        assert!(checked >= expected, "found only {checked} {prefix}* functions in cuobjdump's resource usage");
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(checked >= 12, "found only {checked} gemm90_* functions in cuobjdump's resource usage");
 }
 
 #[test]

@@ -37,6 +37,7 @@ pub const HEADERS: &[Header] = &[
     Header { name: "gemm_epilogue.cuh", source: include_str!("kernels/gemm_epilogue.cuh") },
     Header { name: "gemm_sm90.cuh", source: include_str!("kernels/gemm_sm90.cuh") },
     Header { name: "attention_rows.cuh", source: include_str!("kernels/attention_rows.cuh") },
+    Header { name: "attention_wgmma.cuh", source: include_str!("kernels/attention_wgmma.cuh") },
 ];
 
 pub const ELEMENTWISE: KernelSource = KernelSource {
@@ -419,6 +420,8 @@ pub const PAGED_ATTENTION: KernelSource = KernelSource {
     expect_sass: &[],
 };
 
+/// The Hopper (wgmma + TMA) forward and dq kernels of fused causal attention, bf16 / f16, head dims
+/// 64, 96 and 128.
 pub const ATTENTION_SM90: KernelSource = KernelSource {
     name: "attention_sm90",
     source: include_str!("kernels/attention_sm90.cu"),
@@ -429,13 +432,36 @@ pub const ATTENTION_SM90: KernelSource = KernelSource {
         "attention_fwd90_f16_d64",
         "attention_fwd90_f16_d96",
         "attention_fwd90_f16_d128",
+        "attention_dq90_bf16_d64",
+        "attention_dq90_bf16_d96",
+        "attention_dq90_bf16_d128",
+        "attention_dq90_f16_d64",
+        "attention_dq90_f16_d96",
+        "attention_dq90_f16_d128",
+    ],
+    // wgmma (HGMMA) fed by TMA (UTMALDG).
+    expect_sass: &["HGMMA", "UTMALDG"],
+};
+
+/// The Hopper (wgmma + TMA) dK / dV kernel of the fused attention backward, bf16 / f16, head dims
+/// 64, 96 and 128.
+pub const ATTENTION_BWD_SM90: KernelSource = KernelSource {
+    name: "attention_bwd_sm90",
+    source: include_str!("kernels/attention_bwd_sm90.cu"),
+    entry_points: &[
+        "attention_dkdv90_bf16_d64",
+        "attention_dkdv90_bf16_d96",
+        "attention_dkdv90_bf16_d128",
+        "attention_dkdv90_f16_d64",
+        "attention_dkdv90_f16_d96",
+        "attention_dkdv90_f16_d128",
     ],
     // wgmma (HGMMA) fed by TMA (UTMALDG).
     expect_sass: &["HGMMA", "UTMALDG"],
 };
 
 /// Every kernel module, for whole-set iteration (compile checks, warm-up).
-pub const ALL: &[KernelSource] = &[ELEMENTWISE, BINARY, REDUCE, SOFTMAX, RMS_NORM, INDEX, TOPK, LAYOUT, ROPE, ADAMW, GEMM, GEMM_SM80, GEMM_SM90, MOE_DENSE, MOE_ROUTE, MOE_SPARSE, MOE_DECODE, ATTENTION, ATTENTION_SM80, PAGED_ATTENTION, ATTENTION_SM90];
+pub const ALL: &[KernelSource] = &[ELEMENTWISE, BINARY, REDUCE, SOFTMAX, RMS_NORM, INDEX, TOPK, LAYOUT, ROPE, ADAMW, GEMM, GEMM_SM80, GEMM_SM90, MOE_DENSE, MOE_ROUTE, MOE_SPARSE, MOE_DECODE, ATTENTION, ATTENTION_SM80, PAGED_ATTENTION, ATTENTION_SM90, ATTENTION_BWD_SM90];
 
 #[cfg(test)]
 mod tests {

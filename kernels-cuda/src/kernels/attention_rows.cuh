@@ -1,7 +1,8 @@
 // attention_rows.cuh: what the tensor-core attention kernels (attention_sm80.cu, attention_sm90.cu)
 // share: the packed GQA row geometry of a query tile (row = position x query head of one key/value
 // head, so one key/value tile serves every query head that reads it), the block's place in the
-// grid, two register helpers, and the forward's online-softmax step and row stores.
+// grid, two register helpers, the forward's online-softmax step and row stores, and the
+// backward's D per row.
 
 #pragma once
 
@@ -43,6 +44,18 @@ struct QueryBlock {
 template <int ROWS, int KEYS> __device__ __forceinline__ QueryBlock query_block(const u32* offsets, u32 hq, u32 hkv) {
     const u32 g = hq / hkv, ppb = ROWS / g, start = offsets[blockIdx.z], len = offsets[blockIdx.z + 1] - start, p0 = blockIdx.x * ppb;
     return QueryBlock{PackedRows{g, hq, blockIdx.y, start, len, p0 * g, ppb * g}, (min(len, p0 + ppb) + KEYS - 1) / KEYS, p0 >= len};
+}
+
+// The backward's D = dO·out of packed row r, summed in a fixed order; stored to `delta` ([N, Hq])
+// for a valid row, 0 for an idle one.
+template <typename T, int D> __device__ __forceinline__ float row_delta(const T* out, const T* dout, float* delta, const PackedRows& rows, int r) {
+    float dd = 0.0f;
+    if (rows.valid(r)) {
+        const u64 row = rows.row(r);
+        for (int x = 0; x < D; ++x) dd += to_float(out[row * D + x]) * to_float(dout[row * D + x]);
+        delta[row] = dd;
+    }
+    return dd;
 }
 
 // One key tile of the forward's online softmax, for this thread's row i (0: row gid, 1: gid + 8) of

@@ -38,7 +38,7 @@
 // attention_dkdv_tc with one block per 64 keys, walking every packed query row that sees them (all
 // G heads: the GQA sum of dK, dV is a sum over rows). Each computes its products with keys or
 // queries as the 16-row A operand so that no fragment needs a transpose in registers (headers of
-// the two kernels below). Registers at D = 128 (sm_80): forward 168, dq 238, dk/dv 240, no spills;
+// the two kernels below). Registers at D = 128 (sm_80): forward 168, dq 238, dk/dv 246, no spills;
 // dk/dv takes its 64 staged query rows in two halves of 32 to stay there.
 
 #include "gemm_sm80.cuh"
@@ -176,16 +176,7 @@ __device__ void attention_dq_tc(const T* q, const T* k, const T* v, const T* out
     stage_rows<D, CHP>(sdo, rows.source<T, D>(dout), dout);
     stage_kv<T, D, CHP>(k, v, sk, sv, rows, hkv, 0);
     cp_async_commit();
-    if (threadIdx.x < BR) {  // D per row, in a fixed order
-        const int r = threadIdx.x;
-        float dd = 0.0f;
-        if (rows.valid(r)) {
-            const u64 row = rows.row(r);
-            for (int x = 0; x < D; ++x) dd += to_float(out[row * D + x]) * to_float(dout[row * D + x]);
-            delta[row] = dd;
-        }
-        delta_s[r] = dd;
-    }
+    if (threadIdx.x < BR) delta_s[threadIdx.x] = row_delta<T, D>(out, dout, delta, rows, threadIdx.x);
     const int r0 = warp * 16 + gid;
     const float scale2 = scale * 1.4426950408889634f;
     float lse2[2], dl[2];
@@ -231,39 +222,51 @@ __device__ void attention_dq_tc(const T* q, const T* k, const T* v, const T* out
 // its keys to the end, 64 at a time, staging Q, dO and their lse and D, and computes the
 // transposed products so that every result has keys as rows: Sᵀ = K Qᵀ, Pᵀ = exp(Sᵀ − lse),
 // dV += Pᵀ dO, dPᵀ = V dOᵀ, dSᵀ = Pᵀ (dPᵀ − D), dK += dSᵀ Q; finally dk ·= scale. Summing over the
-// G heads is summing over the packed rows. One stage (no ring): the copies are not overlapped.
+// G heads is summing over the packed rows. Two stages of Q, dO, lse and D: the next 64 rows are
+// copied (cp.async) while these are multiplied.
 template <typename T, int D>
 __device__ void attention_dkdv_tc(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta, T* dk, T* dv, const u32* offsets, u32 hq,
                                   u32 hkv, float scale) {
     constexpr int CHP = (D / 8 + 7) / 8 * 8, TILE = 64 * CHP * 16;
     extern __shared__ __align__(128) char smem_tc[];
-    float* lse_s = reinterpret_cast<float*>(smem_tc + 4 * TILE);  // [BR] each, after the four tiles
-    float* delta_s = lse_s + BR;
-    const u32 sk = smem_addr(smem_tc), sv = sk + TILE, sq = sv + TILE, sdo = sq + TILE;
+    float* stats = reinterpret_cast<float*>(smem_tc + 6 * TILE);  // per stage: lse [BR], then D [BR]
+    const u32 sk = smem_addr(smem_tc), sv = sk + TILE;
     const u32 g_all = hq / hkv, kvh = blockIdx.y, k0 = blockIdx.x * BC;
     const u32 start = offsets[blockIdx.z], len = offsets[blockIdx.z + 1] - start;
     if (k0 >= len) return;  // uniform, before any barrier
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, gid = lane / 4, tid4 = lane % 4;
+    // Stage b: the Q tile at sk + (2 + 2b)·TILE, then dO's, and 2·BR floats of stats.
+    auto stage_queries = [&](u32 first, u32 b) {
+        const PackedRows rows{g_all, hq, kvh, start, len, first, BR};
+        const u32 sq = sk + (2 + 2 * b) * TILE;
+        stage_rows<D, CHP>(sq, rows.source<T, D>(q), q);
+        stage_rows<D, CHP>(sq + TILE, rows.source<T, D>(dout), dout);
+        if (threadIdx.x < BR) {
+            const int r = threadIdx.x;
+            const bool ok = rows.valid(r);
+            stats[2 * BR * b + r] = ok ? lse[rows.row(r)] * 1.4426950408889634f : 0.0f;
+            stats[2 * BR * b + BR + r] = ok ? delta[rows.row(r)] : 0.0f;
+        }
+    };
+    const u32 first0 = k0 * g_all / BR * BR, end = len * g_all;
     stage_rows<D, CHP>(sk, kv_source<T, D>(k, start, len, k0, hkv, kvh), k);
     stage_rows<D, CHP>(sv, kv_source<T, D>(v, start, len, k0, hkv, kvh), v);
+    stage_queries(first0, 0);
+    cp_async_commit();
     const float scale2 = scale * 1.4426950408889634f;
     float dka[D / 8][4], dva[D / 8][4];
     zero(dka);
     zero(dva);
-    for (u32 first = k0 * g_all / BR * BR; first < len * g_all; first += BR) {
-        const PackedRows rows{g_all, hq, kvh, start, len, first, BR};
-        __syncthreads();  // the previous rows' readers are done
-        stage_rows<D, CHP>(sq, rows.source<T, D>(q), q);
-        stage_rows<D, CHP>(sdo, rows.source<T, D>(dout), dout);
+    u32 b = 0;
+    for (u32 first = first0; first < end; first += BR, b ^= 1) {
+        if (first + BR < end) stage_queries(first + BR, b ^ 1);  // the next rows, during this step
         cp_async_commit();
-        if (threadIdx.x < BR) {
-            const int r = threadIdx.x;
-            const bool ok = rows.valid(r);
-            lse_s[r] = ok ? lse[rows.row(r)] * 1.4426950408889634f : 0.0f;
-            delta_s[r] = ok ? delta[rows.row(r)] : 0.0f;
-        }
-        cp_async_wait<0>();
-        __syncthreads();
+        cp_async_wait<1>();
+        __syncthreads();  // stage b (and K, V) landed for every thread
+        const PackedRows rows{g_all, hq, kvh, start, len, first, BR};
+        const u32 sq = sk + (2 + 2 * b) * TILE, sdo = sq + TILE;
+        const float* lse_s = stats + 2 * BR * b;
+        const float* delta_s = lse_s + BR;
         // Two halves of 32 query rows: fewer live scores next to the dK and dV accumulators.
         for (int half = 0; half < 2; ++half) {
             const int c0 = 32 * half;
@@ -286,6 +289,7 @@ __device__ void attention_dkdv_tc(const T* q, const T* k, const T* v, const T* d
             mma_pb<T, D, CHP, 32>(dva, p, sdo, c0);  // dV += Pᵀ dO
             mma_pb<T, D, CHP, 32>(dka, dp, sq, c0);  // dK += dSᵀ Q
         }
+        __syncthreads();  // stage b is refilled by the next step's copy
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {

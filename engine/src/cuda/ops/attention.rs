@@ -3,11 +3,12 @@
 //! kernel (which also stores D = dO·out per row) followed by a dk/dv kernel, in stream order. The kernel files' headers have the algorithms; here: the kernel variant for the dtype and
 //! head dim, the grids, the sequence offsets copied to the device.
 //!
-//! On compute capability 9.0 the tensor-core forward is attention_sm90.cu (wgmma + TMA, built for
-//! sm_90a; the backward stays on attention_sm80.cu). `DSMOE_ATTENTION_PATH=sm80` forces the sm_80
-//! forward there too: to compare the two, or to rule one out when a result looks wrong.
+//! On compute capability 9.0 the tensor-core forward and dq are attention_sm90.cu and the dk/dv
+//! kernel attention_bwd_sm90.cu (wgmma + TMA, built for sm_90a).
+//! `DSMOE_ATTENTION_PATH=sm80` forces the sm_80 kernels there too: to compare the two, or to rule
+//! one out when a result looks wrong.
 
-use kernels_cuda::{ATTENTION, ATTENTION_SM80, ATTENTION_SM90};
+use kernels_cuda::{ATTENTION, ATTENTION_BWD_SM90, ATTENTION_SM80, ATTENTION_SM90};
 
 use super::gemm::{tensor_map, TensorMap};
 use super::{float_suffix, nbytes};
@@ -54,9 +55,9 @@ const SM90_THREADS: u32 = 288;
 /// Keys per tile of the Hopper forward (its KEYS).
 const SM90_KEYS: usize = 64;
 
-/// Whether the tensor-core forward runs as attention_sm90.cu: on compute capability 9.0 unless
-/// `DSMOE_ATTENTION_PATH=sm80`.
-fn hopper_forward(dev: &CudaDevice) -> bool {
+/// Whether the tensor-core kernels run as attention_sm90.cu and attention_bwd_sm90.cu:
+/// on compute capability 9.0 unless `DSMOE_ATTENTION_PATH=sm80`.
+fn hopper_path(dev: &CudaDevice) -> bool {
     dev.info.compute_capability == (9, 0) && !std::env::var("DSMOE_ATTENTION_PATH").is_ok_and(|p| p == "sm80")
 }
 
@@ -74,10 +75,8 @@ fn sm90_smem(dims: &AttentionDims) -> u32 {
 #[allow(clippy::too_many_arguments)]
 fn forward_sm90(q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, out: &CudaStorage, lse: &CudaStorage, p: &Plan, dims: &AttentionDims, variant: &str, cost: Cost) -> Result<()> {
     let dev = q.dev();
-    let (d, hkv, tokens) = (dims.head_dim as u64, dims.kv_heads as u64, dims.tokens as u64);
-    let elem = q.dtype().size_in_bytes() as u64;
-    let map = |x: &CudaStorage| tensor_map(x.ptr(), q.dtype(), &[d, hkv, tokens], &[d * elem, hkv * d * elem], &[64, 1, 64]).map(TensorMap);
-    let (map_k, map_v) = (map(k)?, map(v)?);
+    let hkv = dims.kv_heads as u64;
+    let (map_k, map_v) = (kv_tensor_map(k, dims)?, kv_tensor_map(v, dims)?);
     let grid = Grid { grid: (p.max_len.div_ceil(SM90_ROWS / dims.group()) as u32, hkv as u32, p.seqs), block: (SM90_THREADS, 1, 1) };
     let (qp, op, lp, offp) = (q.ptr(), out.ptr(), lse.ptr(), p.offsets.ptr());
     let (hq, hkv, scale) = (dims.q_heads as u32, hkv as u32, dims.scale as f32);
@@ -88,6 +87,80 @@ fn forward_sm90(q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, out: &CudaSto
     // 16; smem as sm90_smem, which the kernel's plan matches.
     unsafe {
         launch_with_smem(dev, &ATTENTION_SM90, &format!("attention_fwd90_{variant}"), grid, sm90_smem(dims), &mut kernel_args![&qp, &op, &lp, &offp, &hq, &hkv, &scale, &map_k, &map_v], cost)
+    }
+}
+
+/// attention_sm90.cu's dq shared memory (Plan<D, 2>::SMEM): the Q and dO tiles, the forward's ring
+/// and barriers, and D for each of the 128 rows; 384 threads (a producer warpgroup).
+fn sm90_dq_smem(dims: &AttentionDims) -> u32 {
+    let chunk_rows = dims.head_dim.div_ceil(64) * 128;
+    (chunk_rows * (2 * SM90_ROWS + 2 * 2 * SM90_KEYS) + 2 * 2 * 8 + SM90_ROWS * 4 + 1024) as u32
+}
+const SM90_DQ_THREADS: u32 = 384;
+
+/// The Hopper dq (and D = dO·out per row into `delta`): the forward's grid and K/V tensor maps.
+#[allow(clippy::too_many_arguments)]
+fn dq_sm90(q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, out: &CudaStorage, d_out: &CudaStorage, lse: &CudaStorage, delta: &CudaStorage, dq: &CudaStorage, p: &Plan, dims: &AttentionDims, variant: &str, cost: Cost) -> Result<()> {
+    let dev = q.dev();
+    let (map_k, map_v) = (kv_tensor_map(k, dims)?, kv_tensor_map(v, dims)?);
+    let grid = Grid { grid: (p.max_len.div_ceil(SM90_ROWS / dims.group()) as u32, dims.kv_heads as u32, p.seqs), block: (SM90_DQ_THREADS, 1, 1) };
+    let (qp, gp, op, lp, dp, dqp, offp) = (q.ptr(), d_out.ptr(), out.ptr(), lse.ptr(), delta.ptr(), dq.ptr(), p.offsets.ptr());
+    let (hq, hkv, scale) = (dims.q_heads as u32, dims.kv_heads as u32, dims.scale as f32);
+    // SAFETY: attention_dq90_<T>_d<D>(const T* q, const T* dout, const T* out, const float* lse,
+    // float* delta, T* dq, const u32* offsets, u32 hq, u32 hkv, float scale, TensorMap map_k,
+    // TensorMap map_v); shapes and maps as for the Hopper forward (d = D, G ≤ 64); out and dout
+    // [N, hq, D], lse and delta N·hq f32, dq N·hq·D; smem as sm90_dq_smem, which the kernel's plan
+    // matches.
+    unsafe {
+        launch_with_smem(dev, &ATTENTION_SM90, &format!("attention_dq90_{variant}"), grid, sm90_dq_smem(dims), &mut kernel_args![&qp, &gp, &op, &lp, &dp, &dqp, &offp, &hq, &hkv, &scale, &map_k, &map_v], cost)
+    }
+}
+
+/// A tensor map over k or v ([N, Hkv, D] as a 3-D tensor, boxes of 64 columns x 1 head x 64 keys).
+fn kv_tensor_map(x: &CudaStorage, dims: &AttentionDims) -> Result<TensorMap> {
+    let (d, hkv, tokens) = (dims.head_dim as u64, dims.kv_heads as u64, dims.tokens as u64);
+    let elem = x.dtype().size_in_bytes() as u64;
+    tensor_map(x.ptr(), x.dtype(), &[d, hkv, tokens], &[d * elem, hkv * d * elem], &[64, 1, 64]).map(TensorMap)
+}
+
+/// Keys per block and threads of the Hopper dk/dv kernel (attention_bwd_sm90.cu's KEYS: two
+/// consumer warpgroups of 64 keys and a producer warpgroup) and its query rows per tile (QROWS).
+const SM90_DKDV_KEYS: usize = 128;
+const SM90_DKDV_THREADS: u32 = 384;
+const SM90_DKDV_QROWS: usize = 64;
+
+/// attention_bwd_sm90.cu's shared memory (its Plan::SMEM): the K and V tiles of 128 keys, two
+/// stages of a Q and a dO tile of 64 rows (each row the head dim in 64-element, 128-byte chunks)
+/// with their 64 lse and D values, five barriers, 1 KiB of alignment slack.
+fn sm90_dkdv_smem(dims: &AttentionDims) -> u32 {
+    let chunk_rows = dims.head_dim.div_ceil(64) * 128;
+    (chunk_rows * (2 * SM90_DKDV_KEYS + 2 * 2 * SM90_DKDV_QROWS) + 2 * 2 * SM90_DKDV_QROWS * 4 + 5 * 8 + 1024) as u32
+}
+
+/// The Hopper dk/dv kernel: tensor maps over k and v as in the forward, and over q and dO as
+/// [N, Hkv, G, D] (boxes of 64 columns x G heads x 1 x 64 / G positions: one query tile's packed
+/// rows), one block per (128 keys, key/value head, sequence). `delta` must hold D = dO·out (the
+/// dq kernel writes it, earlier on the same stream).
+#[allow(clippy::too_many_arguments)]
+fn dkdv_sm90(q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, d_out: &CudaStorage, lse: &CudaStorage, delta: &CudaStorage, dk: &CudaStorage, dv: &CudaStorage, p: &Plan, dims: &AttentionDims, variant: &str, cost: Cost) -> Result<()> {
+    let dev = q.dev();
+    let (d, hkv, g, tokens) = (dims.head_dim as u64, dims.kv_heads as u64, dims.group() as u64, dims.tokens as u64);
+    let elem = q.dtype().size_in_bytes() as u64;
+    let positions = (SM90_DKDV_QROWS as u64 / g) as u32;
+    let q_map = |x: &CudaStorage| tensor_map(x.ptr(), q.dtype(), &[d, g, hkv, tokens], &[d * elem, g * d * elem, hkv * g * d * elem], &[64, g as u32, 1, positions]).map(TensorMap);
+    let (map_q, map_do, map_k, map_v) = (q_map(q)?, q_map(d_out)?, kv_tensor_map(k, dims)?, kv_tensor_map(v, dims)?);
+    let grid = Grid { grid: (p.max_len.div_ceil(SM90_DKDV_KEYS) as u32, hkv as u32, p.seqs), block: (SM90_DKDV_THREADS, 1, 1) };
+    let (lp, dp, dkp, dvp, offp) = (lse.ptr(), delta.ptr(), dk.ptr(), dv.ptr(), p.offsets.ptr());
+    let (hq, hkv, scale) = (dims.q_heads as u32, hkv as u32, dims.scale as f32);
+    // SAFETY: attention_dkdv90_<T>_d<D>(const float* lse, const float* delta, T* dk, T* dv,
+    // const u32* offsets, u32 hq, u32 hkv, float scale, TensorMap map_q, map_do, map_k, map_v)
+    // (maps 64-byte aligned, by value); d = D exactly and G ≤ 64 (tensor_core_variant), so a query
+    // tile has 64 / G ≥ 1 positions and every box dimension is at most 256; the maps describe q,
+    // dO [N, hq, D] and k, v [N, hkv, D] of q's dtype with strides that are multiples of 16 bytes;
+    // lse and delta hold N·hq f32, dk and dv N·hkv·D; smem as sm90_dkdv_smem, which the kernel's
+    // plan matches.
+    unsafe {
+        launch_with_smem(dev, &ATTENTION_BWD_SM90, &format!("attention_dkdv90_{variant}"), grid, sm90_dkdv_smem(dims), &mut kernel_args![&lp, &dp, &dkp, &dvp, &offp, &hq, &hkv, &scale, &map_q, &map_do, &map_k, &map_v], cost)
     }
 }
 
@@ -175,7 +248,7 @@ pub(crate) fn forward(q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, seq_off
     let (hq, hkv, d, ppb, scale) = (dims.q_heads as u32, dims.kv_heads as u32, dims.head_dim as u32, p.ppb as u32, dims.scale as f32);
     let cost = Cost { bytes: nbytes(2 * q.len() + 2 * k.len(), q.dtype()) + 4 * lse.len() as u64, flops: p.flops(seq_offsets, dims) };
     if let Some(variant) = tensor_core_variant(dev, q.dtype(), dims) {
-        if hopper_forward(dev) {
+        if hopper_path(dev) {
             forward_sm90(q, k, v, &out, &lse, &p, dims, &variant, cost)?;
             return Ok((out, lse));
         }
@@ -228,23 +301,32 @@ pub(crate) fn backward(
     let flops = p.flops(seq_offsets, dims);
     let cost = Cost { bytes: nbytes(4 * q.len() + 2 * k.len(), dtype) + 8 * lse.len() as u64, flops: 3 * flops / 2 };
     if let Some(variant) = tensor_core_variant(dev, dtype, dims) {
-        // SAFETY: attention_dq_tc_<T>_d<D>(const T* q, const T* k, const T* v, const T* out,
-        // const T* dout, const float* lse, float* delta, T* dq, const u32* offsets, u32 hq, u32 hkv,
-        // float scale); shapes as for the CUDA-core kernels below with d = D and G ≤ 64
-        // (tensor_core_variant); smem holds the Q and dO tiles, two stages of K and V tiles and
-        // the rows' D.
-        unsafe {
-            launch_with_smem(dev, &ATTENTION_SM80, &format!("attention_dq_tc_{variant}"), tc_query_grid(&p, dims), tc_smem(6, 1, dims), &mut kernel_args![&qp, &kp, &vp, &op, &gp, &lp, &dp, &dqp, &offp, &hq, &hkv, &scale], cost)?
-        };
-        let grid = Grid { grid: (p.max_len.div_ceil(TC_ROWS) as u32, hkv, p.seqs), block: (TC_THREADS, 1, 1) };
+        let hopper = hopper_path(dev);
+        if hopper {
+            dq_sm90(q, k, v, out, d_out, lse, &delta, &dq, &p, dims, &variant, cost)?;
+        } else {
+            // SAFETY: attention_dq_tc_<T>_d<D>(const T* q, const T* k, const T* v, const T* out,
+            // const T* dout, const float* lse, float* delta, T* dq, const u32* offsets, u32 hq,
+            // u32 hkv, float scale); shapes as for the CUDA-core kernels below with d = D and G ≤ 64
+            // (tensor_core_variant); smem holds the Q and dO tiles, two stages of K and V tiles and
+            // the rows' D.
+            unsafe {
+                launch_with_smem(dev, &ATTENTION_SM80, &format!("attention_dq_tc_{variant}"), tc_query_grid(&p, dims), tc_smem(6, 1, dims), &mut kernel_args![&qp, &kp, &vp, &op, &gp, &lp, &dp, &dqp, &offp, &hq, &hkv, &scale], cost)?
+            };
+        }
         let cost = Cost { bytes: nbytes(2 * q.len() + 4 * k.len(), dtype) + 8 * lse.len() as u64, flops: 2 * flops };
+        if hopper {
+            dkdv_sm90(q, k, v, d_out, lse, &delta, &dk, &dv, &p, dims, &variant, cost)?;
+            return Ok((dq, dk, dv));
+        }
+        let grid = Grid { grid: (p.max_len.div_ceil(TC_ROWS) as u32, hkv, p.seqs), block: (TC_THREADS, 1, 1) };
         // SAFETY: attention_dkdv_tc_<T>_d<D>(const T* q, const T* k, const T* v, const T* dout,
         // const float* lse, const float* delta, T* dk, T* dv, const u32* offsets, u32 hq, u32 hkv,
         // float scale); one block per 64 keys of a key/value head and sequence; delta was written
-        // by the dq kernel before this launch (same stream); smem holds the K, V, Q and dO
-        // tiles and the rows' lse and D.
+        // by the dq kernel before this launch (same stream); smem holds the K and V tiles and two
+        // stages of the Q and dO tiles and of the rows' lse and D.
         unsafe {
-            launch_with_smem(dev, &ATTENTION_SM80, &format!("attention_dkdv_tc_{variant}"), grid, tc_smem(4, 2, dims), &mut kernel_args![&qp, &kp, &vp, &gp, &lp, &dp, &dkp, &dvp, &offp, &hq, &hkv, &scale], cost)?
+            launch_with_smem(dev, &ATTENTION_SM80, &format!("attention_dkdv_tc_{variant}"), grid, tc_smem(6, 4, dims), &mut kernel_args![&qp, &kp, &vp, &gp, &lp, &dp, &dkp, &dvp, &offp, &hq, &hkv, &scale], cost)?
         };
         return Ok((dq, dk, dv));
     }

@@ -209,7 +209,7 @@ fn entry(path: Path, form: GemmForm, input: DType, out: DType, op: &'static str)
     Ok(format!("{}_{f}_{i}_{o}", if path == Path::Sm90 { "gemm90" } else { "gemm80" }))
 }
 
-/// Builds a 2-D or 3-D row-major tensor map: `dims` innermost first, `strides_bytes` for dims 1..,
+/// Builds a 2-D to 5-D row-major tensor map: `dims` innermost first, `strides_bytes` for dims 1..,
 /// `box_dims` innermost first; 128-byte swizzle, out-of-bounds reads as zero. The driver wants
 /// every stride a multiple of 16 bytes and every extent non-zero.
 pub(crate) fn tensor_map(ptr: u64, dtype: DType, dims: &[u64], strides_bytes: &[u64], box_dims: &[u32]) -> Result<[u64; 16]> {
@@ -219,7 +219,8 @@ pub(crate) fn tensor_map(ptr: u64, dtype: DType, dims: &[u64], strides_bytes: &[
         sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16
     };
     let mut map = sys::CUtensorMap { opaque: [0; 16] };
-    let element_strides = [1u32; 3];
+    let element_strides = [1u32; 5];
+    debug_assert!((2..=5).contains(&dims.len()) && strides_bytes.len() + 1 == dims.len() && box_dims.len() == dims.len());
     // SAFETY: every array holds `dims.len()` (or dims.len() - 1 for strides) entries, as the rank
     // says; the driver only encodes the description (it reads no device memory here).
     unsafe {
