@@ -4,7 +4,7 @@
 //! and their sum run in one SIMD pass at the CPU's widest vector width (simd.rs).
 
 use super::elem::prelude::*;
-use super::elem::{max_nan, with_float, Acc, Elem, Float};
+use super::elem::{with_float, Acc, Elem, Float};
 use super::par::{for_each_chunk, worth_it};
 use crate::{CpuStorage, Result};
 
@@ -17,7 +17,7 @@ fn softmax_typed<T: Float>(x: &[T], rows: usize, cols: usize, log: bool) -> Vec<
     let mut out = vec![T::narrow(T::Acc::zero()); rows * cols];
     for_each_chunk(&mut out, cols, worth_it(rows * cols), Vec::new, |exps: &mut Vec<T::Acc>, r, out| {
         let row = T::widen_slice(&x[r * cols..][..cols]);
-        let max = row.iter().fold(T::Acc::neg_infinity(), |m, &v| max_nan(m, v));
+        let max = T::Acc::row_max(&row, T::Acc::neg_infinity());
         exps.clear();
         exps.extend_from_slice(&row);
         let sum = T::Acc::exp_shifted_sum(exps, max);
