@@ -23,7 +23,6 @@ use rayon::prelude::*;
 
 use super::elem::prelude::*;
 use super::elem::{indices, with_float, Acc, Elem, Float};
-use super::elementwise::gelu_grad;
 use super::matmul::product_serial;
 use super::skinny;
 use super::par::{for_each_chunk, worth_it};
@@ -368,19 +367,19 @@ fn backward_typed<T: Float>(dy: &[T], x: &[T], w1: &[T], w2: &[T], w: &[T], u: &
         l.gather(&mut dy_rows, dy, b, d);
         let mut dg = vec![<T::Acc>::zero(); b.rows * f];
         product_serial(&mut dg, &dy_rows, &l.slab(w2, b.expert), b.rows, f, d, false, true);
-        let (mut du, mut he) = (Vec::with_capacity(b.rows * f), Vec::with_capacity(b.rows * f));
-        for r in 0..b.rows {
-            let ws = w[l.slot(b.first + r)].widen();
-            let mut dot = <T::Acc>::zero();
-            for c in 0..f {
-                let o = (b.first + r) * f + c;
-                let g = T::narrow(dg[r * f + c]).widen();
-                dot += g * h[o].widen();
-                du.push(T::narrow(ws * g * gelu_grad(u[o].widen())).widen());
-                he.push(h[o].widen());
-            }
-            dwl[r] = T::narrow(dot);
+        // dG and dU are rounded to the storage type element by element, as the CUDA kernel
+        // stores them; in between, the SIMD GeLU derivative runs over the whole row.
+        let he: Vec<T::Acc> = h[b.first * f..(b.first + b.rows) * f].iter().map(|v| v.widen()).collect();
+        let mut u_row = Vec::with_capacity(f);
+        for (r, (g, h_row)) in dg.chunks_exact_mut(f).zip(he.chunks_exact(f)).enumerate() {
+            g.iter_mut().for_each(|v| *v = T::narrow(*v).widen());
+            dwl[r] = T::narrow(<T::Acc>::dot(g, h_row));
+            u_row.clear();
+            u_row.extend(u[(b.first + r) * f..][..f].iter().map(|v| v.widen()));
+            <T::Acc>::gelu_backward(g, &u_row, w[l.slot(b.first + r)].widen());
+            g.iter_mut().for_each(|v| *v = T::narrow(*v).widen());
         }
+        let du = dg;
         let mut dxe = vec![<T::Acc>::zero(); b.rows * d];
         product_serial(&mut dxe, &du, &l.slab(w1, b.expert), b.rows, d, f, false, false);
         dxl.iter_mut().zip(&dxe).for_each(|(o, v)| *o = T::narrow(*v));
