@@ -60,27 +60,39 @@ fn route_typed<T: Float>(p: &[T], tokens: usize, n: usize, mode: RouteMode, reno
         _ => k_max,
     };
     let (mut experts, mut weights, mut mask, mut counts) = (vec![0u32; tokens * k_max], vec![T::narrow(<T::Acc>::zero()); tokens * k_max], vec![T::narrow(<T::Acc>::zero()); tokens * k_max], vec![0u32; tokens]);
-    let mut order_buf: Vec<usize> = Vec::with_capacity(n);
-    for t in 0..tokens {
+    // One token: its experts in order, their weights and mask over the k_max slots, its count.
+    let token = |order_buf: &mut Vec<usize>, t: usize, (experts, weights, mask, count): (&mut [u32], &mut [T], &mut [T], &mut u32)| {
         let row = &p[t * n..(t + 1) * n];
-        let count = match mode {
+        let used_count = match mode {
             RouteMode::Threshold { eps, .. } => above(row, eps).min(k_max),
             _ => batch_k,
         };
         order_buf.clear();
         order_buf.extend(0..n);
         order_buf.sort_by(|&a, &b| order((row[a].widen(), a), (row[b].widen(), b)));
-        let sum = order_buf[..count].iter().fold(<T::Acc>::zero(), |s, &e| s + row[e].widen());
+        let sum = order_buf[..used_count].iter().fold(<T::Acc>::zero(), |s, &e| s + row[e].widen());
         for j in 0..k_max {
-            let o = t * k_max + j;
-            let used = j < count;
+            let used = j < used_count;
             let e = if used { order_buf[j] } else { order_buf[0] };
-            experts[o] = e as u32;
+            experts[j] = e as u32;
             let v = row[e].widen();
-            weights[o] = T::narrow(if !used { <T::Acc>::zero() } else if renormalise { v / sum } else { v });
-            mask[o] = T::narrow(if used { <T::Acc>::one() } else { <T::Acc>::zero() });
+            weights[j] = T::narrow(if !used { <T::Acc>::zero() } else if renormalise { v / sum } else { v });
+            mask[j] = T::narrow(if used { <T::Acc>::one() } else { <T::Acc>::zero() });
         }
-        counts[t] = count as u32;
+        *count = used_count as u32;
+    };
+    // Tokens are independent (batch_k is fixed above), so they run in parallel.
+    let (slots, scratch) = (k_max.max(1), || Vec::with_capacity(n));
+    // A token's work is its sort: about n·log n comparisons.
+    if worth_it(tokens * n * (1 + n.max(1).ilog2() as usize)) {
+        let per_token = experts.par_chunks_mut(slots).zip(weights.par_chunks_mut(slots)).zip(mask.par_chunks_mut(slots)).zip(counts.par_iter_mut());
+        per_token.enumerate().for_each_init(scratch, |buf, (t, (((e, w), m), c))| token(buf, t, (e, w, m, c)));
+    } else {
+        let mut buf = scratch();
+        let per_token = experts.chunks_mut(slots).zip(weights.chunks_mut(slots)).zip(mask.chunks_mut(slots)).zip(counts.iter_mut());
+        for (t, (((e, w), m), c)) in per_token.enumerate() {
+            token(&mut buf, t, (e, w, m, c));
+        }
     }
     [CpuStorage::U32(experts), T::wrap(weights), T::wrap(mask), CpuStorage::U32(counts)]
 }
