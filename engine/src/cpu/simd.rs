@@ -85,10 +85,17 @@ fn exp_shifted_sum_body(x: &mut [f32], shift: f32) -> f32 {
             acc[j] += e;
         }
     }
-    for (j, v) in xt.iter_mut().enumerate() {
-        *v = exp(*v - shift);
-        acc[j] += *v;
+    // The tail as one more (masked) vector step rather than a scalar loop: attention's rows end
+    // at the causal diagonal, so most are ragged. Masked lanes add +0, which leaves a lane sum
+    // unchanged (the sums start at +0 and only add non-negative terms).
+    let mut tail = [0.0f32; LANES];
+    tail[..xt.len()].copy_from_slice(xt);
+    for j in 0..LANES {
+        let e = if j < xt.len() { exp(tail[j] - shift) } else { 0.0 };
+        tail[j] = e;
+        acc[j] += e;
     }
+    xt.copy_from_slice(&tail[..xt.len()]);
     lane_sum(acc)
 }
 
@@ -104,8 +111,11 @@ fn row_max_body(x: &[f32], init: f32) -> f32 {
             acc[j] = max_nan(acc[j], xc[j]);
         }
     }
-    for (j, &v) in x[split..].iter().enumerate() {
-        acc[j] = max_nan(acc[j], v);
+    // The tail as one more vector step over a copy padded with `init`, which changes no lane.
+    let mut tail = [init; LANES];
+    tail[..x.len() - split].copy_from_slice(&x[split..]);
+    for j in 0..LANES {
+        acc[j] = max_nan(acc[j], tail[j]);
     }
     acc.into_iter().fold(init, max_nan)
 }
