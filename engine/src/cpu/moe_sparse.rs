@@ -18,6 +18,7 @@
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
@@ -25,7 +26,7 @@ use super::elem::prelude::*;
 use super::elem::{indices, with_float, Acc, Elem, Float};
 use super::matmul::product_serial;
 use super::skinny;
-use super::par::{for_each_chunk, worth_it};
+use super::par::{filled, for_each_chunk, worth_it};
 use super::profile::{timed, Cost};
 use crate::backend::{RouteMode, SparseDims, DROPPED};
 use crate::{CpuStorage, Error, Result};
@@ -212,16 +213,20 @@ impl Lists<'_> {
     /// in list order, row length d), in parallel over tokens.
     pub(super) fn combine<T: Float>(&self, rows: &[T]) -> Vec<T> {
         let SparseDims { tokens, d, k_max, .. } = self.dims;
-        let mut y = vec![T::narrow(<T::Acc>::zero()); tokens * d];
-        for_each_chunk(&mut y, d, worth_it(tokens * d * k_max), || vec![<T::Acc>::zero(); d], |acc, t, out| {
-            acc.iter_mut().for_each(|a| *a = <T::Acc>::zero());
-            for &pos in self.slot_pos[t * k_max..(t + 1) * k_max].iter().filter(|&&p| p != DROPPED) {
-                let pos = pos as usize;
-                acc.iter_mut().zip(&rows[pos * d..(pos + 1) * d]).for_each(|(a, v)| *a += v.widen());
-            }
-            out.iter_mut().zip(acc.iter()).for_each(|(o, a)| *o = T::narrow(*a));
-        });
-        y
+        let fill = |y: &mut [MaybeUninit<T>]| {
+            for_each_chunk(y, d, worth_it(tokens * d * k_max), || vec![<T::Acc>::zero(); d], |acc, t, out| {
+                acc.iter_mut().for_each(|a| *a = <T::Acc>::zero());
+                for &pos in self.slot_pos[t * k_max..(t + 1) * k_max].iter().filter(|&&p| p != DROPPED) {
+                    let pos = pos as usize;
+                    acc.iter_mut().zip(&rows[pos * d..(pos + 1) * d]).for_each(|(a, v)| *a += v.widen());
+                }
+                out.iter_mut().zip(acc.iter()).for_each(|(o, a)| {
+                    o.write(T::narrow(*a));
+                });
+            })
+        };
+        // SAFETY: the chunks are the tokens' rows of d, each written whole from its sum.
+        unsafe { filled(tokens * d, fill) }
     }
 }
 
@@ -241,7 +246,7 @@ pub(super) fn lists<'a>(offsets: &'a CpuStorage, sorted: &'a CpuStorage, slot_po
     const OP: &str = "moe_sparse_mlp";
     let l = Lists { offsets: indices(OP, offsets)?, sorted: indices(OP, sorted)?, slot_pos: indices(OP, slot_pos)?, dims: *dims };
     let total = *l.offsets.last().unwrap_or(&0) as usize;
-    if l.offsets.len() != dims.n_experts + 1 || total > dims.slots() || l.offsets.windows(2).any(|w| w[0] > w[1]) {
+    if l.offsets.len() != dims.n_experts + 1 || l.offsets[0] != 0 || total > dims.slots() || l.offsets.windows(2).any(|w| w[0] > w[1]) {
         return Err(Error::invalid(OP, "offsets are not a prefix sum over the experts within the slot count"));
     }
     if let Some(&bad) = l.sorted[..total].iter().find(|&&s| s as usize >= dims.slots()) {
@@ -291,11 +296,9 @@ fn forward_typed<T: Float>(x: &[T], w1: &[T], w2: &[T], w: &[T], l: &Lists, save
     let slots = l.dims.slots();
     let zero = T::narrow(<T::Acc>::zero());
     let (mut u, mut h) = if save { (vec![zero; slots * f], vec![zero; slots * f]) } else { (Vec::new(), Vec::new()) };
-    let mut ys = vec![zero; l.total() * d];
     let blocks = l.blocks(ROW_BLOCK);
-    let tasks: Vec<_> = blocks.iter().zip(split_blocks(&mut u, &blocks, f)).zip(split_blocks(&mut h, &blocks, f)).zip(split_blocks(&mut ys, &blocks, d)).collect();
     let parallel = worth_it(l.total() * d * f);
-    let run = |(xg, ue, he, ye): &mut Scratch<T::Acc>, (((b, u), h), y): (((&Block, &mut [T]), &mut [T]), &mut [T])| {
+    let run = |(xg, ue, he, ye): &mut Scratch<T::Acc>, (((b, u), h), y): (((&Block, &mut [T]), &mut [T]), &mut [MaybeUninit<T>])| {
         let b = *b;
         l.gather(xg, x, b, d);
         // A few rows (decode) read the expert's weights in place; more widen them for the GEMM.
@@ -324,16 +327,25 @@ fn forward_typed<T: Float>(x: &[T], w1: &[T], w2: &[T], w: &[T], l: &Lists, save
         }
         for r in 0..b.rows {
             let ws = w[l.slot(b.first + r)].widen();
-            y[r * d..(r + 1) * d].iter_mut().zip(&ye[r * d..(r + 1) * d]).for_each(|(o, v)| *o = T::narrow(*v * ws));
+            y[r * d..(r + 1) * d].iter_mut().zip(&ye[r * d..(r + 1) * d]).for_each(|(o, v)| {
+                o.write(T::narrow(*v * ws));
+            });
         }
     };
     let scratch = || (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    if parallel {
-        tasks.into_par_iter().for_each_init(scratch, run);
-    } else {
-        let mut s = scratch();
-        tasks.into_iter().for_each(|t| run(&mut s, t));
-    }
+    let fill = |ys: &mut [MaybeUninit<T>]| {
+        let tasks: Vec<_> = blocks.iter().zip(split_blocks(&mut u, &blocks, f)).zip(split_blocks(&mut h, &blocks, f)).zip(split_blocks(ys, &blocks, d)).collect();
+        if parallel {
+            tasks.into_par_iter().for_each_init(scratch, run);
+        } else {
+            let mut s = scratch();
+            tasks.into_iter().for_each(|t| run(&mut s, t));
+        }
+    };
+    // SAFETY: the blocks cut every expert's list entries, which run back to back from 0 to the
+    // total (offsets checked in `lists`), so their slices cover `ys`; each task writes its rows
+    // whole.
+    let ys = unsafe { filled(l.total() * d, fill) };
     let y = T::wrap(l.combine(&ys));
     (y, save.then(|| (T::wrap(u), T::wrap(h))))
 }
