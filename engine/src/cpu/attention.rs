@@ -13,25 +13,29 @@
 //! after the query, keep a running row max m and sum l, rescale the accumulator by `exp(m_old −
 //! m_new)`, add `P·V`; finish with `out = acc / l` and `lse = m + ln l`.
 //!
-//! Backward, deterministic and without atomics, in two passes that both recompute
-//! `P = exp(S − lse)` from the saved lse: per key tile, walk the query tiles from the diagonal on
-//! and accumulate `dV += Pᵀ·dO` and `dK += dSᵀ·(scale·Q)` with `dS = P ⊙ (dO·Vᵀ − D)`,
-//! `D = rowsum(dO ⊙ out)`; per query tile, walk the key tiles and accumulate `dQ += dS·K`, then
-//! scale. The second pass recomputes `S` and `dO·Vᵀ` once more: that is the price of writing every
-//! gradient row from one task instead of summing partial dQ from every key tile.
+//! Backward, deterministic and without atomics, recomputing `P = exp(S − lse)` from the saved
+//! lse. A task is one key/value head of one sequence (FlashAttention-2's key-outer loop): per key
+//! tile, walk the query tiles from the diagonal on; each score tile's P and
+//! `dS = P ⊙ (dO·Vᵀ − D)`, `D = rowsum(dO ⊙ out)`, are computed once and feed all three
+//! gradients: `dV += Pᵀ·dO`, `dK += dSᵀ·(scale·Q)` into the key tile's rows and `dQ += dS·K` into
+//! the task's own dQ rows, so each dQ row sums its key tiles in ascending order. When sequences
+//! times heads give fewer than `TASKS_WANTED` tasks, a head's key tiles are dealt round-robin to
+//! several parts, each with its own partial dQ; partials are added in part order. The split
+//! depends on the shape only, so results are bit-identical on any thread count.
 //!
-//! Tiles run in parallel (rayon) and return their rows; a serial pass scatters them into the
-//! outputs (O(T·d) copying against O(T²·d) arithmetic). Arithmetic runs in the storage type's
-//! arithmetic type (f32 for bf16 / f16, with f32 statistics, as the CUDA kernels do).
+//! Work items run in parallel (rayon) and return their rows; the outputs are then written in
+//! parallel one token row at a time (O(T·d) copying against O(T²·d) arithmetic). Arithmetic runs
+//! in the storage type's arithmetic type (f32 for bf16 / f16, with f32 statistics, as the CUDA kernels do).
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use rayon::prelude::*;
 
 use super::elem::prelude::*;
-use super::elem::{max_nan, with_float, Acc, Elem, Float};
+use super::elem::{with_float, Acc, Elem, Float};
 use super::matmul::product_serial;
-use super::par::worth_it;
+use super::par::{chunks, filled, worth_it, FLAT_CHUNK};
 use crate::backend::AttentionDims;
 use crate::{CpuStorage, Error, Result};
 
@@ -154,7 +158,6 @@ struct Inputs<'a, T> {
 #[derive(Debug, Clone, Copy)]
 struct Tile {
     start: usize,
-    len: usize,
     kv_head: usize,
     lo: usize,
     hi: usize,
@@ -167,40 +170,91 @@ impl Tile {
     }
 }
 
-/// Every tile of every sequence and key/value head; the biggest (last, by causality) first, so the
-/// pool's last tasks are small ones.
-fn tiles(offsets: &[usize], kv_heads: usize) -> Vec<Tile> {
-    let mut all: Vec<Tile> = offsets
-        .windows(2)
-        .flat_map(|w| {
-            let (start, len) = (w[0], w[1] - w[0]);
-            (0..kv_heads).flat_map(move |kv_head| {
-                (0..len).step_by(TILE).map(move |lo| Tile {
-                    start,
-                    len,
-                    kv_head,
-                    lo,
-                    hi: (lo + TILE).min(len),
-                })
-            })
-        })
-        .collect();
-    all.sort_by_key(|t| std::cmp::Reverse(t.lo));
-    all
+/// Where the per-(sequence, key/value head) results of a parallel pass live: sequence `s` has
+/// `count[s]` results per key/value head, the first at `base[s]`, in (sequence, head, index) order.
+struct Grid<'a> {
+    offsets: &'a [usize],
+    kv_heads: usize,
+    base: Vec<usize>,
+    count: Vec<usize>,
 }
 
-/// `f` on every tile, on the rayon pool when the attention is big enough.
-fn map_tiles<R: Send>(
-    tiles: &[Tile],
-    dims: &AttentionDims,
-    f: impl Fn(&Tile) -> R + Sync + Send,
-) -> Vec<R> {
-    let scores: usize = tiles.iter().map(|t| t.hi * (t.hi - t.lo)).sum();
-    if worth_it(scores * dims.group() * dims.head_dim) {
-        tiles.par_iter().map(f).collect()
-    } else {
-        tiles.iter().map(f).collect()
+impl<'a> Grid<'a> {
+    fn new(offsets: &'a [usize], kv_heads: usize, count: impl Fn(usize) -> usize) -> Grid<'a> {
+        let count: Vec<usize> = offsets.windows(2).map(|w| count(w[1] - w[0])).collect();
+        let base = count
+            .iter()
+            .scan(0, |next, &c| {
+                let at = *next;
+                *next += kv_heads * c;
+                Some(at)
+            })
+            .collect();
+        Grid {
+            offsets,
+            kv_heads,
+            base,
+            count,
+        }
     }
+
+    /// The index of result `i` of key/value head `kv_head` of sequence `s`.
+    fn index(&self, s: usize, kv_head: usize, i: usize) -> usize {
+        self.base[s] + kv_head * self.count[s] + i
+    }
+
+    /// Every (sequence start, length, key/value head, index, results per head) in result order.
+    fn cells(&self) -> impl Iterator<Item = (usize, usize, usize, usize, usize)> + '_ {
+        self.offsets.windows(2).zip(&self.count).flat_map(move |(w, &c)| {
+            (0..self.kv_heads).flat_map(move |kv| (0..c).map(move |i| (w[0], w[1] - w[0], kv, i, c)))
+        })
+    }
+
+    /// A `[tokens, width]` output written in parallel one token row at a time:
+    /// `row(s, pos, dst)` must write every element of the row of position `pos` of sequence `s`.
+    fn by_token<T: Send>(
+        &self,
+        width: usize,
+        row: impl Fn(usize, usize, &mut [MaybeUninit<T>]) + Sync + Send,
+    ) -> Vec<T> {
+        let tokens = self.offsets.last().copied().unwrap_or(0);
+        let fill = |out: &mut [MaybeUninit<T>]| {
+            chunks(out, width, worth_it(tokens * width), |t, dst| {
+                let s = self.offsets.partition_point(|&o| o <= t) - 1;
+                row(s, t - self.offsets[s], dst)
+            })
+        };
+        // SAFETY: the chunks are the token rows, which cover the output, and `row` writes every
+        // element of its row (the callers' contract).
+        unsafe { filled(tokens * width, fill) }
+    }
+}
+
+/// `f` on every work item, on the rayon pool when the attention is big enough (`scores` query-key
+/// pairs), the items with the largest `size` first so the pool's last tasks are small ones;
+/// the results come back in the items' order.
+fn map_items<I: Sync, R: Send>(
+    items: &[I],
+    dims: &AttentionDims,
+    scores: usize,
+    size: impl Fn(&I) -> usize,
+    f: impl Fn(&I) -> R + Sync + Send,
+) -> Vec<R> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(size(&items[i])));
+    let run = |&i: &usize| (i, f(&items[i]));
+    let mut done: Vec<(usize, R)> = if worth_it(scores * dims.group() * dims.head_dim) {
+        order.par_iter().map(run).collect()
+    } else {
+        order.iter().map(run).collect()
+    };
+    done.sort_unstable_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Query-key pairs of causal attention over the sequences (each position sees itself and before).
+fn causal_pairs(offsets: &[usize]) -> usize {
+    offsets.windows(2).map(|w| (w[1] - w[0]) * (w[1] - w[0] + 1) / 2).sum()
 }
 
 /// Rows `tokens` of heads `heads` of a `[tokens, n_heads, width]` array, widened, stacked
@@ -225,23 +279,6 @@ fn gather<T: Float>(
 }
 
 /// The inverse of `gather`: writes stacked rows back into a `[tokens, n_heads, width]` array.
-fn scatter<T: Float>(
-    dst: &mut [T],
-    n_heads: usize,
-    width: usize,
-    heads: Range<usize>,
-    tokens: Range<usize>,
-    rows: &[T::Acc],
-) {
-    let run = heads.len() * width;
-    for (t, src) in tokens.zip(rows.chunks_exact(run)) {
-        dst[(t * n_heads + heads.start) * width..][..run]
-            .iter_mut()
-            .zip(src)
-            .for_each(|(d, &s)| *d = T::narrow(s));
-    }
-}
-
 /// The query heads of key/value head `kv`.
 fn group_heads(dims: &AttentionDims, kv: usize) -> Range<usize> {
     kv * dims.group()..(kv + 1) * dims.group()
@@ -252,28 +289,45 @@ fn visible(i: usize, j0: usize, cols: usize) -> usize {
     (i + 1).saturating_sub(j0).min(cols)
 }
 
+
 fn forward_typed<T: Float>(x: &Inputs<T>) -> (Vec<T>, Vec<T::Acc>)
 where
     T::Acc: Float<Acc = T::Acc>,
 {
-    let dims = x.dims;
-    let tiles = tiles(x.offsets, dims.kv_heads);
-    let rows = map_tiles(&tiles, dims, |t| forward_tile(x, t));
-    let mut out = vec![T::narrow(T::Acc::zero()); q_len(dims)];
-    let mut lse = vec![T::Acc::zero(); dims.tokens * dims.q_heads];
-    for (t, (o, l)) in tiles.iter().zip(rows) {
-        let heads = group_heads(dims, t.kv_head);
-        scatter(
-            &mut out,
-            dims.q_heads,
-            dims.head_dim,
-            heads.clone(),
-            t.tokens(t.lo, t.hi),
-            &o,
-        );
-        scatter(&mut lse, dims.q_heads, 1, heads, t.tokens(t.lo, t.hi), &l);
-    }
+    let (dims, d, g) = (x.dims, x.dims.head_dim, x.dims.group());
+    let grid = Grid::new(x.offsets, dims.kv_heads, |len| len.div_ceil(TILE));
+    let tiles: Vec<Tile> = grid
+        .cells()
+        .map(|(start, len, kv_head, i, _)| Tile {
+            start,
+            kv_head,
+            lo: i * TILE,
+            hi: ((i + 1) * TILE).min(len),
+        })
+        .collect();
+    let rows = map_items(&tiles, dims, causal_pairs(x.offsets), |t| t.lo, |t| forward_tile(x, t));
+    // Token row `pos` of a tile's results, for the G heads of its key/value head.
+    let tile_rows = |s: usize, pos: usize, kv: usize| (grid.index(s, kv, pos / TILE), pos % TILE * g);
+    let out = grid.by_token(dims.q_heads * d, |s, pos, dst| {
+        for (kv, dst) in dst.chunks_exact_mut(g * d).enumerate() {
+            let (tile, r) = tile_rows(s, pos, kv);
+            narrow_into(dst, &rows[tile].0[r * d..][..g * d]);
+        }
+    });
+    let lse = grid.by_token(dims.q_heads, |s, pos, dst| {
+        for (kv, dst) in dst.chunks_exact_mut(g).enumerate() {
+            let (tile, r) = tile_rows(s, pos, kv);
+            narrow_into(dst, &rows[tile].1[r..][..g]);
+        }
+    });
     (out, lse)
+}
+
+/// Writes `src` narrowed to the storage type into `dst` (every element).
+fn narrow_into<T: Float>(dst: &mut [MaybeUninit<T>], src: &[T::Acc]) {
+    dst.iter_mut().zip(src).for_each(|(d, &s)| {
+        d.write(T::narrow(s));
+    });
 }
 
 /// One query tile of the forward: its output rows and their log-sum-exp.
@@ -300,7 +354,7 @@ fn forward_tile<T: Float>(x: &Inputs<T>, t: &Tile) -> (Vec<T::Acc>, Vec<T::Acc>)
         product_serial(&mut s, &q, &k, rows, cols, d, false, true);
         for (r, p) in s.chunks_exact_mut(cols).enumerate() {
             let seen = visible(t.lo + r / g, j0, cols);
-            let m_new = p[..seen].iter().fold(m[r], |a, &b| max_nan(a, b));
+            let m_new = T::Acc::row_max(&p[..seen], m[r]);
             let (shown, masked) = p.split_at_mut(seen);
             let sum = T::Acc::exp_shifted_sum(shown, m_new);
             masked.fill(T::Acc::zero());
@@ -321,6 +375,7 @@ fn forward_tile<T: Float>(x: &Inputs<T>, t: &Tile) -> (Vec<T::Acc>, Vec<T::Acc>)
     (acc, m)
 }
 
+
 /// What the backward reads besides the forward's inputs: dO, and per row the lse and
 /// `D = rowsum(dO ⊙ out)`, both `[tokens, q_heads]` in the arithmetic type.
 struct Upstream<'a, T: Float> {
@@ -329,47 +384,49 @@ struct Upstream<'a, T: Float> {
     delta: Vec<T::Acc>,
 }
 
-/// One query tile's stacked operands in the backward.
-struct QueryRows<A> {
+/// Query rows' stacked operands in the backward: `rows` of them from position `i0` on.
+struct QueryRows<'a, A> {
     /// scale · q
+    q: &'a [A],
+    d_out: &'a [A],
+    lse: &'a [A],
+    delta: &'a [A],
+}
+
+/// The stacked operands of a task's query positions, gathered once.
+struct QueryBlock<A> {
     q: Vec<A>,
     d_out: Vec<A>,
     lse: Vec<A>,
     delta: Vec<A>,
 }
 
-impl<A: Acc> QueryRows<A> {
-    fn load<T: Float<Acc = A>>(
-        x: &Inputs<T>,
-        up: &Upstream<T>,
-        t: &Tile,
-        (i0, i1): (usize, usize),
-    ) -> QueryRows<A>
+impl<A: Acc> QueryBlock<A> {
+    /// Positions `i0 .. i1` of task `t`'s sequence, for the query heads of its key/value head.
+    fn load<T: Float<Acc = A>>(x: &Inputs<T>, up: &Upstream<T>, t: &Task, (i0, i1): (usize, usize)) -> QueryBlock<A>
     where
         A: Float<Acc = A>,
     {
-        let dims = x.dims;
-        let (heads, tokens) = (group_heads(dims, t.kv_head), t.tokens(i0, i1));
-        let mut q = gather(
-            x.q,
-            dims.q_heads,
-            dims.head_dim,
-            heads.clone(),
-            tokens.clone(),
-        );
+        let (dims, d) = (x.dims, x.dims.head_dim);
+        let (heads, tokens) = (group_heads(dims, t.kv_head), t.start + i0..t.start + i1);
+        let mut q = gather(x.q, dims.q_heads, d, heads.clone(), tokens.clone());
         let scale = A::of(dims.scale);
         q.iter_mut().for_each(|v| *v *= scale);
-        QueryRows {
+        QueryBlock {
             q,
-            d_out: gather(
-                up.d_out,
-                dims.q_heads,
-                dims.head_dim,
-                heads.clone(),
-                tokens.clone(),
-            ),
+            d_out: gather(up.d_out, dims.q_heads, d, heads.clone(), tokens.clone()),
             lse: gather(up.lse, dims.q_heads, 1, heads.clone(), tokens.clone()),
             delta: gather(&up.delta, dims.q_heads, 1, heads, tokens),
+        }
+    }
+
+    /// Stacked rows `r0 .. r0 + rows`.
+    fn rows(&self, r0: usize, rows: usize, d: usize) -> QueryRows<'_, A> {
+        QueryRows {
+            q: &self.q[r0 * d..][..rows * d],
+            d_out: &self.d_out[r0 * d..][..rows * d],
+            lse: &self.lse[r0..][..rows],
+            delta: &self.delta[r0..][..rows],
         }
     }
 }
@@ -388,8 +445,8 @@ fn probs_and_dscores<A: Acc>(
     let rows = qr.lse.len();
     p.resize(rows * cols, A::zero());
     ds.resize(rows * cols, A::zero());
-    product_serial(p, &qr.q, k, rows, cols, d, false, true);
-    product_serial(ds, &qr.d_out, v, rows, cols, d, false, true);
+    product_serial(p, qr.q, k, rows, cols, d, false, true);
+    product_serial(ds, qr.d_out, v, rows, cols, d, false, true);
     for (r, (pr, dr)) in p
         .chunks_exact_mut(cols)
         .zip(ds.chunks_exact_mut(cols))
@@ -405,113 +462,138 @@ fn probs_and_dscores<A: Acc>(
     }
 }
 
-fn backward_typed<T: Float>(
-    x: &Inputs<T>,
-    d_out: &[T],
-    out: &[T],
-    lse: &[T::Acc],
-) -> (Vec<T>, Vec<T>, Vec<T>)
+/// Backward tasks wanted at least, so that a batch of few sequences and heads still spreads over
+/// the cores. A shape constant, not the thread count: the split, and so the rounding of dQ, is the
+/// same on every machine.
+const TASKS_WANTED: usize = 32;
+
+/// One backward task: key/value head `kv_head` of the sequence at token `start` (`len` positions),
+/// and of its key tiles those numbered `part`, `part + parts`, `part + 2·parts`, ...
+#[derive(Debug, Clone, Copy)]
+struct Task {
+    start: usize,
+    len: usize,
+    kv_head: usize,
+    part: usize,
+    parts: usize,
+}
+
+/// One task's gradients, all unscaled sums in the arithmetic type: dQ of the query rows from its
+/// first key tile on (stacked position-major from position `part·TILE`), and dK, dV of its key
+/// tiles, stacked in tile order.
+struct TaskGrads<A> {
+    dq: Vec<A>,
+    dk: Vec<A>,
+    dv: Vec<A>,
+}
+
+fn backward_typed<T: Float>(x: &Inputs<T>, d_out: &[T], out: &[T], lse: &[T::Acc]) -> (Vec<T>, Vec<T>, Vec<T>)
 where
     T::Acc: Float<Acc = T::Acc>,
 {
-    let (dims, d) = (x.dims, x.dims.head_dim);
-    let delta = d_out
-        .chunks_exact(d)
-        .zip(out.chunks_exact(d))
-        .map(|(a, b)| {
-            a.iter()
-                .zip(b)
-                .fold(T::Acc::zero(), |s, (a, b)| s + a.widen() * b.widen())
+    let (dims, d, g) = (x.dims, x.dims.head_dim, x.dims.group());
+    let rows = dims.tokens * dims.q_heads;
+    let fill = |delta: &mut [MaybeUninit<T::Acc>]| {
+        chunks(delta, FLAT_CHUNK, worth_it(rows * d), |c, dst| {
+            let at = c * FLAT_CHUNK * d;
+            let pairs = d_out[at..].chunks_exact(d).zip(out[at..].chunks_exact(d));
+            for (dst, (a, b)) in dst.iter_mut().zip(pairs) {
+                dst.write(a.iter().zip(b).fold(T::Acc::zero(), |s, (a, b)| s + a.widen() * b.widen()));
+            }
+        })
+    };
+    // SAFETY: the flat chunks cover `delta` and each element gets its row's sum.
+    let delta = unsafe { filled(rows, fill) };
+    let up = Upstream { d_out, lse, delta };
+    let units = x.offsets.windows(2).filter(|w| w[1] > w[0]).count() * dims.kv_heads;
+    let parts_wanted = TASKS_WANTED.div_ceil(units.max(1));
+    let grid = Grid::new(x.offsets, dims.kv_heads, |len| parts_wanted.min(len.div_ceil(TILE)));
+    let tasks: Vec<Task> = grid
+        .cells()
+        .map(|(start, len, kv_head, part, parts)| Task {
+            start,
+            len,
+            kv_head,
+            part,
+            parts,
         })
         .collect();
-    let up = Upstream { d_out, lse, delta };
-    let tiles = tiles(x.offsets, dims.kv_heads);
-    let kv_rows = map_tiles(&tiles, dims, |t| key_tile_grads(x, &up, t));
-    let q_rows = map_tiles(&tiles, dims, |t| query_tile_grad(x, &up, t));
-    let zero = T::narrow(T::Acc::zero());
-    let (mut dq, mut dk, mut dv) = (
-        vec![zero; q_len(dims)],
-        vec![zero; kv_len(dims)],
-        vec![zero; kv_len(dims)],
-    );
-    for (t, ((dkt, dvt), dqt)) in tiles.iter().zip(kv_rows.into_iter().zip(q_rows)) {
-        let tokens = t.tokens(t.lo, t.hi);
-        scatter(
-            &mut dk,
-            dims.kv_heads,
-            d,
-            t.kv_head..t.kv_head + 1,
-            tokens.clone(),
-            &dkt,
-        );
-        scatter(
-            &mut dv,
-            dims.kv_heads,
-            d,
-            t.kv_head..t.kv_head + 1,
-            tokens.clone(),
-            &dvt,
-        );
-        scatter(
-            &mut dq,
-            dims.q_heads,
-            d,
-            group_heads(dims, t.kv_head),
-            tokens,
-            &dqt,
-        );
-    }
+    let grads = map_items(&tasks, dims, causal_pairs(x.offsets), |t| t.len - t.part * TILE, |t| task_grads(x, &up, t));
+    let scale = T::Acc::of(dims.scale);
+    let dq = grid.by_token(dims.q_heads * d, |s, pos, dst| {
+        for (kv, dst) in dst.chunks_exact_mut(g * d).enumerate() {
+            // The parts whose first key tile is at or before this position, added in part order.
+            let parts = (pos / TILE + 1).min(grid.count[s]);
+            let part = |c: usize| &grads[grid.index(s, kv, c)].dq[(pos - c * TILE) * g * d..][..g * d];
+            let first = part(0);
+            for (e, o) in dst.iter_mut().enumerate() {
+                let sum = (1..parts).fold(first[e], |a, c| a + part(c)[e]);
+                o.write(T::narrow(sum * scale));
+            }
+        }
+    });
+    // Position `pos` sits in key tile `pos / TILE`, held by part `tile % parts` as its
+    // `tile / parts`-th tile.
+    let key_row = |s: usize, pos: usize, kv: usize| {
+        let (tile, parts) = (pos / TILE, grid.count[s]);
+        (grid.index(s, kv, tile % parts), (tile / parts * TILE + pos % TILE) * d)
+    };
+    let dk = grid.by_token(dims.kv_heads * d, |s, pos, dst| {
+        for (kv, dst) in dst.chunks_exact_mut(d).enumerate() {
+            let (task, r) = key_row(s, pos, kv);
+            narrow_into(dst, &grads[task].dk[r..][..d]);
+        }
+    });
+    let dv = grid.by_token(dims.kv_heads * d, |s, pos, dst| {
+        for (kv, dst) in dst.chunks_exact_mut(d).enumerate() {
+            let (task, r) = key_row(s, pos, kv);
+            narrow_into(dst, &grads[task].dv[r..][..d]);
+        }
+    });
     (dq, dk, dv)
 }
 
-/// dK and dV of one key tile, from every query tile at or after it.
-fn key_tile_grads<T: Float>(x: &Inputs<T>, up: &Upstream<T>, t: &Tile) -> (Vec<T::Acc>, Vec<T::Acc>)
+/// One task's dQ, dK and dV. Per key tile, the query tiles from the diagonal on: each pair's P and
+/// dS are computed once and feed `dV += Pᵀ·dO`, `dK += dSᵀ·(scale·Q)` and `dQ += dS·K`. Key tiles
+/// ascend, so every dQ row sums its key tiles in ascending order.
+fn task_grads<T: Float>(x: &Inputs<T>, up: &Upstream<T>, t: &Task) -> TaskGrads<T::Acc>
 where
     T::Acc: Float<Acc = T::Acc>,
 {
     let (dims, d, g) = (x.dims, x.dims.head_dim, x.dims.group());
-    let cols = t.hi - t.lo;
+    let zero = T::Acc::zero();
+    let first = t.part * TILE;
+    let block = QueryBlock::load(x, up, t, (first, t.len));
+    let mut dq = vec![zero; (t.len - first) * g * d];
+    let (mut dk, mut dv) = (Vec::new(), Vec::new());
+    let (mut p, mut ds) = (Vec::new(), Vec::new());
+    let (mut part_kv, mut part_q) = (vec![zero; TILE * d], vec![zero; TILE * g * d]);
     let kv = t.kv_head..t.kv_head + 1;
-    let k = gather(x.k, dims.kv_heads, d, kv.clone(), t.tokens(t.lo, t.hi));
-    let v = gather(x.v, dims.kv_heads, d, kv, t.tokens(t.lo, t.hi));
-    let (mut dk, mut dv) = (
-        vec![T::Acc::zero(); cols * d],
-        vec![T::Acc::zero(); cols * d],
-    );
-    let (mut p, mut ds, mut part) = (Vec::new(), Vec::new(), vec![T::Acc::zero(); cols * d]);
-    for i0 in (t.lo..t.len).step_by(TILE) {
-        let i1 = (i0 + TILE).min(t.len);
-        let qr = QueryRows::load(x, up, t, (i0, i1));
-        let rows = (i1 - i0) * g;
-        probs_and_dscores(&qr, &k, &v, (i0, t.lo, cols, d, g), &mut p, &mut ds);
-        product_serial(&mut part, &p, &qr.d_out, cols, d, rows, true, false);
-        dv.iter_mut().zip(&part).for_each(|(a, &b)| *a += b);
-        product_serial(&mut part, &ds, &qr.q, cols, d, rows, true, false);
-        dk.iter_mut().zip(&part).for_each(|(a, &b)| *a += b);
+    for j0 in (first..t.len).step_by(t.parts * TILE) {
+        let cols = (j0 + TILE).min(t.len) - j0;
+        let tokens = t.start + j0..t.start + j0 + cols;
+        let k = gather(x.k, dims.kv_heads, d, kv.clone(), tokens.clone());
+        let v = gather(x.v, dims.kv_heads, d, kv.clone(), tokens);
+        let at = dk.len();
+        dk.resize(at + cols * d, zero);
+        dv.resize(at + cols * d, zero);
+        let part_kv = &mut part_kv[..cols * d];
+        for i0 in (j0..t.len).step_by(TILE) {
+            let (r0, rows) = ((i0 - first) * g, ((i0 + TILE).min(t.len) - i0) * g);
+            let qr = block.rows(r0, rows, d);
+            probs_and_dscores(&qr, &k, &v, (i0, j0, cols, d, g), &mut p, &mut ds);
+            product_serial(part_kv, &p, qr.d_out, cols, d, rows, true, false);
+            add_into(&mut dv[at..], part_kv);
+            product_serial(part_kv, &ds, qr.q, cols, d, rows, true, false);
+            add_into(&mut dk[at..], part_kv);
+            let part_q = &mut part_q[..rows * d];
+            product_serial(part_q, &ds, &k, rows, d, cols, false, false);
+            add_into(&mut dq[r0 * d..][..rows * d], part_q);
+        }
     }
-    (dk, dv)
+    TaskGrads { dq, dk, dv }
 }
 
-/// dQ of one query tile, from every key tile up to the diagonal.
-fn query_tile_grad<T: Float>(x: &Inputs<T>, up: &Upstream<T>, t: &Tile) -> Vec<T::Acc>
-where
-    T::Acc: Float<Acc = T::Acc>,
-{
-    let (dims, d, g) = (x.dims, x.dims.head_dim, x.dims.group());
-    let qr = QueryRows::load(x, up, t, (t.lo, t.hi));
-    let rows = (t.hi - t.lo) * g;
-    let mut dq = vec![T::Acc::zero(); rows * d];
-    let (mut p, mut ds, mut part) = (Vec::new(), Vec::new(), vec![T::Acc::zero(); rows * d]);
-    for j0 in (0..t.hi).step_by(TILE) {
-        let cols = (j0 + TILE).min(t.hi) - j0;
-        let kv = t.kv_head..t.kv_head + 1;
-        let k = gather(x.k, dims.kv_heads, d, kv.clone(), t.tokens(j0, j0 + cols));
-        let v = gather(x.v, dims.kv_heads, d, kv, t.tokens(j0, j0 + cols));
-        probs_and_dscores(&qr, &k, &v, (t.lo, j0, cols, d, g), &mut p, &mut ds);
-        product_serial(&mut part, &ds, &k, rows, d, cols, false, false);
-        dq.iter_mut().zip(&part).for_each(|(a, &b)| *a += b);
-    }
-    let scale = T::Acc::of(dims.scale);
-    dq.iter_mut().for_each(|v| *v *= scale);
-    dq
+fn add_into<A: Acc>(acc: &mut [A], part: &[A]) {
+    acc.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
 }

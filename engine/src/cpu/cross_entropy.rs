@@ -13,7 +13,7 @@
 //! and gradient NaN.
 
 use super::elem::prelude::*;
-use super::elem::{check_bounds, indices, max_nan, with_float, Acc, Elem, Float};
+use super::elem::{check_bounds, indices, with_float, Acc, Elem, Float};
 use super::par::{for_each_chunk, worth_it};
 use crate::{CpuStorage, Error, Result};
 
@@ -58,7 +58,7 @@ fn expect_len(op: &'static str, what: &str, got: usize, want: usize) -> Result<(
 /// exponentials left in `exps`.
 fn row_stats<T: Float>(row: &[T], exps: &mut Vec<T::Acc>) -> (T::Acc, T::Acc) {
     let wide = T::widen_slice(row);
-    let m = wide.iter().fold(T::Acc::neg_infinity(), |a, &v| max_nan(a, v));
+    let m = T::Acc::row_max(&wide, T::Acc::neg_infinity());
     exps.clear();
     exps.extend_from_slice(&wide);
     (m, T::Acc::exp_shifted_sum(exps, m))

@@ -50,6 +50,8 @@ pub(crate) trait Acc: num_traits::Float + AddAssign + MulAssign + Send + Sync + 
     fn gelu_backward(dg: &mut [Self], u: &[Self], gate: Self) -> Self;
     /// Σ a[i]·b[i] in a fixed order (SIMD lanes for f32, sequential for f64).
     fn dot(a: &[Self], b: &[Self]) -> Self;
+    /// The largest of `init` and the elements of `x`, NaN if any is NaN (`max_nan`; SIMD for f32).
+    fn row_max(x: &[Self], init: Self) -> Self;
 }
 
 impl Acc for f32 {
@@ -67,6 +69,9 @@ impl Acc for f32 {
     }
     fn dot(a: &[f32], b: &[f32]) -> f32 {
         super::simd::dot(a, b)
+    }
+    fn row_max(x: &[f32], init: f32) -> f32 {
+        super::simd::row_max(x, init)
     }
 }
 impl Acc for f64 {
@@ -94,6 +99,9 @@ impl Acc for f64 {
     }
     fn dot(a: &[f64], b: &[f64]) -> f64 {
         a.iter().zip(b).fold(0.0, |s, (x, y)| s + x * y)
+    }
+    fn row_max(x: &[f64], init: f64) -> f64 {
+        x.iter().fold(init, |m, &v| max_nan(m, v))
     }
 }
 

@@ -13,7 +13,9 @@
 
 use super::elem::prelude::*;
 use super::elem::{check_bounds, indices, with_any, with_float, Elem, Float};
-use super::par::{chunks, for_each_chunk, worth_it};
+use std::mem::MaybeUninit;
+
+use super::par::{chunks, copy_into, filled, for_each_chunk, worth_it};
 use crate::{CpuStorage, Error, Result};
 
 pub(super) fn index_select(src: &CpuStorage, idx: &CpuStorage, n_idx: usize, row_len: usize) -> Result<CpuStorage> {
@@ -72,11 +74,13 @@ fn expect_len(op: &'static str, got: usize, want: usize) -> Result<()> {
 }
 
 fn gather_rows<T: Elem>(src: &[T], idx: &[u32], row_len: usize) -> Vec<T> {
-    let mut out = vec![T::zeroed(); idx.len() * row_len];
-    chunks(&mut out, row_len, worth_it(idx.len() * row_len), |i, o| {
-        o.copy_from_slice(&src[idx[i] as usize * row_len..][..row_len]);
-    });
-    out
+    let fill = |out: &mut [MaybeUninit<T>]| {
+        chunks(out, row_len, worth_it(idx.len() * row_len), |i, o| {
+            copy_into(o, &src[idx[i] as usize * row_len..][..row_len]);
+        })
+    };
+    // SAFETY: the chunks are the output's rows, each copied whole.
+    unsafe { filled(idx.len() * row_len, fill) }
 }
 
 fn scatter_rows<T: Float>(src: &[T], idx: &[u32], row_len: usize, out_rows: usize) -> Vec<T> {
@@ -94,45 +98,52 @@ fn scatter_rows<T: Float>(src: &[T], idx: &[u32], row_len: usize, out_rows: usiz
         sources[fill[r as usize]] = i;
         fill[r as usize] += 1;
     }
-    let mut out = vec![T::narrow(T::Acc::zero()); out_rows * row_len];
     let work = (idx.len() + out_rows) * row_len;
-    for_each_chunk(&mut out, row_len, worth_it(work), Vec::new, |acc: &mut Vec<T::Acc>, r, o| {
-        acc.clear();
-        acc.resize(row_len, T::Acc::zero());
-        for &i in &sources[starts[r]..starts[r + 1]] {
-            for (a, v) in acc.iter_mut().zip(&src[i * row_len..][..row_len]) {
-                *a += v.widen();
+    let fill = |out: &mut [MaybeUninit<T>]| {
+        for_each_chunk(out, row_len, worth_it(work), Vec::new, |acc: &mut Vec<T::Acc>, r, o| {
+            acc.clear();
+            acc.resize(row_len, T::Acc::zero());
+            for &i in &sources[starts[r]..starts[r + 1]] {
+                for (a, v) in acc.iter_mut().zip(&src[i * row_len..][..row_len]) {
+                    *a += v.widen();
+                }
             }
-        }
-        for (o, &a) in o.iter_mut().zip(acc.iter()) {
-            *o = T::narrow(a);
-        }
-    });
-    out
+            for (o, &a) in o.iter_mut().zip(acc.iter()) {
+                o.write(T::narrow(a));
+            }
+        })
+    };
+    // SAFETY: the chunks are the output's rows, and each row is written whole from its sum
+    // (zero where no source lands).
+    unsafe { filled(out_rows * row_len, fill) }
 }
 
 fn gather_last_typed<T: Elem>(src: &[T], idx: &[u32], n: usize, k: usize) -> Vec<T> {
-    let mut out = vec![T::zeroed(); idx.len()];
-    chunks(&mut out, k, worth_it(idx.len()), |r, o| {
-        let row = &src[r * n..][..n];
-        for (o, &i) in o.iter_mut().zip(&idx[r * k..][..k]) {
-            *o = row[i as usize];
-        }
-    });
-    out
+    let fill = |out: &mut [MaybeUninit<T>]| {
+        chunks(out, k, worth_it(idx.len()), |r, o| {
+            let row = &src[r * n..][..n];
+            for (o, &i) in o.iter_mut().zip(&idx[r * k..][..k]) {
+                o.write(row[i as usize]);
+            }
+        })
+    };
+    // SAFETY: the chunks are the output's rows of k, and each has its k indices.
+    unsafe { filled(idx.len(), fill) }
 }
 
 fn scatter_last_typed<T: Float>(src: &[T], idx: &[u32], rows: usize, k: usize, n: usize) -> Vec<T> {
-    let mut out = vec![T::narrow(T::Acc::zero()); rows * n];
-    for_each_chunk(&mut out, n, worth_it(rows * (n + k)), Vec::new, |acc: &mut Vec<T::Acc>, r, o| {
-        acc.clear();
-        acc.resize(n, T::Acc::zero());
-        for (&i, v) in idx[r * k..][..k].iter().zip(&src[r * k..][..k]) {
-            acc[i as usize] += v.widen();
-        }
-        for (o, &a) in o.iter_mut().zip(acc.iter()) {
-            *o = T::narrow(a);
-        }
-    });
-    out
+    let fill = |out: &mut [MaybeUninit<T>]| {
+        for_each_chunk(out, n, worth_it(rows * (n + k)), Vec::new, |acc: &mut Vec<T::Acc>, r, o| {
+            acc.clear();
+            acc.resize(n, T::Acc::zero());
+            for (&i, v) in idx[r * k..][..k].iter().zip(&src[r * k..][..k]) {
+                acc[i as usize] += v.widen();
+            }
+            for (o, &a) in o.iter_mut().zip(acc.iter()) {
+                o.write(T::narrow(a));
+            }
+        })
+    };
+    // SAFETY: the chunks are the output's rows of n, each written whole from its sums.
+    unsafe { filled(rows * n, fill) }
 }

@@ -8,7 +8,9 @@
 //! output rows before it is evicted.
 
 use super::elem::{with_any, Elem};
-use super::par::{chunks, worth_it, FLAT_CHUNK};
+use std::mem::MaybeUninit;
+
+use super::par::{chunks, copy_into, filled, worth_it, FLAT_CHUNK};
 use super::strided::Strided;
 use crate::{CpuStorage, DType, Error, Result};
 
@@ -65,60 +67,71 @@ pub(super) fn permute(x: &CpuStorage, dims: &[usize], perm: &[usize]) -> Result<
     Ok(with_any!(x, |v| Elem::wrap(permute_typed(v, &out_dims, &strides))))
 }
 
+// The outputs below are written whole by their chunks, so they start uninitialised (`filled`).
+
 fn convert<S: Elem, D: Elem>(src: &[S]) -> Vec<D> {
-    let mut out = vec![D::zeroed(); src.len()];
-    chunks(&mut out, FLAT_CHUNK, worth_it(src.len()), |i, o| {
-        for (o, s) in o.iter_mut().zip(&src[i * FLAT_CHUNK..]) {
-            *o = D::from_f64(s.to_f64());
-        }
-    });
-    out
+    let fill = |out: &mut [MaybeUninit<D>]| {
+        chunks(out, FLAT_CHUNK, worth_it(src.len()), |i, o| {
+            for (o, s) in o.iter_mut().zip(&src[i * FLAT_CHUNK..]) {
+                o.write(D::from_f64(s.to_f64()));
+            }
+        })
+    };
+    // SAFETY: the flat chunks cover the output and every element gets its source's value.
+    unsafe { filled(src.len(), fill) }
 }
 
 fn narrow_typed<T: Elem>(src: &[T], outer: usize, block: usize, start: usize, len: usize) -> Vec<T> {
-    let mut out = vec![T::zeroed(); outer * len];
-    chunks(&mut out, len, worth_it(outer * len), |o, dst| dst.copy_from_slice(&src[o * block + start..][..len]));
-    out
+    let fill = |out: &mut [MaybeUninit<T>]| {
+        chunks(out, len, worth_it(outer * len), |o, dst| copy_into(dst, &src[o * block + start..][..len]))
+    };
+    // SAFETY: the chunks are the output's `outer` rows of `len`, each copied whole.
+    unsafe { filled(outer * len, fill) }
 }
 
 fn concat_typed<T: Elem>(parts: &[&[T]], outer: usize, block_lens: &[usize]) -> Vec<T> {
     let total: usize = block_lens.iter().sum();
-    let mut out = vec![T::zeroed(); outer * total];
-    chunks(&mut out, total, worth_it(outer * total), |o, dst| {
-        let mut at = 0;
-        for (p, &len) in parts.iter().zip(block_lens) {
-            dst[at..at + len].copy_from_slice(&p[o * len..][..len]);
-            at += len;
-        }
-    });
-    out
+    let fill = |out: &mut [MaybeUninit<T>]| {
+        chunks(out, total, worth_it(outer * total), |o, dst| {
+            let mut at = 0;
+            for (p, &len) in parts.iter().zip(block_lens) {
+                copy_into(&mut dst[at..at + len], &p[o * len..][..len]);
+                at += len;
+            }
+        })
+    };
+    // SAFETY: the chunks are the output's rows of `total`, and the blocks' lengths sum to `total`.
+    unsafe { filled(outer * total, fill) }
 }
 
 /// Copies `src` read through `strides` (one per output axis) into a contiguous `out_dims` tensor.
 fn permute_typed<T: Elem>(src: &[T], out_dims: &[usize], strides: &[usize]) -> Vec<T> {
-    let mut out = vec![T::zeroed(); src.len()];
-    if out.is_empty() {
-        return out;
+    if src.is_empty() {
+        return Vec::new();
     }
     let layout = Strided::new(out_dims, [strides]);
     let (inner, [step]) = (layout.inner, layout.inner_strides);
     // Tiles of TILE output rows: consecutive output rows are usually neighbours in the source.
-    chunks(&mut out, inner * TILE, worth_it(src.len()), |g, block| {
-        let offsets: Vec<usize> = (0..block.len() / inner).map(|r| layout.offsets(g * TILE + r)[0]).collect();
-        if step == 1 {
-            for (row, &off) in block.chunks_mut(inner).zip(&offsets) {
-                row.copy_from_slice(&src[off..][..inner]);
+    let fill = |out: &mut [MaybeUninit<T>]| {
+        chunks(out, inner * TILE, worth_it(src.len()), |g, block| {
+            let offsets: Vec<usize> = (0..block.len() / inner).map(|r| layout.offsets(g * TILE + r)[0]).collect();
+            if step == 1 {
+                for (row, &off) in block.chunks_mut(inner).zip(&offsets) {
+                    copy_into(row, &src[off..][..inner]);
+                }
+                return;
             }
-            return;
-        }
-        for j0 in (0..inner).step_by(TILE) {
-            let j1 = (j0 + TILE).min(inner);
-            for (row, &off) in block.chunks_mut(inner).zip(&offsets) {
-                for (j, o) in (j0..j1).zip(&mut row[j0..j1]) {
-                    *o = src[off + j * step];
+            for j0 in (0..inner).step_by(TILE) {
+                let j1 = (j0 + TILE).min(inner);
+                for (row, &off) in block.chunks_mut(inner).zip(&offsets) {
+                    for (j, o) in (j0..j1).zip(&mut row[j0..j1]) {
+                        o.write(src[off + j * step]);
+                    }
                 }
             }
-        }
-    });
-    out
+        })
+    };
+    // SAFETY: the blocks are whole output rows of `inner`, and every column of every row is
+    // written (one copy, or the column tiles j0 .. j1 that cover 0 .. inner).
+    unsafe { filled(src.len(), fill) }
 }

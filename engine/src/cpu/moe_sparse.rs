@@ -18,15 +18,15 @@
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
 use super::elem::prelude::*;
 use super::elem::{indices, with_float, Acc, Elem, Float};
-use super::elementwise::gelu_grad;
 use super::matmul::product_serial;
 use super::skinny;
-use super::par::{for_each_chunk, worth_it};
+use super::par::{filled, for_each_chunk, worth_it};
 use super::profile::{timed, Cost};
 use crate::backend::{RouteMode, SparseDims, DROPPED};
 use crate::{CpuStorage, Error, Result};
@@ -61,27 +61,39 @@ fn route_typed<T: Float>(p: &[T], tokens: usize, n: usize, mode: RouteMode, reno
         _ => k_max,
     };
     let (mut experts, mut weights, mut mask, mut counts) = (vec![0u32; tokens * k_max], vec![T::narrow(<T::Acc>::zero()); tokens * k_max], vec![T::narrow(<T::Acc>::zero()); tokens * k_max], vec![0u32; tokens]);
-    let mut order_buf: Vec<usize> = Vec::with_capacity(n);
-    for t in 0..tokens {
+    // One token: its experts in order, their weights and mask over the k_max slots, its count.
+    let token = |order_buf: &mut Vec<usize>, t: usize, (experts, weights, mask, count): (&mut [u32], &mut [T], &mut [T], &mut u32)| {
         let row = &p[t * n..(t + 1) * n];
-        let count = match mode {
+        let used_count = match mode {
             RouteMode::Threshold { eps, .. } => above(row, eps).min(k_max),
             _ => batch_k,
         };
         order_buf.clear();
         order_buf.extend(0..n);
         order_buf.sort_by(|&a, &b| order((row[a].widen(), a), (row[b].widen(), b)));
-        let sum = order_buf[..count].iter().fold(<T::Acc>::zero(), |s, &e| s + row[e].widen());
+        let sum = order_buf[..used_count].iter().fold(<T::Acc>::zero(), |s, &e| s + row[e].widen());
         for j in 0..k_max {
-            let o = t * k_max + j;
-            let used = j < count;
+            let used = j < used_count;
             let e = if used { order_buf[j] } else { order_buf[0] };
-            experts[o] = e as u32;
+            experts[j] = e as u32;
             let v = row[e].widen();
-            weights[o] = T::narrow(if !used { <T::Acc>::zero() } else if renormalise { v / sum } else { v });
-            mask[o] = T::narrow(if used { <T::Acc>::one() } else { <T::Acc>::zero() });
+            weights[j] = T::narrow(if !used { <T::Acc>::zero() } else if renormalise { v / sum } else { v });
+            mask[j] = T::narrow(if used { <T::Acc>::one() } else { <T::Acc>::zero() });
         }
-        counts[t] = count as u32;
+        *count = used_count as u32;
+    };
+    // Tokens are independent (batch_k is fixed above), so they run in parallel.
+    let (slots, scratch) = (k_max.max(1), || Vec::with_capacity(n));
+    // A token's work is its sort: about n·log n comparisons.
+    if worth_it(tokens * n * (1 + n.max(1).ilog2() as usize)) {
+        let per_token = experts.par_chunks_mut(slots).zip(weights.par_chunks_mut(slots)).zip(mask.par_chunks_mut(slots)).zip(counts.par_iter_mut());
+        per_token.enumerate().for_each_init(scratch, |buf, (t, (((e, w), m), c))| token(buf, t, (e, w, m, c)));
+    } else {
+        let mut buf = scratch();
+        let per_token = experts.chunks_mut(slots).zip(weights.chunks_mut(slots)).zip(mask.chunks_mut(slots)).zip(counts.iter_mut());
+        for (t, (((e, w), m), c)) in per_token.enumerate() {
+            token(&mut buf, t, (e, w, m, c));
+        }
     }
     [CpuStorage::U32(experts), T::wrap(weights), T::wrap(mask), CpuStorage::U32(counts)]
 }
@@ -201,16 +213,20 @@ impl Lists<'_> {
     /// in list order, row length d), in parallel over tokens.
     pub(super) fn combine<T: Float>(&self, rows: &[T]) -> Vec<T> {
         let SparseDims { tokens, d, k_max, .. } = self.dims;
-        let mut y = vec![T::narrow(<T::Acc>::zero()); tokens * d];
-        for_each_chunk(&mut y, d, worth_it(tokens * d * k_max), || vec![<T::Acc>::zero(); d], |acc, t, out| {
-            acc.iter_mut().for_each(|a| *a = <T::Acc>::zero());
-            for &pos in self.slot_pos[t * k_max..(t + 1) * k_max].iter().filter(|&&p| p != DROPPED) {
-                let pos = pos as usize;
-                acc.iter_mut().zip(&rows[pos * d..(pos + 1) * d]).for_each(|(a, v)| *a += v.widen());
-            }
-            out.iter_mut().zip(acc.iter()).for_each(|(o, a)| *o = T::narrow(*a));
-        });
-        y
+        let fill = |y: &mut [MaybeUninit<T>]| {
+            for_each_chunk(y, d, worth_it(tokens * d * k_max), || vec![<T::Acc>::zero(); d], |acc, t, out| {
+                acc.iter_mut().for_each(|a| *a = <T::Acc>::zero());
+                for &pos in self.slot_pos[t * k_max..(t + 1) * k_max].iter().filter(|&&p| p != DROPPED) {
+                    let pos = pos as usize;
+                    acc.iter_mut().zip(&rows[pos * d..(pos + 1) * d]).for_each(|(a, v)| *a += v.widen());
+                }
+                out.iter_mut().zip(acc.iter()).for_each(|(o, a)| {
+                    o.write(T::narrow(*a));
+                });
+            })
+        };
+        // SAFETY: the chunks are the tokens' rows of d, each written whole from its sum.
+        unsafe { filled(tokens * d, fill) }
     }
 }
 
@@ -230,7 +246,7 @@ pub(super) fn lists<'a>(offsets: &'a CpuStorage, sorted: &'a CpuStorage, slot_po
     const OP: &str = "moe_sparse_mlp";
     let l = Lists { offsets: indices(OP, offsets)?, sorted: indices(OP, sorted)?, slot_pos: indices(OP, slot_pos)?, dims: *dims };
     let total = *l.offsets.last().unwrap_or(&0) as usize;
-    if l.offsets.len() != dims.n_experts + 1 || total > dims.slots() || l.offsets.windows(2).any(|w| w[0] > w[1]) {
+    if l.offsets.len() != dims.n_experts + 1 || l.offsets[0] != 0 || total > dims.slots() || l.offsets.windows(2).any(|w| w[0] > w[1]) {
         return Err(Error::invalid(OP, "offsets are not a prefix sum over the experts within the slot count"));
     }
     if let Some(&bad) = l.sorted[..total].iter().find(|&&s| s as usize >= dims.slots()) {
@@ -280,11 +296,9 @@ fn forward_typed<T: Float>(x: &[T], w1: &[T], w2: &[T], w: &[T], l: &Lists, save
     let slots = l.dims.slots();
     let zero = T::narrow(<T::Acc>::zero());
     let (mut u, mut h) = if save { (vec![zero; slots * f], vec![zero; slots * f]) } else { (Vec::new(), Vec::new()) };
-    let mut ys = vec![zero; l.total() * d];
     let blocks = l.blocks(ROW_BLOCK);
-    let tasks: Vec<_> = blocks.iter().zip(split_blocks(&mut u, &blocks, f)).zip(split_blocks(&mut h, &blocks, f)).zip(split_blocks(&mut ys, &blocks, d)).collect();
     let parallel = worth_it(l.total() * d * f);
-    let run = |(xg, ue, he, ye): &mut Scratch<T::Acc>, (((b, u), h), y): (((&Block, &mut [T]), &mut [T]), &mut [T])| {
+    let run = |(xg, ue, he, ye): &mut Scratch<T::Acc>, (((b, u), h), y): (((&Block, &mut [T]), &mut [T]), &mut [MaybeUninit<T>])| {
         let b = *b;
         l.gather(xg, x, b, d);
         // A few rows (decode) read the expert's weights in place; more widen them for the GEMM.
@@ -313,16 +327,25 @@ fn forward_typed<T: Float>(x: &[T], w1: &[T], w2: &[T], w: &[T], l: &Lists, save
         }
         for r in 0..b.rows {
             let ws = w[l.slot(b.first + r)].widen();
-            y[r * d..(r + 1) * d].iter_mut().zip(&ye[r * d..(r + 1) * d]).for_each(|(o, v)| *o = T::narrow(*v * ws));
+            y[r * d..(r + 1) * d].iter_mut().zip(&ye[r * d..(r + 1) * d]).for_each(|(o, v)| {
+                o.write(T::narrow(*v * ws));
+            });
         }
     };
     let scratch = || (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    if parallel {
-        tasks.into_par_iter().for_each_init(scratch, run);
-    } else {
-        let mut s = scratch();
-        tasks.into_iter().for_each(|t| run(&mut s, t));
-    }
+    let fill = |ys: &mut [MaybeUninit<T>]| {
+        let tasks: Vec<_> = blocks.iter().zip(split_blocks(&mut u, &blocks, f)).zip(split_blocks(&mut h, &blocks, f)).zip(split_blocks(ys, &blocks, d)).collect();
+        if parallel {
+            tasks.into_par_iter().for_each_init(scratch, run);
+        } else {
+            let mut s = scratch();
+            tasks.into_iter().for_each(|t| run(&mut s, t));
+        }
+    };
+    // SAFETY: the blocks cut every expert's list entries, which run back to back from 0 to the
+    // total (offsets checked in `lists`), so their slices cover `ys`; each task writes its rows
+    // whole.
+    let ys = unsafe { filled(l.total() * d, fill) };
     let y = T::wrap(l.combine(&ys));
     (y, save.then(|| (T::wrap(u), T::wrap(h))))
 }
@@ -368,19 +391,19 @@ fn backward_typed<T: Float>(dy: &[T], x: &[T], w1: &[T], w2: &[T], w: &[T], u: &
         l.gather(&mut dy_rows, dy, b, d);
         let mut dg = vec![<T::Acc>::zero(); b.rows * f];
         product_serial(&mut dg, &dy_rows, &l.slab(w2, b.expert), b.rows, f, d, false, true);
-        let (mut du, mut he) = (Vec::with_capacity(b.rows * f), Vec::with_capacity(b.rows * f));
-        for r in 0..b.rows {
-            let ws = w[l.slot(b.first + r)].widen();
-            let mut dot = <T::Acc>::zero();
-            for c in 0..f {
-                let o = (b.first + r) * f + c;
-                let g = T::narrow(dg[r * f + c]).widen();
-                dot += g * h[o].widen();
-                du.push(T::narrow(ws * g * gelu_grad(u[o].widen())).widen());
-                he.push(h[o].widen());
-            }
-            dwl[r] = T::narrow(dot);
+        // dG and dU are rounded to the storage type element by element, as the CUDA kernel
+        // stores them; in between, the SIMD GeLU derivative runs over the whole row.
+        let he: Vec<T::Acc> = h[b.first * f..(b.first + b.rows) * f].iter().map(|v| v.widen()).collect();
+        let mut u_row = Vec::with_capacity(f);
+        for (r, (g, h_row)) in dg.chunks_exact_mut(f).zip(he.chunks_exact(f)).enumerate() {
+            g.iter_mut().for_each(|v| *v = T::narrow(*v).widen());
+            dwl[r] = T::narrow(<T::Acc>::dot(g, h_row));
+            u_row.clear();
+            u_row.extend(u[(b.first + r) * f..][..f].iter().map(|v| v.widen()));
+            <T::Acc>::gelu_backward(g, &u_row, w[l.slot(b.first + r)].widen());
+            g.iter_mut().for_each(|v| *v = T::narrow(*v).widen());
         }
+        let du = dg;
         let mut dxe = vec![<T::Acc>::zero(); b.rows * d];
         product_serial(&mut dxe, &du, &l.slab(w1, b.expert), b.rows, d, f, false, false);
         dxl.iter_mut().zip(&dxe).for_each(|(o, v)| *o = T::narrow(*v));

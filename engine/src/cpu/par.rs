@@ -87,3 +87,11 @@ pub(crate) unsafe fn filled<T>(len: usize, fill: impl FnOnce(&mut [MaybeUninit<T
     unsafe { out.set_len(len) };
     out
 }
+
+/// Copies `src` into the (possibly uninitialised) `dst` of the same length.
+pub(crate) fn copy_into<T: Copy>(dst: &mut [MaybeUninit<T>], src: &[T]) {
+    debug_assert_eq!(dst.len(), src.len(), "copy between slices of different lengths");
+    dst.iter_mut().zip(src).for_each(|(d, &s)| {
+        d.write(s);
+    });
+}

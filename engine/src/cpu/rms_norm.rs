@@ -17,9 +17,11 @@
 //! Arithmetic runs in the arithmetic type (f32 for f32 / bf16 / f16, f64 for f64), the row dot
 //! products 16 lanes wide in a fixed order (simd.rs), as the CUDA kernel's f32 accumulation does.
 
+use std::mem::MaybeUninit;
+
 use super::elem::prelude::*;
 use super::elem::{with_float, Acc, Elem, Float};
-use super::par::{for_each_chunk, for_each_chunk2, worth_it};
+use super::par::{filled, for_each_chunk, for_each_chunk2, worth_it};
 use crate::{CpuStorage, Error, Result};
 
 /// Rows per task, and per partial sum of dw.
@@ -75,11 +77,10 @@ pub(super) fn rms_norm_backward(dy: &CpuStorage, h: &CpuStorage, weight: &CpuSto
 fn forward_typed<T: Float>(x: &[T], residual: Option<&[T]>, w: &[T], dims: Rows) -> (Vec<T>, Option<Vec<T>>) {
     let (rows, cols) = (dims.rows, dims.cols);
     let w = T::widen_slice(w);
-    let zero = T::narrow(T::Acc::zero());
-    let mut y = vec![zero; rows * cols];
     let parallel = worth_it(rows * cols);
     // One block of rows: widen (and add the residual, storing the rounded sum), then normalise.
-    let block = |hs: &mut Vec<T::Acc>, b: usize, ys: &mut [T], mut h_out: Option<&mut [T]>| {
+    // Every element of the block's rows of y (and of h) is written.
+    let block = |hs: &mut Vec<T::Acc>, b: usize, ys: &mut [MaybeUninit<T>], mut h_out: Option<&mut [MaybeUninit<T>]>| {
         hs.resize(cols, T::Acc::zero());
         for (i, yr) in ys.chunks_exact_mut(cols).enumerate() {
             let row = (b * ROW_BLOCK + i) * cols;
@@ -88,29 +89,33 @@ fn forward_typed<T: Float>(x: &[T], residual: Option<&[T]>, w: &[T], dims: Rows)
                 (Some(res), Some(h_out)) => {
                     let (rr, hr) = (&res[row..][..cols], &mut h_out[i * cols..][..cols]);
                     for j in 0..cols {
-                        hr[j] = T::narrow(xr[j].widen() + rr[j].widen());
-                        hs[j] = hr[j].widen();
+                        let sum = T::narrow(xr[j].widen() + rr[j].widen());
+                        hr[j].write(sum);
+                        hs[j] = sum.widen();
                     }
                 }
                 _ => hs.iter_mut().zip(xr).for_each(|(a, v)| *a = v.widen()),
             }
             let inv = dims.inv_rms(hs);
             for ((o, &v), &g) in yr.iter_mut().zip(hs.iter()).zip(w.iter()) {
-                *o = T::narrow(v * inv * g);
+                o.write(T::narrow(v * inv * g));
             }
         }
     };
-    let h = match residual {
+    let len = rows * cols;
+    let mut h = None;
+    let fill_y = |y: &mut [MaybeUninit<T>]| match residual {
         Some(_) => {
-            let mut h = vec![zero; rows * cols];
-            for_each_chunk2(&mut y, ROW_BLOCK * cols, &mut h, ROW_BLOCK * cols, parallel, Vec::new, |s, b, ys, hs| block(s, b, ys, Some(hs)));
-            Some(h)
+            let fill_h = |hs: &mut [MaybeUninit<T>]| {
+                for_each_chunk2(y, ROW_BLOCK * cols, hs, ROW_BLOCK * cols, parallel, Vec::new, |s, b, ys, hs| block(s, b, ys, Some(hs)))
+            };
+            // SAFETY: the row blocks cover h, and `block` writes every element of its rows of h.
+            h = Some(unsafe { filled(len, fill_h) });
         }
-        None => {
-            for_each_chunk(&mut y, ROW_BLOCK * cols, parallel, Vec::new, |s, b, ys| block(s, b, ys, None));
-            None
-        }
+        None => for_each_chunk(y, ROW_BLOCK * cols, parallel, Vec::new, |s, b, ys| block(s, b, ys, None)),
     };
+    // SAFETY: the row blocks cover y, and `block` writes every element of its rows of y.
+    let y = unsafe { filled(len, fill_y) };
     (y, h)
 }
 
@@ -118,12 +123,11 @@ fn backward_typed<T: Float>(dy: &[T], h: &[T], w: &[T], dims: Rows) -> (Vec<T>, 
     let (rows, cols) = (dims.rows, dims.cols);
     let w = T::widen_slice(w);
     let n = T::Acc::of(cols as f64);
-    let mut dh = vec![T::narrow(T::Acc::zero()); rows * cols];
     let blocks = rows.div_ceil(ROW_BLOCK);
     let mut partials = vec![T::Acc::zero(); blocks * cols];
     // Scratch: the widened row of h and g = dy ⊙ w.
     let init = || (Vec::new(), Vec::new());
-    for_each_chunk2(&mut dh, ROW_BLOCK * cols, &mut partials, cols, worth_it(rows * cols), init, |(hs, gs): &mut (Vec<T::Acc>, Vec<T::Acc>), b, dhs, dw| {
+    let fill = |dh: &mut [MaybeUninit<T>]| for_each_chunk2(dh, ROW_BLOCK * cols, &mut partials, cols, worth_it(rows * cols), init, |(hs, gs): &mut (Vec<T::Acc>, Vec<T::Acc>), b, dhs, dw| {
         hs.resize(cols, T::Acc::zero());
         gs.resize(cols, T::Acc::zero());
         for (i, dhr) in dhs.chunks_exact_mut(cols).enumerate() {
@@ -136,11 +140,13 @@ fn backward_typed<T: Float>(dy: &[T], h: &[T], w: &[T], dims: Rows) -> (Vec<T>, 
             let inv = dims.inv_rms(hs);
             let c = inv * inv * inv * T::Acc::dot(gs, hs) / n;
             for j in 0..cols {
-                dhr[j] = T::narrow(inv * gs[j] - c * hs[j]);
+                dhr[j].write(T::narrow(inv * gs[j] - c * hs[j]));
                 dw[j] += dyr[j].widen() * hs[j] * inv;
             }
         }
     });
+    // SAFETY: the row blocks cover dh, and each of their rows is written whole.
+    let dh = unsafe { filled(rows * cols, fill) };
     let mut dw = vec![T::Acc::zero(); cols];
     for p in partials.chunks_exact(cols) {
         dw.iter_mut().zip(p).for_each(|(s, &v)| *s += v);

@@ -3,9 +3,10 @@
 //! and sine `sin[p, j]`. The inverse turns by the negative angle; as the rotation is orthogonal that
 //! is also its backward. One task per (batch, position) row block, computed in the arithmetic type.
 
-use super::elem::prelude::*;
+use std::mem::MaybeUninit;
+
 use super::elem::{with_float, Elem, Float};
-use super::par::{chunks, worth_it};
+use super::par::{chunks, filled, worth_it};
 use crate::{CpuStorage, Error, Result};
 
 pub(super) fn rope(
@@ -30,9 +31,8 @@ pub(super) fn rope(
 
 fn rope_typed<T: Float>(x: &[T], cos: &[T], sin: &[T], t: usize, h: usize, d: usize, inverse: bool) -> Vec<T> {
     let half = d / 2;
-    let mut out = vec![T::narrow(T::Acc::zero()); x.len()];
     // Chunk r is position r % t of batch entry r / t: all its heads share one row of cos / sin.
-    chunks(&mut out, h * d, worth_it(x.len()), |r, o| {
+    let fill = |out: &mut [MaybeUninit<T>]| chunks(out, h * d, worth_it(x.len()), |r, o| {
         let p = r % t;
         let (c, s) = (&cos[p * half..][..half], &sin[p * half..][..half]);
         for (src, dst) in x[r * h * d..][..h * d].chunks_exact(d).zip(o.chunks_exact_mut(d)) {
@@ -41,10 +41,12 @@ fn rope_typed<T: Float>(x: &[T], cos: &[T], sin: &[T], t: usize, h: usize, d: us
             for j in 0..half {
                 let (cj, sj) = (c[j].widen(), if inverse { -s[j].widen() } else { s[j].widen() });
                 let (a, b) = (x1[j].widen(), x2[j].widen());
-                o1[j] = T::narrow(a * cj - b * sj);
-                o2[j] = T::narrow(b * cj + a * sj);
+                o1[j].write(T::narrow(a * cj - b * sj));
+                o2[j].write(T::narrow(b * cj + a * sj));
             }
         }
     });
-    out
+    // SAFETY: the chunks are the output's (batch, position) rows, and each head's two halves are
+    // written whole.
+    unsafe { filled(x.len(), fill) }
 }

@@ -39,8 +39,14 @@ fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5.000_000_1e-1;
     let er = p * r * r + r + 1.0;
-    // n ∈ [-126, 128]: 2ⁿ via the exponent field (n = 128 only at MAX, handled below).
-    let scale = f32::from_bits((((n as i32).min(127) + 127) as u32) << 23);
+    // n ∈ [-126, 128]: 2ⁿ via the exponent field (n = 128 only at MAX, handled below). The
+    // biased exponent k = n + 127 ∈ [1, 254] is read from the low mantissa bits of k + 1.5·2²³,
+    // where the float's spacing is 1: integer bit operations that vectorise, where the cast
+    // `n as i32` (saturating, NaN to 0) compiles to one scalar conversion per lane. A NaN n
+    // becomes 127 through `min`; its lane is replaced by x below.
+    const ROUNDER: f32 = 12_582_912.0;
+    let k = (n.min(127.0) + (127.0 + ROUNDER)).to_bits() - ROUNDER.to_bits();
+    let scale = f32::from_bits(k << 23);
     let y = er * scale;
     if x < MIN {
         0.0
@@ -79,11 +85,39 @@ fn exp_shifted_sum_body(x: &mut [f32], shift: f32) -> f32 {
             acc[j] += e;
         }
     }
-    for (j, v) in xt.iter_mut().enumerate() {
-        *v = exp(*v - shift);
-        acc[j] += *v;
+    // The tail as one more (masked) vector step rather than a scalar loop: attention's rows end
+    // at the causal diagonal, so most are ragged. Masked lanes add +0, which leaves a lane sum
+    // unchanged (the sums start at +0 and only add non-negative terms).
+    let mut tail = [0.0f32; LANES];
+    tail[..xt.len()].copy_from_slice(xt);
+    for j in 0..LANES {
+        let e = if j < xt.len() { exp(tail[j] - shift) } else { 0.0 };
+        tail[j] = e;
+        acc[j] += e;
     }
+    xt.copy_from_slice(&tail[..xt.len()]);
     lane_sum(acc)
+}
+
+/// The largest of `init` and the elements of `x`, NaN if any is NaN (`elem::max_nan`), over 16
+/// lane maxima: a max is exact, so the lanes give the serial fold's value.
+#[inline(always)]
+fn row_max_body(x: &[f32], init: f32) -> f32 {
+    use super::elem::max_nan;
+    let mut acc = [init; LANES];
+    let split = x.len() / LANES * LANES;
+    for xc in x[..split].chunks_exact(LANES) {
+        for j in 0..LANES {
+            acc[j] = max_nan(acc[j], xc[j]);
+        }
+    }
+    // The tail as one more vector step over a copy padded with `init`, which changes no lane.
+    let mut tail = [init; LANES];
+    tail[..x.len() - split].copy_from_slice(&x[split..]);
+    for j in 0..LANES {
+        acc[j] = max_nan(acc[j], tail[j]);
+    }
+    acc.into_iter().fold(init, max_nan)
 }
 
 /// Σ a[i]·b[i] over 16 lane accumulators.
@@ -184,6 +218,11 @@ multiversion! {
 }
 
 multiversion! {
+    /// The largest of `init` and `x`'s elements, NaN if any is NaN.
+    row_max(x: &[f32], init: f32) -> f32 = row_max_body
+}
+
+multiversion! {
     /// Σ a[i]·b[i] (a and b of one length), summed in a fixed lane order.
     dot(a: &[f32], b: &[f32]) -> f32 = dot_body
 }
@@ -229,6 +268,12 @@ mod tests {
         assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() <= 1e-6 * q.abs()));
         let reference: f64 = x.iter().map(|&v| (v as f64 - 3.0).exp()).sum();
         assert!(((sa as f64 - reference) / reference).abs() < 1e-6);
+        let serial_max = x.iter().fold(-7.0f32, |m, &v| super::super::elem::max_nan(m, v));
+        assert_eq!(row_max(&x, -7.0), serial_max);
+        assert_eq!(row_max(&x, 1e9), 1e9);
+        let mut with_nan = x.clone();
+        with_nan[101] = f32::NAN;
+        assert!(row_max(&with_nan, -7.0).is_nan());
         let (d, reference): (f32, f64) = (dot(&x, &a), x.iter().zip(&a).map(|(&p, &q)| p as f64 * q as f64).sum());
         assert_eq!(d, dot_body(&x, &a));
         assert!(((d as f64 - reference) / reference).abs() < 1e-6);

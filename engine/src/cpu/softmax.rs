@@ -3,9 +3,11 @@
 //! per-thread scratch row keeps each `exp` from being evaluated twice. For f32 the exponentials
 //! and their sum run in one SIMD pass at the CPU's widest vector width (simd.rs).
 
+use std::mem::MaybeUninit;
+
 use super::elem::prelude::*;
-use super::elem::{max_nan, with_float, Acc, Elem, Float};
-use super::par::{for_each_chunk, worth_it};
+use super::elem::{with_float, Acc, Elem, Float};
+use super::par::{filled, for_each_chunk, worth_it};
 use crate::{CpuStorage, Result};
 
 pub(super) fn softmax(x: &CpuStorage, rows: usize, cols: usize, log: bool) -> Result<CpuStorage> {
@@ -14,24 +16,24 @@ pub(super) fn softmax(x: &CpuStorage, rows: usize, cols: usize, log: bool) -> Re
 }
 
 fn softmax_typed<T: Float>(x: &[T], rows: usize, cols: usize, log: bool) -> Vec<T> {
-    let mut out = vec![T::narrow(T::Acc::zero()); rows * cols];
-    for_each_chunk(&mut out, cols, worth_it(rows * cols), Vec::new, |exps: &mut Vec<T::Acc>, r, out| {
+    let fill = |out: &mut [MaybeUninit<T>]| for_each_chunk(out, cols, worth_it(rows * cols), Vec::new, |exps: &mut Vec<T::Acc>, r, out| {
         let row = T::widen_slice(&x[r * cols..][..cols]);
-        let max = row.iter().fold(T::Acc::neg_infinity(), |m, &v| max_nan(m, v));
+        let max = T::Acc::row_max(&row, T::Acc::neg_infinity());
         exps.clear();
         exps.extend_from_slice(&row);
         let sum = T::Acc::exp_shifted_sum(exps, max);
         if log {
             let log_sum = sum.ln();
             for (o, &v) in out.iter_mut().zip(row.iter()) {
-                *o = T::narrow(v - max - log_sum);
+                o.write(T::narrow(v - max - log_sum));
             }
         } else {
             let inv = sum.recip();
             for (o, &e) in out.iter_mut().zip(exps.iter()) {
-                *o = T::narrow(e * inv);
+                o.write(T::narrow(e * inv));
             }
         }
     });
-    out
+    // SAFETY: the chunks are the output's rows, each written whole.
+    unsafe { filled(rows * cols, fill) }
 }

@@ -6,7 +6,7 @@
 use engine::ops::{self, Sequences};
 use engine::{DType, Rng};
 
-use super::support::{check_tol, randn, FLOATS};
+use super::support::{check_tol, on_threads, randn, FLOATS};
 
 /// Sizes of one case: heads, head dim, and the sequence lengths (packed back to back).
 struct Case {
@@ -167,6 +167,30 @@ fn attention_handles_the_papers_head_dims() {
             },
             DType::F32,
         );
+    }
+}
+
+/// The backward splits one head's key tiles over several tasks when sequences times heads are few
+/// (here one sequence, one key/value head, five tiles); the split and the order partial dQ are
+/// added in depend on the shape only, so any thread count gives the same bits.
+#[test]
+fn attention_backward_is_the_same_on_one_and_on_several_threads() {
+    let mut rng = Rng::new(15);
+    let (n, hq, hkv, d) = (300, 4, 1, 16);
+    let (q, _) = randn(&mut rng, &[n, hq, d], 1.0, DType::F32);
+    let (k, _) = randn(&mut rng, &[n, hkv, d], 1.0, DType::F32);
+    let (v, _) = randn(&mut rng, &[n, hkv, d], 1.0, DType::F32);
+    let (g, _) = randn(&mut rng, &[n, hq, d], 1.0, DType::F32);
+    let offsets = [0, n];
+    let run = || {
+        let seqs = Sequences::Packed(&offsets);
+        let fwd = ops::causal_attention(&q, &k, &v, seqs, 0.25).unwrap();
+        let grads = ops::causal_attention_backward(&g, &q, &k, &v, &fwd, seqs, 0.25).unwrap();
+        [&fwd.out, &fwd.lse, &grads.dq, &grads.dk, &grads.dv].map(|t| t.to_f64_vec().unwrap())
+    };
+    let one = on_threads(1, run);
+    for threads in [2, 3] {
+        assert!(on_threads(threads, run) == one, "{threads} threads differ from one");
     }
 }
 
