@@ -5,7 +5,7 @@
 //! it two skinny products that each split again over the threads: at batch 1 with two experts that
 //! is a fork-join per expert and product, each waking the pool and waiting for its slowest task, for
 //! about a megabyte of weights. Here the work is cut along the experts' hidden units instead: a
-//! task owns `HIDDEN_SLICE` hidden units of one expert and computes, for that expert's tokens,
+//! task owns a slice of hidden units (`hidden_slice`) of one expert and computes, for that expert's tokens,
 //! `U = X·W1[slice]ᵀ`, `H = gelu(U)` and the partial output `H·W2[slice]` (`[rows, d]`). The tasks
 //! need nothing from each other, so every selected expert's up and down products run in one
 //! parallel loop, spread evenly over the cores whatever the number of experts. The partials of an
@@ -26,9 +26,13 @@ use super::par::worth_it;
 use super::skinny;
 use crate::backend::SparseDims;
 
-/// Hidden units per task: 64 rows of W1 and 64 of W2, 512 KiB of bf16 at d = 2048, so that two
-/// experts of width 256 make eight tasks for two cores.
-const HIDDEN_SLICE: usize = 64;
+/// Hidden units per task for experts of width `f`: a 32nd of the width, within 64 ..= 256. Two
+/// experts of width 256 make eight tasks of 512 KiB (bf16, d = 2048) for two cores; a dense MLP of
+/// width 8192 run as one expert makes 32 tasks of 2 MiB, whose 32 partial rows the calling thread
+/// adds up (a 64th of the weights' traffic at one token).
+fn hidden_slice(f: usize) -> usize {
+    (f / 32).clamp(64, 256)
+}
 
 /// True when every busy expert's block is small enough for this path.
 pub(super) fn applies(l: &Lists) -> bool {
@@ -50,7 +54,8 @@ type Scratch<A> = (Vec<A>, Vec<A>, Vec<A>);
 pub(super) fn expert_rows<T: Float>(x: &[T], w1: &[T], w2: &[T], w: &[T], l: &Lists) -> Vec<T> {
     let SparseDims { d, f, .. } = l.dims;
     let blocks = l.blocks(ROW_BLOCK);
-    let slices = f.div_ceil(HIDDEN_SLICE);
+    let slice = hidden_slice(f);
+    let slices = f.div_ceil(slice);
     // [block][slice][row][col]: every task's partial is one contiguous chunk.
     let mut partial = vec![<T::Acc>::zero(); l.total() * slices * d];
     let mut tasks = Vec::with_capacity(blocks.len() * slices);
@@ -58,7 +63,7 @@ pub(super) fn expert_rows<T: Float>(x: &[T], w1: &[T], w2: &[T], w: &[T], l: &Li
     for &block in &blocks {
         for s in 0..slices {
             let (out, tail) = std::mem::take(&mut rest).split_at_mut(block.rows * d);
-            tasks.push(Task { block, cols: s * HIDDEN_SLICE..((s + 1) * HIDDEN_SLICE).min(f), out });
+            tasks.push(Task { block, cols: s * slice..((s + 1) * slice).min(f), out });
             rest = tail;
         }
     }

@@ -51,7 +51,7 @@ macro_rules! simd_dispatch {
 }
 
 /// Rows up to which products take this path.
-pub(super) const MAX_ROWS: usize = 4;
+pub(super) const MAX_ROWS: usize = crate::backend::CPU_DECODE_MAX_ROWS;
 
 /// `[n, k]`: output columns (rows of b) per task. Narrow enough that a routed expert's slab (a few
 /// hundred rows) still splits over the threads; a task's rows are still one contiguous run of b.
