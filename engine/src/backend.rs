@@ -39,6 +39,12 @@ pub const DROPPED: u32 = u32::MAX;
 /// weights) instead of the grouped GEMM, unless a caller forces a path.
 pub const DECODE_MAX_TOKENS: usize = 16;
 
+/// Rows up to which the CPU's products read the weights in place (one pass over them, no packing),
+/// and up to which each busy expert's tokens let the CPU's sparse GeLU MLP run as one parallel loop
+/// over slices of the hidden units (its decode path). A dense GeLU MLP of so few tokens is worth
+/// running as a one-expert sparse MLP on the CPU for that loop.
+pub const CPU_DECODE_MAX_ROWS: usize = 4;
+
 /// Sizes of one sparse MLP call, for the backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SparseDims {

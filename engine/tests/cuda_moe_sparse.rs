@@ -125,6 +125,31 @@ fn cpu_sparse_mlp_matches_a_token_by_token_evaluation() {
     }
 }
 
+/// Decode-sized batches (at most four tokens per expert, nothing saved) take the CPU's hidden-slice
+/// path: it matches the token-by-token evaluation in f64, with expert widths of one slice, of
+/// several, and of a ragged last slice; and in bf16 it matches the general path (taken when the
+/// activations are saved) to rounding.
+#[test]
+fn cpu_sparse_mlp_at_decode_size_matches_a_token_by_token_evaluation() {
+    let mut rng = Rng::new(6);
+    for (t, d, n, f) in [(1, 40, 8, 64), (2, 40, 8, 150), (3, 33, 6, 200)] {
+        let x = normal(&[t, d], DType::F64, &mut rng);
+        let (w1, w2) = (normal(&[n * f, d], DType::F64, &mut rng), normal(&[n * f, d], DType::F64, &mut rng));
+        for mode in [RouteMode::TopK(2), RouteMode::Threshold { eps: 0.9, k_max: 4 }] {
+            let r = ops::moe_route(&probs(t, n, DType::F64, &mut rng), mode, false).unwrap();
+            let perm = ops::moe_permute(&r, n, None).unwrap();
+            let (y, _) = ops::moe_sparse_mlp(&x, &w1, &w2, &r.weights, &perm, MoePath::Auto, false).unwrap();
+            let e = rel_err(&y, &dense_reference(&x, &w1, &w2, &r, f));
+            assert!(e < 1e-12, "{t}x{d}, {n} experts of {f}, {mode:?}: {e}");
+            let cast = |v: &Tensor| ops::cast(v, DType::BF16).unwrap();
+            let decode = ops::moe_sparse_mlp(&cast(&x), &cast(&w1), &cast(&w2), &cast(&r.weights), &perm, MoePath::Auto, false).unwrap().0;
+            let general = ops::moe_sparse_mlp(&cast(&x), &cast(&w1), &cast(&w2), &cast(&r.weights), &perm, MoePath::Auto, true).unwrap().0;
+            let e = rel_err(&decode, &general);
+            assert!(e < 1e-2, "bf16 {t}x{d}, {n} experts of {f}, {mode:?}: {e}");
+        }
+    }
+}
+
 #[test]
 fn bad_arguments_are_errors() {
     let p = Tensor::zeros([3, 4], DType::F32, &Device::Cpu).unwrap();

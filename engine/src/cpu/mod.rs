@@ -6,16 +6,19 @@
 
 mod adamw;
 mod attention;
+pub mod bandwidth;
 mod cross_entropy;
 mod elem;
 mod elementwise;
 mod gemm;
+pub mod huge_pages;
 mod index;
 mod layout;
 mod matmul;
 mod moe_dense;
 mod paged_attention;
 pub(crate) mod moe_sparse;
+mod moe_sparse_decode;
 pub(crate) mod moe_sparse_gated;
 mod par;
 pub mod pool;

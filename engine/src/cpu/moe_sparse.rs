@@ -9,7 +9,8 @@
 //! one `exp` (the SIMD `gated_gelu` of the dense CPU path): the same function as the kernels'
 //! `tanh`, equal to rounding, and many times cheaper than libm's scalar `tanh`.
 //!
-//! Speed: the forward is one parallel loop over blocks of at most `ROW_BLOCK` list entries (an
+//! Speed: decode-sized batches without saved activations take moe_sparse_decode.rs (one parallel
+//! loop over slices of the experts' hidden units). Otherwise the forward is one parallel loop over blocks of at most `ROW_BLOCK` list entries (an
 //! expert's entries cut into blocks): each task gathers its tokens' rows, runs both products on
 //! them single-threaded through the `gemm` crate, and writes its rows of a list-ordered output,
 //! which one parallel pass over tokens sums into y. The backward runs one task per busy expert, as
@@ -25,6 +26,7 @@ use rayon::prelude::*;
 use super::elem::prelude::*;
 use super::elem::{indices, with_float, Acc, Elem, Float};
 use super::matmul::product_serial;
+use super::moe_sparse_decode;
 use super::skinny;
 use super::par::{filled, for_each_chunk, worth_it};
 use super::profile::{timed, Cost};
@@ -292,6 +294,9 @@ type Scratch<A> = (Vec<A>, Vec<A>, Vec<A>, Vec<A>);
 /// `Y = H·W2` scaled by each slot's weight into the block's rows of a list-ordered buffer; then one
 /// parallel pass over tokens sums each token's rows (`combine`).
 fn forward_typed<T: Float>(x: &[T], w1: &[T], w2: &[T], w: &[T], l: &Lists, save: bool) -> (CpuStorage, Option<(CpuStorage, CpuStorage)>) {
+    if !save && moe_sparse_decode::applies(l) {
+        return (T::wrap(l.combine(&moe_sparse_decode::expert_rows(x, w1, w2, w, l))), None);
+    }
     let SparseDims { d, f, .. } = l.dims;
     let slots = l.dims.slots();
     let zero = T::narrow(<T::Acc>::zero());

@@ -51,7 +51,7 @@ macro_rules! simd_dispatch {
 }
 
 /// Rows up to which products take this path.
-pub(super) const MAX_ROWS: usize = 4;
+pub(super) const MAX_ROWS: usize = crate::backend::CPU_DECODE_MAX_ROWS;
 
 /// `[n, k]`: output columns (rows of b) per task. Narrow enough that a routed expert's slab (a few
 /// hundred rows) still splits over the threads; a task's rows are still one contiguous run of b.
@@ -125,6 +125,19 @@ fn by_k_slices<T: Float>(a: &[T::Acc], b: &[T], m: usize, n: usize, k: usize) ->
         }
     });
     unblock(total, m, n, WIDTH)
+}
+
+/// `dots` on the calling thread, on the widest SIMD the CPU has: `out[i·w + jj] = a_i · rows[jj]`
+/// for the `w = out.len() / m` rows of b (each k long) in `rows`. For callers that split the work
+/// over the threads themselves (moe_sparse_decode.rs).
+pub(super) fn dots_here<T: Float>(a: &[T::Acc], rows: &[T], m: usize, k: usize, out: &mut [T::Acc]) {
+    simd_dispatch!(dots::<T>(a, rows, m, k, out));
+}
+
+/// `axpys` on the calling thread, on the widest SIMD the CPU has: `out[i·n + j] += Σ_p a[i, p]·b[p, j]`
+/// for b `[k, n]`, all of it.
+pub(super) fn axpys_here<T: Float>(a: &[T::Acc], b: &[T], m: usize, n: usize, k: usize, out: &mut [T::Acc]) {
+    simd_dispatch!(axpys::<T>(a, b, m, n, k, 0..k, 0, n, out));
 }
 
 /// Calls `f(j0, width, chunk)` for each block of `WIDTH` columns of a block-major m x n buffer.

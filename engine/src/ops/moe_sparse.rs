@@ -22,7 +22,7 @@
 //! on the same routing, lists and kernels' structure (the activation rides in the epilogues).
 
 use super::{check_float, check_index, check_same_device, check_same_dtype};
-pub use crate::backend::{RouteMode, SparseDims, DECODE_MAX_TOKENS, DROPPED};
+pub use crate::backend::{RouteMode, SparseDims, CPU_DECODE_MAX_ROWS, DECODE_MAX_TOKENS, DROPPED};
 use crate::{cpu, cuda, DType, Error, Result, Shape, Storage, Tensor};
 
 /// Most experts a routing kernel handles (a 64-bit per-lane mask over a warp).

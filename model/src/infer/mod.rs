@@ -5,7 +5,6 @@
 
 pub mod cache;
 pub mod forward;
-mod huge_pages;
 pub mod sampling;
 pub mod scheduler;
 pub mod weights;

@@ -13,7 +13,7 @@
 
 use engine::{ops, CpuStorage, DType, Device, Rng, Tensor};
 
-use super::huge_pages::on_huge_pages;
+use engine::cpu::huge_pages::on_huge_pages;
 use crate::config::{Activation, ModelConfig, RouterKind};
 use crate::{Error, Model, Result};
 
@@ -156,7 +156,7 @@ fn normal_f32(rng: &mut Rng, n: usize, std: f32) -> Vec<f32> {
 }
 
 /// Walks the model's tensors in order, asking `get(name, dims)` for each.
-/// Every tensor `get_any` gives goes on huge pages when large enough (huge_pages.rs).
+/// Every tensor `get_any` gives goes on huge pages when large enough (the engine's `cpu::huge_pages`).
 fn build(cfg: &ModelConfig, dtype: DType, device: &Device, per_expert_attention: bool, mut get_any: impl FnMut(&str, &[usize]) -> Result<Tensor>) -> Result<InferWeights> {
     let mut get = |name: &str, dims: &[usize]| -> Result<Tensor> { Ok(on_huge_pages(get_any(name, dims)?)) };
     let (d, v, a, m) = (cfg.d_model, cfg.vocab_size, &cfg.attention, &cfg.mlp);
