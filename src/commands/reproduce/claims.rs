@@ -148,8 +148,12 @@ fn beats_smoe(v: &Value) -> Option<(String, Verdict)> {
     let Some(best) = best_sparse(&rows, |r| f(r, "active_params") <= f(smoe, "active_params")) else {
         return Some(("no DS-MoE mode as sparse as the SMoE was evaluated".into(), Verdict::NotComparable));
     };
-    let text = format!("DS-MoE {} loss {:.4} at {} active vs SMoE loss {:.4} at {} active", best["mode"].as_str()?, f(best, "loss"), params(f(best, "active_params")), f(smoe, "loss"), params(f(smoe, "active_params")));
-    Some((text, judge(f(best, "loss") < f(smoe, "loss"))))
+    let mut text = format!("DS-MoE {} loss {:.4} at {} active vs SMoE loss {:.4} at {} active", best["mode"].as_str()?, f(best, "loss"), params(f(best, "active_params")), f(smoe, "loss"), params(f(smoe, "active_params")));
+    let beats = f(best, "loss") < f(smoe, "loss");
+    if let Some(lead) = why::smoe_lead(v).filter(|_| !beats) {
+        text.push_str(&format!("; {lead}"));
+    }
+    Some((text, judge(beats)))
 }
 
 fn series(v: &Value, strategy: &str) -> Vec<(f64, f64)> {
