@@ -369,6 +369,11 @@ mod tests {
         assert_eq!(claims[0].verdict, Verdict::NotReproduced);
         assert_eq!(claims[1].verdict, Verdict::NotReproduced);
         assert_eq!(claims[2].verdict, Verdict::NotRun, "no dense model row: nothing to compare");
+        // With the SMoE's control run (every expert active), the verdict says what top-2 routing is worth.
+        let mut controlled = worse.clone();
+        controlled["rows"].as_array_mut().unwrap().push(json!({"run": "smoe-every-expert", "mode": "dense", "loss": 2.08, "mlp_per_layer": [4.0]}));
+        let claims = claims_of("table3", Some(&controlled));
+        assert!(claims[1].here.contains("all 4 experts active (softmax-weighted, as DS-MoE trains) reaches 2.0800, so its top-2 routing itself is worth 0.030 nats"), "{}", claims[1].here);
     }
 
     #[test]
