@@ -28,13 +28,13 @@ fn an_experiment_writes_results_table_plots_and_report() {
     let out = scratch("reproduce-bookkeeping");
     reproduce(&out, &["table3", "fig5", "speed", "table7"]);
     let runs: Vec<String> = std::fs::read_dir(out.join("runs")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert_eq!({ let mut r = runs.clone(); r.sort(); r }, ["dense", "ds-moe", "smoe"], "fig5 and speed share table3's DS-MoE run; table7 trains nothing");
+    assert_eq!({ let mut r = runs.clone(); r.sort(); r }, ["dense", "ds-moe", "smoe", "smoe-every-expert"], "fig5 and speed share table3's DS-MoE run; table7 trains nothing");
 
     let t3 = json(&out.join("table3/results.json"));
     let rows = t3["rows"].as_array().unwrap();
     // DS-MoE: dense, threshold at two ε in both routers and the MLP alone, top-K at N/2 and N/4;
-    // one row each for the dense model and the SMoE.
-    assert_eq!(rows.len(), 9, "{t3}");
+    // one row each for the dense model, the SMoE and its control with every expert active.
+    assert_eq!(rows.len(), 10, "{t3}");
     assert_eq!(rows.iter().filter(|r| r["run"] == "ds-moe").count(), 7);
     for r in rows {
         assert!(r["loss"].as_f64().unwrap().is_finite() && r["active_params"].as_f64().unwrap() > 0.0, "{r}");
@@ -43,6 +43,9 @@ fn an_experiment_writes_results_table_plots_and_report() {
     let ds = rows.iter().find(|r| r["run"] == "ds-moe").unwrap();
     assert!(smoe["active_fraction"].as_f64().unwrap() < 1.0, "the SMoE routes top-2: {smoe}");
     assert!(smoe["total_params"].as_f64().unwrap() <= ds["total_params"].as_f64().unwrap(), "matched size: only the routers differ");
+    let every = rows.iter().find(|r| r["run"] == "smoe-every-expert").unwrap();
+    assert_eq!(every["mlp_expert_fraction"].as_f64(), Some(1.0), "the control runs every expert: {every}");
+    assert_eq!(every["total_params"], smoe["total_params"]);
     let table = std::fs::read_to_string(out.join("table3/table.md")).unwrap();
     assert_eq!(table.lines().count(), 2 + rows.len(), "{table}");
 
@@ -75,13 +78,13 @@ fn an_experiment_writes_results_table_plots_and_report() {
 
     // Wall times: every experiment that ran, its runs and its time alone.
     let timings = json(&out.join("timings.json"));
-    assert_eq!(timings["experiments"]["table3"]["runs"], serde_json::json!(["ds-moe", "dense", "smoe"]));
+    assert_eq!(timings["experiments"]["table3"]["runs"], serde_json::json!(["ds-moe", "dense", "smoe", "smoe-every-expert"]));
     assert_eq!(timings["experiments"]["table7"]["runs"], serde_json::json!([]));
-    for run in ["ds-moe", "dense", "smoe"] {
+    for run in ["ds-moe", "dense", "smoe", "smoe-every-expert"] {
         assert!(timings["runs"][run].as_f64().unwrap() > 0.0, "{timings}");
     }
     assert_eq!(timings["invocations"][0]["experiments"], serde_json::json!(["table3", "fig5", "speed", "table7"]));
-    assert_eq!(timings["invocations"][0]["steps_trained"], 12, "three runs of 4 steps");
+    assert_eq!(timings["invocations"][0]["steps_trained"], 16, "four runs of 4 steps");
 
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("## Wall times") && report.lines().any(|l| l.starts_with("| table7 |  | 0 |")), "{report}");
@@ -121,11 +124,11 @@ fn an_interrupted_reproduction_resumes() {
     assert!(stdout.contains("ds-moe: reusing the finished run (4 steps)"), "{stdout}");
     assert!(stdout.contains("dense: resuming at step 2 of 4"), "{stdout}");
     assert!(stdout.contains("smoe: trained to step 4"), "{stdout}");
-    assert!(stdout.contains("3 runs planned, 6 training steps to go"), "2 dense + 4 SMoE steps: {stdout}");
+    assert!(stdout.contains("4 runs planned, 6 training steps to go"), "2 dense + 4 SMoE steps: {stdout}");
     assert_eq!(std::fs::read(&ds_weights).unwrap(), before, "the finished run is not retrained");
     assert_eq!(std::fs::metadata(&ds_weights).unwrap().modified().unwrap(), ds_modified);
     assert!(runs.join("dense/step-00000004/model.safetensors").is_file(), "the resumed run finished");
-    assert_eq!(json(&out.join("table3/results.json"))["rows"].as_array().unwrap().len(), 9);
+    assert_eq!(json(&out.join("table3/results.json"))["rows"].as_array().unwrap().len(), 10);
 }
 
 #[test]

@@ -1,12 +1,12 @@
 //! Sparse MoE ops: the CPU references on known values, and every CUDA kernel against them.
 //!
 //! CPU (always run): routing order and ties, threshold counts, threshold-then-K, renormalisation;
-//! the permutation's order, capacity dropping, empty experts; the sparse MLP against a dense
+//! the permutation's order, capacity dropping, the kept-slot mask, empty experts; the sparse MLP against a dense
 //! per-token evaluation; error paths.
 //! CUDA (one `skipped:` line without a GPU): routing in all three modes with tied probabilities
 //! (exact match), permutation (empty experts, all tokens on one expert, T = 1, capacity, first
-//! choices before second choices; exact, the whole sorted_slots tensor; experts out of range are
-//! an error on both devices),
+//! choices before second choices; exact, the whole sorted_slots tensor, and the kept-slot mask in
+//! every float dtype; experts out of range are an error on both devices),
 //! the sparse layer forward in every mode on both paths (grouped and decode, also with an expert
 //! named twice per token, which gives it more than the decode kernels' 16 rows), the backward (dx,
 //! dw1, dw2, dweights), and K = N sparse against the dense all-experts evaluation. Inputs are fresh
@@ -87,6 +87,10 @@ fn permutation_is_stable_by_expert_and_gives_first_choices_priority() {
     assert_eq!(pos[1], 1, "token 0's second choice takes the last place of expert 0");
     assert_eq!(pos[5], ops::moe_sparse::DROPPED, "token 2's second choice is dropped before token 3's first choice");
     assert_eq!(pos[4], ops::moe_sparse::DROPPED, "expert 2 keeps its first two first choices");
+    // The kept mask: used and within capacity (slot 7 is unused, 4 and 5 dropped).
+    assert_eq!(ops::moe_kept(&capped, DType::F32).unwrap().to_f64_vec().unwrap(), [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0]);
+    assert_eq!(ops::moe_kept(&p, DType::BF16).unwrap().to_f64_vec().unwrap(), [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]);
+    assert!(matches!(ops::moe_kept(&p, DType::U32), Err(Error::DType { op: "moe_kept", .. })));
 }
 
 /// y[t] = Σ_j w[t,j]·W2_eᵀ·gelu(W1_e·x[t]) evaluated token by token with plain ops.
@@ -224,6 +228,11 @@ fn same_permutations(r: &ops::Routes, rg: &ops::Routes, n: usize, caps: &[Option
         assert_eq!(u32s(&g.slot_pos), u32s(&c.slot_pos), "{case}, cap {cap:?}");
         assert_eq!(u32s(&g.expert_counts), u32s(&c.expert_counts), "{case}, cap {cap:?}");
         assert_eq!(u32s(&g.dropped), u32s(&c.dropped), "{case}, cap {cap:?}");
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let (kc, kg) = (ops::moe_kept(&c, dtype).unwrap(), ops::moe_kept(&g, dtype).unwrap());
+            assert_eq!(kg.dims(), kc.dims(), "{case}, cap {cap:?}, {dtype:?}");
+            assert_eq!(kg.to_f64_vec().unwrap(), kc.to_f64_vec().unwrap(), "{case}, cap {cap:?}, {dtype:?}: kept mask");
+        }
     }
 }
 

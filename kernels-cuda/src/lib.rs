@@ -220,6 +220,9 @@ pub const MOE_ROUTE: KernelSource = KernelSource {
         "moe_expert_scan",
         "moe_offsets",
         "moe_scatter_slots",
+        "moe_kept_f32",
+        "moe_kept_bf16",
+        "moe_kept_f16",
     ],
     expect_sass: &[],
 };

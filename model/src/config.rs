@@ -47,9 +47,10 @@ pub struct MlpConfig {
     /// Experts per token in training and inference (the `smoe` family only).
     #[serde(default)]
     pub top_k: Option<usize>,
-    /// Expert capacity as a multiple of the even share `k·T/N`; overflow tokens skip the MLP
-    /// (residual only), second choices before first choices (GShard / fairseq's Top2Gate).
-    /// `smoe` only; none means unlimited.
+    /// Expert capacity `k·ceil(capacity_factor·T/N)` slots (fairseq's Top2Gate's `2·ceil(S/E)`
+    /// at factor 1, top-2); overflow pairs skip the expert (a token with both dropped keeps its
+    /// residual only), second choices before first choices (GShard / fairseq's Top2Gate), the
+    /// gates renormalised over the kept pairs. `smoe` only; none means unlimited.
     #[serde(default)]
     pub capacity_factor: Option<f64>,
     /// An MoE MLP in every `moe_every`-th layer (fairseq's `--moe-freq`); others are dense MLPs
@@ -92,6 +93,19 @@ impl Activation {
     }
 }
 
+/// How the load-balancing losses of the MoE layers combine into one term (fairseq's
+/// `--moe-gate-loss-combine-method`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossCombine {
+    /// The mean over the MoE layers (fairseq's default).
+    #[default]
+    Average,
+    /// The sum over the MoE layers (fairseq's MoE LM recipe, Artetxe et al.: `--moe-gate-loss-wt
+    /// 0.01 --moe-gate-loss-combine-method sum`).
+    Sum,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum RouterKind {
@@ -126,6 +140,9 @@ pub struct ModelConfig {
     /// Weight of the Switch load-balancing loss (`smoe`).
     #[serde(default)]
     pub load_balance_alpha: f64,
+    /// How the MoE layers' load-balancing losses combine before the weight (`smoe`).
+    #[serde(default)]
+    pub load_balance_combine: LossCombine,
     #[serde(default = "rope_theta")]
     pub rope_theta: f64,
     #[serde(default = "norm_eps")]

@@ -7,7 +7,8 @@
 //! tokens and by experts at once:
 //!
 //! 1. Every rank lists all T tokens' routed (token, expert) pairs sorted by expert, with the
-//!    capacity limit (`moe_permute` on the replicated routes: integer work over T·k slots). So
+//!    capacity limit (`moe_permute` on the replicated routes, by the caller, which renormalises
+//!    the gates over the kept pairs: integer work over T·k slots). So
 //!    the dropping is the single-process one by construction, first choices before second
 //!    choices, whatever the ranks' token shares. Rank r keeps the pairs of its share of the
 //!    tokens, rows `[r·T/n, (r+1)·T/n)`. Experts of one rank are consecutive, so the list is
@@ -58,21 +59,21 @@ fn exchange(group: &Arc<dyn Communicator>, x: &Var, send_rows: &[usize]) -> Resu
 }
 
 /// The routed experts of a sparse MoE MLP over `group`'s ranks: the replicated input `x` `[T, d]`,
-/// routes over all `n_experts` (`routes`, `[T, k]`) and their gate weights `weights` `[T, k]`;
-/// `capacity` limits each expert's pairs. `experts` runs this rank's experts, ungated, on the
-/// rows it received: `(rows, unit weights [R, 1], their expert-sorted list)` to `[R, d]`.
+/// gate weights `weights` `[T, k]` of its routes over all experts, and the pairs kept of them
+/// (`perm`, from `moe_permute` on the replicated routes with the capacity applied: the same list
+/// on every rank, the one the gates were renormalised over). `experts` runs this rank's experts, ungated, on the rows
+/// it received: `(rows, unit weights [R, 1], their expert-sorted list)` to `[R, d]`.
 pub fn sparse_moe(
     group: &Arc<dyn Communicator>,
     x: &Var,
     weights: &Var,
-    routes: &Routes,
-    n_experts: usize,
-    capacity: Option<usize>,
+    perm: &Permutation,
     experts: impl FnOnce(&Var, &Var, &Permutation) -> Result<Var>,
 ) -> Result<SparseOut> {
+    let n_experts = perm.n_experts;
     let (n, rank) = (group.size(), group.rank());
     let (first, count) = local_experts(n_experts, rank, n)?;
-    let (tokens, k) = (x.dims()[0], routes.experts.dims()[1]);
+    let (tokens, k) = (x.dims()[0], perm.k_max);
     let device = x.device();
     let index = |v: &[u32]| Tensor::from_slice(v, [v.len()], &device);
     let x = replicated_input(group, x)?;
@@ -80,7 +81,6 @@ pub fn sparse_moe(
 
     // 1. All tokens' kept pairs sorted by expert, then this rank's tokens' pairs among them, still
     //    sorted by expert (so by destination rank).
-    let perm = ops::moe_permute(routes, n_experts, capacity)?;
     let all_offsets = perm.offsets.to_vec::<u32>()?;
     let all_slots = perm.sorted_slots.to_vec::<u32>()?;
     let share = (rank * tokens / n * k) as u32..((rank + 1) * tokens / n * k) as u32;

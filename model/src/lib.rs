@@ -27,6 +27,7 @@ mod params;
 pub mod router;
 pub mod run;
 pub mod run_lock;
+pub mod top2gate;
 mod transformer;
 
 pub use attention::{causal_heads, AttentionPath};

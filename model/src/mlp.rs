@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use autograd::Var;
 use engine::comm::Communicator;
-use engine::ops::{self, Permutation, RouteMode, Routes};
+use engine::ops::{self, Permutation, RouteMode};
 use engine::{Device, Rng, Tensor};
 
 use crate::config::{Activation, RouterKind};
@@ -29,6 +29,7 @@ use crate::expert_dispatch::sparse_moe;
 use crate::expert_parallel::{dense_moe, local_rows};
 use crate::params::{Init, ParamId, Params};
 use crate::router::{Router, RouterOut, Selection};
+use crate::top2gate;
 use crate::{Ctx, Result};
 
 pub struct Mlp {
@@ -67,8 +68,8 @@ pub enum Routing {
     Dense,
     /// A subset per token, weighted by router probabilities (DS-MoE inference).
     Sparse(Selection),
-    /// Top-k with the gate values renormalised over the k, and an optional capacity factor
-    /// (the SMoE baseline, in training and inference).
+    /// Top-k with an optional capacity factor, the gate values renormalised over the slots kept
+    /// after capacity dropping (the SMoE baseline, in training and evaluation: fairseq's Top2Gate).
     TopKRenormalised { k: usize, capacity_factor: Option<f64> },
 }
 
@@ -174,40 +175,41 @@ impl Mlp {
                 Some(mode) => {
                     let routes = ops::moe_route(r.probs.value(), mode, false)?;
                     let weights = r.probs.gather_last(&routes.experts)?.mul(&Var::constant(routes.mask.clone()))?;
-                    self.sparse(x, (&w1, w3.as_ref(), &w2), &weights, &routes, None)?
+                    let perm = ops::moe_permute(&routes, self.n_experts, None)?;
+                    self.sparse(x, (&w1, w3.as_ref(), &w2), &weights, &perm)?
                 }
             },
             Routing::TopKRenormalised { k, capacity_factor } => {
                 let routes = ops::moe_route(r.probs.value(), RouteMode::TopK(k), false)?;
-                let kept = r.probs.gather_last(&routes.experts)?;
-                let weights = kept.div(&kept.sum(-1, true)?)?;
-                let capacity = capacity_factor.map(|cf| ((cf * (tokens * k) as f64 / self.n_experts as f64).ceil() as usize).max(1));
-                self.sparse(x, (&w1, w3.as_ref(), &w2), &weights, &routes, capacity)?
+                let capacity = capacity_factor.map(|cf| top2gate::capacity(cf, tokens, k, self.n_experts));
+                let perm = ops::moe_permute(&routes, self.n_experts, capacity)?;
+                let weights = top2gate::gate_weights(&r.probs, &routes, &perm)?;
+                self.sparse(x, (&w1, w3.as_ref(), &w2), &weights, &perm)?
             }
         };
         Ok(MlpOut { y, router: Some(r), used })
     }
 
-    /// Runs each expert on the tokens `routes` gives it (at most `capacity` per expert, first
-    /// choices before second choices, each in token order), gated by `weights` `[T, k_max]`, and sums each token's results, all in the
-    /// engine's sparse MoE ops (device-side routing lists; no per-expert host loop and no read
-    /// back). Returns the output and the counts of the routing, still on the device. With the
-    /// experts split over ranks, the pairs go to the ranks of their experts and back
-    /// (`expert_dispatch.rs`, which reads its lists to size the exchange, so its counts are known).
-    fn sparse(&self, x: &Var, (w1, w3, w2): (&Var, Option<&Var>, &Var), weights: &Var, routes: &Routes, capacity: Option<usize>) -> Result<(Var, ExpertUse)> {
+    /// Runs each expert on the tokens `perm` keeps of its routes (within the capacity, first
+    /// choices before second choices, each in token order), gated by `weights` `[T, k_max]`, and
+    /// sums each token's results, all in the engine's sparse MoE ops (device-side routing lists;
+    /// no per-expert host loop and no read back). Returns the output and the counts of the
+    /// routing, still on the device. With the experts split over ranks, the pairs go to the ranks
+    /// of their experts and back (`expert_dispatch.rs`, which reads its lists to size the
+    /// exchange, so its counts are known).
+    fn sparse(&self, x: &Var, (w1, w3, w2): (&Var, Option<&Var>, &Var), weights: &Var, perm: &Permutation) -> Result<(Var, ExpertUse)> {
         let experts = |x: &Var, weights: &Var, perm: &Permutation| match w3 {
             None => Ok(x.moe_sparse_mlp(w1, w2, weights, perm)?),
             Some(w3) => Ok(x.moe_sparse_swiglu(w1, w3, w2, weights, perm)?),
         };
         let tokens = x.dims()[0];
         if let Some(group) = &self.expert_group {
-            let out = sparse_moe(group, x, weights, routes, self.n_experts, capacity, experts)?;
+            let out = sparse_moe(group, x, weights, perm, experts)?;
             return Ok((out.y, ExpertUse::Exchanged { pairs: out.computed, dropped: out.dropped, tokens }));
         }
-        let perm = ops::moe_permute(routes, self.n_experts, capacity)?;
-        let y = experts(x, weights, &perm)?;
+        let y = experts(x, weights, perm)?;
         let pairs = ops::narrow(&perm.offsets, 0, self.n_experts, 1)?;
-        Ok((y, ExpertUse::Counted { pairs, dropped: perm.dropped, tokens }))
+        Ok((y, ExpertUse::Counted { pairs, dropped: perm.dropped.clone(), tokens }))
     }
 
     /// Parameters of one routed expert (all its matrices).

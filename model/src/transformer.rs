@@ -8,7 +8,7 @@ use engine::comm::Communicator;
 use engine::{Device, Rng, Tensor};
 
 use crate::attention::{Attention, Positions};
-use crate::config::{Family, ModelConfig};
+use crate::config::{Family, LossCombine, ModelConfig};
 use crate::expert_parallel::{check_splittable, ExpertSplit};
 use crate::losses;
 use crate::mlp::{Mlp, MlpShape, Routing};
@@ -146,8 +146,13 @@ impl Model {
         let mut h = embed.index_select(tokens)?;
         let mut aux: Option<Var> = None;
         // `per_layer` is the weight of one layer's term: ModuleFormer (whose MI loss DS-MoE uses)
-        // sums its MI loss over layers, so the configs' MI α weighs every layer in full; the Switch
-        // loss of the SMoE baseline stays averaged over layers.
+        // sums its MI loss over layers, so the configs' MI α weighs every layer in full; the
+        // Switch loss of the SMoE baselines is averaged over the MoE layers or summed over them
+        // (fairseq's `--moe-gate-loss-combine-method`: `gate_loss / gate_count` for average).
+        let load_balance_weight = match cfg.load_balance_combine {
+            LossCombine::Average => cfg.load_balance_alpha / self.blocks.iter().filter(|b| b.mlp.router.is_some()).count().max(1) as f64,
+            LossCombine::Sum => cfg.load_balance_alpha,
+        };
         let mut add_aux = |term: Var, per_layer: f64| -> Result<()> {
             if per_layer > 0.0 {
                 let term = term.mul_scalar(per_layer)?;
@@ -178,7 +183,7 @@ impl Model {
             let m = block.mlp.forward(ctx, &self.params, &x, routing)?;
             if let Some(r) = &m.router {
                 match cfg.family {
-                    Family::Smoe => add_aux(losses::load_balance(ctx, r)?, cfg.load_balance_alpha / cfg.n_layers as f64)?,
+                    Family::Smoe => add_aux(losses::load_balance(ctx, r)?, load_balance_weight)?,
                     _ => add_aux(losses::mutual_information(ctx, r)?, cfg.mi_alpha_mlp)?,
                 }
             }

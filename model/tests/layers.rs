@@ -1,10 +1,11 @@
 //! The model's layers on the CPU: a finite-difference gradient check of a whole tiny DS-MoE block
 //! (MoA + MoE MLP + MI loss), the sparse path against the dense one, routing statistics, and the
-//! sparse-MoE baseline's capacity limit.
+//! sparse-MoE baseline's capacity limit, its gates renormalised after dropping and its
+//! load-balancing loss's combination over layers.
 
 use autograd::Tape;
 use engine::{DType, Device, Rng, Tensor};
-use model::config::{Activation, AttentionConfig, MlpConfig, RouterKind};
+use model::config::{Activation, AttentionConfig, LossCombine, MlpConfig, RouterKind};
 use model::{AttentionPath, Ctx, Family, InferenceMode, Model, ModelConfig, Selection};
 
 fn micro(family: Family, router: RouterKind) -> ModelConfig {
@@ -33,6 +34,7 @@ fn micro(family: Family, router: RouterKind) -> ModelConfig {
         mi_alpha_att: if moe { 0.3 } else { 0.0 },
         mi_alpha_mlp: if moe { 0.5 } else { 0.0 },
         load_balance_alpha: if family == Family::Smoe { 0.1 } else { 0.0 },
+        load_balance_combine: Default::default(),
         rope_theta: 10_000.0,
         norm_eps: 1e-5,
         tie_embeddings: true,
@@ -119,6 +121,30 @@ fn ds_moe_block_gradients_match_finite_differences() {
 fn smoe_and_dense_gradients_match_finite_differences() {
     gradient_check(micro(Family::Smoe, RouterKind::Linear));
     gradient_check(micro(Family::Dense, RouterKind::Linear));
+    // With a capacity that drops pairs, the gates renormalised over the kept ones (Top2Gate).
+    let mut capped = micro(Family::Smoe, RouterKind::Linear);
+    capped.mlp.capacity_factor = Some(0.5);
+    gradient_check(capped);
+}
+
+/// The load-balancing loss combines over the MoE layers as fairseq's
+/// `--moe-gate-loss-combine-method`: the sum is the average times the number of MoE layers, and
+/// the average divides by the MoE layers, not by all layers.
+#[test]
+fn load_balance_loss_averages_or_sums_over_the_moe_layers() {
+    let aux = |moe_every: usize, combine: LossCombine| -> f64 {
+        let mut cfg = micro(Family::Smoe, RouterKind::Linear);
+        (cfg.mlp.moe_every, cfg.mlp.dense_width, cfg.load_balance_combine) = (moe_every, Some(5), combine);
+        let model = Model::new(&cfg, &Device::Cpu, 7).unwrap();
+        let input = Tensor::from_slice(&tokens(10, cfg.vocab_size, 5), [10], &Device::Cpu).unwrap();
+        let ctx = Ctx { tape: None, dtype: DType::F64, attention: AttentionPath::Fused, data_group: &model::parallel::SINGLE };
+        model.forward(&ctx, &input, 2, 5, InferenceMode::DENSE).unwrap().aux_loss.unwrap().value().to_scalar().unwrap()
+    };
+    let (avg, sum) = (aux(1, LossCombine::Average), aux(1, LossCombine::Sum));
+    assert!(avg > 1e-3 && (sum - 2.0 * avg).abs() < 1e-12, "two MoE layers: average {avg}, sum {sum}");
+    // One MoE layer of two (moe_every 2): average and sum agree.
+    let (avg, sum) = (aux(2, LossCombine::Average), aux(2, LossCombine::Sum));
+    assert!(avg > 1e-3 && (sum - avg).abs() < 1e-12, "one MoE layer: average {avg}, sum {sum}");
 }
 
 #[test]
@@ -182,7 +208,7 @@ fn capacity_factor_drops_overflow_tokens() {
     let model = Model::new(&config, &Device::Cpu, 1).unwrap();
     let input = Tensor::from_slice(&tokens(16, 11, 6), [16], &Device::Cpu).unwrap();
     let (_, stats) = logits(&model, &input, 2, 8, InferenceMode::DENSE);
-    // Capacity ceil(0.25 · 16 · 2 / 4) = 2 per expert: at most 8 of the 32 token-expert pairs run.
+    // Capacity 2·ceil(0.25 · 16 / 4) = 2 per expert: at most 8 of the 32 token-expert pairs run.
     for s in &stats {
         assert!(s.dropped_tokens >= 24, "{s:?}");
         assert!(s.mlp_experts_per_token <= 0.5 + 1e-12, "{s:?}");

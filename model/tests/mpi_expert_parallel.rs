@@ -5,7 +5,7 @@
 //! - the dense DS-MoE MLP split like Megatron's MLP (`expert_parallel::dense_moe`);
 //! - the all-to-all sparse MLP (`expert_dispatch::sparse_moe`) against the local sparse layer:
 //!   top-2 without a capacity, with a capacity that drops pairs (dropping must be the
-//!   single-process one), and one token (a rank with no tokens of its own still takes part in
+//!   single-process one, and so the gates renormalised over the kept pairs), and one token (a rank with no tokens of its own still takes part in
 //!   every exchange).
 //!
 //! Built only with `--features mpi`; its own `main`, because MPI starts once per process.
@@ -18,6 +18,7 @@ use engine::ops::{self, RouteMode};
 use engine::{relative_error, DType, Device, Rng, Tensor};
 use model::expert_dispatch::sparse_moe;
 use model::expert_parallel::{dense_moe, local_experts};
+use model::top2gate;
 
 const EXPERTS: usize = 4;
 
@@ -31,13 +32,12 @@ fn main() {
     for (tokens, capacity) in [(10, None), (10, Some(3)), (1, None)] {
         let dropped = compare(&group, &format!("all-to-all top-2, {tokens} tokens, capacity {capacity:?}"), tokens, |split, x, w1, w2, probs| {
             let routes = ops::moe_route(probs.value(), RouteMode::TopK(2), false).unwrap();
-            let kept = probs.gather_last(&routes.experts).unwrap();
-            let weights = kept.div(&kept.sum(-1, true).unwrap()).unwrap();
+            let perm = ops::moe_permute(&routes, EXPERTS, capacity).unwrap();
+            let weights = top2gate::gate_weights(probs, &routes, &perm).unwrap();
             if split {
-                let out = sparse_moe(&group, x, &weights, &routes, EXPERTS, capacity, |x, unit, perm| Ok(x.moe_sparse_mlp(w1, w2, unit, perm)?)).unwrap();
+                let out = sparse_moe(&group, x, &weights, &perm, |x, unit, perm| Ok(x.moe_sparse_mlp(w1, w2, unit, perm)?)).unwrap();
                 (out.y, out.dropped)
             } else {
-                let perm = ops::moe_permute(&routes, EXPERTS, capacity).unwrap();
                 (x.moe_sparse_mlp(w1, w2, &weights, &perm).unwrap(), perm.dropped.to_vec::<u32>().unwrap()[0] as usize)
             }
         });

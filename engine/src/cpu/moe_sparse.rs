@@ -31,7 +31,7 @@ use super::skinny;
 use super::par::{filled, for_each_chunk, worth_it};
 use super::profile::{timed, Cost};
 use crate::backend::{RouteMode, SparseDims, DROPPED};
-use crate::{CpuStorage, Error, Result};
+use crate::{CpuStorage, DType, Error, Result};
 
 /// "a ahead of b": larger first, NaN before everything, ties to the lower index (as `ahead` in common.cuh).
 fn order<A: Acc>(a: (A, usize), b: (A, usize)) -> Ordering {
@@ -142,6 +142,20 @@ fn permute_lists(experts: &CpuStorage, counts: &CpuStorage, tokens: usize, k_max
         rank[e] += 1;
     }
     Ok([CpuStorage::U32(offsets), CpuStorage::U32(sorted), CpuStorage::U32(slot_pos), CpuStorage::U32(total), CpuStorage::U32(vec![dropped])])
+}
+
+/// The reference for `moe_kept_<T>` (moe_route.cu): 1 where the slot is kept (its list position
+/// is not `DROPPED`), else 0, in `dtype`.
+pub(crate) fn kept(slot_pos: &CpuStorage, dtype: DType) -> Result<CpuStorage> {
+    let pos = indices("moe_kept", slot_pos)?;
+    let one = |s: usize| if pos[s] != DROPPED { 1.0 } else { 0.0 };
+    Ok(match dtype {
+        DType::F32 => CpuStorage::F32((0..pos.len()).map(|s| one(s) as f32).collect()),
+        DType::F64 => CpuStorage::F64((0..pos.len()).map(one).collect()),
+        DType::BF16 => CpuStorage::BF16((0..pos.len()).map(|s| half::bf16::from_f64(one(s))).collect()),
+        DType::F16 => CpuStorage::F16((0..pos.len()).map(|s| half::f16::from_f64(one(s))).collect()),
+        DType::U32 => return Err(Error::DType { op: "moe_kept", dtype, detail: ": the mask is a float tensor".into() }),
+    })
 }
 
 /// Rows per task of the parallel loops: an expert's list entries are cut into blocks of this

@@ -24,7 +24,7 @@ pub use index::*;
 pub use layout::*;
 pub use matmul::*;
 pub use moe_dense::*;
-pub use moe_sparse::{moe_permute, CPU_DECODE_MAX_ROWS, moe_route, moe_sparse_mlp, moe_sparse_mlp_backward, moe_sparse_swiglu, moe_sparse_swiglu_backward, MoePath, Permutation, RouteMode, Routes, SparseGrads, SparseSaved};
+pub use moe_sparse::{moe_kept, moe_permute, CPU_DECODE_MAX_ROWS, moe_route, moe_sparse_mlp, moe_sparse_mlp_backward, moe_sparse_swiglu, moe_sparse_swiglu_backward, MoePath, Permutation, RouteMode, Routes, SparseGrads, SparseSaved};
 pub use optim::*;
 pub use paged_attention::*;
 pub use reduce::*;

@@ -12,6 +12,8 @@
 //!    the rest are dropped (they contribute nothing: the token keeps its residual). So a token's
 //!    second choice is dropped before another token's first choice, as in GShard's top-2 gating
 //!    and fairseq's Top2Gate (whose second-choice positions start after all first choices).
+//!    `moe_kept(perm)` is the 0/1 mask of the slots kept, over which the top-k baseline
+//!    renormalises its gate values (fairseq renormalises after dropping).
 //! 3. `moe_sparse_mlp(x, w1, w2, weights [T, k_max], perm)`: y[t] = Σ_j w[t,j]·W2_eᵀ·gelu(W1_e·x[t])
 //!    over the token's kept slots, summed in slot order (deterministic). On CUDA a grouped
 //!    gather-GEMM-scatter, or per-expert GEMVs for a few tokens (`MoePath`).
@@ -165,6 +167,27 @@ pub fn moe_permute(routes: &Routes, n_experts: usize, capacity: Option<usize>) -
         k_max,
         n_experts,
     })
+}
+
+/// The 0/1 mask `[T, k_max]` in `dtype` of the slots `perm` kept: used, and within its expert's
+/// capacity. Gate values renormalised over it are fairseq's Top2Gate's, which renormalises the
+/// two gate values after capacity dropping (`normalize_gate_prob_before_dropping=False`), so a
+/// token whose second choice was dropped gives its first choice the whole weight.
+pub fn moe_kept(perm: &Permutation, dtype: DType) -> Result<Tensor> {
+    const OP: &str = "moe_kept";
+    let slots = perm.tokens * perm.k_max;
+    check_index(OP, &perm.slot_pos)?;
+    if perm.slot_pos.dims() != [slots] {
+        return Err(Error::shape(OP, format!("slot_pos must be [{slots}] for {} tokens x {} slots, got {:?}", perm.tokens, perm.k_max, perm.slot_pos.shape())));
+    }
+    if !dtype.is_float() {
+        return Err(Error::DType { op: OP, dtype, detail: ": the mask is a float tensor".into() });
+    }
+    let kept = match perm.slot_pos.storage() {
+        Storage::Cpu(p) => Storage::Cpu(cpu::moe_sparse::kept(p, dtype)?),
+        Storage::Cuda(p) => Storage::Cuda(cuda::moe_sparse::kept(p, slots, dtype)?),
+    };
+    Ok(Tensor::from_storage(kept, [perm.tokens, perm.k_max], dtype))
 }
 
 /// The sparse expert MLP: y `[T, d]` from x `[T, d]`, w1 / w2 `[E·f, d]` and router weights

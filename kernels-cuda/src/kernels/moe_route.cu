@@ -38,6 +38,11 @@
 //    past offsets[N] reads DROPPED, as on the CPU.
 // Everything is integer work over T·k_max slots (a few MB at T = 16384, k_max = 8): microseconds.
 // No step depends on the order atomics land in, so the permutation is bit-reproducible.
+//
+// Kept slots: moe_kept_<T> writes kept [T·k_max] in T, 1 where slot_pos != DROPPED (used and
+// within capacity), else 0. The top-k baseline renormalises its gate values over the kept slots,
+// as fairseq's Top2Gate does after capacity dropping (normalize_gate_prob_before_dropping=False).
+// Grid-stride, one element per thread.
 
 #include "common.cuh"
 
@@ -267,3 +272,13 @@ extern "C" __global__ void moe_scatter_slots(const u32* experts, const u32* rank
         slot_pos[s] = pos;
     }
 }
+
+#define KEPT_KERNEL(T, SFX)                                                                                            \
+    extern "C" __global__ void moe_kept_##SFX(const u32* slot_pos, T* kept, u64 slots) {                               \
+        for (u64 s = global_thread(); s < slots; s += global_threads())                                               \
+            kept[s] = from_float<T>(slot_pos[s] != DROPPED ? 1.0f : 0.0f);                                            \
+    }
+
+KEPT_KERNEL(float, f32)
+KEPT_KERNEL(bf16, bf16)
+KEPT_KERNEL(f16, f16)

@@ -1,6 +1,7 @@
 //! Artetxe et al. (2021): compute efficiency of a fairseq-style top-2 MoE LM (MoE every other
-//! layer, experts as wide as the dense FFN, fairseq's capacity of 2S/E slots per expert, gate loss 0.01) against its dense
-//! twin. Both train on the same data; the dense twin for twice the steps, so its curve reaches past
+//! layer, experts as wide as the dense FFN, gating as fairseq's Top2Gate: `model::top2gate`, with
+//! 2·ceil(S/E) slots per expert and the gates renormalised after dropping; gate loss 0.01 summed
+//! over the MoE layers, as the fairseq MoE LM recipe) against its dense twin. Both train on the same data; the dense twin for twice the steps, so its curve reaches past
 //! the MoE's training FLOPs. Validation loss against training FLOPs from each run's metrics log,
 //! both curves on one plot, and the FLOP ratio at which the dense model first matches the MoE's
 //! final loss (the paper's "speedup factor" c_dense(t) / c_moe(t); about 4x at modest budgets).

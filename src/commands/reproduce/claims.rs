@@ -148,8 +148,12 @@ fn beats_smoe(v: &Value) -> Option<(String, Verdict)> {
     let Some(best) = best_sparse(&rows, |r| f(r, "active_params") <= f(smoe, "active_params")) else {
         return Some(("no DS-MoE mode as sparse as the SMoE was evaluated".into(), Verdict::NotComparable));
     };
-    let text = format!("DS-MoE {} loss {:.4} at {} active vs SMoE loss {:.4} at {} active", best["mode"].as_str()?, f(best, "loss"), params(f(best, "active_params")), f(smoe, "loss"), params(f(smoe, "active_params")));
-    Some((text, judge(f(best, "loss") < f(smoe, "loss"))))
+    let mut text = format!("DS-MoE {} loss {:.4} at {} active vs SMoE loss {:.4} at {} active", best["mode"].as_str()?, f(best, "loss"), params(f(best, "active_params")), f(smoe, "loss"), params(f(smoe, "active_params")));
+    let beats = f(best, "loss") < f(smoe, "loss");
+    if let Some(lead) = why::smoe_lead(v).filter(|_| !beats) {
+        text.push_str(&format!("; {lead}"));
+    }
+    Some((text, judge(beats)))
 }
 
 fn series(v: &Value, strategy: &str) -> Vec<(f64, f64)> {
@@ -365,6 +369,11 @@ mod tests {
         assert_eq!(claims[0].verdict, Verdict::NotReproduced);
         assert_eq!(claims[1].verdict, Verdict::NotReproduced);
         assert_eq!(claims[2].verdict, Verdict::NotRun, "no dense model row: nothing to compare");
+        // With the SMoE's control run (every expert active), the verdict says what top-2 routing is worth.
+        let mut controlled = worse.clone();
+        controlled["rows"].as_array_mut().unwrap().push(json!({"run": "smoe-every-expert", "mode": "dense", "loss": 2.08, "mlp_per_layer": [4.0]}));
+        let claims = claims_of("table3", Some(&controlled));
+        assert!(claims[1].here.contains("all 4 experts active (softmax-weighted, as DS-MoE trains) reaches 2.0800, so its top-2 routing itself is worth 0.030 nats"), "{}", claims[1].here);
     }
 
     #[test]

@@ -47,10 +47,12 @@ pub fn run(lab: &mut Lab, scale: Scale) -> Result<()> {
         let lineup = [("dense-6b", "Dense-6B"), ("mistral-7b", "Mistral-7B"), ("deepseekmoe-16b", "DeepSeekMoE-16B"), ("qwen1.5-moe-a2.7b", "Qwen1.5-MoE-A2.7B"), ("ds-moe-6b", "DS-MoE-6B")];
         (lineup.iter().map(|(p, n)| (p.to_string(), n.to_string())).collect(), 4)
     } else {
-        // Table 3's models, as config files named after their runs (the bench names rows by them).
+        // Table 3's models (not its control run), as config files named after their runs (the
+        // bench names rows by them).
         let configs = dir.dir.join("configs");
         std::fs::create_dir_all(&configs)?;
         let mut specs = table3::runs(scale)?;
+        specs.retain(|s| s.name != table3::SMOE_EVERY_EXPERT);
         specs.sort_by_key(|s| ["dense", "smoe", "ds-moe"].iter().position(|n| *n == s.name));
         let k = specs.iter().find(|s| s.name == "ds-moe").map_or(1, |s| (s.config.model.mlp.n_experts / 4).max(1));
         for s in &specs {

@@ -126,6 +126,20 @@ pub(crate) fn permute(experts: &CudaStorage, counts: &CudaStorage, tokens: usize
     Ok([offsets, sorted, slot_pos, totals, dropped])
 }
 
+/// The kept-slot mask `[slots]` in `dtype` from a permutation's slot positions, see `ops::moe_kept`.
+pub(crate) fn kept(slot_pos: &CudaStorage, slots: usize, dtype: DType) -> Result<CudaStorage> {
+    let sfx = float_suffix("moe_kept", dtype)?;
+    let dev = slot_pos.dev();
+    let kept = CudaStorage::uninit(dev, dtype, slots)?;
+    if slots > 0 {
+        let (sp, kp, n) = (slot_pos.ptr(), kept.ptr(), slots as u64);
+        // SAFETY: moe_kept_<T>(const u32* slot_pos, T* kept, u64 slots); both hold `slots` elements
+        // (the op layer checked slot_pos's length).
+        unsafe { launch(dev, &MOE_ROUTE, &format!("moe_kept_{sfx}"), Grid::linear(dev, n), &mut kernel_args![&sp, &kp, &n], Cost { bytes: 4 * n + nbytes(slots, dtype), flops: 0 })? };
+    }
+    Ok(kept)
+}
+
 /// Mirrors `SparseEpilogue` in moe_sparse.cu (repr(C), 64 bytes).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
