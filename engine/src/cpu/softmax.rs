@@ -14,10 +14,11 @@ use std::mem::MaybeUninit;
 use super::elem::prelude::*;
 use super::elem::{max_nan, with_float, Acc, Elem, Float};
 use super::par::{filled, for_each_chunk, worth_it};
+use super::simd::{lane_sum, LANES};
 use crate::{CpuStorage, Result};
 
-/// Rows narrower than this take the block path; it is the SIMD code's lane count (simd.rs).
-const NARROW: usize = 16;
+/// Rows narrower than this take the block path: the SIMD code's lane count.
+const NARROW: usize = LANES;
 /// Rows per block on the narrow path: a few KiB of scratch, in L1.
 const BLOCK_ROWS: usize = 256;
 
@@ -94,14 +95,7 @@ fn narrow_softmax_typed<T: Float>(x: &[T], rows: usize, cols: usize, log: bool) 
 fn lane_tree_sum<A: Acc>(row: &[A]) -> A {
     let mut lanes = [A::zero(); NARROW];
     lanes[..row.len()].copy_from_slice(row);
-    let mut width = NARROW / 2;
-    while width > 0 {
-        for j in 0..width {
-            lanes[j] += lanes[j + width];
-        }
-        width /= 2;
-    }
-    lanes[0]
+    lane_sum(lanes)
 }
 
 #[cfg(test)]
