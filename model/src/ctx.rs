@@ -19,15 +19,24 @@ pub struct Ctx<'a> {
     /// The data-parallel group whose ranks hold the other slices of the batch (equal slices): batch
     /// statistics and loss means are taken over all of them (`parallel.rs`). The group of one alone.
     pub data_group: &'a dyn Communicator,
+    /// Whether the forward computes the auxiliary router losses (`Forward::aux_loss`). Only a loss
+    /// that is optimised or reported needs them; evaluation and generation read the logits alone,
+    /// and the mutual-information terms cost a log-softmax and reductions per router.
+    pub aux_losses: bool,
 }
 
 impl<'a> Ctx<'a> {
     pub fn train(tape: &'a Tape, dtype: DType) -> Ctx<'a> {
-        Ctx { tape: Some(tape), dtype, attention: AttentionPath::Fused, data_group: &SINGLE }
+        Ctx { tape: Some(tape), dtype, attention: AttentionPath::Fused, data_group: &SINGLE, aux_losses: true }
     }
 
     pub fn eval(dtype: DType) -> Ctx<'static> {
-        Ctx { tape: None, dtype, attention: AttentionPath::Fused, data_group: &SINGLE }
+        Ctx { tape: None, dtype, attention: AttentionPath::Fused, data_group: &SINGLE, aux_losses: true }
+    }
+
+    /// The same context without the auxiliary losses: for a forward whose logits alone are read.
+    pub fn without_aux_losses(self) -> Ctx<'a> {
+        Ctx { aux_losses: false, ..self }
     }
 
     /// The same context with batch statistics taken over `group`'s ranks.

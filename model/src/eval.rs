@@ -75,7 +75,7 @@ pub fn evaluate(model: &Model, windows: &[(Vec<u32>, Vec<u32>)], batch: usize, m
 /// `evaluate` with a mode per layer (`modes`), reported as `mode`.
 pub fn evaluate_layers(model: &Model, windows: &[(Vec<u32>, Vec<u32>)], batch: usize, mode: InferenceMode, modes: &[InferenceMode], dtype: DType, bytes_per_token: Option<f64>) -> Result<EvalReport> {
     let device = model.device();
-    let ctx = Ctx::eval(dtype);
+    let ctx = Ctx::eval(dtype).without_aux_losses();
     let (mut nll, mut tokens) = (0.0, 0usize);
     let mut sums: Vec<LayerStats> = Vec::new();
     for chunk in windows.chunks(batch.max(1)) {

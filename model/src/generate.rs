@@ -23,7 +23,7 @@ pub fn generate_layers(model: &Model, prompt: &[u32], n_tokens: usize, temperatu
         return Err(Error::Invalid { what: "prompt token", value: bad.to_string(), msg: format!("vocabulary has {vocab} tokens") });
     }
     let device = model.device();
-    let ctx = Ctx::eval(dtype);
+    let ctx = Ctx::eval(dtype).without_aux_losses();
     let mut tokens = prompt.to_vec();
     for _ in 0..n_tokens {
         let window = &tokens[tokens.len().saturating_sub(model.config.max_seq_len)..];

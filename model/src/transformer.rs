@@ -70,7 +70,8 @@ pub struct LayerStats {
 pub struct Forward {
     /// `[B·T, V]`
     pub logits: Var,
-    /// The weighted auxiliary loss (MI for DS-MoE, load balancing for SMoE), if any.
+    /// The weighted auxiliary loss (MI for DS-MoE, load balancing for SMoE), if any; None when the
+    /// context leaves the auxiliary losses out (`Ctx::without_aux_losses`).
     pub aux_loss: Option<Var>,
     pub layers: Vec<LayerStats>,
 }
@@ -153,9 +154,9 @@ impl Model {
             LossCombine::Average => cfg.load_balance_alpha / self.blocks.iter().filter(|b| b.mlp.router.is_some()).count().max(1) as f64,
             LossCombine::Sum => cfg.load_balance_alpha,
         };
-        let mut add_aux = |term: Var, per_layer: f64| -> Result<()> {
-            if per_layer > 0.0 {
-                let term = term.mul_scalar(per_layer)?;
+        let mut add_aux = |term: &dyn Fn() -> Result<Var>, per_layer: f64| -> Result<()> {
+            if per_layer > 0.0 && ctx.aux_losses {
+                let term = term()?.mul_scalar(per_layer)?;
                 aux = Some(match aux.take() {
                     Some(a) => a.add(&term)?,
                     None => term,
@@ -172,7 +173,7 @@ impl Model {
         for (i, (block, mode)) in self.blocks.iter().zip(modes).enumerate() {
             let a = block.attn.forward(ctx, &self.params, &x, batch, seq, &pos, mode.attention)?;
             if let Some(r) = &a.router {
-                add_aux(losses::mutual_information(ctx, r)?, cfg.mi_alpha_att)?;
+                add_aux(&|| losses::mutual_information(ctx, r), cfg.mi_alpha_att)?;
             }
             (h, x) = h.add_rms_norm(&a.y, &norm_weight(block.mlp_norm)?, cfg.norm_eps)?;
             let routing = match cfg.family {
@@ -183,8 +184,8 @@ impl Model {
             let m = block.mlp.forward(ctx, &self.params, &x, routing)?;
             if let Some(r) = &m.router {
                 match cfg.family {
-                    Family::Smoe => add_aux(losses::load_balance(ctx, r)?, load_balance_weight)?,
-                    _ => add_aux(losses::mutual_information(ctx, r)?, cfg.mi_alpha_mlp)?,
+                    Family::Smoe => add_aux(&|| losses::load_balance(ctx, r), load_balance_weight)?,
+                    _ => add_aux(&|| losses::mutual_information(ctx, r), cfg.mi_alpha_mlp)?,
                 }
             }
             (h, x) = h.add_rms_norm(&m.y, &norm_weight(next_norm(i))?, cfg.norm_eps)?;

@@ -58,7 +58,7 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 
 /// Cross-entropy plus the auxiliary loss, in f64.
 fn loss(model: &Model, tape: Option<&Tape>, input: &Tensor, target: &Tensor, batch: usize, seq: usize) -> autograd::Var {
-    let ctx = Ctx { tape, dtype: DType::F64, attention: AttentionPath::Fused, data_group: &model::parallel::SINGLE };
+    let ctx = Ctx { tape, dtype: DType::F64, attention: AttentionPath::Fused, data_group: &model::parallel::SINGLE, aux_losses: true };
     let out = model.forward(&ctx, input, batch, seq, InferenceMode::DENSE).unwrap();
     let ce = out.logits.cross_entropy(target).unwrap().mean_all().unwrap();
     match out.aux_loss {
@@ -137,7 +137,7 @@ fn load_balance_loss_averages_or_sums_over_the_moe_layers() {
         (cfg.mlp.moe_every, cfg.mlp.dense_width, cfg.load_balance_combine) = (moe_every, Some(5), combine);
         let model = Model::new(&cfg, &Device::Cpu, 7).unwrap();
         let input = Tensor::from_slice(&tokens(10, cfg.vocab_size, 5), [10], &Device::Cpu).unwrap();
-        let ctx = Ctx { tape: None, dtype: DType::F64, attention: AttentionPath::Fused, data_group: &model::parallel::SINGLE };
+        let ctx = Ctx { tape: None, dtype: DType::F64, attention: AttentionPath::Fused, data_group: &model::parallel::SINGLE, aux_losses: true };
         model.forward(&ctx, &input, 2, 5, InferenceMode::DENSE).unwrap().aux_loss.unwrap().value().to_scalar().unwrap()
     };
     let (avg, sum) = (aux(1, LossCombine::Average), aux(1, LossCombine::Sum));
@@ -273,7 +273,7 @@ fn mutual_information_loss_is_summed_over_layers() {
         let (batch, seq) = (2, 5);
         let ids = tokens(batch * seq, cfg.vocab_size, 5);
         let input = Tensor::from_slice(&ids, [batch * seq], &dev).unwrap();
-        let ctx = Ctx { tape: None, dtype: DType::F64, attention: AttentionPath::Fused, data_group: &model::parallel::SINGLE };
+        let ctx = Ctx { tape: None, dtype: DType::F64, attention: AttentionPath::Fused, data_group: &model::parallel::SINGLE, aux_losses: true };
         let aux = model.forward(&ctx, &input, batch, seq, InferenceMode::DENSE).unwrap().aux_loss.unwrap().value().to_scalar().unwrap();
         (aux, model)
     };

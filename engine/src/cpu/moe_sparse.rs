@@ -160,8 +160,11 @@ pub(crate) fn kept(slot_pos: &CpuStorage, dtype: DType) -> Result<CpuStorage> {
 
 /// Rows per task of the parallel loops: an expert's list entries are cut into blocks of this
 /// many, so one busy expert spreads over the cores while each task's products stay large enough
-/// for the SIMD kernels. The split depends on the routing only, never on the thread count.
-pub(super) const ROW_BLOCK: usize = 64;
+/// for the SIMD kernels. The split depends on the routing only, never on the thread count. At
+/// small model widths (d 128, experts of 64) a block's two products are a few hundred kFLOP, so
+/// blocks of 64 rows spent a large share in each `gemm` call's fixed cost and in packing the
+/// expert's weights again per block; 256 rows still leave several blocks per core.
+pub(super) const ROW_BLOCK: usize = 256;
 
 /// The list geometry shared by forward and backward.
 pub(super) struct Lists<'a> {

@@ -19,7 +19,7 @@
 
 use std::mem::MaybeUninit;
 
-const LANES: usize = 16;
+pub(super) const LANES: usize = 16;
 
 /// eˣ for f32, branch-free (see the module comment).
 #[inline(always)]
@@ -59,9 +59,10 @@ fn exp(x: f32) -> f32 {
     }
 }
 
-/// Sum of 16 lane accumulators in a fixed pairwise order.
+/// Sum of 16 lane accumulators in a fixed pairwise order (generic so that scalar code can add in
+/// the same order: softmax.rs's narrow rows).
 #[inline(always)]
-fn lane_sum(acc: [f32; LANES]) -> f32 {
+pub(super) fn lane_sum<A: std::ops::AddAssign + Copy>(acc: [A; LANES]) -> A {
     let mut a = acc;
     let mut width = LANES / 2;
     while width > 0 {
