@@ -11,7 +11,10 @@
 //!
 //! Forward, per query tile: walk the key tiles up to the diagonal; `S = (scale·Q)·Kᵀ`, mask keys
 //! after the query, keep a running row max m and sum l, rescale the accumulator by `exp(m_old −
-//! m_new)`, add `P·V`; finish with `out = acc / l` and `lse = m + ln l`.
+//! m_new)`, add `P·V`; finish with `out = acc / l` and `lse = m + ln l`. At small head dims
+//! (up to `attention_rows::MAX_HEAD_DIM`) and tiles that see at most `attention_rows::MAX_KEYS`
+//! keys, where these products are too thin for `gemm`, a tile runs attention_rows.rs's whole-row
+//! kernel instead: the same values up to the order of the floating-point operations.
 //!
 //! Backward, deterministic and without atomics, recomputing `P = exp(S − lse)` from the saved
 //! lse. A task is one key/value head of one sequence (FlashAttention-2's key-outer loop): per key
@@ -33,6 +36,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::elem::prelude::*;
+use super::attention_rows;
 use super::elem::{with_float, Acc, Elem, Float};
 use super::matmul::product_serial;
 use super::par::{chunks, filled, worth_it, FLAT_CHUNK};
@@ -289,7 +293,6 @@ fn visible(i: usize, j0: usize, cols: usize) -> usize {
     (i + 1).saturating_sub(j0).min(cols)
 }
 
-
 fn forward_typed<T: Float>(x: &Inputs<T>) -> (Vec<T>, Vec<T::Acc>)
 where
     T::Acc: Float<Acc = T::Acc>,
@@ -330,13 +333,20 @@ fn narrow_into<T: Float>(dst: &mut [MaybeUninit<T>], src: &[T::Acc]) {
     });
 }
 
-/// One query tile of the forward: its output rows and their log-sum-exp.
+/// One query tile of the forward: its output rows and their log-sum-exp (see the module comment
+/// for which tiles take the whole-row path).
 fn forward_tile<T: Float>(x: &Inputs<T>, t: &Tile) -> (Vec<T::Acc>, Vec<T::Acc>) {
     let (dims, d, g) = (x.dims, x.dims.head_dim, x.dims.group());
     let scale = T::Acc::of(dims.scale);
     let heads = group_heads(dims, t.kv_head);
     let mut q = gather(x.q, dims.q_heads, d, heads, t.tokens(t.lo, t.hi));
     q.iter_mut().for_each(|v| *v *= scale);
+    if d <= attention_rows::MAX_HEAD_DIM && t.hi <= attention_rows::MAX_KEYS {
+        let kv = t.kv_head..t.kv_head + 1;
+        let k = gather(x.k, dims.kv_heads, d, kv.clone(), t.tokens(0, t.hi));
+        let v = gather(x.v, dims.kv_heads, d, kv, t.tokens(0, t.hi));
+        return attention_rows::forward(&q, &k, &v, d, g, t.lo);
+    }
     let rows = (t.hi - t.lo) * g;
     let (mut m, mut l) = (
         vec![T::Acc::neg_infinity(); rows],
@@ -374,7 +384,6 @@ fn forward_tile<T: Float>(x: &Inputs<T>, t: &Tile) -> (Vec<T::Acc>, Vec<T::Acc>)
     }
     (acc, m)
 }
-
 
 /// What the backward reads besides the forward's inputs: dO, and per row the lse and
 /// `D = rowsum(dO ⊙ out)`, both `[tokens, q_heads]` in the arithmetic type.

@@ -15,6 +15,7 @@ use std::ops::{AddAssign, MulAssign};
 
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 
+use super::attention_rows::RowTile;
 use crate::{CpuStorage, Error, Result, WithDType};
 
 /// A type a `CpuStorage` can hold.
@@ -52,6 +53,8 @@ pub(crate) trait Acc: num_traits::Float + AddAssign + MulAssign + Send + Sync + 
     fn dot(a: &[Self], b: &[Self]) -> Self;
     /// The largest of `init` and the elements of `x`, NaN if any is NaN (`max_nan`; SIMD for f32).
     fn row_max(x: &[Self], init: Self) -> Self;
+    /// The causal attention rows of one query tile (attention_rows.rs; SIMD for f32).
+    fn attention_rows(t: &RowTile<Self>, out: &mut [Self], lse: &mut [Self]);
 }
 
 impl Acc for f32 {
@@ -72,6 +75,9 @@ impl Acc for f32 {
     }
     fn row_max(x: &[f32], init: f32) -> f32 {
         super::simd::row_max(x, init)
+    }
+    fn attention_rows(t: &RowTile<f32>, out: &mut [f32], lse: &mut [f32]) {
+        super::attention_rows::rows_f32(t, out, lse)
     }
 }
 impl Acc for f64 {
@@ -102,6 +108,9 @@ impl Acc for f64 {
     }
     fn row_max(x: &[f64], init: f64) -> f64 {
         x.iter().fold(init, |m, &v| max_nan(m, v))
+    }
+    fn attention_rows(t: &RowTile<f64>, out: &mut [f64], lse: &mut [f64]) {
+        super::attention_rows::rows_body(t, out, lse, f64::exp, |a, b, c| a * b + c)
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod adamw;
 mod attention;
+mod attention_rows;
 pub mod bandwidth;
 mod cross_entropy;
 mod elem;

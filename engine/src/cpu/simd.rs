@@ -23,7 +23,7 @@ pub(super) const LANES: usize = 16;
 
 /// eˣ for f32, branch-free (see the module comment).
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(super) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -212,6 +212,8 @@ macro_rules! multiversion {
         }
     };
 }
+
+pub(super) use multiversion;
 
 multiversion! {
     /// `x[i] = e^(x[i] − shift)` in place; returns their sum.

@@ -145,6 +145,27 @@ fn attention_matches_reference_across_shapes_and_dtypes() {
             d: 8,
             lens: vec![64, 0, 1, 129, 65],
         },
+        // Head dims at the whole-row path's limit (32) and just past it (33, the tile path).
+        Case {
+            q_heads: 2,
+            kv_heads: 1,
+            d: 32,
+            lens: vec![100],
+        },
+        Case {
+            q_heads: 2,
+            kv_heads: 1,
+            d: 33,
+            lens: vec![100],
+        },
+        // Longer than the 1,024 keys a whole row may read: the sequence's first tiles take the
+        // row path, its last ones the tile path.
+        Case {
+            q_heads: 2,
+            kv_heads: 1,
+            d: 4,
+            lens: vec![1100],
+        },
     ];
     for c in &cases {
         for dtype in FLOATS {
