@@ -81,6 +81,14 @@ struct Batch {
 /// Runs `chunks` through the model, writing their keys and values into `cache`; returns the
 /// logits `[chunks.len(), vocab]` of each chunk's last token. `modes` holds each layer's mode.
 pub fn forward(w: &InferWeights, cache: &mut KvCache, chunks: &[Chunk], modes: &[InferenceMode], tally: &mut Tally) -> Result<Tensor> {
+    match w.device() {
+        // On a pool worker, so that the step's parallel ops do not each wake the calling thread.
+        engine::Device::Cpu => engine::cpu::on_pool(|| forward_here(w, cache, chunks, modes, tally)),
+        _ => forward_here(w, cache, chunks, modes, tally),
+    }
+}
+
+fn forward_here(w: &InferWeights, cache: &mut KvCache, chunks: &[Chunk], modes: &[InferenceMode], tally: &mut Tally) -> Result<Tensor> {
     let cfg = &w.config;
     if modes.len() != w.layers.len() {
         return Err(Error::Invalid { what: "modes", value: modes.len().to_string(), msg: format!("one inference mode per layer is needed ({} layers)", w.layers.len()) });
@@ -149,8 +157,11 @@ fn attention(aw: &AttentionWeights, layer: usize, w: &InferWeights, x: &Tensor, 
     let a = &w.config.attention;
     let (n, hq, hkv, dh, experts) = (b.n, w.config.q_heads(), a.kv_heads, a.head_dim, a.n_experts);
     let rope = |t: Tensor, heads: usize| -> Result<Tensor> { Ok(ops::rope(&t.reshape([1, n, heads, dh])?, &b.cos, &b.sin, false)?.reshape([n, heads, dh])?) };
-    let k = rope(ops::matmul(x, &aw.wk)?, hkv)?;
-    let v = ops::matmul(x, &aw.wv)?.reshape([n, hkv, dh])?;
+    // Queries (with `Whole` heads), keys and values from one product.
+    let qkv = ops::matmul(x, &aw.wqkv)?;
+    let q_cols = qkv.dims()[1] - 2 * hkv * dh;
+    let k = rope(ops::narrow(&qkv, 1, q_cols, hkv * dh)?, hkv)?;
+    let v = ops::narrow(&qkv, 1, q_cols + hkv * dh, hkv * dh)?.reshape([n, hkv, dh])?;
     cache.write(layer, &k, &v, &b.slots)?;
     let attend = |q: &Tensor| -> Result<Tensor> { Ok(ops::paged_attention(q, &cache.k[layer], &cache.v[layer], &b.table, &b.lens, 1.0 / (dh as f64).sqrt())?) };
     // The router's gate [n, E] (probabilities, zeroed for unselected experts) and the 0/1 mask.
@@ -171,8 +182,8 @@ fn attention(aw: &AttentionWeights, layer: usize, w: &InferWeights, x: &Tensor, 
         }
     };
     match (&aw.heads, gate) {
-        (HeadProjections::Whole { wq, wo }, gate) => {
-            let heads = attend(&rope(ops::matmul(x, wq)?, hq)?)?;
+        (HeadProjections::Whole { wo }, gate) => {
+            let heads = attend(&rope(ops::narrow(&qkv, 1, 0, q_cols)?, hq)?)?;
             let heads = match gate {
                 None => heads.reshape([n, hq * dh])?,
                 Some((g, _)) => ops::mul(&heads.reshape([n, experts, hq / experts * dh])?, &g.reshape([n, experts, 1])?)?.reshape([n, hq * dh])?,
@@ -260,9 +271,9 @@ fn routed_mlp(mw: &MlpWeights, w: &InferWeights, x: &Tensor, selection: Selectio
                 (y, Tensor::full((n * experts) as f64, [1], DType::F32, &x.device())?)
             }
             Some(rm) => {
+                // Unrenormalised, the routes' weights are the selected probabilities (0 in unused slots).
                 let routes = ops::moe_route(&probs, rm, false)?;
-                let weights = ops::mul(&ops::gather_last(&probs, &routes.experts)?, &routes.mask)?;
-                (sparse(&routes, &weights)?, ops::sum_all(&routes.mask)?)
+                (sparse(&routes, &routes.weights)?, ops::sum_all(&routes.mask)?)
             }
         }
     };
