@@ -11,8 +11,9 @@
 //! Experts: the MLP routes per token (top-K, threshold, threshold-K) through the engine's routing
 //! op and runs only the chosen experts (`moe_sparse_mlp`, `moe_sparse_swiglu` for SwiGLU experts);
 //! dense modes use the fused dense MoE op (SwiGLU: the training model's full-width composition),
-//! and shared experts are added to every token's routed output. A router-less GeLU MLP at decode
-//! size on the CPU runs as a one-expert sparse MLP, for the engine's one-loop decode path.
+//! and shared experts are added to every token's routed output. A router-less MLP (GeLU or SwiGLU,
+//! shared experts too) at decode size on the CPU runs as a one-expert sparse MLP, for the engine's
+//! one-loop decode path.
 //! Attention experts either run every head and gate them (the paper's dense attention) or, with
 //! per-expert weights (`HeadProjections::PerExpert`), compute query projections and output rows
 //! only for the experts each token selects; the attention core itself then still runs over every
@@ -239,8 +240,8 @@ fn routed_mlp(mw: &MlpWeights, w: &InferWeights, x: &Tensor, selection: Selectio
     let constant = |t: &Tensor| Var::constant(t.clone());
     let ExpertWeights { w1, w3, w2 } = &mw.experts;
     let Some(router) = &mw.router else {
-        if w3.is_none() && x.dims()[0] <= ops::CPU_DECODE_MAX_ROWS && matches!(x.device(), engine::Device::Cpu) {
-            return one_expert_mlp(x, w1, w2);
+        if x.dims()[0] <= ops::CPU_DECODE_MAX_ROWS && matches!(x.device(), engine::Device::Cpu) {
+            return one_expert_mlp(x, &mw.experts);
         }
         return Ok(mlp::body(&constant(x), &(constant(w1), w3.as_ref().map(constant), constant(w2)))?.into_value());
     };
@@ -281,14 +282,18 @@ fn routed_mlp(mw: &MlpWeights, w: &InferWeights, x: &Tensor, selection: Selectio
     Ok(y)
 }
 
-/// A dense GeLU MLP of a few tokens as a sparse MLP with one expert that every token takes at
-/// weight 1: on the CPU that runs the up product, GeLU and down product in one parallel loop over
-/// slices of the hidden units (the engine's sparse decode path), one pass over the weights with no
-/// wake-up of the threads between the products. The weight 1 and the one-slot sum leave the rounded
-/// output as it is.
-fn one_expert_mlp(x: &Tensor, w1: &Tensor, w2: &Tensor) -> Result<Tensor> {
+/// A dense MLP of a few tokens (GeLU or SwiGLU; a plain MLP or the shared experts) as a sparse MLP
+/// with one expert that every token takes at weight 1: on the CPU that runs the up (and gate)
+/// products, the activation and the down product in one parallel loop over slices of the hidden
+/// units (the engine's sparse decode path), one pass over the weights with no wake-up of the
+/// threads between the products. The weight 1 and the one-slot sum leave the rounded output as it
+/// is.
+fn one_expert_mlp(x: &Tensor, ExpertWeights { w1, w3, w2 }: &ExpertWeights) -> Result<Tensor> {
     let every_token = Tensor::full(1.0, [x.dims()[0], 1], x.dtype(), &x.device())?;
     let routes = ops::moe_route(&every_token, RouteMode::TopK(1), false)?;
     let perm = ops::moe_permute(&routes, 1, None)?;
-    Ok(ops::moe_sparse_mlp(x, w1, w2, &routes.weights, &perm, MoePath::Auto, false)?.0)
+    Ok(match w3 {
+        None => ops::moe_sparse_mlp(x, w1, w2, &routes.weights, &perm, MoePath::Auto, false)?.0,
+        Some(w3) => ops::moe_sparse_swiglu(x, w1, w3, w2, &routes.weights, &perm, MoePath::Auto, false)?.0,
+    })
 }
