@@ -407,6 +407,30 @@ fn cpu_swiglu_matches_a_token_by_token_evaluation() {
     }
 }
 
+/// Decode-sized batches take the hidden-slice path for SwiGLU experts too (gate and up slices in
+/// one task): it matches the token-by-token evaluation in f64 with expert widths of one slice, of
+/// several and of a ragged last slice, and in bf16 the general path (taken when the activations
+/// are saved) to rounding.
+#[test]
+fn cpu_swiglu_at_decode_size_matches_a_token_by_token_evaluation() {
+    let mut rng = Rng::new(42);
+    for (t, d, n, f) in [(1, 40, 8, 64), (2, 40, 8, 150), (3, 33, 6, 200)] {
+        let l = layer(t, d, n, f, DType::F64, &mut rng);
+        for mode in [RouteMode::TopK(2), RouteMode::Threshold { eps: 0.9, k_max: 4 }] {
+            let r = ops::moe_route(&l.p, mode, false).unwrap();
+            let perm = ops::moe_permute(&r, n, None).unwrap();
+            let (y, saved) = ops::moe_sparse_swiglu(&l.x, &l.w1, &l.w3, &l.w2, &r.weights, &perm, MoePath::Auto, false).unwrap();
+            assert!(saved.is_none(), "nothing is saved when not asked");
+            let e = rel_err(&y, &token_reference(&l, &r, &perm, f));
+            assert!(e < 1e-12, "{t}x{d}, {n} experts of {f}, {mode:?}: {e}");
+            let cast = |v: &Tensor| ops::cast(v, DType::BF16).unwrap();
+            let run = |save| ops::moe_sparse_swiglu(&cast(&l.x), &cast(&l.w1), &cast(&l.w3), &cast(&l.w2), &cast(&r.weights), &perm, MoePath::Auto, save).unwrap().0;
+            let e = rel_err(&run(false), &run(true));
+            assert!(e < 1e-2, "bf16 {t}x{d}, {n} experts of {f}, {mode:?}: {e}");
+        }
+    }
+}
+
 #[test]
 fn bad_swiglu_arguments_are_errors() {
     let mut rng = Rng::new(42);

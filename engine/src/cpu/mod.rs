@@ -39,6 +39,8 @@ use crate::backend::*;
 use crate::{CpuStorage, DType, Result};
 use profile::{timed, Cost};
 
+pub use par::on_pool;
+
 impl CpuStorage {
     /// Bytes per element.
     fn elem_bytes(&self) -> usize {

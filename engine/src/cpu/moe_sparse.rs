@@ -10,7 +10,7 @@
 //! `tanh`, equal to rounding, and many times cheaper than libm's scalar `tanh`.
 //!
 //! Speed: decode-sized batches without saved activations take moe_sparse_decode.rs (one parallel
-//! loop over slices of the experts' hidden units). Otherwise the forward is one parallel loop over blocks of at most `ROW_BLOCK` list entries (an
+//! loop over slices of the experts' hidden units; moe_sparse_gated.rs's SwiGLU experts too). Otherwise the forward is one parallel loop over blocks of at most `ROW_BLOCK` list entries (an
 //! expert's entries cut into blocks): each task gathers its tokens' rows, runs both products on
 //! them single-threaded through the `gemm` crate, and writes its rows of a list-ordered output,
 //! which one parallel pass over tokens sums into y. The backward runs one task per busy expert, as
@@ -312,7 +312,7 @@ type Scratch<A> = (Vec<A>, Vec<A>, Vec<A>, Vec<A>);
 /// parallel pass over tokens sums each token's rows (`combine`).
 fn forward_typed<T: Float>(x: &[T], w1: &[T], w2: &[T], w: &[T], l: &Lists, save: bool) -> (CpuStorage, Option<(CpuStorage, CpuStorage)>) {
     if !save && moe_sparse_decode::applies(l) {
-        return (T::wrap(l.combine(&moe_sparse_decode::expert_rows(x, w1, w2, w, l))), None);
+        return (T::wrap(l.combine(&moe_sparse_decode::expert_rows(x, w1, None, w2, w, l))), None);
     }
     let SparseDims { d, f, .. } = l.dims;
     let slots = l.dims.slots();

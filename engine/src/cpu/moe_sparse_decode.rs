@@ -1,5 +1,5 @@
-//! The sparse GeLU MoE forward for decode-sized batches (every busy expert has at most
-//! `skinny::MAX_ROWS` tokens), as one parallel loop.
+//! The sparse MoE forward for decode-sized batches (every busy expert has at most
+//! `skinny::MAX_ROWS` tokens), as one parallel loop, for GeLU and for SwiGLU experts.
 //!
 //! The general forward (moe_sparse.rs) runs one task per block of an expert's tokens, and inside
 //! it two skinny products that each split again over the threads: at batch 1 with two experts that
@@ -12,6 +12,12 @@
 //! expert are then added in slice order, scaled by the slot's weight and combined per token
 //! (`Lists::combine`) on the calling thread (a few rows of d).
 //!
+//! SwiGLU experts (W1 the gate, W3 the up projection): a task computes its slice's gate
+//! `G = X·W1[slice]ᵀ` and up `V = X·W3[slice]ᵀ` back to back, so the gate and up rows of the same
+//! hidden units stream through one task in one pass with no hand-off between them, then
+//! `H = silu(G)·V` and the partial down product. Rounding is moe_sparse_gated.rs's: G is rounded to
+//! the storage type before SiLU reads it, V is not, H is.
+//!
 //! Bits: the slices depend only on the expert width, never on the thread count, so the result is
 //! the same with any number of threads; but the down product sums over the hidden units in slices
 //! rather than in one run, so it differs from the general path by rounding (tests compare the two
@@ -21,6 +27,7 @@ use rayon::prelude::*;
 
 use super::elem::prelude::*;
 use super::elem::{Acc, Float};
+use super::elementwise::silu_and_grad;
 use super::moe_sparse::{Block, Lists, ROW_BLOCK};
 use super::par::worth_it;
 use super::skinny;
@@ -46,12 +53,14 @@ struct Task<'a, A> {
     out: &'a mut [A],
 }
 
-/// A task's buffers: gathered X rows, and U then H (kept per worker).
-type Scratch<A> = (Vec<A>, Vec<A>, Vec<A>);
+/// A task's buffers: gathered X rows, U (GeLU's input or SwiGLU's gate), SwiGLU's V, and H (kept
+/// per worker).
+type Scratch<A> = (Vec<A>, Vec<A>, Vec<A>, Vec<A>);
 
 /// The list-ordered expert outputs `[total, d]`, each scaled by its slot's weight and rounded to
-/// the storage type (what moe_sparse.rs's forward hands to `combine`).
-pub(super) fn expert_rows<T: Float>(x: &[T], w1: &[T], w2: &[T], w: &[T], l: &Lists) -> Vec<T> {
+/// the storage type (what the sparse forwards hand to `combine`): GeLU experts `(w1, w2)`, or
+/// SwiGLU experts with `w3`, the up projection.
+pub(super) fn expert_rows<T: Float>(x: &[T], w1: &[T], w3: Option<&[T]>, w2: &[T], w: &[T], l: &Lists) -> Vec<T> {
     let SparseDims { d, f, .. } = l.dims;
     let blocks = l.blocks(ROW_BLOCK);
     let slice = hidden_slice(f);
@@ -67,21 +76,30 @@ pub(super) fn expert_rows<T: Float>(x: &[T], w1: &[T], w2: &[T], w: &[T], l: &Li
             rest = tail;
         }
     }
-    let run = |(xg, u, h): &mut Scratch<T::Acc>, t: Task<T::Acc>| {
+    let run = |(xg, u, v, h): &mut Scratch<T::Acc>, t: Task<T::Acc>| {
         let (rows, width) = (t.block.rows, t.cols.len());
         l.gather(xg, x, t.block, d);
         let hidden = (t.block.expert * f + t.cols.start) * d..(t.block.expert * f + t.cols.end) * d;
-        u.clear();
-        u.resize(rows * width, <T::Acc>::zero());
-        skinny::dots_here::<T>(xg, &w1[hidden.clone()], rows, d, u);
+        let product = |out: &mut Vec<T::Acc>, w: &[T]| {
+            out.clear();
+            out.resize(rows * width, <T::Acc>::zero());
+            skinny::dots_here::<T>(xg, &w[hidden.clone()], rows, d, out);
+        };
+        product(u, w1);
         h.clear();
         h.resize(rows * width, <T::Acc>::zero());
-        <T::Acc>::gated_gelu(u, <T::Acc>::one(), h);
+        match w3 {
+            None => <T::Acc>::gated_gelu(u, <T::Acc>::one(), h),
+            Some(w3) => {
+                product(v, w3);
+                h.iter_mut().zip(u.iter().zip(v.iter())).for_each(|(h, (&g, &v))| *h = silu_and_grad(T::narrow(g).widen()).0 * v);
+            }
+        }
         // H is stored in the tensor dtype in the general path (and by the GPU kernels) before W2 reads it.
         h.iter_mut().for_each(|v| *v = T::narrow(*v).widen());
         skinny::axpys_here::<T>(h, &w2[hidden], rows, d, width, t.out);
     };
-    let scratch = || (Vec::new(), Vec::new(), Vec::new());
+    let scratch = || (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     if worth_it(l.total() * d * f) {
         tasks.into_par_iter().for_each_init(scratch, run);
     } else {

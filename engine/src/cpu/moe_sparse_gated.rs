@@ -4,7 +4,8 @@
 //! up projection) and W2 (the down projection), and computes `(silu(x·W1ᵀ) ⊙ x·W3ᵀ)·W2`.
 //!
 //! Layout and schedule are the GeLU path's (`moe_sparse.rs`: its list geometry, blocks and
-//! combine): the forward runs one parallel task per block of at most `ROW_BLOCK` list entries,
+//! combine; decode-sized batches take moe_sparse_decode.rs, gate and up slices of the same hidden
+//! units in one task): the forward runs one parallel task per block of at most `ROW_BLOCK` list entries,
 //! the backward one task per busy expert. Rounding follows the kernels: G = x·W1ᵀ is stored in the
 //! tensor dtype before SiLU reads it (the up product's epilogue reads the stored G), V = x·W3ᵀ
 //! stays in the arithmetic type until H = silu(G)·V is rounded; in the backward dX is the dGate·W1
@@ -18,6 +19,7 @@ use super::elem::prelude::*;
 use super::elem::{with_float, Elem, Float};
 use super::elementwise::silu_and_grad;
 use super::matmul::product_serial;
+use super::moe_sparse_decode;
 use super::moe_sparse::{lists, sparse_cost, run_tasks, split_blocks, Block, Lists, ROW_BLOCK};
 use super::par::worth_it;
 use super::profile::timed;
@@ -57,6 +59,9 @@ pub(crate) fn forward(x: &CpuStorage, [w1, w3, w2]: [&CpuStorage; 3], weights: &
 type Scratch<A> = (Vec<A>, Vec<A>, Vec<A>, Vec<A>);
 
 fn forward_typed<T: Float>(x: &[T], [w1, w3, w2]: [&[T]; 3], w: &[T], l: &Lists, save: bool) -> (CpuStorage, Option<[CpuStorage; 3]>) {
+    if !save && moe_sparse_decode::applies(l) {
+        return (T::wrap(l.combine(&moe_sparse_decode::expert_rows(x, w1, Some(w3), w2, w, l))), None);
+    }
     let SparseDims { d, f, .. } = l.dims;
     let slots = l.dims.slots();
     let zero = T::narrow(<T::Acc>::zero());

@@ -16,6 +16,18 @@ pub(crate) fn worth_it(work: usize) -> bool {
     work >= PAR_MIN_WORK && rayon::current_num_threads() > 1
 }
 
+/// Runs `f` on a worker of the pool the ops spread over (rayon's global pool), the calling thread
+/// waiting for it. For a step made of many short ops of which some go parallel (a decode step: a
+/// few hundred ops, a handful per layer each spreading about a megabyte of weights over the
+/// cores): called from outside the pool, every parallel op hands its tasks over and puts the
+/// caller to sleep until the last task is done, so each one costs two thread wake-ups on the
+/// step's critical path. Called from a worker, the worker takes part in its own op's tasks and
+/// only the idle workers need waking, often still spinning from the op before. Results and bits
+/// are the same on either thread.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
 /// Calls `f(scratch, i, chunk)` for the `i`-th `chunk`-sized piece of `out` (the last may be
 /// shorter), in parallel when `parallel`. `init` makes one scratch value per worker, so per-row
 /// buffers are allocated once per thread, not once per row.

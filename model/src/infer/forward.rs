@@ -11,8 +11,9 @@
 //! Experts: the MLP routes per token (top-K, threshold, threshold-K) through the engine's routing
 //! op and runs only the chosen experts (`moe_sparse_mlp`, `moe_sparse_swiglu` for SwiGLU experts);
 //! dense modes use the fused dense MoE op (SwiGLU: the training model's full-width composition),
-//! and shared experts are added to every token's routed output. A router-less GeLU MLP at decode
-//! size on the CPU runs as a one-expert sparse MLP, for the engine's one-loop decode path.
+//! and shared experts are added to every token's routed output. A router-less MLP (GeLU or SwiGLU,
+//! shared experts too) at decode size on the CPU runs as a one-expert sparse MLP, for the engine's
+//! one-loop decode path.
 //! Attention experts either run every head and gate them (the paper's dense attention) or, with
 //! per-expert weights (`HeadProjections::PerExpert`), compute query projections and output rows
 //! only for the experts each token selects; the attention core itself then still runs over every
@@ -81,6 +82,14 @@ struct Batch {
 /// Runs `chunks` through the model, writing their keys and values into `cache`; returns the
 /// logits `[chunks.len(), vocab]` of each chunk's last token. `modes` holds each layer's mode.
 pub fn forward(w: &InferWeights, cache: &mut KvCache, chunks: &[Chunk], modes: &[InferenceMode], tally: &mut Tally) -> Result<Tensor> {
+    match w.device() {
+        // On a pool worker, so that the step's parallel ops do not each wake the calling thread.
+        engine::Device::Cpu => engine::cpu::on_pool(|| forward_here(w, cache, chunks, modes, tally)),
+        _ => forward_here(w, cache, chunks, modes, tally),
+    }
+}
+
+fn forward_here(w: &InferWeights, cache: &mut KvCache, chunks: &[Chunk], modes: &[InferenceMode], tally: &mut Tally) -> Result<Tensor> {
     let cfg = &w.config;
     if modes.len() != w.layers.len() {
         return Err(Error::Invalid { what: "modes", value: modes.len().to_string(), msg: format!("one inference mode per layer is needed ({} layers)", w.layers.len()) });
@@ -149,8 +158,11 @@ fn attention(aw: &AttentionWeights, layer: usize, w: &InferWeights, x: &Tensor, 
     let a = &w.config.attention;
     let (n, hq, hkv, dh, experts) = (b.n, w.config.q_heads(), a.kv_heads, a.head_dim, a.n_experts);
     let rope = |t: Tensor, heads: usize| -> Result<Tensor> { Ok(ops::rope(&t.reshape([1, n, heads, dh])?, &b.cos, &b.sin, false)?.reshape([n, heads, dh])?) };
-    let k = rope(ops::matmul(x, &aw.wk)?, hkv)?;
-    let v = ops::matmul(x, &aw.wv)?.reshape([n, hkv, dh])?;
+    // Queries (with `Whole` heads), keys and values from one product.
+    let qkv = ops::matmul(x, &aw.wqkv)?;
+    let q_cols = qkv.dims()[1] - 2 * hkv * dh;
+    let k = rope(ops::narrow(&qkv, 1, q_cols, hkv * dh)?, hkv)?;
+    let v = ops::narrow(&qkv, 1, q_cols + hkv * dh, hkv * dh)?.reshape([n, hkv, dh])?;
     cache.write(layer, &k, &v, &b.slots)?;
     let attend = |q: &Tensor| -> Result<Tensor> { Ok(ops::paged_attention(q, &cache.k[layer], &cache.v[layer], &b.table, &b.lens, 1.0 / (dh as f64).sqrt())?) };
     // The router's gate [n, E] (probabilities, zeroed for unselected experts) and the 0/1 mask.
@@ -171,8 +183,8 @@ fn attention(aw: &AttentionWeights, layer: usize, w: &InferWeights, x: &Tensor, 
         }
     };
     match (&aw.heads, gate) {
-        (HeadProjections::Whole { wq, wo }, gate) => {
-            let heads = attend(&rope(ops::matmul(x, wq)?, hq)?)?;
+        (HeadProjections::Whole { wo }, gate) => {
+            let heads = attend(&rope(ops::narrow(&qkv, 1, 0, q_cols)?, hq)?)?;
             let heads = match gate {
                 None => heads.reshape([n, hq * dh])?,
                 Some((g, _)) => ops::mul(&heads.reshape([n, experts, hq / experts * dh])?, &g.reshape([n, experts, 1])?)?.reshape([n, hq * dh])?,
@@ -228,8 +240,8 @@ fn routed_mlp(mw: &MlpWeights, w: &InferWeights, x: &Tensor, selection: Selectio
     let constant = |t: &Tensor| Var::constant(t.clone());
     let ExpertWeights { w1, w3, w2 } = &mw.experts;
     let Some(router) = &mw.router else {
-        if w3.is_none() && x.dims()[0] <= ops::CPU_DECODE_MAX_ROWS && matches!(x.device(), engine::Device::Cpu) {
-            return one_expert_mlp(x, w1, w2);
+        if x.dims()[0] <= ops::CPU_DECODE_MAX_ROWS && matches!(x.device(), engine::Device::Cpu) {
+            return one_expert_mlp(x, &mw.experts);
         }
         return Ok(mlp::body(&constant(x), &(constant(w1), w3.as_ref().map(constant), constant(w2)))?.into_value());
     };
@@ -260,9 +272,9 @@ fn routed_mlp(mw: &MlpWeights, w: &InferWeights, x: &Tensor, selection: Selectio
                 (y, Tensor::full((n * experts) as f64, [1], DType::F32, &x.device())?)
             }
             Some(rm) => {
+                // Unrenormalised, the routes' weights are the selected probabilities (0 in unused slots).
                 let routes = ops::moe_route(&probs, rm, false)?;
-                let weights = ops::mul(&ops::gather_last(&probs, &routes.experts)?, &routes.mask)?;
-                (sparse(&routes, &weights)?, ops::sum_all(&routes.mask)?)
+                (sparse(&routes, &routes.weights)?, ops::sum_all(&routes.mask)?)
             }
         }
     };
@@ -270,14 +282,18 @@ fn routed_mlp(mw: &MlpWeights, w: &InferWeights, x: &Tensor, selection: Selectio
     Ok(y)
 }
 
-/// A dense GeLU MLP of a few tokens as a sparse MLP with one expert that every token takes at
-/// weight 1: on the CPU that runs the up product, GeLU and down product in one parallel loop over
-/// slices of the hidden units (the engine's sparse decode path), one pass over the weights with no
-/// wake-up of the threads between the products. The weight 1 and the one-slot sum leave the rounded
-/// output as it is.
-fn one_expert_mlp(x: &Tensor, w1: &Tensor, w2: &Tensor) -> Result<Tensor> {
+/// A dense MLP of a few tokens (GeLU or SwiGLU; a plain MLP or the shared experts) as a sparse MLP
+/// with one expert that every token takes at weight 1: on the CPU that runs the up (and gate)
+/// products, the activation and the down product in one parallel loop over slices of the hidden
+/// units (the engine's sparse decode path), one pass over the weights with no wake-up of the
+/// threads between the products. The weight 1 and the one-slot sum leave the rounded output as it
+/// is.
+fn one_expert_mlp(x: &Tensor, ExpertWeights { w1, w3, w2 }: &ExpertWeights) -> Result<Tensor> {
     let every_token = Tensor::full(1.0, [x.dims()[0], 1], x.dtype(), &x.device())?;
     let routes = ops::moe_route(&every_token, RouteMode::TopK(1), false)?;
     let perm = ops::moe_permute(&routes, 1, None)?;
-    Ok(ops::moe_sparse_mlp(x, w1, w2, &routes.weights, &perm, MoePath::Auto, false)?.0)
+    Ok(match w3 {
+        None => ops::moe_sparse_mlp(x, w1, w2, &routes.weights, &perm, MoePath::Auto, false)?.0,
+        Some(w3) => ops::moe_sparse_swiglu(x, w1, w3, w2, &routes.weights, &perm, MoePath::Auto, false)?.0,
+    })
 }

@@ -4,10 +4,14 @@
 //! (`--random-weights`), straight into the target dtype, so a 1B-parameter config never exists in
 //! f32 or f64 on the host.
 //!
-//! Layout is the training model's, with one exception: with per-expert attention on (attention
-//! experts computing only their own query heads and output rows), the query and output
+//! Layout is the training model's, with two exceptions. An attention layer's query, key and value
+//! projections are held side by side in one `[d, (hq + 2·hkv)·dh]` matrix, so a decode step reads
+//! them in one product (one pass of the threads over the weights instead of three; each output
+//! column is the same dot product as in its own matrix). And with per-expert attention on
+//! (attention experts computing only their own query heads and output rows), the query and output
 //! projections are held as one `[heads_per_expert·head_dim, d]` matrix per expert, so an expert's
-//! rows are a tensor of their own and an unselected expert's weights are never read. SwiGLU MLP
+//! rows are a tensor of their own and an unselected expert's weights are never read; the joined
+//! matrix then holds the keys and values only. SwiGLU MLP
 //! experts are held split the same way, one `[f, d]` triple per expert, for the composed
 //! per-expert path (the fused MoE ops take GeLU experts, stacked).
 
@@ -24,17 +28,18 @@ pub(crate) struct RouterWeights {
 
 /// Query and output projections of an attention layer.
 pub(crate) enum HeadProjections {
-    /// `wq` `[d, hq·dh]`, `wo` `[hq·dh, d]`: every head computed (the paper's dense attention).
-    Whole { wq: Tensor, wo: Tensor },
+    /// `wo` `[hq·dh, d]`, the queries in `AttentionWeights::wqkv`: every head computed (the paper's
+    /// dense attention).
+    Whole { wo: Tensor },
     /// One `[H·dh, d]` pair per expert (query rows transposed): only selected experts' heads.
     PerExpert { wq: Vec<Tensor>, wo: Vec<Tensor> },
 }
 
 pub(crate) struct AttentionWeights {
     pub heads: HeadProjections,
-    /// `[d, hkv·dh]`
-    pub wk: Tensor,
-    pub wv: Tensor,
+    /// `[d, q + 2·hkv·dh]`: the query projection (`q = hq·dh` columns with `Whole` heads, none with
+    /// `PerExpert`), then the key and the value projections.
+    pub wqkv: Tensor,
     pub router: Option<RouterWeights>,
 }
 
@@ -123,9 +128,9 @@ impl InferWeights {
     pub fn bytes(&self) -> usize {
         let mut total = self.embed.size_in_bytes() + self.final_norm.size_in_bytes() + self.lm_head.as_ref().map_or(0, Tensor::size_in_bytes);
         for l in &self.layers {
-            total += l.attn_norm.size_in_bytes() + l.mlp_norm.size_in_bytes() + l.attn.wk.size_in_bytes() + l.attn.wv.size_in_bytes();
+            total += l.attn_norm.size_in_bytes() + l.mlp_norm.size_in_bytes() + l.attn.wqkv.size_in_bytes();
             total += match &l.attn.heads {
-                HeadProjections::Whole { wq, wo } => wq.size_in_bytes() + wo.size_in_bytes(),
+                HeadProjections::Whole { wo } => wo.size_in_bytes(),
                 HeadProjections::PerExpert { wq, wo } => wq.iter().chain(wo).map(Tensor::size_in_bytes).sum(),
             };
             total += l.mlp.bytes() + l.attn.router.as_ref().map_or(0, RouterWeights::bytes);
@@ -179,13 +184,15 @@ fn build(cfg: &ModelConfig, dtype: DType, device: &Device, per_expert_attention:
         let wv = get(&format!("{p}.attn.wv"), &[d, hkv * dh])?;
         let wo = get(&format!("{p}.attn.wo"), &[hq * dh, d])?;
         let attn_router = (a.n_experts > 1).then(|| router(&mut get, &format!("{p}.attn"), a.n_experts)).transpose()?;
-        let heads = if per_expert_attention && a.n_experts > 1 {
+        let (heads, wqkv) = if per_expert_attention && a.n_experts > 1 {
             let rows = a.heads_per_expert * dh;
             let wq_t = ops::transpose(&wq, 0, 1)?;
-            HeadProjections::PerExpert { wq: ops::split(&wq_t, &vec![rows; a.n_experts], 0)?, wo: ops::split(&wo, &vec![rows; a.n_experts], 0)? }
+            let heads = HeadProjections::PerExpert { wq: ops::split(&wq_t, &vec![rows; a.n_experts], 0)?, wo: ops::split(&wo, &vec![rows; a.n_experts], 0)? };
+            (heads, ops::concat(&[&wk, &wv], 1)?)
         } else {
-            HeadProjections::Whole { wq, wo }
+            (HeadProjections::Whole { wo }, ops::concat(&[&wq, &wk, &wv], 1)?)
         };
+        let wqkv = on_huge_pages(wqkv);
         let mlp_norm = get(&format!("{p}.mlp_norm.weight"), &[d])?;
         let moe = cfg.is_moe_layer(i);
         let (experts, width) = if moe { (m.n_experts, m.expert_width) } else { (1, cfg.dense_width()) };
@@ -196,7 +203,7 @@ fn build(cfg: &ModelConfig, dtype: DType, device: &Device, per_expert_attention:
                 mlp.shared = Some(Box::new(mlp_weights(&mut get, cfg, &format!("{p}.mlp.shared"), 1, m.shared_experts * m.expert_width)?));
             }
         }
-        layers.push(LayerWeights { attn_norm, attn: AttentionWeights { heads, wk, wv, router: attn_router }, mlp_norm, mlp });
+        layers.push(LayerWeights { attn_norm, attn: AttentionWeights { heads, wqkv, router: attn_router }, mlp_norm, mlp });
     }
     let final_norm = get("final_norm.weight", &[d])?;
     let lm_head = (!cfg.tie_embeddings).then(|| get("lm_head.weight", &[d, v])).transpose()?;
