@@ -41,14 +41,19 @@
 //   (fence_regs), and the emulator fails a kernel that touches them, or frees their stage,
 //   before the wait that retires them. Tiles wholly above a warpgroup's last row are not computed
 //   (still waited for and released).
+// - Ping-pong between the consumers (FlashAttention-3, section 3.1; Turns below): they take turns
+//   issuing their wgmmas, ordered by two named barriers (bar.sync by the one whose turn it is,
+//   bar.arrive by the other after its own issue), so one's softmax tends to run while the other's
+//   products hold the tensor cores rather than both softmaxes at once.
 // - At the end O / l goes to `out` and m·ln 2 + ln l to `lse`, for valid rows only.
 //
 // Shared memory: Q 16 KiB per 64 columns, each stage 16 KiB per 64 columns (K and V): 65 KiB at
 // D = 64, 129 KiB at D = 96 and 128 (96 reads zeros in its second chunk's last 32 columns), so one
 // block per SM (as the registers already decide). Registers at D = 128: 64 for O, 32 for S, 16
-// for the P fragments in flight: 112 live across the loop plus addresses and row statistics,
-// inside the 168 that ptxas budgets for 288 threads (it counts whole warpgroups), so no
-// setmaxnreg split; kernels_compile checks the count and that nothing spills.
+// for the P fragments in flight: 112 live across the loop plus addresses and row statistics;
+// ptxas gives 167 (155 at D = 96, 127 at D = 64) without spills, inside the 168 it budgets for 288
+// threads (it counts whole warpgroups), so no setmaxnreg split; kernels_compile checks that
+// bound, that nothing spills and that ptxas keeps the wgmmas asynchronous.
 //
 // dq (dq_rows below) walks the same key tiles with the same ring; Q and dO are both staged (the
 // consumers also compute D = dO·out per row, store it for the dK / dV kernel, and keep it in
@@ -60,11 +65,11 @@
 // launch; kernels_compile checks it). Shared memory: the dO tile and D per row more than the
 // forward, 161.5 KiB at D = 128.
 //
-// What it leaves out: FlashAttention-3's ping-pong between the two consumer warpgroups (named
-// barriers ordering one's GEMMs against the other's softmax, so the softmax of one hides behind
-// the other's products); here the two consumers and the producer overlap only as the warp
-// scheduler lets them. dq is not pipelined: each consumer waits for its own wgmmas before the
-// elementwise step, and its dq += dS·K before the next tile's products.
+// What it leaves out of FlashAttention-3: its larger key tiles, which take the registers its
+// consumers get from a producer warpgroup through setmaxnreg (here 64 keys fit the 168 registers
+// of a split-less 288-thread block), and its FP8 path. dq is not pipelined: each consumer
+// waits for its own wgmmas before the elementwise step, and for its dq += dS·K before the next
+// tile's products. All of it unmeasured: no Hopper has run these kernels.
 //
 // The module is compiled for every architecture the engine builds, but wgmma, TMA and mbarrier
 // transaction counts exist only on sm_90a: elsewhere the entry points trap (the host launches them
@@ -161,6 +166,24 @@ __device__ __forceinline__ ConsumerRows consumer_rows(const PackedRows& rows, in
     return {c, c * 64 + (warp % 4) * 16 + lane / 4, rows.pos(min(c * 64 + 63, (int)rows.limit - 1))};
 }
 
+// Ping-pong (FlashAttention-3, section 3.1): the two consumers take turns issuing their wgmmas,
+// so one's softmax runs while the other's products hold the tensor cores. A consumer's turn k
+// issues tile k's S and tile k − 1's P·V (turn 0: S only; the last turn: the last P·V only), so it
+// has one turn more than it has tiles to compute. Named barrier 2 + c opens consumer c's turns:
+// its 128 threads bar.sync there while the other consumer's 128 bar.arrive after their turn.
+// Consumer 0 goes first. Consumer 1's rows are later, so it has at least as many turns as
+// consumer 0 (`turns0`), and once consumer 0 has had its last turn it neither waits nor signals.
+struct Turns {
+    int c;
+    u32 turns0;
+    __device__ __forceinline__ void begin(u32 k) const {
+        if (c == 0 ? k >= 1 : k < turns0) asm volatile("bar.sync %0, 256;\n" ::"r"(2 + c) : "memory");
+    }
+    __device__ __forceinline__ void end(u32 k) const {
+        if (c == 0 || k + 1 < turns0) asm volatile("bar.arrive %0, 256;\n" ::"r"(3 - c) : "memory");
+    }
+};
+
 // Issues (and commits as one group) S = Q·Kᵀ for one warpgroup: D/16 wgmma.m64n64k16 over its 64
 // rows of the Q tile at `q_rows` and the key tile at `k_tile`, both K-major in shared memory
 // (descriptors advancing 32 bytes per k16 inside the swizzled row, a tile per 64-column chunk).
@@ -204,6 +227,7 @@ __device__ __forceinline__ void forward(const T* q, T* out, float* lse, const u3
 
     const auto [c, r0, last] = consumer_rows(rows, warp, lane);
     const u32 own = min(tiles, last / KEYS + 1);  // the tiles it computes (from 0; later ones are all masked)
+    const Turns turns{c, min(tiles, consumer_rows(rows, 0, 0).last / KEYS + 1) + 1};
     const float scale2 = scale * 1.4426950408889634f;  // scores in the exp2 domain
     const u32 sq_c = sq + c * (64 * 128);  // this warpgroup's 64 rows of Q
     float o[D / 8][4];
@@ -217,7 +241,9 @@ __device__ __forceinline__ void forward(const T* q, T* out, float* lse, const u3
 
     // Tile 0: S, softmax (O is still 0: nothing to rescale), P as fragments.
     sm90::mbar_wait(ring.full(0), 0);
+    turns.begin(0);
     issue_scores<T, D>(sc, sq_c, kv_tile(0));
+    turns.end(0);
     sm90::wgmma_wait<0>();
     fence_regs(sc);
 #pragma unroll
@@ -228,8 +254,10 @@ __device__ __forceinline__ void forward(const T* q, T* out, float* lse, const u3
     // runs while P·V still does; then O is rescaled by the change of max and stage it − 1 freed.
     for (u32 it = 1; it < own; ++it) {
         sm90::mbar_wait(ring.full(it % STAGES), (it / STAGES) & 1);
+        turns.begin(it);
         issue_scores<T, D>(sc, sq_c, kv_tile(it));
         issue_pv<T, D>(o, a, kv_tile(it - 1) + P::KV_TILE);
+        turns.end(it);
         sm90::wgmma_wait<1>();  // groups retire in order: S_it is done, P·V may still run
         fence_regs(sc);
         float corr[2];
@@ -243,7 +271,9 @@ __device__ __forceinline__ void forward(const T* q, T* out, float* lse, const u3
         if (lane == 0) sm90::mbar_arrive(ring.empty((it - 1) % STAGES));  // this warp is done with stage it − 1
         a_fragments<T>(a, sc);
     }
+    turns.begin(own);
     issue_pv<T, D>(o, a, kv_tile(own - 1) + P::KV_TILE);
+    turns.end(own);
     sm90::wgmma_wait<0>();
     fence_regs(o);
     if (lane == 0) sm90::mbar_arrive(ring.empty((own - 1) % STAGES));
