@@ -9,12 +9,14 @@
 //! bf16 and f16 at head dims 64, 96 and 128 take the tensor-core forward (64-row query and key
 //! tiles): T = 150 gives it three key tiles and five query tiles, [66, 9] at MoA's 8:1 a key tile of
 //! two keys and query tiles of 8 positions x 8 heads, and G = 3 a tile with an idle row (21 x 3).
-//! On compute capability 9.0 the forward is attention_sm90.cu (128-row query tiles, a two-stage
-//! TMA ring of 64-key tiles; DSMOE_ATTENTION_PATH=sm80 selects the sm_80 forward instead): [200, 70]
-//! at 1:1 and d = 128 gives it two query tiles in the first sequence, four key tiles (the ring
-//! wraps twice), a first warpgroup that skips the tile above its rows, key tiles that run into the
-//! next sequence and past the end of the tensor; 130 at 3:1 and d = 96 two idle rows per tile (42 x
-//! 3) and the 96-wide head (a half-used second column chunk).
+//! On compute capability 9.0 the forward is attention_sm90.cu (128-row query tiles, a three-stage
+//! TMA ring of 64-key tiles, each tile's scores overlapped with the previous tile's P·V;
+//! DSMOE_ATTENTION_PATH=sm80 selects the sm_80 forward instead): [200, 70] at 1:1 and d = 128
+//! gives it two query tiles in the first sequence, four key tiles (the ring wraps), a first
+//! warpgroup that skips the tile above its rows, key tiles that run into the next sequence and
+//! past the end of the tensor; 130 at 3:1 and d = 96 two idle rows per tile (42 x 3) and the
+//! 96-wide head (a half-used second column chunk); 450 at 1:1 and d = 64 eight key tiles in the
+//! last query tile (every stage's barrier phases come back to parity 0).
 //! The backward there is attention_sm90.cu's dq (the forward's tiles and ring, so the same cases
 //! cover it) and attention_bwd_sm90.cu's dk/dv (128 keys per block, 64-row query tiles through a
 //! two-stage TMA ring): [200, 70] gives it two key blocks in the first sequence, the
@@ -40,7 +42,7 @@ struct Case {
     lens: &'static [usize],
 }
 
-const CASES: [Case; 13] = [
+const CASES: [Case; 14] = [
     Case { q_heads: 2, kv_heads: 2, d: 16, lens: &[33] },
     Case { q_heads: 4, kv_heads: 2, d: 32, lens: &[31, 0, 65] },
     Case { q_heads: 4, kv_heads: 1, d: 64, lens: &[40] },
@@ -52,6 +54,7 @@ const CASES: [Case; 13] = [
     Case { q_heads: 6, kv_heads: 2, d: 64, lens: &[20] },
     Case { q_heads: 2, kv_heads: 2, d: 128, lens: &[200, 70] },
     Case { q_heads: 3, kv_heads: 1, d: 96, lens: &[130] },
+    Case { q_heads: 1, kv_heads: 1, d: 64, lens: &[450] },
     // Head dims the tensor cores don't take (48, 80): the CUDA-core kernels' d64 and d128 widths
     // in every dtype.
     Case { q_heads: 2, kv_heads: 1, d: 48, lens: &[21] },

@@ -12,7 +12,9 @@
 //! - Every sm_90a `gemm90_*`, `attention_dq90_*` and `attention_dkdv90_*` entry uses exactly 168
 //!   registers per thread (`cuobjdump -res-usage`): the register split of its warpgroups
 //!   (`setmaxnreg.dec 40` for the producer, `.inc 232` for the two consumers) fits the pool
-//!   allocated at launch only then, and otherwise `setmaxnreg.inc` waits forever.
+//!   allocated at launch only then, and otherwise `setmaxnreg.inc` waits forever. Every
+//!   `attention_fwd90_*` entry fits in 168 without stack or local memory, and ptxas keeps its
+//!   wgmmas asynchronous (no serialisation warning).
 //! - The disk cache returns what was compiled, CUBIN and PTX.
 //!
 //! Without libnvrtc each test prints one `skipped:` line, unless `DSMOE_REQUIRE_NVRTC=1` (CI), which
@@ -187,18 +189,28 @@ const _: () = assert!(GEMM90_REGS == 168);
 
 /// `REG:` of each function in `cuobjdump -res-usage` output, by name.
 fn registers(res_usage: &str) -> Vec<(String, u32)> {
+    resources(res_usage).into_iter().map(|(name, line)| (name, field(&line, "REG:").expect("REG:<count>"))).collect()
+}
+
+/// Each function's resource line in `cuobjdump -res-usage` output (`REG:.. STACK:.. SHARED:..
+/// LOCAL:..`), by name.
+fn resources(res_usage: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut function = None;
     for line in res_usage.lines().map(str::trim) {
         if let Some(name) = line.strip_prefix("Function ").and_then(|l| l.strip_suffix(':')) {
             function = Some(name.to_string());
-        } else if let (Some(name), Some(regs)) = (&function, line.strip_prefix("REG:")) {
-            let regs = regs.split_whitespace().next().and_then(|r| r.parse().ok()).expect("REG:<count>");
-            out.push((name.clone(), regs));
+        } else if let (Some(name), true) = (&function, line.starts_with("REG:")) {
+            out.push((name.clone(), line.to_string()));
             function = None;
         }
     }
     out
+}
+
+/// The number after `key` (e.g. `STACK:`) in a resource line.
+fn field(line: &str, key: &str) -> Option<u32> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse().ok())
 }
 
 /// Entry-name prefixes of the sm_90a kernels with the same 384-thread, 40/232 setmaxnreg split as
@@ -226,10 +238,41 @@ fn sm90a_setmaxnreg_kernels_use_the_registers_their_split_needs() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The sm_90a attention forward (attention_fwd90_*, 288 threads, no setmaxnreg split) must fit
+/// the 168 registers ptxas budgets for it (it counts whole warpgroups: 65536 / 384, rounded down
+/// to the allocation granularity of 8) without spilling, and keep its wgmmas asynchronous: its
+/// pipelining (the next tile's scores in flight during the softmax) is lost when ptxas
+/// serialises them, which it reports as a `wgmma.mma_async instructions are serialized` warning.
+#[test]
+fn sm90a_attention_forward_fits_its_registers_and_keeps_wgmma_asynchronous() {
+    let Some(objdump) = Disassembler::or_skip("fwd90") else { return };
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for b in builds().iter().filter(|b| b.arch == "sm_90a" && b.src.entry_points.iter().any(|e| e.starts_with("attention_fwd90_"))) {
+        let Ok(c) = &b.result else { continue }; // reported by the compile test
+        if c.log.contains("serialized") {
+            failures.push(format!("{}: ptxas serialised wgmma:\n{}", b.src.name, c.log));
+        }
+        let usage = objdump.run("-res-usage", b.src.name, &c.cubin);
+        for (name, line) in resources(&usage).into_iter().filter(|(n, _)| n.starts_with("attention_fwd90_")) {
+            checked += 1;
+            println!("{name}: {line}");
+            let (regs, stack, local) = (field(&line, "REG:"), field(&line, "STACK:"), field(&line, "LOCAL:"));
+            if regs.is_none_or(|r| r > GEMM90_REGS) || stack != Some(0) || local.is_some_and(|l| l > 0) {
+                failures.push(format!("{name}: {line} (wants at most {GEMM90_REGS} registers, no stack, no local memory)"));
+            }
+        }
+    }
+    assert!(checked >= 6, "found only {checked} attention_fwd90_* functions in cuobjdump's resource usage");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn res_usage_lines_are_read_per_function() {
     let text = "\nResource usage:\n Common:\n  GLOBAL:0\n Function gemm90_nn_bf16_bf16:\n  REG:168 STACK:0 SHARED:0\n Function k:\n  REG:10 STACK:0\n";
     assert_eq!(registers(text), [("gemm90_nn_bf16_bf16".to_string(), 168), ("k".to_string(), 10)]);
+    assert_eq!(field(&resources(text)[1].1, "STACK:"), Some(0));
+    assert_eq!(field(&resources(text)[1].1, "LOCAL:"), None);
 }
 
 #[test]

@@ -21,8 +21,9 @@
 //!   mbarrier) at `cp.async.bulk.tensor`, a cp.async copy at issue, a wgmma when the fourth warp of
 //!   its warpgroup reaches it. Their destinations stay *pending* for the checks until the wait that
 //!   covers them (`cp.async.wait_group`, the mbarrier wait), so reading early is still reported,
-//!   and so is touching a wgmma accumulator register before the `wgmma.wait_group` that retires
-//!   its group (`exec/accum.rs`).
+//!   and so is touching a wgmma accumulator or A-fragment register before the `wgmma.wait_group`
+//!   that retires its group; a wgmma's shared operands count as read again at that wait, so
+//!   handing their buffer to a producer before it is a race (`exec/accum.rs`).
 //! - The race checker orders warps (vector clocks over bar.sync, bar.arrive, mbarrier
 //!   arrive/wait) and the lanes of one warp (independent thread scheduling: ordered by
 //!   `bar.warp.sync`, a warp collective or a barrier, never by running converged; the lanes of

@@ -60,12 +60,13 @@ template <typename T, int D> __device__ __forceinline__ float row_delta(const T*
 
 // One key tile of the forward's online softmax, for this thread's row i (0: row gid, 1: gid + 8) of
 // a 16-row slab in the m16n8 accumulator layout (mma.sync C, and each warp's share of a wgmma
-// m64nN D): s [keys / 8][4] holds the tile's raw scores Q·Kᵀ, o [D / 8][4] the output sums. Masks
-// keys at or past `len` and after the row's position `pos`, works in the exp2 domain (`scale2` =
-// scale·log2 e), takes the row max over the quad of lanes sharing the row, rescales l and o by the
-// change of max, and leaves P = exp2(s − max) in s.
-template <int NS, int NO>
-__device__ __forceinline__ void online_softmax_tile(float (&s)[NS][4], float (&o)[NO][4], float& m, float& l, int i, u32 j0, u32 len, u32 pos, float scale2) {
+// m64nN D): s [keys / 8][4] holds the tile's raw scores Q·Kᵀ. Masks keys at or past `len` and
+// after the row's position `pos`, works in the exp2 domain (`scale2` = scale·log2 e), takes the
+// row max over the quad of lanes sharing the row, rescales l by the change of max, leaves
+// P = exp2(s − max) in s and returns the factor the row's output sums must be rescaled by
+// (rescale_row), which a pipelined caller applies once the product still adding into them is done.
+template <int NS>
+__device__ __forceinline__ float softmax_tile_row(float (&s)[NS][4], float& m, float& l, int i, u32 j0, u32 len, u32 pos, float scale2) {
     const u32 tid4 = threadIdx.x % 4;
     float mx = -INFINITY;
 #pragma unroll
@@ -95,11 +96,23 @@ __device__ __forceinline__ void online_softmax_tile(float (&s)[NS][4], float (&o
         }
     }
     l = l * corr + sum;
+    return corr;
+}
+
+// Row i of a 16-row slab of output sums o [D / 8][4] times `corr`.
+template <int NO> __device__ __forceinline__ void rescale_row(float (&o)[NO][4], int i, float corr) {
 #pragma unroll
     for (int n = 0; n < NO; ++n) {
         o[n][2 * i] *= corr;
         o[n][2 * i + 1] *= corr;
     }
+}
+
+// softmax_tile_row with the output sums o rescaled at once (for a caller whose P·V for the tile
+// before has completed).
+template <int NS, int NO>
+__device__ __forceinline__ void online_softmax_tile(float (&s)[NS][4], float (&o)[NO][4], float& m, float& l, int i, u32 j0, u32 len, u32 pos, float scale2) {
+    rescale_row(o, i, softmax_tile_row(s, m, l, i, j0, len, pos, scale2));
 }
 
 // Stores this thread's share of a 16 x D accumulator row `i` (0: row gid, 1: gid + 8) times `mul`

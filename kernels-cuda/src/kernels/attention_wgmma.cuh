@@ -2,11 +2,13 @@
 // attention_bwd_sm90.cu, dK / dV) issue, as typed wrappers over inline PTX: m64n64k16 with both
 // operands K-major in shared memory (the score products), and m64nDk16 (D = 64, 96, 128) with A
 // from registers in the m16n8k16 A layout and B MN-major in shared memory (the products whose A is
-// a probability tile held in registers). Accumulators are f32; sm_90a only.
+// a probability tile held in registers). Accumulators are f32; sm_90a only. Also the opening
+// the query-row kernels (attention_sm90.cu: forward and dq) share.
 
 #pragma once
 
 #include "common.cuh"
+#include "gemm_sm80.cuh"
 #include "attention_rows.cuh"
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -95,6 +97,15 @@ WGMMA_FORMS(f16, "f16")
 // An accumulator array [N][4] as the flat [4N] registers a wgmma operand list takes (same layout).
 template <int N> __device__ __forceinline__ float (&flat(float (&x)[N][4]))[4 * N] { return reinterpret_cast<float(&)[4 * N]>(x); }
 
+// Pins accumulators x [N][4] at this point of the program: an empty asm that reads and writes
+// them, so the compiler can move none of their plain reads or writes across it. Placed right after
+// a wgmma.wait_group (an asm with only a memory clobber, which does not order register code), it
+// keeps the code that reads the retired accumulators after the wait.
+template <int N> __device__ __forceinline__ void fence_regs(float (&x)[N][4]) {
+#pragma unroll
+    for (int n = 0; n < N; ++n) asm volatile("" : "+f"(x[n][0]), "+f"(x[n][1]), "+f"(x[n][2]), "+f"(x[n][3])::"memory");
+}
+
 // A 16-row slab of accumulators s [N][4] (m16n8 C layout) as the 16-bit A fragments of the next
 // product: k16 step kk is s's n8 blocks 2kk and 2kk + 1.
 template <typename T, int N> __device__ __forceinline__ void a_fragments(u32 (&a)[N / 2][4], const float (&s)[N][4]) {
@@ -105,6 +116,32 @@ template <typename T, int N> __device__ __forceinline__ void a_fragments(u32 (&a
         a[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
         a[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
     }
+}
+
+// A query-row block once opened: its packed rows and key tiles (query_block), the address of its
+// first 128-byte-swizzled row tile (shared memory aligned to the swizzle's 1024-byte atom), its
+// K / V ring, and this thread's warp and lane.
+template <typename Ring> struct QueryOpening {
+    PackedRows rows;
+    u32 tiles;
+    bool empty;
+    u32 row_tiles;
+    Ring ring;
+    int warp, lane;
+};
+
+// Opens a query-row block of ROWS rows and KEYS-key tiles whose shared memory follows Plan (the
+// row tiles from the aligned start, then the ring at Plan::RING with its barriers at
+// Plan::RING_BARS). A block past its sequence comes back `empty` and the caller returns at once
+// (uniformly, before any barrier); for every other block the ring's barriers are initialised,
+// which syncs the whole block.
+template <int ROWS, int KEYS, typename Plan, typename Ring>
+__device__ __forceinline__ QueryOpening<Ring> open_query_block(char* smem_raw, const u32* offsets, u32 hq, u32 hkv) {
+    const u32 at = (sm80::smem_addr(smem_raw) + 1023u) & ~1023u;
+    const QueryBlock qb = query_block<ROWS, KEYS>(offsets, hq, hkv);
+    const QueryOpening<Ring> open{qb.rows, qb.tiles, qb.empty, at, Ring{at + Plan::RING, at + Plan::RING_BARS}, (int)threadIdx.x / 32, (int)threadIdx.x % 32};
+    if (!open.empty) open.ring.init();
+    return open;
 }
 
 }  // namespace attn_wgmma

@@ -220,20 +220,28 @@ pub fn wgmma(warps: &mut [Warp], st: &mut CtaState, i: &Instr) -> Result<(), Err
         st.shared.warp_sync(w.id as usize, st.instructions);
     }
     let acc0 = st.accessor(&warps[0], 0, false);
+    let mut reads = Vec::new();
     for (which, desc, rows) in operands {
         let chunks = matrix::wgmma_read_chunks(&op, which, desc, rows).map_err(|e| Error::from(e).at(&site))?;
         let mut buf = [0u8; 16];
         for c in chunks {
             st.shared.read(c as u64, &mut buf, &acc0).map_err(|f| st.shared_fault(&warps[0], 0, i.line, f))?;
+            reads.push(c as u64);
         }
     }
+    let reads: std::sync::Arc<[u64]> = reads.into();
     matrix::wgmma(&op, a, b_desc, &st.shared.data, &mut acc).map_err(|e| Error::from(e).at(&site))?;
     for (k, w) in warps.iter_mut().enumerate() {
         for (r, d) in dregs.iter().enumerate() {
             let v: [u64; 32] = std::array::from_fn(|l| acc[(k * 32 + l) * half + r].to_bits() as u64);
             w.store(d, &v, FULL);
         }
-        w.acc.issue(dregs.iter().filter_map(|d| if let Operand::Reg(s) = d { Some(*s) } else { None }));
+        // In flight until the wait: the accumulators and, in the register form, A's fragments.
+        let a_frags: &[Operand] = match (&args[1], a_regs) {
+            (Operand::Vec(a), true) => a,
+            _ => &[],
+        };
+        w.acc.issue(dregs.iter().chain(a_frags).filter_map(|d| if let Operand::Reg(s) = d { Some(*s) } else { None }), reads.clone());
     }
     Ok(())
 }

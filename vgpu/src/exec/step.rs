@@ -37,7 +37,7 @@ impl Cta<'_> {
         };
         if w.acc.any() && exec != 0 && !matches!(i.op, Op::Wgmma { .. } | Op::WgmmaFence | Op::WgmmaCommit | Op::WgmmaWait) {
             if let Some(slot) = w.acc.touched(&i.args) {
-                let msg = format!("register slot {slot} is a wgmma accumulator still in flight: touched before the wgmma.wait_group that completes its group");
+                let msg = format!("register slot {slot} is a wgmma accumulator or A fragment still in flight: touched before the wgmma.wait_group that completes its group");
                 return Err(Error::Fault { site: st.site(w, exec.trailing_zeros() as usize, i.line), check: "async hazard", msg });
             }
         }
@@ -122,7 +122,14 @@ impl Cta<'_> {
             Op::WgmmaCommit => w.acc.commit(),
             Op::WgmmaWait => {
                 let n = w.lane(&i.args[0], 0, &st.ctx) as usize;
-                w.acc.wait(n);
+                // The retired wgmmas' shared operands, read again now (see exec/accum.rs).
+                let a = st.accessor(w, 0, false);
+                let mut buf = [0u8; 16];
+                for chunks in w.acc.wait(n) {
+                    for &c in chunks.iter() {
+                        st.shared.read(c, &mut buf, &a).map_err(|f| st.shared_fault(w, 0, i.line, f))?;
+                    }
+                }
             }
             Op::WgmmaFence | Op::Fence { .. } | Op::Prefetch | Op::Nop => {}
             Op::CpAsync { bytes } => mem::cp_async(w, st, i, bytes, exec)?,

@@ -54,6 +54,9 @@ const SM90_ROWS: usize = 128;
 const SM90_THREADS: u32 = 288;
 /// Keys per tile of the Hopper forward (its KEYS).
 const SM90_KEYS: usize = 64;
+/// Stages of its K / V ring (its STAGES): a pipelined consumer holds two tiles (P·V of one, S of
+/// the next) while the producer loads a third.
+const SM90_STAGES: usize = 3;
 
 /// Whether the tensor-core kernels run as attention_sm90.cu and attention_bwd_sm90.cu:
 /// on compute capability 9.0 unless `DSMOE_ATTENTION_PATH=sm80`.
@@ -61,12 +64,12 @@ fn hopper_path(dev: &CudaDevice) -> bool {
     dev.info.compute_capability == (9, 0) && !std::env::var("DSMOE_ATTENTION_PATH").is_ok_and(|p| p == "sm80")
 }
 
-/// attention_sm90.cu's shared memory (its Plan::SMEM): the Q tile of 128 rows and two stages of a
-/// K and a V tile of 64 rows, each row the head dim in 64-element (128-byte) chunks, two barriers
-/// per stage, 1 KiB of alignment slack.
+/// attention_sm90.cu's shared memory (its Plan::SMEM): the Q tile of 128 rows and SM90_STAGES
+/// stages of a K and a V tile of 64 rows, each row the head dim in 64-element (128-byte) chunks,
+/// two barriers per stage, 1 KiB of alignment slack.
 fn sm90_smem(dims: &AttentionDims) -> u32 {
     let chunk_rows = dims.head_dim.div_ceil(64) * 128;
-    (chunk_rows * (SM90_ROWS + 2 * 2 * SM90_KEYS) + 2 * 2 * 8 + 1024) as u32
+    (chunk_rows * (SM90_ROWS + SM90_STAGES * 2 * SM90_KEYS) + SM90_STAGES * 2 * 8 + 1024) as u32
 }
 
 /// The Hopper forward: tensor maps over k and v ([N, Hkv, D] as a 3-D tensor, boxes of 64 columns
@@ -94,7 +97,7 @@ fn forward_sm90(q: &CudaStorage, k: &CudaStorage, v: &CudaStorage, out: &CudaSto
 /// and barriers, and D for each of the 128 rows; 384 threads (a producer warpgroup).
 fn sm90_dq_smem(dims: &AttentionDims) -> u32 {
     let chunk_rows = dims.head_dim.div_ceil(64) * 128;
-    (chunk_rows * (2 * SM90_ROWS + 2 * 2 * SM90_KEYS) + 2 * 2 * 8 + SM90_ROWS * 4 + 1024) as u32
+    (chunk_rows * (2 * SM90_ROWS + SM90_STAGES * 2 * SM90_KEYS) + SM90_STAGES * 2 * 8 + SM90_ROWS * 4 + 1024) as u32
 }
 const SM90_DQ_THREADS: u32 = 384;
 
