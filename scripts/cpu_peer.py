@@ -24,6 +24,11 @@ SHAPES = {
     "d512": "d512, 8 layers, 16 experts of 256, B8 x T256",
 }
 
+# Evaluation batches per measurement, the same on both sides: a tiny evaluation of 4 batches
+# lasts about a tenth of a second, short enough for a scheduler hiccup to move it by 10 %; 16 of
+# them last about half a second. The larger shapes' batches are long enough as they are.
+EVAL_BATCHES = {"tiny": 16, "d256": 8, "d512": 4}
+
 NOTES = "## Notes"
 
 RERUN = """To rerun, on a machine as quiet as you can get (nothing else running; the numbers below say how
@@ -73,11 +78,12 @@ def main():
     load_before = os.getloadavg()[0]
     for shape in args.shapes.split(","):
         config = f"target/cpu-peer-{shape}.json"
-        bench = ([args.bench_exe] if args.bench_exe else ["cargo", "bench", "-q", "--bench", "cpu_peer", "--"]) + [shape]
+        batches = ["--eval-batches", str(EVAL_BATCHES[shape])]
+        bench = ([args.bench_exe] if args.bench_exe else ["cargo", "bench", "-q", "--bench", "cpu_peer", "--"]) + [shape] + batches
         results = {}
         for r in range(args.rounds):
             runs = [("dsmoe", bench + (["--config-out", config] if r == 0 else []))]
-            peer = [args.python, "scripts/torch_peer.py", "--config", config, "--threads", str(args.threads)]
+            peer = [args.python, "scripts/torch_peer.py", "--config", config, "--threads", str(args.threads)] + batches
             runs.append(("torch-eager", peer))
             if not args.no_compile:
                 runs.append(("torch-compile", peer + ["--compile"]))
