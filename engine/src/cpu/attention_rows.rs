@@ -24,7 +24,7 @@
 //! machine, one core's share).
 
 use super::elem::{max_nan, Acc};
-use super::simd::{exp, lane_sum, multiversion, LANES};
+use super::simd::{exp, exp_shifted_lanes, lane_sum, max_lanes, multiversion, LANES};
 
 /// The largest head dim that takes this path (attention.rs decides per tile).
 pub(super) const MAX_HEAD_DIM: usize = 32;
@@ -107,8 +107,12 @@ fn block<A: Acc, const R: usize>(
     for r in 0..R {
         let row = &mut s[r * ldk..][..keys[r].div_ceil(LANES) * LANES];
         row[keys[r]..].fill(A::neg_infinity());
-        let max = row_max(row);
-        let sum = exp_shifted(row, max, exp);
+        let mut lanes = [A::neg_infinity(); LANES];
+        max_lanes(row, &mut lanes);
+        let max = lanes.into_iter().fold(A::neg_infinity(), max_nan);
+        let mut lanes = [A::zero(); LANES];
+        exp_shifted_lanes(row, max, exp, &mut lanes);
+        let sum = lane_sum(lanes);
         // Zero weights up to the block's last key: the weighted sum below runs every row over
         // the keys of the block's last row, as a masked tile's product would.
         s[r * ldk..][..keys[R - 1]].iter_mut().skip(keys[r]).for_each(|p| *p = A::zero());
@@ -134,31 +138,6 @@ fn block<A: Acc, const R: usize>(
             out[(r0 + r) * d + c0..][..width].copy_from_slice(&scaled[..width]);
         }
     }
-}
-
-/// The largest element of `s` (a whole number of vectors), NaN if any is NaN.
-#[inline(always)]
-fn row_max<A: Acc>(s: &[A]) -> A {
-    let mut acc = [A::neg_infinity(); LANES];
-    for sv in s.chunks_exact(LANES) {
-        for l in 0..LANES {
-            acc[l] = max_nan(acc[l], sv[l]);
-        }
-    }
-    acc.into_iter().fold(A::neg_infinity(), max_nan)
-}
-
-/// `s[j] = e^(s[j] − shift)` in place; returns Σ s over 16 lane sums.
-#[inline(always)]
-fn exp_shifted<A: Acc>(s: &mut [A], shift: A, exp: impl Fn(A) -> A + Copy) -> A {
-    let mut acc = [A::zero(); LANES];
-    for sv in s.chunks_exact_mut(LANES) {
-        for l in 0..LANES {
-            sv[l] = exp(sv[l] - shift);
-            acc[l] += sv[l];
-        }
-    }
-    lane_sum(acc)
 }
 
 #[inline(always)]

@@ -19,6 +19,8 @@
 
 use std::mem::MaybeUninit;
 
+use super::elem::{max_nan, Acc};
+
 pub(super) const LANES: usize = 16;
 
 /// eˣ for f32, branch-free (see the module comment).
@@ -74,18 +76,37 @@ pub(super) fn lane_sum<A: std::ops::AddAssign + Copy>(acc: [A; LANES]) -> A {
     a[0]
 }
 
-/// `x[i] = e^(x[i] − shift)` in place; returns Σ x.
+/// `x[i] = e^(x[i] − shift)` over the whole vectors of `x` (a remainder is the caller's), each
+/// lane's values added to `acc`: the vector step of `exp_shifted_sum` here and of
+/// attention_rows.rs's score rows (whole vectors there, in the arithmetic type).
 #[inline(always)]
-fn exp_shifted_sum_body(x: &mut [f32], shift: f32) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let (xs, xt) = x.split_at_mut(x.len() / LANES * LANES);
-    for xc in xs.chunks_exact_mut(LANES) {
+pub(super) fn exp_shifted_lanes<A: Acc>(x: &mut [A], shift: A, exp: impl Fn(A) -> A, acc: &mut [A; LANES]) {
+    for xc in x.chunks_exact_mut(LANES) {
         for j in 0..LANES {
             let e = exp(xc[j] - shift);
             xc[j] = e;
             acc[j] += e;
         }
     }
+}
+
+/// Lane maxima (`elem::max_nan`) of the whole vectors of `x` into `acc`: the vector step of
+/// `row_max` here and of attention_rows.rs's score rows.
+#[inline(always)]
+pub(super) fn max_lanes<A: Acc>(x: &[A], acc: &mut [A; LANES]) {
+    for xc in x.chunks_exact(LANES) {
+        for j in 0..LANES {
+            acc[j] = max_nan(acc[j], xc[j]);
+        }
+    }
+}
+
+/// `x[i] = e^(x[i] − shift)` in place; returns Σ x.
+#[inline(always)]
+fn exp_shifted_sum_body(x: &mut [f32], shift: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (xs, xt) = x.split_at_mut(x.len() / LANES * LANES);
+    exp_shifted_lanes(xs, shift, exp, &mut acc);
     // The tail as one more (masked) vector step rather than a scalar loop: attention's rows end
     // at the causal diagonal, so most are ragged. Masked lanes add +0, which leaves a lane sum
     // unchanged (the sums start at +0 and only add non-negative terms).
@@ -104,20 +125,13 @@ fn exp_shifted_sum_body(x: &mut [f32], shift: f32) -> f32 {
 /// lane maxima: a max is exact, so the lanes give the serial fold's value.
 #[inline(always)]
 fn row_max_body(x: &[f32], init: f32) -> f32 {
-    use super::elem::max_nan;
     let mut acc = [init; LANES];
     let split = x.len() / LANES * LANES;
-    for xc in x[..split].chunks_exact(LANES) {
-        for j in 0..LANES {
-            acc[j] = max_nan(acc[j], xc[j]);
-        }
-    }
+    max_lanes(&x[..split], &mut acc);
     // The tail as one more vector step over a copy padded with `init`, which changes no lane.
     let mut tail = [init; LANES];
     tail[..x.len() - split].copy_from_slice(&x[split..]);
-    for j in 0..LANES {
-        acc[j] = max_nan(acc[j], tail[j]);
-    }
+    max_lanes(&tail, &mut acc);
     acc.into_iter().fold(init, max_nan)
 }
 
