@@ -13,8 +13,9 @@ fn f(v: &Value, key: &str) -> f64 {
     v[key].as_f64().unwrap_or(f64::NAN)
 }
 
-/// "0.61M tokens (0.9 per parameter; the paper: PAPER), validation loss still falling over the
-/// last 50 steps: 0.046 (ds-moe), ..." from the results' `training` summaries.
+/// "0.61M tokens (0.9 per parameter; the paper: PAPER), and validation loss at the end was falling
+/// by 0.046 (ds-moe, last 50 steps), ..." from the results' `training` summaries (a loss still
+/// falling is a model short of tokens; one rising says more tokens would not have helped it).
 pub fn short_training(v: &Value, paper: &str) -> Option<String> {
     let runs = v["training"].as_array()?;
     runs.first()?;
@@ -27,13 +28,14 @@ pub fn short_training(v: &Value, paper: &str) -> Option<String> {
             let tail = r["val_loss_tail"].as_array()?;
             let (a, b) = (tail.first()?.as_array()?, tail.last()?.as_array()?);
             let (steps, drop) = (b[0].as_f64()? - a[0].as_f64()?, a[1].as_f64()? - b[1].as_f64()?);
-            (steps > 0.0).then(|| format!("{drop:.3} ({}, last {steps:.0} steps)", r["run"].as_str().unwrap_or("-")))
+            let trend = if drop >= 0.0 { format!("falling by {drop:.3}") } else { format!("rising by {:.3}", -drop) };
+            (steps > 0.0).then(|| format!("{trend} ({}, last {steps:.0} steps)", r["run"].as_str().unwrap_or("-")))
         })
         .collect();
     let each = if tokens.len() == 1 { " per run" } else { "" };
     let mut text = format!("{} training tokens{each} ({} per non-embedding parameter; the paper: {paper})", tokens.join(" / "), per_param.join(" / "));
     if !falls.is_empty() {
-        text.push_str(&format!(", and validation loss was still falling at the end by {}", falls.join(", ")));
+        text.push_str(&format!(", and validation loss at the end was {}", falls.join(", ")));
     }
     Some(text)
 }
@@ -120,9 +122,10 @@ mod tests {
         let v = json!({"training": [
             {"run": "a", "tokens": 614400, "tokens_per_param": 0.88, "val_loss_tail": [[250, 2.10], [300, 2.05]]},
             {"run": "b", "tokens": 614400, "tokens_per_param": 1.25, "val_loss_tail": [[300, 2.0]]},
+            {"run": "c", "tokens": 614400, "tokens_per_param": 1.25, "val_loss_tail": [[200, 2.0], [300, 2.008]]},
         ]});
         let s = short_training(&v, "30B").unwrap();
-        assert_eq!(s, "0.61M training tokens per run (0.9 / 1.2 per non-embedding parameter; the paper: 30B), and validation loss was still falling at the end by 0.050 (a, last 50 steps)");
+        assert_eq!(s, "0.61M training tokens per run (0.9 / 1.2 / 1.2 per non-embedding parameter; the paper: 30B), and validation loss at the end was falling by 0.050 (a, last 50 steps), rising by 0.008 (c, last 100 steps)");
         assert_eq!(short_training(&json!({}), "30B"), None);
         let unequal = json!({"training": [{"run": "a", "tokens": 614400, "tokens_per_param": 0.2}, {"run": "b", "tokens": 1228800, "tokens_per_param": 1.6}]});
         assert_eq!(short_training(&unequal, "300B").unwrap(), "0.61M / 1.23M training tokens (0.2 / 1.6 per non-embedding parameter; the paper: 300B)");
