@@ -2,7 +2,7 @@
 //!
 //! CPU (always run): routing order and ties, threshold counts, threshold-then-K, renormalisation;
 //! the permutation's order, capacity dropping, the kept-slot mask, empty experts; the sparse MLP against a dense
-//! per-token evaluation; error paths.
+//! per-token evaluation (also with several blocks per expert and slot rank); error paths.
 //! CUDA (one `skipped:` line without a GPU): routing in all three modes with tied probabilities
 //! (exact match), permutation (empty experts, all tokens on one expert, T = 1, capacity, first
 //! choices before second choices; exact, the whole sorted_slots tensor, and the kept-slot mask in
@@ -126,6 +126,36 @@ fn cpu_sparse_mlp_matches_a_token_by_token_evaluation() {
         let (y, _) = ops::moe_sparse_mlp(&x, &w1, &w2, &r.weights, &perm, MoePath::Auto, false).unwrap();
         let e = rel_err(&y, &dense_reference(&x, &w1, &w2, &r, f));
         assert!(e < 1e-12, "{mode:?}: {e}");
+    }
+}
+
+/// Enough tokens that an expert's entries of one slot rank fill more than one block of the general
+/// path (256 entries, with a ragged end), up to three slot ranks (which run one after another):
+/// the forward, with and without saving the activations, matches the token-by-token evaluation;
+/// SwiGLU experts too, with a capacity limit that drops pairs.
+#[test]
+fn cpu_sparse_mlp_over_several_blocks_per_expert_matches_a_token_by_token_evaluation() {
+    let mut rng = Rng::new(6);
+    let (t, d, n, f) = (1200, 5, 3, 3);
+    let l = layer(t, d, n, f, DType::F64, &mut rng);
+    for mode in [RouteMode::TopK(2), RouteMode::TopK(3), RouteMode::Threshold { eps: 0.9, k_max: 3 }] {
+        let r = ops::moe_route(&l.p, mode, false).unwrap();
+        let perm = ops::moe_permute(&r, n, None).unwrap();
+        let want = dense_reference(&l.x, &l.w1, &l.w2, &r, f);
+        for save in [false, true] {
+            let (y, _) = ops::moe_sparse_mlp(&l.x, &l.w1, &l.w2, &r.weights, &perm, MoePath::Auto, save).unwrap();
+            let e = rel_err(&y, &want);
+            assert!(e < 1e-12, "{mode:?} save {save}: {e}");
+        }
+    }
+    let r = ops::moe_route(&l.p, RouteMode::TopK(3), false).unwrap();
+    let perm = ops::moe_permute(&r, n, Some(700)).unwrap();
+    assert!(perm.dropped.to_vec::<u32>().unwrap()[0] > 0, "the capacity must drop pairs");
+    let want = token_reference(&l, &r, &perm, f);
+    for save in [false, true] {
+        let (y, _) = ops::moe_sparse_swiglu(&l.x, &l.w1, &l.w3, &l.w2, &r.weights, &perm, MoePath::Auto, save).unwrap();
+        let e = rel_err(&y, &want);
+        assert!(e < 1e-12, "swiglu save {save}: {e}");
     }
 }
 

@@ -2,7 +2,7 @@
 //! counted from the routing that actually happened. Threshold-K is resolved here, over the whole
 //! evaluated set, into a top-K per layer (`resolve_threshold_k`).
 
-use engine::{ops, DType, Tensor};
+use engine::{ops, DType, Device, Tensor};
 
 use crate::router::Selection;
 use crate::transformer::{InferenceMode, LayerStats, Model, ParamCounts};
@@ -74,6 +74,15 @@ pub fn evaluate(model: &Model, windows: &[(Vec<u32>, Vec<u32>)], batch: usize, m
 
 /// `evaluate` with a mode per layer (`modes`), reported as `mode`.
 pub fn evaluate_layers(model: &Model, windows: &[(Vec<u32>, Vec<u32>)], batch: usize, mode: InferenceMode, modes: &[InferenceMode], dtype: DType, bytes_per_token: Option<f64>) -> Result<EvalReport> {
+    let run = || evaluate_here(model, windows, batch, mode, modes, dtype, bytes_per_token);
+    match model.device() {
+        // On a pool worker, so that the forward's parallel ops do not each wake the calling thread.
+        Device::Cpu => engine::cpu::on_pool(run),
+        _ => run(),
+    }
+}
+
+fn evaluate_here(model: &Model, windows: &[(Vec<u32>, Vec<u32>)], batch: usize, mode: InferenceMode, modes: &[InferenceMode], dtype: DType, bytes_per_token: Option<f64>) -> Result<EvalReport> {
     let device = model.device();
     let ctx = Ctx::eval(dtype).without_aux_losses();
     let (mut nll, mut tokens) = (0.0, 0usize);

@@ -342,10 +342,9 @@ fn forward_tile<T: Float>(x: &Inputs<T>, t: &Tile) -> (Vec<T::Acc>, Vec<T::Acc>)
     let mut q = gather(x.q, dims.q_heads, d, heads, t.tokens(t.lo, t.hi));
     q.iter_mut().for_each(|v| *v *= scale);
     if d <= attention_rows::MAX_HEAD_DIM && t.hi <= attention_rows::MAX_KEYS {
-        let kv = t.kv_head..t.kv_head + 1;
-        let k = gather(x.k, dims.kv_heads, d, kv.clone(), t.tokens(0, t.hi));
-        let v = gather(x.v, dims.kv_heads, d, kv, t.tokens(0, t.hi));
-        return attention_rows::forward(&q, &k, &v, d, g, t.lo);
+        let at = (t.start * dims.kv_heads + t.kv_head) * d;
+        let kv = attention_rows::KeyRows { k: &x.k[at..], v: &x.v[at..], stride: dims.kv_heads * d, keys: t.hi };
+        return attention_rows::forward(&q, &kv, d, g, t.lo);
     }
     let rows = (t.hi - t.lo) * g;
     let (mut m, mut l) = (

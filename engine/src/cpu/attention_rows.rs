@@ -4,15 +4,15 @@
 //! At a head dim of 16 or 32 a score tile's products are too thin for `gemm` (attention.rs's
 //! tiles): each is a handful of multiply-adds per output, and the online softmax adds a rescale
 //! of the accumulator and a scalar `exp` per row and key tile. When the keys a query sees fit in
-//! L1 / L2 (short sequences), a row is cheaper whole. Query rows go in blocks of four (`BLOCK`):
+//! L1 / L2 (short sequences), a row is cheaper whole. Query rows go in blocks of eight (`BLOCK`):
 //! 1. scores `s_j = (scale·q)·k_j` for the keys the block's last row sees, 16 keys per vector:
 //!    `Kᵀ` is stored `[d, keys]`, so 16 scores are d multiply-adds of a broadcast query element,
-//!    and each load of `Kᵀ` serves the block's four rows;
+//!    and each load of `Kᵀ` serves the block's eight rows;
 //! 2. per row, the max over 16 lanes, then `p_j = e^(s_j − max)` and their sum, the keys after
 //!    the query (the ragged end of its last vector) masked to −∞ so that they add exact zeros;
 //!    weights of keys a row does not see are 0, as in a masked tile;
 //! 3. `out = Σ_j p_j v_j / Σ_j p_j` over V stored `[keys, d rounded up to 16]` (zero padded), one
-//!    chain of multiply-adds per row (four independent chains per block) over each V row loaded
+//!    chain of multiply-adds per row (eight independent chains per block) over each V row loaded
 //!    once; `lse = max + ln Σ p`.
 //!
 //! The same value as the online softmax up to the order of the floating-point operations: no
@@ -23,7 +23,8 @@
 //! key/value heads of 16): 4.1 ms of CPU time per forward against the tiles' 5.7 ms (busy
 //! machine, one core's share).
 
-use super::elem::{max_nan, Acc};
+use super::elem::prelude::*;
+use super::elem::{max_nan, Acc, Float};
 use super::simd::{exp, exp_shifted_lanes, lane_sum, max_lanes, multiversion, LANES};
 
 /// The largest head dim that takes this path (attention.rs decides per tile).
@@ -48,8 +49,12 @@ pub(crate) struct RowTile<'a, A> {
 }
 
 /// Query rows handled together: their scores share each `Kᵀ` load, and their weighted sums are
-/// independent chains of multiply-adds over the same V rows.
-const BLOCK: usize = 4;
+/// independent chains of multiply-adds over the same V rows. With eight, each load of `Kᵀ` and of
+/// a V row serves eight multiply-adds instead of four, and the eight 16-lane accumulators still
+/// fit AVX-512's registers (on the busy 2-core machine four and eight measured the same, within
+/// its noise). Rows of a block that see fewer keys than its last row weigh the extra keys by
+/// exact zeros, so the grouping does not change any row's value.
+const BLOCK: usize = 8;
 
 /// `out` (rows x d) and `lse` (rows) of every query row of `t`. `exp` and `madd(a, b, c) = a·b + c`
 /// are the arithmetic type's.
@@ -150,25 +155,35 @@ multiversion! {
     rows_f32(t: &RowTile<f32>, out: &mut [f32], lse: &mut [f32]) -> () = rows_f32_body
 }
 
+/// Where one key/value head's rows lie in the `[tokens, kv_heads, d]` K and V arrays: key `j` of
+/// the tile's sequence is `d` elements at `j · stride` of each slice.
+pub(super) struct KeyRows<'a, T> {
+    pub k: &'a [T],
+    pub v: &'a [T],
+    pub stride: usize,
+    pub keys: usize,
+}
+
 /// One query tile on this path: `q` its scale·q rows (`rows · d`, stacked position-major, `g`
-/// heads per position from position `lo`), `k` and `v` its key/value head's rows of keys
-/// `0 .. keys` (`keys · d`). Returns the output rows and their log-sum-exp.
-pub(super) fn forward<A: Acc>(q: &[A], k: &[A], v: &[A], d: usize, g: usize, lo: usize) -> (Vec<A>, Vec<A>) {
-    let keys = k.len() / d;
+/// heads per position from position `lo`), `kv` its key/value head's keys `0 .. kv.keys`.
+/// Returns the output rows and their log-sum-exp. K and V are widened straight into the
+/// transposed and padded layouts the rows read: one pass over each.
+pub(super) fn forward<T: Float>(q: &[T::Acc], kv: &KeyRows<T>, d: usize, g: usize, lo: usize) -> (Vec<T::Acc>, Vec<T::Acc>) {
+    let keys = kv.keys;
     let (ldk, dp) = (keys.div_ceil(LANES) * LANES, d.div_ceil(LANES) * LANES);
-    let mut kt = vec![A::zero(); d * ldk];
-    for (j, kj) in k.chunks_exact(d).enumerate() {
+    let zero = T::Acc::zero();
+    let mut kt = vec![zero; d * ldk];
+    let mut vp = vec![zero; keys * dp];
+    for (j, dst) in vp.chunks_exact_mut(dp).enumerate() {
+        let (kj, vj) = (&kv.k[j * kv.stride..][..d], &kv.v[j * kv.stride..][..d]);
         for (c, &x) in kj.iter().enumerate() {
-            kt[c * ldk + j] = x;
+            kt[c * ldk + j] = x.widen();
         }
-    }
-    let mut vp = vec![A::zero(); keys * dp];
-    for (dst, src) in vp.chunks_exact_mut(dp).zip(v.chunks_exact(d)) {
-        dst[..d].copy_from_slice(src);
+        dst.iter_mut().zip(vj).for_each(|(o, x)| *o = x.widen());
     }
     let rows = q.len() / d;
-    let (mut out, mut lse) = (vec![A::zero(); rows * d], vec![A::zero(); rows]);
+    let (mut out, mut lse) = (vec![zero; rows * d], vec![zero; rows]);
     let tile = RowTile { q, kt: &kt, ldk, v: &vp, dp, d, g, lo };
-    A::attention_rows(&tile, &mut out, &mut lse);
+    <T::Acc as Acc>::attention_rows(&tile, &mut out, &mut lse);
     (out, lse)
 }

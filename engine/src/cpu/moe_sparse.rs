@@ -10,12 +10,17 @@
 //! `tanh`, equal to rounding, and many times cheaper than libm's scalar `tanh`.
 //!
 //! Speed: decode-sized batches without saved activations take moe_sparse_decode.rs (one parallel
-//! loop over slices of the experts' hidden units; moe_sparse_gated.rs's SwiGLU experts too). Otherwise the forward is one parallel loop over blocks of at most `ROW_BLOCK` list entries (an
-//! expert's entries cut into blocks): each task gathers its tokens' rows, runs both products on
-//! them single-threaded through the `gemm` crate, and writes its rows of a list-ordered output,
-//! which one parallel pass over tokens sums into y. The backward runs one task per busy expert, as
-//! the weight gradients reduce over the expert's whole list. All writes of a task are to its own
-//! slices, so the result is the same for any number of threads.
+//! loop over slices of the experts' hidden units; moe_sparse_gated.rs's SwiGLU experts too). Otherwise the forward runs blocks of at most `ROW_BLOCK` list entries of one expert
+//! and one slot rank (a token's first choice, its second, ...): each task gathers its tokens'
+//! rows, runs both products on them single-threaded through the `gemm` crate, and adds its
+//! weighted rows into its tokens' rows of an accumulator in the arithmetic type (`add_by_rank`).
+//! A token has one slot of each rank, so the blocks of one rank add into distinct rows and run as
+//! one parallel loop; the ranks run one after another, so every token sums its slots in slot
+//! order, as the CUDA kernel does. No list-ordered copy of the expert outputs is written and read
+//! back (at ds-moe-tiny's shape that buffer was twice the size of y, and the pass that summed it a
+//! tenth of the layer's time). The backward runs one task per busy expert, as the weight gradients
+//! reduce over the expert's whole list. All writes of a task are to its own slices or rows, so
+//! the result is the same for any number of threads.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -189,16 +194,30 @@ impl Lists<'_> {
     }
     /// The busy experts' entries cut into blocks of at most `max_rows`, in list order.
     pub(super) fn blocks(&self, max_rows: usize) -> Vec<Block> {
+        self.cut(max_rows, false)
+    }
+    /// `blocks`, also cut where the slot rank changes, so that each block holds one rank.
+    /// moe_permute lists an expert's first choices before its second choices (and so on), so an
+    /// expert's entries make one run per rank.
+    pub(super) fn ranked_blocks(&self, max_rows: usize) -> Vec<Block> {
+        self.cut(max_rows, true)
+    }
+    fn cut(&self, max_rows: usize, by_rank: bool) -> Vec<Block> {
         let mut out = Vec::new();
         for e in 0..self.dims.n_experts {
             let (mut first, end) = (self.offsets[e] as usize, self.offsets[e + 1] as usize);
             while first < end {
-                let rows = (end - first).min(max_rows);
+                let rank = self.rank(first);
+                let rows = (first..end).take(max_rows.max(1)).take_while(|&i| !by_rank || self.rank(i) == rank).count();
                 out.push(Block { expert: e, first, rows });
                 first += rows;
             }
         }
         out
+    }
+    /// The slot rank of list entry `i`: 0 for a token's first choice, 1 for its second, ...
+    fn rank(&self, i: usize) -> usize {
+        self.slot(i) % self.dims.k_max
     }
     /// Expert e's `[f, d]` rows of the stacked weights `w`, in the arithmetic type (borrowed for
     /// f32 / f64).
@@ -228,6 +247,14 @@ impl Lists<'_> {
             dst.extend(src[self.token(i) * len..(self.token(i) + 1) * len].iter().map(|v| v.widen()));
         }
     }
+    /// Adds block `b`'s expert rows `ye` (row length d), each scaled by its slot's weight and
+    /// rounded to the storage type (as the CUDA kernel stores it), into the token rows `out`.
+    pub(super) fn add_weighted<T: Float>(&self, out: &mut [&mut [T::Acc]], ye: &[T::Acc], w: &[T], b: Block) {
+        for (r, (o, row)) in out.iter_mut().zip(ye.chunks_exact(self.dims.d)).enumerate() {
+            let ws = w[self.slot(b.first + r)].widen();
+            o.iter_mut().zip(row).for_each(|(a, v)| *a += T::narrow(*v * ws).widen());
+        }
+    }
     /// y[t] = Σ_j rows[slot_pos[t·k_max + j]] over the token's kept slots, in slot order (`rows`
     /// in list order, row length d), in parallel over tokens.
     pub(super) fn combine<T: Float>(&self, rows: &[T]) -> Vec<T> {
@@ -247,6 +274,48 @@ impl Lists<'_> {
         // SAFETY: the chunks are the tokens' rows of d, each written whole from its sum.
         unsafe { filled(tokens * d, fill) }
     }
+}
+
+/// The forward's per-block tasks, rank by rank (see the module comment): `run(scratch, block,
+/// data, out)` computes the block's expert rows and adds them into `out`, its tokens' rows of the
+/// `[tokens, d]` sum (`Lists::add_weighted`), which is returned. `blocks` come from
+/// `ranked_blocks`; the blocks of one rank run in parallel when `parallel`.
+pub(super) fn add_by_rank<A: Acc, S, X: Send>(
+    l: &Lists,
+    tasks: Vec<(Block, X)>,
+    parallel: bool,
+    scratch: impl Fn() -> S + Sync + Send,
+    run: impl Fn(&mut S, Block, X, &mut [&mut [A]]) + Sync + Send,
+) -> Vec<A> {
+    let SparseDims { tokens, d, k_max, .. } = l.dims;
+    let mut acc = vec![A::zero(); tokens * d];
+    if d == 0 {
+        return acc;
+    }
+    let mut by_rank: Vec<Vec<(Block, X)>> = (0..k_max).map(|_| Vec::new()).collect();
+    for (b, x) in tasks {
+        by_rank[l.rank(b.first)].push((b, x));
+    }
+    for phase in by_rank {
+        let mut rows: Vec<Option<&mut [A]>> = acc.chunks_mut(d).map(Some).collect();
+        let phase: Vec<_> = phase
+            .into_iter()
+            .map(|(b, x)| {
+                // `lists` checked that entries and slots correspond one to one, so a token has
+                // at most one entry of each rank.
+                let out: Vec<&mut [A]> = (b.first..b.first + b.rows).map(|i| rows[l.token(i)].take().expect("one entry per token and rank")).collect();
+                (b, x, out)
+            })
+            .collect();
+        let task = |s: &mut S, (b, x, mut out): (Block, X, Vec<&mut [A]>)| run(s, b, x, &mut out);
+        if parallel {
+            phase.into_par_iter().for_each_init(&scratch, task);
+        } else {
+            let mut s = scratch();
+            phase.into_iter().for_each(|t| task(&mut s, t));
+        }
+    }
+    acc
 }
 
 /// `buf` (rows of `width`, list order) cut into one slice per block; empty slices when `buf` is.
@@ -273,6 +342,9 @@ pub(super) fn lists<'a>(offsets: &'a CpuStorage, sorted: &'a CpuStorage, slot_po
     }
     if l.slot_pos.len() != dims.slots() || l.slot_pos.iter().any(|&p| p != DROPPED && p as usize >= total) {
         return Err(Error::invalid(OP, "slot positions must name list entries in use (or be DROPPED)"));
+    }
+    if (0..total).any(|i| l.slot_pos[l.slot(i)] as usize != i) {
+        return Err(Error::invalid(OP, "each list entry's slot must name that entry back (slot positions and sorted slots are inverse)"));
     }
     Ok(l)
 }
@@ -307,9 +379,8 @@ pub(super) fn run_tasks<X: Send>(tasks: Vec<X>, parallel: bool, run: impl Fn(X) 
 /// A forward task's buffers: gathered X rows, U, H and Y of its block (kept per worker).
 type Scratch<A> = (Vec<A>, Vec<A>, Vec<A>, Vec<A>);
 
-/// Per block, in one parallel loop: gather the tokens' rows, `U = X·W1ᵀ`, `H = gelu(U)`,
-/// `Y = H·W2` scaled by each slot's weight into the block's rows of a list-ordered buffer; then one
-/// parallel pass over tokens sums each token's rows (`combine`).
+/// Per block (`add_by_rank`): gather the tokens' rows, `U = X·W1ᵀ`, `H = gelu(U)`, `Y = H·W2`,
+/// each row scaled by its slot's weight and added into its token's row of y.
 fn forward_typed<T: Float>(x: &[T], w1: &[T], w2: &[T], w: &[T], l: &Lists, save: bool) -> (CpuStorage, Option<(CpuStorage, CpuStorage)>) {
     if !save && moe_sparse_decode::applies(l) {
         return (T::wrap(l.combine(&moe_sparse_decode::expert_rows(x, w1, None, w2, w, l))), None);
@@ -318,10 +389,9 @@ fn forward_typed<T: Float>(x: &[T], w1: &[T], w2: &[T], w: &[T], l: &Lists, save
     let slots = l.dims.slots();
     let zero = T::narrow(<T::Acc>::zero());
     let (mut u, mut h) = if save { (vec![zero; slots * f], vec![zero; slots * f]) } else { (Vec::new(), Vec::new()) };
-    let blocks = l.blocks(ROW_BLOCK);
+    let blocks = l.ranked_blocks(ROW_BLOCK);
     let parallel = worth_it(l.total() * d * f);
-    let run = |(xg, ue, he, ye): &mut Scratch<T::Acc>, (((b, u), h), y): (((&Block, &mut [T]), &mut [T]), &mut [MaybeUninit<T>])| {
-        let b = *b;
+    let run = |(xg, ue, he, ye): &mut Scratch<T::Acc>, b: Block, (u, h): (&mut [T], &mut [T]), out: &mut [&mut [T::Acc]]| {
         l.gather(xg, x, b, d);
         // A few rows (decode) read the expert's weights in place; more widen them for the GEMM.
         let in_place = b.rows <= skinny::MAX_ROWS;
@@ -347,29 +417,12 @@ fn forward_typed<T: Float>(x: &[T], w1: &[T], w2: &[T], w: &[T], l: &Lists, save
             ye.resize(b.rows * d, <T::Acc>::zero());
             product_serial(ye, he, &l.slab(w2, b.expert), b.rows, d, f, false, false);
         }
-        for r in 0..b.rows {
-            let ws = w[l.slot(b.first + r)].widen();
-            y[r * d..(r + 1) * d].iter_mut().zip(&ye[r * d..(r + 1) * d]).for_each(|(o, v)| {
-                o.write(T::narrow(*v * ws));
-            });
-        }
+        l.add_weighted(out, ye, w, b);
     };
     let scratch = || (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let fill = |ys: &mut [MaybeUninit<T>]| {
-        let tasks: Vec<_> = blocks.iter().zip(split_blocks(&mut u, &blocks, f)).zip(split_blocks(&mut h, &blocks, f)).zip(split_blocks(ys, &blocks, d)).collect();
-        if parallel {
-            tasks.into_par_iter().for_each_init(scratch, run);
-        } else {
-            let mut s = scratch();
-            tasks.into_iter().for_each(|t| run(&mut s, t));
-        }
-    };
-    // SAFETY: the blocks cut every expert's list entries, which run back to back from 0 to the
-    // total (offsets checked in `lists`), so their slices cover `ys`; each task writes its rows
-    // whole.
-    let ys = unsafe { filled(l.total() * d, fill) };
-    let y = T::wrap(l.combine(&ys));
-    (y, save.then(|| (T::wrap(u), T::wrap(h))))
+    let tasks: Vec<_> = blocks.iter().copied().zip(split_blocks(&mut u, &blocks, f).into_iter().zip(split_blocks(&mut h, &blocks, f))).collect();
+    let y = T::narrow_vec(add_by_rank(l, tasks, parallel, scratch, run));
+    (T::wrap(y), save.then(|| (T::wrap(u), T::wrap(h))))
 }
 
 #[allow(clippy::too_many_arguments)]

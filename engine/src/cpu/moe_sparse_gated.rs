@@ -4,23 +4,22 @@
 //! up projection) and W2 (the down projection), and computes `(silu(x·W1ᵀ) ⊙ x·W3ᵀ)·W2`.
 //!
 //! Layout and schedule are the GeLU path's (`moe_sparse.rs`: its list geometry, blocks and
-//! combine; decode-sized batches take moe_sparse_decode.rs, gate and up slices of the same hidden
-//! units in one task): the forward runs one parallel task per block of at most `ROW_BLOCK` list entries,
-//! the backward one task per busy expert. Rounding follows the kernels: G = x·W1ᵀ is stored in the
+//! weighted sums; decode-sized batches take moe_sparse_decode.rs, gate and up slices of the same
+//! hidden units in one task): the forward runs one task per block of at most `ROW_BLOCK` list
+//! entries of one slot rank, the ranks one after another (`add_by_rank`), the backward one task
+//! per busy expert. Rounding follows the kernels: G = x·W1ᵀ is stored in the
 //! tensor dtype before SiLU reads it (the up product's epilogue reads the stored G), V = x·W3ᵀ
 //! stays in the arithmetic type until H = silu(G)·V is rounded; in the backward dX is the dGate·W1
 //! product rounded, plus dV·W3, rounded again (the second product's epilogue adds onto the first's
 //! stored rows), and dW2 reduces dy against wH = w·H rounded (what the kernel's dW2 product reads).
 //! SiLU is x·σ(x) through one `exp`.
 
-use rayon::prelude::*;
-
 use super::elem::prelude::*;
 use super::elem::{with_float, Elem, Float};
 use super::elementwise::silu_and_grad;
 use super::matmul::product_serial;
 use super::moe_sparse_decode;
-use super::moe_sparse::{lists, sparse_cost, run_tasks, split_blocks, Block, Lists, ROW_BLOCK};
+use super::moe_sparse::{add_by_rank, lists, sparse_cost, run_tasks, split_blocks, Block, Lists, ROW_BLOCK};
 use super::par::worth_it;
 use super::profile::timed;
 use super::skinny;
@@ -67,11 +66,10 @@ fn forward_typed<T: Float>(x: &[T], [w1, w3, w2]: [&[T]; 3], w: &[T], l: &Lists,
     let zero = T::narrow(<T::Acc>::zero());
     let saved_len = if save { slots * f } else { 0 };
     let (mut gs, mut vs, mut hs) = (vec![zero; saved_len], vec![zero; saved_len], vec![zero; saved_len]);
-    let mut ys = vec![zero; l.total() * d];
-    let blocks = l.blocks(ROW_BLOCK);
-    let tasks: Vec<_> = blocks.iter().zip(split_blocks(&mut gs, &blocks, f)).zip(split_blocks(&mut vs, &blocks, f)).zip(split_blocks(&mut hs, &blocks, f)).zip(split_blocks(&mut ys, &blocks, d)).collect();
-    let run = |(xg, ge, ve, ye): &mut Scratch<T::Acc>, ((((b, g), v), h), y): ((((&Block, &mut [T]), &mut [T]), &mut [T]), &mut [T])| {
-        let b = *b;
+    let blocks = l.ranked_blocks(ROW_BLOCK);
+    let saved = split_blocks(&mut gs, &blocks, f).into_iter().zip(split_blocks(&mut vs, &blocks, f)).zip(split_blocks(&mut hs, &blocks, f));
+    let tasks: Vec<_> = blocks.iter().copied().zip(saved).collect();
+    let run = |(xg, ge, ve, ye): &mut Scratch<T::Acc>, b: Block, ((g, v), h): ((&mut [T], &mut [T]), &mut [T]), out: &mut [&mut [T::Acc]]| {
         l.gather(xg, x, b, d);
         expert_product::<T>(ge, xg, w1, l, b, true);
         expert_product::<T>(ve, xg, w3, l, b, true);
@@ -85,20 +83,11 @@ fn forward_typed<T: Float>(x: &[T], [w1, w3, w2]: [&[T]; 3], w: &[T], l: &Lists,
             ge[j] = hv.widen();
         }
         expert_product::<T>(ye, ge, w2, l, b, false);
-        for r in 0..b.rows {
-            let ws = w[l.slot(b.first + r)].widen();
-            y[r * d..(r + 1) * d].iter_mut().zip(&ye[r * d..(r + 1) * d]).for_each(|(o, v)| *o = T::narrow(*v * ws));
-        }
+        l.add_weighted(out, ye, w, b);
     };
     let scratch = || (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    if worth_it(l.total() * d * f) {
-        tasks.into_par_iter().for_each_init(scratch, run);
-    } else {
-        let mut s = scratch();
-        tasks.into_iter().for_each(|t| run(&mut s, t));
-    }
-    let y = T::wrap(l.combine(&ys));
-    (y, save.then(|| [T::wrap(gs), T::wrap(vs), T::wrap(hs)]))
+    let y = T::narrow_vec(add_by_rank(l, tasks, worth_it(l.total() * d * f), scratch, run));
+    (T::wrap(y), save.then(|| [T::wrap(gs), T::wrap(vs), T::wrap(hs)]))
 }
 
 /// (dx, dw1, dw3, dw2, dweights) for the output gradient `dy`, from the forward's (G, V, H).

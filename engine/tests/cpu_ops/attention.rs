@@ -145,6 +145,14 @@ fn attention_matches_reference_across_shapes_and_dtypes() {
             d: 8,
             lens: vec![64, 0, 1, 129, 65],
         },
+        // Three query heads per key/value head: the whole-row path's blocks of eight rows span
+        // three positions (each row its own number of keys), and 45 · 3 rows leave a remainder.
+        Case {
+            q_heads: 6,
+            kv_heads: 2,
+            d: 16,
+            lens: vec![45],
+        },
         // Head dims at the whole-row path's limit (32) and just past it (33, the tile path).
         Case {
             q_heads: 2,
