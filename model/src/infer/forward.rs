@@ -47,9 +47,12 @@ pub struct Tally {
     /// Token-layer pairs through a routed attention / MLP layer.
     pub att_token_layers: usize,
     pub mlp_token_layers: usize,
-    /// Experts used over those pairs, as f32 scalars on the device (None: nothing routed yet).
+    /// Experts used over those pairs, as f32 scalars on the device (None: nothing routed yet),
+    /// besides those of dense layers (every expert of every token), counted here on the host.
     att_experts: Option<Tensor>,
     mlp_experts: Option<Tensor>,
+    att_dense: usize,
+    mlp_dense: usize,
 }
 
 impl Tally {
@@ -64,8 +67,14 @@ impl Tally {
 
     /// Mean attention and MLP experts per token and routed layer (None where nothing was routed).
     pub fn experts_per_token(&self) -> Result<(Option<f64>, Option<f64>)> {
-        let mean = |acc: &Option<Tensor>, n: usize| -> Result<Option<f64>> { Ok(match acc { Some(t) if n > 0 => Some(t.to_scalar()? / n as f64), _ => None }) };
-        Ok((mean(&self.att_experts, self.att_token_layers)?, mean(&self.mlp_experts, self.mlp_token_layers)?))
+        let mean = |acc: &Option<Tensor>, dense: usize, n: usize| -> Result<Option<f64>> {
+            let routed = match acc {
+                Some(t) => t.to_scalar()?,
+                None => 0.0,
+            };
+            Ok(if n > 0 { Some((routed + dense as f64) / n as f64) } else { None })
+        };
+        Ok((mean(&self.att_experts, self.att_dense, self.att_token_layers)?, mean(&self.mlp_experts, self.mlp_dense, self.mlp_token_layers)?))
     }
 }
 
@@ -126,23 +135,38 @@ fn forward_here(w: &InferWeights, cache: &mut KvCache, chunks: &[Chunk], modes: 
     let pos = u32s(&positions, vec![n])?;
     let b = Batch { n, cos: ops::index_select(&w.cos, &pos)?, sin: ops::index_select(&w.sin, &pos)?, slots: u32s(&slots, vec![n])?, table: u32s(&table, vec![n, max_blocks])?, lens: u32s(&lens, vec![n])? };
 
-    let mut h = ops::index_select(&w.embed, &u32s(&tokens, vec![n])?)?;
+    // The residual stream `h`, and the output of the last block not yet added to it: each norm
+    // adds it on the way in.
+    let (mut h, mut branch) = (ops::index_select(&w.embed, &u32s(&tokens, vec![n])?)?, None);
     for (i, (layer, mode)) in w.layers.iter().zip(modes).enumerate() {
-        let x = rms_norm(&h, &layer.attn_norm, cfg.norm_eps)?;
-        h = ops::add(&h, &attention(&layer.attn, i, w, &x, &b, cache, mode.attention, tally)?)?;
-        let x = rms_norm(&h, &layer.mlp_norm, cfg.norm_eps)?;
-        h = ops::add(&h, &mlp(&layer.mlp, w, &x, mode.mlp, tally)?)?;
+        let x;
+        (x, h) = add_norm(h, branch.as_ref(), &layer.attn_norm, cfg.norm_eps)?;
+        let a = attention(&layer.attn, i, w, &x, &b, cache, mode.attention, tally)?;
+        let x;
+        (x, h) = add_norm(h, Some(&a), &layer.mlp_norm, cfg.norm_eps)?;
+        branch = Some(mlp(&layer.mlp, w, &x, mode.mlp, tally)?);
     }
-    let h = rms_norm(&ops::index_select(&h, &u32s(&last, vec![chunks.len()])?)?, &w.final_norm, cfg.norm_eps)?;
+    let last = u32s(&last, vec![chunks.len()])?;
+    let branch = branch.map(|t| ops::index_select(&t, &last)).transpose()?;
+    let (h, _) = add_norm(ops::index_select(&h, &last)?, branch.as_ref(), &w.final_norm, cfg.norm_eps)?;
     Ok(match &w.lm_head {
         Some(head) => ops::matmul(&h, head)?,
         None => ops::matmul_t(&h, &w.embed, false, true)?,
     })
 }
 
-/// RMSNorm through the training model's fused op, so both paths round alike.
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    Ok(ops::rms_norm(x, None, weight, eps)?.y)
+/// RMSNorm of the residual stream `h` after adding a block's output `branch` to it, in one op
+/// (the training model's fused op, so both paths round alike: the sum is rounded to the storage
+/// type before it is normalised, as a separate add would round it); returns the normalised rows
+/// and the new stream.
+fn add_norm(h: Tensor, branch: Option<&Tensor>, weight: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    Ok(match branch {
+        None => (ops::rms_norm(&h, None, weight, eps)?.y, h),
+        Some(branch) => {
+            let norm = ops::rms_norm(branch, Some(&h), weight, eps)?;
+            (norm.y, norm.sum.expect("rms_norm returns the sum when given a residual"))
+        }
+    })
 }
 
 fn route(r: &RouterWeights, x: &Tensor) -> Result<Tensor> {
@@ -172,10 +196,10 @@ fn attention(aw: &AttentionWeights, layer: usize, w: &InferWeights, x: &Tensor, 
             let probs = route(r, x)?;
             tally.att_token_layers += n;
             let mask = selection.mask(&probs)?;
-            Tally::add(&mut tally.att_experts, match &mask {
-                Some(m) => ops::sum_all(m)?,
-                None => Tensor::full((n * experts) as f64, [1], DType::F32, &x.device())?,
-            })?;
+            match &mask {
+                Some(m) => Tally::add(&mut tally.att_experts, ops::sum_all(m)?)?,
+                None => tally.att_dense += n * experts,
+            }
             Some(match mask {
                 Some(m) => (ops::mul(&probs, &m)?, Some(m)),
                 None => (probs, None),
@@ -261,7 +285,7 @@ fn routed_mlp(mw: &MlpWeights, w: &InferWeights, x: &Tensor, selection: Selectio
         let routes = ops::moe_route(&probs, RouteMode::TopK(w.config.mlp.top_k.unwrap_or(1)), false)?;
         let kept = ops::gather_last(&probs, &routes.experts)?;
         let weights = ops::div(&kept, &ops::sum(&kept, -1, true)?)?;
-        (sparse(&routes, &weights)?, ops::sum_all(&routes.mask)?)
+        (sparse(&routes, &weights)?, Some(ops::sum_all(&routes.mask)?))
     } else {
         match selection.route_mode(experts)? {
             None => {
@@ -269,16 +293,19 @@ fn routed_mlp(mw: &MlpWeights, w: &InferWeights, x: &Tensor, selection: Selectio
                     None => ops::moe_dense_mlp(x, w1, w2, &probs)?.y,
                     Some(w3) => mlp::dense_swiglu(&constant(x), (&constant(w1), &constant(w3), &constant(w2)), &constant(&probs))?.into_value(),
                 };
-                (y, Tensor::full((n * experts) as f64, [1], DType::F32, &x.device())?)
+                tally.mlp_dense += n * experts;
+                (y, None)
             }
             Some(rm) => {
                 // Unrenormalised, the routes' weights are the selected probabilities (0 in unused slots).
                 let routes = ops::moe_route(&probs, rm, false)?;
-                (sparse(&routes, &routes.weights)?, ops::sum_all(&routes.mask)?)
+                (sparse(&routes, &routes.weights)?, Some(ops::sum_all(&routes.mask)?))
             }
         }
     };
-    Tally::add(&mut tally.mlp_experts, used)?;
+    if let Some(used) = used {
+        Tally::add(&mut tally.mlp_experts, used)?;
+    }
     Ok(y)
 }
 
