@@ -92,8 +92,9 @@ struct Batch {
 /// logits `[chunks.len(), vocab]` of each chunk's last token. `modes` holds each layer's mode.
 pub fn forward(w: &InferWeights, cache: &mut KvCache, chunks: &[Chunk], modes: &[InferenceMode], tally: &mut Tally) -> Result<Tensor> {
     match w.device() {
-        // On a pool worker, so that the step's parallel ops do not each wake the calling thread.
-        engine::Device::Cpu => engine::cpu::on_pool(|| forward_here(w, cache, chunks, modes, tally)),
+        // On a pool worker, the others kept awake, so that the step's parallel ops neither wake
+        // the calling thread nor wait for sleeping workers.
+        engine::Device::Cpu => engine::cpu::on_pool_kept_awake(|| forward_here(w, cache, chunks, modes, tally)),
         _ => forward_here(w, cache, chunks, modes, tally),
     }
 }
