@@ -20,7 +20,7 @@
 mod gpu_support;
 
 use engine::ops::{self, MoePath, RouteMode};
-use engine::{DType, Device, Error, Rng, Tensor};
+use engine::{CpuStorage, DType, Device, Error, Rng, Storage, Tensor};
 use gpu_support::{gpu, normal, rel_err};
 
 fn probs(t: usize, n: usize, dtype: DType, rng: &mut Rng) -> Tensor {
@@ -50,6 +50,16 @@ fn routing_orders_by_probability_and_breaks_ties_to_the_lower_expert() {
     let rn = ops::moe_route(&p, RouteMode::TopK(2), true).unwrap();
     let w = rn.weights.to_f64_vec().unwrap();
     assert!((w[0] - 0.5).abs() < 1e-6 && (w[2] - 0.4 / 0.7).abs() < 1e-6, "{w:?}");
+}
+
+#[test]
+fn routing_puts_nan_first_and_ties_signed_zeros_to_the_lower_expert() {
+    let nan = f64::NAN;
+    let p = Tensor::from_f64s(&[0.2, nan, 0.5, nan, -0.0, 0.0, /* */ 0.0, -0.0, -0.0, 0.0, -1.0, f64::NEG_INFINITY], [2, 6], DType::F32, &Device::Cpu).unwrap();
+    let r = ops::moe_route(&p, RouteMode::TopK(5), false).unwrap();
+    assert_eq!(u32s(&r.experts), [1, 3, 2, 0, 4, /* */ 0, 1, 2, 3, 10 % 6]);
+    let r = ops::moe_route(&ops::cast(&p, DType::F64).unwrap(), RouteMode::TopK(6), false).unwrap();
+    assert_eq!(u32s(&r.experts), [1, 3, 2, 0, 4, 5, /* */ 0, 1, 2, 3, 4, 5]);
 }
 
 #[test]
@@ -197,6 +207,13 @@ fn bad_arguments_are_errors() {
     assert!(matches!(ops::moe_sparse_mlp(&x, &w, &w, &r.weights, &perm, MoePath::Auto, false), Err(Error::Shape { .. })), "10 rows do not split into 4 experts");
     let w = Tensor::zeros([8, 5], DType::F32, &Device::Cpu).unwrap();
     assert!(matches!(ops::moe_sparse_mlp(&x, &w, &w, &r.weights, &perm, MoePath::Auto, false), Err(Error::Shape { .. })));
+    // Two list entries swapped: each still names a slot in range, but not the slot that names it.
+    let w = Tensor::zeros([8, 6], DType::F32, &Device::Cpu).unwrap();
+    let mut sorted = u32s(&perm.sorted_slots);
+    sorted.swap(0, 1);
+    let swapped = ops::Permutation { sorted_slots: Tensor::from_storage(Storage::Cpu(CpuStorage::U32(sorted.clone())), [sorted.len()], DType::U32), ..perm.clone() };
+    let err = ops::moe_sparse_mlp(&x, &w, &w, &r.weights, &swapped, MoePath::Auto, false).unwrap_err();
+    assert!(matches!(err, Error::Invalid { .. }) && err.to_string().contains("inverse"), "{err}");
 }
 
 // ---- CUDA against the CPU -------------------------------------------------------------------------

@@ -24,8 +24,8 @@
 //! machine, one core's share).
 
 use super::elem::prelude::*;
-use super::elem::{max_nan, Acc, Float};
-use super::simd::{exp, exp_shifted_lanes, lane_sum, max_lanes, multiversion, LANES};
+use super::elem::{Acc, Float};
+use super::simd::{exp, exp_shifted_lanes, lane_max, lane_sum, max_lanes, multiversion, LANES};
 
 /// The largest head dim that takes this path (attention.rs decides per tile).
 pub(super) const MAX_HEAD_DIM: usize = 32;
@@ -114,7 +114,7 @@ fn block<A: Acc, const R: usize>(
         row[keys[r]..].fill(A::neg_infinity());
         let mut lanes = [A::neg_infinity(); LANES];
         max_lanes(row, &mut lanes);
-        let max = lanes.into_iter().fold(A::neg_infinity(), max_nan);
+        let max = lane_max(lanes);
         let mut lanes = [A::zero(); LANES];
         exp_shifted_lanes(row, max, exp, &mut lanes);
         let sum = lane_sum(lanes);

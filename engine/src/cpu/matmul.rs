@@ -60,12 +60,21 @@ fn matmul_typed<T: Float>(a: &[T], b: &[T], l: &MatmulLayout) -> Vec<T> {
 /// products. The vector is not zeroed first:
 /// `gemm` without `read_dst` writes every element of its output, and zeroing the tens of MiB of
 /// the MoE layer's [tokens, E·f] products is a pass over memory as long as reading them.
-pub(super) fn product_vec<F: Acc>(a: &[F], b: &[F], (m, n, k): (usize, usize, usize), (trans_a, trans_b): (bool, bool)) -> Vec<F> {
+pub(super) fn product_vec<F: Acc>(a: &[F], b: &[F], (m, n, k): (usize, usize, usize), trans: (bool, bool)) -> Vec<F> {
+    let par = if m * n * k >= GEMM_PAR_MIN { Parallelism::Rayon(0) } else { Parallelism::None };
+    product_vec_with(a, b, (m, n, k), trans, par)
+}
+
+/// `product_vec` on the calling thread only (see `product_serial`).
+pub(super) fn product_serial_vec<F: Acc>(a: &[F], b: &[F], dims: (usize, usize, usize), trans: (bool, bool)) -> Vec<F> {
+    product_vec_with(a, b, dims, trans, Parallelism::None)
+}
+
+fn product_vec_with<F: Acc>(a: &[F], b: &[F], (m, n, k): (usize, usize, usize), (trans_a, trans_b): (bool, bool), par: Parallelism) -> Vec<F> {
     if m * n * k == 0 {
         // k == 0 is an empty sum: the zeros are the answer; m or n == 0 is an empty output.
         return vec![F::zero(); m * n];
     }
-    let par = if m * n * k >= GEMM_PAR_MIN { Parallelism::Rayon(0) } else { Parallelism::None };
     let l = MatmulLayout { batch: 1, m, n, k, trans_a, trans_b, a_batch_stride: 0, b_batch_stride: 0 };
     // SAFETY: `gemm_into` writes all m·n elements (read_dst = false writes the whole output and
     // reads none of it).

@@ -23,14 +23,13 @@
 //! the result is the same for any number of threads.
 
 use std::borrow::Cow;
-use std::cmp::Ordering;
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
 use super::elem::prelude::*;
 use super::elem::{indices, with_float, Acc, Elem, Float};
-use super::matmul::product_serial;
+use super::matmul::{product_serial, product_serial_vec};
 use super::moe_sparse_decode;
 use super::skinny;
 use super::par::{filled, for_each_chunk, worth_it};
@@ -38,14 +37,44 @@ use super::profile::{timed, Cost};
 use crate::backend::{RouteMode, SparseDims, DROPPED};
 use crate::{CpuStorage, DType, Error, Result};
 
-/// "a ahead of b": larger first, NaN before everything, ties to the lower index (as `ahead` in common.cuh).
-fn order<A: Acc>(a: (A, usize), b: (A, usize)) -> Ordering {
-    match (a.0.is_nan(), b.0.is_nan()) {
-        (true, false) => Ordering::Less,
-        (false, true) => Ordering::Greater,
-        (false, false) if a.0 != b.0 => b.0.partial_cmp(&a.0).expect("neither is NaN"),
-        _ => a.1.cmp(&b.1),
+/// The routing order as one integer, larger ahead: larger probability first, NaN before
+/// everything, ties (NaNs among themselves, and -0 with +0) to the lower expert index (as `ahead`
+/// in common.cuh). The value's rank is its f64 bit pattern mapped to an order-preserving unsigned
+/// integer (exact for f32 and f64); the expert's index, inverted, breaks ties in the low half.
+fn ahead_key<A: Acc>(v: A, e: usize) -> u128 {
+    let v = v.to_f64().unwrap_or(f64::NAN) + 0.0;
+    let bits = v.to_bits();
+    let rank = if v.is_nan() {
+        u64::MAX
+    } else if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | 1 << 63
+    };
+    (rank as u128) << 64 | (u64::MAX - e as u64) as u128
+}
+
+/// `best` = the indices of `row`'s `k` elements ahead of the rest (`ahead_key`), in that order:
+/// the first `k` of a full sort, found by insertion into a list of at most `k` keys. Keys are
+/// distinct, so the result is exactly the sort's prefix; most elements lose to the list's last
+/// key in one integer comparison.
+fn ahead_k<T: Float>(row: &[T], k: usize, keys: &mut Vec<u128>, best: &mut Vec<usize>) {
+    keys.clear();
+    for (e, v) in row.iter().enumerate() {
+        let key = ahead_key(v.widen(), e);
+        if keys.len() == k {
+            match keys.last() {
+                Some(&last) if key > last => {
+                    keys.pop();
+                }
+                _ => continue,
+            }
+        }
+        let at = keys.partition_point(|&b| b > key);
+        keys.insert(at, key);
     }
+    best.clear();
+    best.extend(keys.iter().map(|&key| (u64::MAX - key as u64) as usize));
 }
 
 pub(crate) fn route(probs: &CpuStorage, tokens: usize, n: usize, mode: RouteMode, renormalise: bool) -> Result<[CpuStorage; 4]> {
@@ -69,15 +98,13 @@ fn route_typed<T: Float>(p: &[T], tokens: usize, n: usize, mode: RouteMode, reno
     };
     let (mut experts, mut weights, mut mask, mut counts) = (vec![0u32; tokens * k_max], vec![T::narrow(<T::Acc>::zero()); tokens * k_max], vec![T::narrow(<T::Acc>::zero()); tokens * k_max], vec![0u32; tokens]);
     // One token: its experts in order, their weights and mask over the k_max slots, its count.
-    let token = |order_buf: &mut Vec<usize>, t: usize, (experts, weights, mask, count): (&mut [u32], &mut [T], &mut [T], &mut u32)| {
+    let token = |(keys, order_buf): &mut (Vec<u128>, Vec<usize>), t: usize, (experts, weights, mask, count): (&mut [u32], &mut [T], &mut [T], &mut u32)| {
         let row = &p[t * n..(t + 1) * n];
         let used_count = match mode {
             RouteMode::Threshold { eps, .. } => above(row, eps).min(k_max),
             _ => batch_k,
         };
-        order_buf.clear();
-        order_buf.extend(0..n);
-        order_buf.sort_by(|&a, &b| order((row[a].widen(), a), (row[b].widen(), b)));
+        ahead_k(row, k_max, keys, order_buf);
         let sum = order_buf[..used_count].iter().fold(<T::Acc>::zero(), |s, &e| s + row[e].widen());
         for j in 0..k_max {
             let used = j < used_count;
@@ -90,7 +117,7 @@ fn route_typed<T: Float>(p: &[T], tokens: usize, n: usize, mode: RouteMode, reno
         *count = used_count as u32;
     };
     // Tokens are independent (batch_k is fixed above), so they run in parallel.
-    let (slots, scratch) = (k_max.max(1), || Vec::with_capacity(n));
+    let (slots, scratch) = (k_max.max(1), || (Vec::with_capacity(k_max + 1), Vec::with_capacity(k_max)));
     // A token's work is its sort: about n·log n comparisons.
     if worth_it(tokens * n * (1 + n.max(1).ilog2() as usize)) {
         let per_token = experts.par_chunks_mut(slots).zip(weights.par_chunks_mut(slots)).zip(mask.par_chunks_mut(slots)).zip(counts.par_iter_mut());
@@ -376,8 +403,18 @@ pub(super) fn run_tasks<X: Send>(tasks: Vec<X>, parallel: bool, run: impl Fn(X) 
     }
 }
 
-/// A forward task's buffers: gathered X rows, U, H and Y of its block (kept per worker).
-type Scratch<A> = (Vec<A>, Vec<A>, Vec<A>, Vec<A>);
+/// x rows `a` of block `b` times its expert's `[f, d]` slab of `w`, transposed (`[rows, f]`), or not
+/// (`[rows, d]` from `[rows, f]` rows), in a new vector: a few rows (decode) read the weights in
+/// place, more widen them for the GEMM, whose output is written without zeroing it first.
+pub(super) fn expert_product<T: Float>(a: &[T::Acc], w: &[T], l: &Lists, b: Block, transposed: bool) -> Vec<T::Acc> {
+    let SparseDims { d, f, .. } = l.dims;
+    let (n, k) = if transposed { (f, d) } else { (d, f) };
+    if b.rows <= skinny::MAX_ROWS {
+        skinny::product::<T>(a, &w[b.expert * f * d..(b.expert + 1) * f * d], b.rows, n, k, transposed)
+    } else {
+        product_serial_vec(a, &l.slab(w, b.expert), (b.rows, n, k), (false, transposed))
+    }
+}
 
 /// Per block (`add_by_rank`): gather the tokens' rows, `U = X·W1ᵀ`, `H = gelu(U)`, `Y = H·W2`,
 /// each row scaled by its slot's weight and added into its token's row of y.
@@ -391,19 +428,13 @@ fn forward_typed<T: Float>(x: &[T], w1: &[T], w2: &[T], w: &[T], l: &Lists, save
     let (mut u, mut h) = if save { (vec![zero; slots * f], vec![zero; slots * f]) } else { (Vec::new(), Vec::new()) };
     let blocks = l.ranked_blocks(ROW_BLOCK);
     let parallel = worth_it(l.total() * d * f);
-    let run = |(xg, ue, he, ye): &mut Scratch<T::Acc>, b: Block, (u, h): (&mut [T], &mut [T]), out: &mut [&mut [T::Acc]]| {
+    // The scratch kept per worker is the gathered X rows; U, H and Y come from the host pool
+    // unzeroed, each written whole.
+    let run = |xg: &mut Vec<T::Acc>, b: Block, (u, h): (&mut [T], &mut [T]), out: &mut [&mut [T::Acc]]| {
         l.gather(xg, x, b, d);
-        // A few rows (decode) read the expert's weights in place; more widen them for the GEMM.
-        let in_place = b.rows <= skinny::MAX_ROWS;
-        let slab = b.expert * f * d..(b.expert + 1) * f * d;
-        if in_place {
-            *ue = skinny::product::<T>(xg, &w1[slab.clone()], b.rows, f, d, true);
-        } else {
-            ue.resize(b.rows * f, <T::Acc>::zero());
-            product_serial(ue, xg, &l.slab(w1, b.expert), b.rows, f, d, false, true);
-        }
-        he.resize(b.rows * f, <T::Acc>::zero());
-        <T::Acc>::gated_gelu(ue, <T::Acc>::one(), he);
+        let ue = expert_product::<T>(xg, w1, l, b, true);
+        // SAFETY: `gated_gelu_into` writes every element of its output.
+        let mut he = unsafe { filled(ue.len(), |dst| <T::Acc>::gated_gelu_into(&ue, <T::Acc>::one(), dst)) };
         for (j, hv) in he.iter_mut().enumerate() {
             if save {
                 u[j] = T::narrow(ue[j]);
@@ -411,17 +442,11 @@ fn forward_typed<T: Float>(x: &[T], w1: &[T], w2: &[T], w: &[T], l: &Lists, save
             }
             *hv = T::narrow(*hv).widen();
         }
-        if in_place {
-            *ye = skinny::product::<T>(he, &w2[slab], b.rows, d, f, false);
-        } else {
-            ye.resize(b.rows * d, <T::Acc>::zero());
-            product_serial(ye, he, &l.slab(w2, b.expert), b.rows, d, f, false, false);
-        }
-        l.add_weighted(out, ye, w, b);
+        let ye = expert_product::<T>(&he, w2, l, b, false);
+        l.add_weighted(out, &ye, w, b);
     };
-    let scratch = || (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let tasks: Vec<_> = blocks.iter().copied().zip(split_blocks(&mut u, &blocks, f).into_iter().zip(split_blocks(&mut h, &blocks, f))).collect();
-    let y = T::narrow_vec(add_by_rank(l, tasks, parallel, scratch, run));
+    let y = T::narrow_vec(add_by_rank(l, tasks, parallel, Vec::new, run));
     (T::wrap(y), save.then(|| (T::wrap(u), T::wrap(h))))
 }
 

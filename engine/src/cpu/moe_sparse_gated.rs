@@ -19,28 +19,13 @@ use super::elem::{with_float, Elem, Float};
 use super::elementwise::silu_and_grad;
 use super::matmul::product_serial;
 use super::moe_sparse_decode;
-use super::moe_sparse::{add_by_rank, lists, sparse_cost, run_tasks, split_blocks, Block, Lists, ROW_BLOCK};
+use super::moe_sparse::{add_by_rank, expert_product, lists, sparse_cost, run_tasks, split_blocks, Block, Lists, ROW_BLOCK};
 use super::par::worth_it;
 use super::profile::timed;
-use super::skinny;
 use crate::backend::SparseDims;
 use crate::{CpuStorage, Result};
 
 const OP: &str = "moe_sparse_swiglu";
-
-/// x rows times expert e's `[f, d]` slab of `w`, transposed (`[rows, f]`), or not (`[rows, d]`
-/// from `[rows, f]` rows): a few rows read the weights in place, more widen them for the GEMM.
-fn expert_product<T: Float>(out: &mut Vec<T::Acc>, a: &[T::Acc], w: &[T], l: &Lists, b: Block, transposed: bool) {
-    let SparseDims { d, f, .. } = l.dims;
-    let (n, k) = if transposed { (f, d) } else { (d, f) };
-    if b.rows <= skinny::MAX_ROWS {
-        *out = skinny::product::<T>(a, &w[b.expert * f * d..(b.expert + 1) * f * d], b.rows, n, k, transposed);
-    } else {
-        out.clear();
-        out.resize(b.rows * n, <T::Acc>::zero());
-        product_serial(out, a, &l.slab(w, b.expert), b.rows, n, k, false, transposed);
-    }
-}
 
 /// y `[T, d]` and, with `save`, (G, V, H) in list order `[T·k_max, f]` each.
 #[allow(clippy::too_many_arguments)]
@@ -54,9 +39,6 @@ pub(crate) fn forward(x: &CpuStorage, [w1, w3, w2]: [&CpuStorage; 3], weights: &
     })
 }
 
-/// A forward task's buffers: gathered X rows, G, V and Y of its block (kept per worker).
-type Scratch<A> = (Vec<A>, Vec<A>, Vec<A>, Vec<A>);
-
 fn forward_typed<T: Float>(x: &[T], [w1, w3, w2]: [&[T]; 3], w: &[T], l: &Lists, save: bool) -> (CpuStorage, Option<[CpuStorage; 3]>) {
     if !save && moe_sparse_decode::applies(l) {
         return (T::wrap(l.combine(&moe_sparse_decode::expert_rows(x, w1, Some(w3), w2, w, l))), None);
@@ -69,10 +51,11 @@ fn forward_typed<T: Float>(x: &[T], [w1, w3, w2]: [&[T]; 3], w: &[T], l: &Lists,
     let blocks = l.ranked_blocks(ROW_BLOCK);
     let saved = split_blocks(&mut gs, &blocks, f).into_iter().zip(split_blocks(&mut vs, &blocks, f)).zip(split_blocks(&mut hs, &blocks, f));
     let tasks: Vec<_> = blocks.iter().copied().zip(saved).collect();
-    let run = |(xg, ge, ve, ye): &mut Scratch<T::Acc>, b: Block, ((g, v), h): ((&mut [T], &mut [T]), &mut [T]), out: &mut [&mut [T::Acc]]| {
+    // The scratch kept per worker is the gathered X rows (see moe_sparse.rs's forward).
+    let run = |xg: &mut Vec<T::Acc>, b: Block, ((g, v), h): ((&mut [T], &mut [T]), &mut [T]), out: &mut [&mut [T::Acc]]| {
         l.gather(xg, x, b, d);
-        expert_product::<T>(ge, xg, w1, l, b, true);
-        expert_product::<T>(ve, xg, w3, l, b, true);
+        let mut ge = expert_product::<T>(xg, w1, l, b, true);
+        let ve = expert_product::<T>(xg, w3, l, b, true);
         // H overwrites G in place: silu of the stored (rounded) gate times the unrounded up value.
         for j in 0..b.rows * f {
             let gate = T::narrow(ge[j]);
@@ -82,11 +65,10 @@ fn forward_typed<T: Float>(x: &[T], [w1, w3, w2]: [&[T]; 3], w: &[T], l: &Lists,
             }
             ge[j] = hv.widen();
         }
-        expert_product::<T>(ye, ge, w2, l, b, false);
-        l.add_weighted(out, ye, w, b);
+        let ye = expert_product::<T>(&ge, w2, l, b, false);
+        l.add_weighted(out, &ye, w, b);
     };
-    let scratch = || (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let y = T::narrow_vec(add_by_rank(l, tasks, worth_it(l.total() * d * f), scratch, run));
+    let y = T::narrow_vec(add_by_rank(l, tasks, worth_it(l.total() * d * f), Vec::new, run));
     (T::wrap(y), save.then(|| [T::wrap(gs), T::wrap(vs), T::wrap(hs)]))
 }
 

@@ -76,6 +76,22 @@ pub(super) fn lane_sum<A: std::ops::AddAssign + Copy>(acc: [A; LANES]) -> A {
     a[0]
 }
 
+/// The largest of 16 lane maxima (`elem::max_nan`: NaN if any is NaN), halving the width at
+/// each step as `lane_sum` does: four vector steps where a fold is a chain of sixteen scalar ones.
+/// A max is exact, so any order gives the fold's value.
+#[inline(always)]
+pub(super) fn lane_max<A: Acc>(acc: [A; LANES]) -> A {
+    let mut a = acc;
+    let mut width = LANES / 2;
+    while width > 0 {
+        for j in 0..width {
+            a[j] = max_nan(a[j], a[j + width]);
+        }
+        width /= 2;
+    }
+    a[0]
+}
+
 /// `x[i] = e^(x[i] − shift)` over the whole vectors of `x` (a remainder is the caller's), each
 /// lane's values added to `acc`: the vector step of `exp_shifted_sum` here and of
 /// attention_rows.rs's score rows (whole vectors there, in the arithmetic type).
@@ -132,7 +148,7 @@ fn row_max_body(x: &[f32], init: f32) -> f32 {
     let mut tail = [init; LANES];
     tail[..x.len() - split].copy_from_slice(&x[split..]);
     max_lanes(&tail, &mut acc);
-    acc.into_iter().fold(init, max_nan)
+    max_nan(init, lane_max(acc))
 }
 
 /// Σ a[i]·b[i] over 16 lane accumulators.
