@@ -59,22 +59,26 @@ fn ahead_key<A: Acc>(v: A, e: usize) -> u128 {
 /// distinct, so the result is exactly the sort's prefix; most elements lose to the list's last
 /// key in one integer comparison.
 fn ahead_k<T: Float>(row: &[T], k: usize, keys: &mut Vec<u128>, best: &mut Vec<usize>) {
-    keys.clear();
+    keys.resize(k, 0);
+    let mut len = 0;
     for (e, v) in row.iter().enumerate() {
         let key = ahead_key(v.widen(), e);
-        if keys.len() == k {
-            match keys.last() {
-                Some(&last) if key > last => {
-                    keys.pop();
-                }
-                _ => continue,
+        if len == k {
+            if key <= keys[k - 1] {
+                continue;
             }
+            len -= 1;
         }
-        let at = keys.partition_point(|&b| b > key);
-        keys.insert(at, key);
+        let mut at = len;
+        while at > 0 && keys[at - 1] < key {
+            keys[at] = keys[at - 1];
+            at -= 1;
+        }
+        keys[at] = key;
+        len += 1;
     }
     best.clear();
-    best.extend(keys.iter().map(|&key| (u64::MAX - key as u64) as usize));
+    best.extend(keys[..len].iter().map(|&key| (u64::MAX - key as u64) as usize));
 }
 
 pub(crate) fn route(probs: &CpuStorage, tokens: usize, n: usize, mode: RouteMode, renormalise: bool) -> Result<[CpuStorage; 4]> {
