@@ -64,10 +64,10 @@ fn ahead_k<T: Float>(row: &[T], k: usize, keys: &mut Vec<u128>, best: &mut Vec<u
     for (e, v) in row.iter().enumerate() {
         let key = ahead_key(v.widen(), e);
         if len == k {
-            if key <= keys[k - 1] {
-                continue;
+            match keys.last() {
+                Some(&last) if key > last => len -= 1,
+                _ => continue,
             }
-            len -= 1;
         }
         let mut at = len;
         while at > 0 && keys[at - 1] < key {
@@ -121,9 +121,9 @@ fn route_typed<T: Float>(p: &[T], tokens: usize, n: usize, mode: RouteMode, reno
         *count = used_count as u32;
     };
     // Tokens are independent (batch_k is fixed above), so they run in parallel.
-    let (slots, scratch) = (k_max.max(1), || (Vec::with_capacity(k_max + 1), Vec::with_capacity(k_max)));
-    // A token's work is its sort: about n·log n comparisons.
-    if worth_it(tokens * n * (1 + n.max(1).ilog2() as usize)) {
+    let (slots, scratch) = (k_max.max(1), || (Vec::with_capacity(k_max), Vec::with_capacity(k_max)));
+    // A token's work: a key per expert, and a few insertions into its list of k_max.
+    if worth_it(tokens * n * (1 + k_max)) {
         let per_token = experts.par_chunks_mut(slots).zip(weights.par_chunks_mut(slots)).zip(mask.par_chunks_mut(slots)).zip(counts.par_iter_mut());
         per_token.enumerate().for_each_init(scratch, |buf, (t, (((e, w), m), c))| token(buf, t, (e, w, m, c)));
     } else {
