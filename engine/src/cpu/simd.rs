@@ -78,7 +78,9 @@ pub(super) fn lane_sum<A: std::ops::AddAssign + Copy>(acc: [A; LANES]) -> A {
 
 /// The largest of 16 lane maxima (`elem::max_nan`: NaN if any is NaN), halving the width at
 /// each step as `lane_sum` does: four vector steps where a fold is a chain of sixteen scalar ones.
-/// A max is exact, so any order gives the fold's value.
+/// A max is exact, so any order gives the fold's value, up to the sign of a zero maximum (-0 and
+/// +0 compare equal), which no caller can see: they subtract it or add it to a logarithm of a sum
+/// of at least one.
 #[inline(always)]
 pub(super) fn lane_max<A: Acc>(acc: [A; LANES]) -> A {
     let mut a = acc;
