@@ -61,37 +61,36 @@ pub(super) fn exp(x: f32) -> f32 {
     }
 }
 
-/// Sum of 16 lane accumulators in a fixed pairwise order (generic so that scalar code can add in
-/// the same order: softmax.rs's narrow rows).
+/// The 16 lane accumulators combined pairwise, halving the width at each step (lane j with lane
+/// j + width): four vector steps where a left-to-right fold is a chain of sixteen scalar ones, and
+/// an order fixed by the lane count alone.
 #[inline(always)]
-pub(super) fn lane_sum<A: std::ops::AddAssign + Copy>(acc: [A; LANES]) -> A {
+fn lane_tree<A: Copy>(acc: [A; LANES], combine: impl Fn(A, A) -> A) -> A {
     let mut a = acc;
     let mut width = LANES / 2;
     while width > 0 {
         for j in 0..width {
-            a[j] += a[j + width];
+            a[j] = combine(a[j], a[j + width]);
         }
         width /= 2;
     }
     a[0]
 }
 
-/// The largest of 16 lane maxima (`elem::max_nan`: NaN if any is NaN), halving the width at
-/// each step as `lane_sum` does: four vector steps where a fold is a chain of sixteen scalar ones.
-/// A max is exact, so any order gives the fold's value, up to the sign of a zero maximum (-0 and
-/// +0 compare equal), which no caller can see: they subtract it or add it to a logarithm of a sum
-/// of at least one.
+/// Sum of 16 lane accumulators in a fixed pairwise order (generic so that scalar code can add in
+/// the same order: softmax.rs's narrow rows).
+#[inline(always)]
+pub(super) fn lane_sum<A: std::ops::Add<Output = A> + Copy>(acc: [A; LANES]) -> A {
+    lane_tree(acc, |a, b| a + b)
+}
+
+/// The largest of 16 lane maxima (`elem::max_nan`: NaN if any is NaN), pairwise as `lane_sum`.
+/// A max is exact, so any order gives a left-to-right fold's value, up to the sign of a zero
+/// maximum (-0 and +0 compare equal), which no caller can see: they subtract it or add it to a
+/// logarithm of a sum of at least one.
 #[inline(always)]
 pub(super) fn lane_max<A: Acc>(acc: [A; LANES]) -> A {
-    let mut a = acc;
-    let mut width = LANES / 2;
-    while width > 0 {
-        for j in 0..width {
-            a[j] = max_nan(a[j], a[j + width]);
-        }
-        width /= 2;
-    }
-    a[0]
+    lane_tree(acc, max_nan)
 }
 
 /// `x[i] = e^(x[i] − shift)` over the whole vectors of `x` (a remainder is the caller's), each
