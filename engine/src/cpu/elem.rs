@@ -77,6 +77,10 @@ impl Acc for f32 {
         super::simd::row_max(x, init)
     }
     fn attention_rows(t: &RowTile<f32>, out: &mut [f32], lse: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if super::attention_rows_avx512::rows(t, out, lse) {
+            return;
+        }
         super::attention_rows::rows_f32(t, out, lse)
     }
 }

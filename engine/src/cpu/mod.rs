@@ -7,6 +7,8 @@
 mod adamw;
 mod attention;
 mod attention_rows;
+#[cfg(target_arch = "x86_64")]
+mod attention_rows_avx512;
 pub mod bandwidth;
 mod cross_entropy;
 mod elem;
