@@ -76,8 +76,9 @@ pub fn evaluate(model: &Model, windows: &[(Vec<u32>, Vec<u32>)], batch: usize, m
 pub fn evaluate_layers(model: &Model, windows: &[(Vec<u32>, Vec<u32>)], batch: usize, mode: InferenceMode, modes: &[InferenceMode], dtype: DType, bytes_per_token: Option<f64>) -> Result<EvalReport> {
     let run = || evaluate_here(model, windows, batch, mode, modes, dtype, bytes_per_token);
     match model.device() {
-        // On a pool worker, so that the forward's parallel ops do not each wake the calling thread.
-        Device::Cpu => engine::cpu::on_pool(run),
+        // On a pool worker, so that the forward's parallel ops do not each wake the calling
+        // thread, with the other workers polling between ops (see `on_pool_kept_awake`).
+        Device::Cpu => engine::cpu::on_pool_kept_awake(run),
         _ => run(),
     }
 }

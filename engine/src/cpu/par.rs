@@ -41,8 +41,11 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// - Measured on the quiet 2-core machine, batch-1 bf16 decode of the 1B shapes, alternated with
 ///   `on_pool`: the cores busy rose from about 1.8 to 1.9-1.96 and top-k:2's speedup over dense
 ///   from 0.87-0.90 to 0.92-1.01 of its bytes ratio. On a busy machine, where the polling core is
-///   wanted by others, it cost 3-10 %. Evaluation batches (ops of a millisecond or more) gained
-///   nothing measurable, so only the inference engine's steps use it.
+///   wanted by others, it cost 3-10 %.
+/// - Evaluation batches (model/src/eval.rs) use it too: once the attention rows took a third
+///   less time (attention_rows_avx512.rs), the gaps between ops weighed more, and ds-moe-tiny's
+///   evaluation on the quiet machine ran 6-18 % (dense) and 8-15 % (top-k:2) faster with it,
+///   four alternated rounds of the CPU peer bench (before the faster rows, no gain was measurable).
 ///
 /// Only one step at a time keeps the pool awake (`KEPT_AWAKE`): a poller waits for its own step,
 /// so two steps run at once (tests on several threads) could each have a poller stacked on top of
