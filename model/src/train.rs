@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use autograd::{Gradients, Tape};
 use engine::comm::Communicator;
-use engine::{DType, Rng, Tensor};
+use engine::{DType, Device, Rng, Tensor};
 
 use crate::config::Config;
 use crate::grad_buckets::{BucketPlan, OverlappedReduce};
@@ -103,6 +103,19 @@ impl Trainer {
 
     pub fn step(&mut self, data: &dyn BatchSource) -> Result<StepReport> {
         let t = &self.config.train;
+        let batches = (0..t.grad_accum).map(|_| data.sample_batch(&mut self.data_rng, t.batch_size, t.seq_len)).collect::<Result<Vec<_>>>()?;
+        // A single-process CPU step runs on the pool with the other workers polling between ops
+        // (`on_pool_kept_awake`); a step with peers may block in a collective, so it does not
+        // hold the pool's workers.
+        if matches!(self.model.device(), Device::Cpu) && self.data_group.size() == 1 && self.model.expert_split.is_none() {
+            return engine::cpu::on_pool_kept_awake(|| self.step_on(batches));
+        }
+        self.step_on(batches)
+    }
+
+    /// One optimizer step over the micro-batches `batches` (inputs, targets).
+    fn step_on(&mut self, batches: Vec<(Vec<u32>, Vec<u32>)>) -> Result<StepReport> {
+        let t = &self.config.train;
         let (batch, seq, accum) = (t.batch_size, t.seq_len, t.grad_accum);
         let device = self.model.device();
         let group = self.data_group.clone();
@@ -112,8 +125,7 @@ impl Trainer {
         let mut total: Option<Gradients> = None;
         let mut reduced = None;
         let next_step = self.optimizer.step + 1;
-        for micro in 0..accum {
-            let (inputs, targets) = data.sample_batch(&mut self.data_rng, batch, seq)?;
+        for (micro, (inputs, targets)) in batches.into_iter().enumerate() {
             let (inputs, targets) = (shard_rows(&inputs, batch, rank, ranks)?, shard_rows(&targets, batch, rank, ranks)?);
             let input = Tensor::from_slice(&inputs, [inputs.len()], &device)?;
             let target = Tensor::from_slice(&targets, [targets.len()], &device)?;
