@@ -167,6 +167,22 @@ fn cpu_sparse_mlp_over_several_blocks_per_expert_matches_a_token_by_token_evalua
         let e = rel_err(&y, &want);
         assert!(e < 1e-12, "swiglu save {save}: {e}");
     }
+    // Every first choice on expert 0, second choices alternating between 1 and 2, capacity 500:
+    // tokens 0..500 keep both slots, 500..1000 only their second (a sum whose first term is not
+    // its first rank's), 1000..1200 none (a zero row).
+    let skewed: Vec<f64> = (0..t).flat_map(|i| if i % 2 == 0 { [0.6, 0.3, 0.1] } else { [0.6, 0.1, 0.3] }).collect();
+    let l = Layer { p: Tensor::from_slice(&skewed, [t, n], &Device::Cpu).unwrap(), ..l };
+    let r = ops::moe_route(&l.p, RouteMode::TopK(2), false).unwrap();
+    let perm = ops::moe_permute(&r, n, Some(500)).unwrap();
+    let kept = perm.slot_pos.to_vec::<u32>().unwrap();
+    let kept_slots = |tok: usize| (0..2).filter(|j| kept[tok * 2 + j] != ops::moe_sparse::DROPPED).collect::<Vec<_>>();
+    assert_eq!((kept_slots(0), kept_slots(700), kept_slots(1100)), (vec![0, 1], vec![1], vec![]), "the capacity drops as intended");
+    let want = token_reference(&l, &r, &perm, f);
+    for save in [false, true] {
+        let (y, _) = ops::moe_sparse_swiglu(&l.x, &l.w1, &l.w3, &l.w2, &r.weights, &perm, MoePath::Auto, save).unwrap();
+        let e = rel_err(&y, &want);
+        assert!(e < 1e-12, "first choices dropped, save {save}: {e}");
+    }
 }
 
 /// Decode-sized batches (at most four tokens per expert, nothing saved) take the CPU's hidden-slice

@@ -19,7 +19,7 @@ use super::elem::{with_float, Elem, Float};
 use super::elementwise::silu_and_grad;
 use super::matmul::product_serial;
 use super::moe_sparse_decode;
-use super::moe_sparse::{add_by_rank, expert_product, lists, sparse_cost, run_tasks, split_blocks, Block, Lists, ROW_BLOCK};
+use super::moe_sparse::{add_by_rank, expert_product, lists, sparse_cost, run_tasks, split_blocks, Block, Lists, SumRows, ROW_BLOCK};
 use super::par::worth_it;
 use super::profile::timed;
 use crate::backend::SparseDims;
@@ -52,7 +52,7 @@ fn forward_typed<T: Float>(x: &[T], [w1, w3, w2]: [&[T]; 3], w: &[T], l: &Lists,
     let saved = split_blocks(&mut gs, &blocks, f).into_iter().zip(split_blocks(&mut vs, &blocks, f)).zip(split_blocks(&mut hs, &blocks, f));
     let tasks: Vec<_> = blocks.iter().copied().zip(saved).collect();
     // The scratch kept per worker is the gathered X rows (see moe_sparse.rs's forward).
-    let run = |xg: &mut Vec<T::Acc>, b: Block, ((g, v), h): ((&mut [T], &mut [T]), &mut [T]), out: &mut [&mut [T::Acc]]| {
+    let run = |xg: &mut Vec<T::Acc>, b: Block, ((g, v), h): ((&mut [T], &mut [T]), &mut [T]), out: &mut SumRows<T::Acc>| {
         l.gather(xg, x, b, d);
         let mut ge = expert_product::<T>(xg, w1, l, b, true);
         let ve = expert_product::<T>(xg, w3, l, b, true);
