@@ -114,7 +114,7 @@ unsafe fn block<const D: usize, const R: usize>(t: &RowTile<f32>, r0: usize, s: 
         lse[r0 + r] = max + sum.ln();
     }
     // The weights, read at fixed offsets from one pointer (slices per row kept a bounds check
-    // per row and key in the loop): row r's key j < n is at r·ldk + j < R·ldk = s.len().
+    // per row and key in the loop): row r's key j < n is at r·ldk + j < R·ldk <= s.len().
     let (p, v) = (s.as_ptr(), t.v.as_ptr());
     for c0 in (0..D).step_by(LANES) {
         let mut acc = [_mm512_setzero_ps(); R];
