@@ -41,7 +41,7 @@ use crate::backend::*;
 use crate::{CpuStorage, DType, Result};
 use profile::{timed, Cost};
 
-pub use par::{on_pool, on_pool_kept_awake};
+pub use par::on_pool_kept_awake;
 
 impl CpuStorage {
     /// Bytes per element.

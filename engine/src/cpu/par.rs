@@ -18,17 +18,11 @@ pub(crate) fn worth_it(work: usize) -> bool {
 }
 
 /// Runs `f` on a worker of the pool the ops spread over (rayon's global pool), the calling thread
-/// waiting for it. Called from outside the pool, every parallel op hands its tasks over and puts
-/// the caller to sleep until the last task is done, so each one costs two thread wake-ups; called
-/// from a worker, the worker takes part in its own op's tasks. Results and bits are the same on
-/// either thread.
-pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
-}
-
-/// `on_pool`, with the other workers kept awake until `f` returns. For a step made of many
-/// short ops of which some go parallel (a decode step: a few hundred ops, a handful per layer
-/// each spreading about a megabyte of weights over the cores):
+/// waiting for it, with the other workers kept awake until `f` returns. Called from outside the
+/// pool, every parallel op would hand its tasks over and put the caller to sleep until the last
+/// task is done, two thread wake-ups per op; on a worker, the worker takes part in its own op's
+/// tasks. For a step made of many short ops of which some go parallel (a decode step: a few
+/// hundred ops, a handful per layer each spreading about a megabyte of weights over the cores):
 ///
 /// - an idle rayon worker spins only some tens of microseconds before it sleeps, about as long as
 ///   the serial ops between two parallel ones (norms, routing, the cache write), so the other
@@ -39,13 +33,15 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 ///   polls, as rayon's own idle loop does before it sleeps, only without the sleep. The cost is
 ///   those cores' time while `f` runs serial code, unless another thread wants them.
 /// - Measured on the quiet 2-core machine, batch-1 bf16 decode of the 1B shapes, alternated with
-///   `on_pool`: the cores busy rose from about 1.8 to 1.9-1.96 and top-k:2's speedup over dense
-///   from 0.87-0.90 to 0.92-1.01 of its bytes ratio. On a busy machine, where the polling core is
+///   the same run on a worker without pollers: the cores busy rose from about 1.8 to 1.9-1.96
+///   and top-k:2's speedup over dense from 0.87-0.90 to 0.92-1.01 of its bytes ratio. On a busy machine, where the polling core is
 ///   wanted by others, it cost 3-10 %.
-/// - Evaluation batches (model/src/eval.rs) use it too: once the attention rows took a third
-///   less time (attention_rows_avx512.rs), the gaps between ops weighed more, and ds-moe-tiny's
-///   evaluation on the quiet machine ran 6-18 % (dense) and 8-15 % (top-k:2) faster with it,
-///   four alternated rounds of the CPU peer bench (before the faster rows, no gain was measurable).
+/// - Evaluation batches (model/src/eval.rs) and single-process training steps (model/src/train.rs)
+///   use it too: once the attention rows took a third less time (attention_rows_avx512.rs), the
+///   gaps between ops weighed more. On the quiet machine ds-moe-tiny's evaluation ran 6-18 %
+///   (dense) and 8-15 % (top-k:2) faster with it, four alternated rounds of the CPU peer bench
+///   (before the faster rows, no gain was measurable), and the main job trained in 51-57 s
+///   instead of 66-73 s.
 ///
 /// Only one step at a time keeps the pool awake (`KEPT_AWAKE`): a poller waits for its own step,
 /// so two steps run at once (tests on several threads) could each have a poller stacked on top of
