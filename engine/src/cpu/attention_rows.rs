@@ -55,7 +55,7 @@ pub(crate) struct RowTile<'a, A> {
 /// fit AVX-512's registers (on the busy 2-core machine four and eight measured the same, within
 /// its noise). Rows of a block that see fewer keys than its last row weigh the extra keys by
 /// exact zeros, so the grouping does not change any row's value.
-const BLOCK: usize = 8;
+pub(super) const BLOCK: usize = 8;
 
 /// `out` (rows x d) and `lse` (rows) of every query row of `t`. `exp` and `madd(a, b, c) = a·b + c`
 /// are the arithmetic type's.

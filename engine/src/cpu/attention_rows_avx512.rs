@@ -28,11 +28,8 @@
 
 use std::arch::x86_64::*;
 
-use super::attention_rows::RowTile;
+use super::attention_rows::{RowTile, BLOCK};
 use super::simd::LANES;
-
-/// Query rows per block, as attention_rows.rs's `BLOCK` (see there).
-const BLOCK: usize = 8;
 
 /// Runs `t`'s rows into `out` and `lse` on this path and returns true, or returns false (and
 /// touches nothing) when it does not apply: a head dim other than 16 or 32, or no AVX-512F.
