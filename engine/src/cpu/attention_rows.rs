@@ -18,15 +18,15 @@
 //! The same value as the online softmax up to the order of the floating-point operations: no
 //! rescaling, and each exponential once. Every sum runs in an order fixed by the shape, so results
 //! are the same on every run and thread count. f32 runs compiled for the widest SIMD the CPU has
-//! (simd.rs's `multiversion`, with a fused multiply-add, which is exact everywhere); f64 runs the
-//! same loops with libm's `exp`. Measured at ds-moe-tiny's shape (16 x 128 tokens, 8 query and 2
+//! (simd.rs's `multiversion`, every multiply-add fused, the exponentials' too: `simd::exp_fused`;
+//! a fused multiply-add is exact everywhere); f64 runs the same loops with libm's `exp`. Measured at ds-moe-tiny's shape (16 x 128 tokens, 8 query and 2
 //! key/value heads of 16): 4.1 ms of CPU time per forward against the tiles' 5.7 ms (busy
 //! machine, one core's share). On AVX-512 machines f32 at head dims 16 and 32 runs these loops
 //! written with intrinsics instead (attention_rows_avx512.rs: the same bits, a third less time).
 
 use super::elem::prelude::*;
 use super::elem::{Acc, Float};
-use super::simd::{exp, exp_shifted_lanes, lane_max, lane_sum, max_lanes, multiversion, LANES};
+use super::simd::{exp_fused, exp_shifted_lanes, lane_max, lane_sum, max_lanes, multiversion, LANES};
 
 /// The largest head dim that takes this path (attention.rs decides per tile).
 pub(super) const MAX_HEAD_DIM: usize = 32;
@@ -148,12 +148,12 @@ fn block<A: Acc, const R: usize>(
 
 #[inline(always)]
 fn rows_f32_body(t: &RowTile<f32>, out: &mut [f32], lse: &mut [f32]) {
-    rows_body(t, out, lse, exp, f32::mul_add)
+    rows_body(t, out, lse, exp_fused, f32::mul_add)
 }
 
 multiversion! {
-    /// `rows_body` for f32: Cephes `exp` and fused multiply-adds at the CPU's widest SIMD width.
-    rows_f32(t: &RowTile<f32>, out: &mut [f32], lse: &mut [f32]) -> () = rows_f32_body
+    /// `rows_body` for f32: Cephes `exp` and multiply-adds, fused, at the CPU's widest SIMD width.
+    pub(crate) rows_f32(t: &RowTile<f32>, out: &mut [f32], lse: &mut [f32]) -> () = rows_f32_body
 }
 
 /// Where one key/value head's rows lie in the `[tokens, kv_heads, d]` K and V arrays: key `j` of

@@ -22,6 +22,7 @@ use std::mem::MaybeUninit;
 use super::elem::prelude::*;
 use super::elem::{with_float, Acc, Elem, Float};
 use super::par::{filled, for_each_chunk, for_each_chunk2, worth_it};
+use super::simd::multiversion;
 use crate::{CpuStorage, Error, Result};
 
 /// Rows per task, and per partial sum of dw.
@@ -78,73 +79,75 @@ fn forward_typed<T: Float>(x: &[T], residual: Option<&[T]>, w: &[T], dims: Rows)
     let (rows, cols) = (dims.rows, dims.cols);
     let w = T::widen_slice(w);
     let parallel = worth_it(rows * cols);
-    // One block of rows: widen (and add the residual, storing the rounded sum), then normalise.
-    // Every element of the block's rows of y (and of h) is written.
-    let block = |hs: &mut Vec<T::Acc>, b: usize, ys: &mut [MaybeUninit<T>], mut h_out: Option<&mut [MaybeUninit<T>]>| {
-        hs.resize(cols, T::Acc::zero());
-        for (i, yr) in ys.chunks_exact_mut(cols).enumerate() {
-            let row = (b * ROW_BLOCK + i) * cols;
-            let xr = &x[row..][..cols];
-            match (residual, h_out.as_deref_mut()) {
-                (Some(res), Some(h_out)) => {
-                    let (rr, hr) = (&res[row..][..cols], &mut h_out[i * cols..][..cols]);
-                    for j in 0..cols {
-                        let sum = T::narrow(xr[j].widen() + rr[j].widen());
-                        hr[j].write(sum);
-                        hs[j] = sum.widen();
-                    }
-                }
-                _ => hs.iter_mut().zip(xr).for_each(|(a, v)| *a = v.widen()),
-            }
-            let inv = dims.inv_rms(hs);
-            for ((o, &v), &g) in yr.iter_mut().zip(hs.iter()).zip(w.iter()) {
-                o.write(T::narrow(v * inv * g));
-            }
-        }
-    };
+    let block_len = ROW_BLOCK * cols;
     let len = rows * cols;
     let mut h = None;
     let fill_y = |y: &mut [MaybeUninit<T>]| match residual {
-        Some(_) => {
+        Some(res) => {
             let fill_h = |hs: &mut [MaybeUninit<T>]| {
-                for_each_chunk2(y, ROW_BLOCK * cols, hs, ROW_BLOCK * cols, parallel, Vec::new, |s, b, ys, hs| block(s, b, ys, Some(hs)))
+                for_each_chunk2(y, block_len, hs, block_len, parallel, Vec::new, |s, b, ys, hs| {
+                    let at = b * block_len..b * block_len + ys.len();
+                    norm_rows(&x[at.clone()], Some(&res[at]), &w, dims, s, ys, Some(hs))
+                })
             };
-            // SAFETY: the row blocks cover h, and `block` writes every element of its rows of h.
+            // SAFETY: the row blocks cover h, and `norm_rows` writes every element of its rows of h.
             h = Some(unsafe { filled(len, fill_h) });
         }
-        None => for_each_chunk(y, ROW_BLOCK * cols, parallel, Vec::new, |s, b, ys| block(s, b, ys, None)),
+        None => for_each_chunk(y, block_len, parallel, Vec::new, |s, b, ys| norm_rows(&x[b * block_len..][..ys.len()], None, &w, dims, s, ys, None)),
     };
-    // SAFETY: the row blocks cover y, and `block` writes every element of its rows of y.
+    // SAFETY: the row blocks cover y, and `norm_rows` writes every element of its rows of y.
     let y = unsafe { filled(len, fill_y) };
     (y, h)
+}
+
+/// One block of rows: widen (and add the residual, storing the rounded sum in `h_out`), then
+/// normalise into `ys`, every element of which (and of `h_out`) is written. `x` and `residual`
+/// are the block's rows, `hs` scratch for one widened row.
+#[inline(always)]
+fn norm_rows_body<T: Float>(x: &[T], residual: Option<&[T]>, w: &[T::Acc], dims: Rows, hs: &mut Vec<T::Acc>, ys: &mut [MaybeUninit<T>], mut h_out: Option<&mut [MaybeUninit<T>]>) {
+    let cols = dims.cols;
+    hs.resize(cols, T::Acc::zero());
+    for (i, yr) in ys.chunks_exact_mut(cols).enumerate() {
+        let xr = &x[i * cols..][..cols];
+        match (residual, h_out.as_deref_mut()) {
+            (Some(res), Some(h_out)) => {
+                let (rr, hr) = (&res[i * cols..][..cols], &mut h_out[i * cols..][..cols]);
+                // Zipped, not indexed: with an index the bounds of `hs` kept this loop scalar.
+                for ((a, o), (&v, &r)) in hs.iter_mut().zip(hr.iter_mut()).zip(xr.iter().zip(rr)) {
+                    let sum = T::narrow(v.widen() + r.widen());
+                    o.write(sum);
+                    *a = sum.widen();
+                }
+            }
+            _ => hs.iter_mut().zip(xr).for_each(|(a, v)| *a = v.widen()),
+        }
+        let inv = dims.inv_rms(hs);
+        for ((o, &v), &g) in yr.iter_mut().zip(hs.iter()).zip(w.iter()) {
+            o.write(T::narrow(v * inv * g));
+        }
+    }
+}
+
+multiversion! {
+    /// `norm_rows_body` at the CPU's widest SIMD width: compiled for the baseline, the widening,
+    /// residual and scaling loops ran four lanes wide and were most of the op's time.
+    norm_rows<T: Float>(x: &[T], residual: Option<&[T]>, w: &[T::Acc], dims: Rows, hs: &mut Vec<T::Acc>, ys: &mut [MaybeUninit<T>], h_out: Option<&mut [MaybeUninit<T>]>) -> () = norm_rows_body
 }
 
 fn backward_typed<T: Float>(dy: &[T], h: &[T], w: &[T], dims: Rows) -> (Vec<T>, Vec<T>) {
     let (rows, cols) = (dims.rows, dims.cols);
     let w = T::widen_slice(w);
-    let n = T::Acc::of(cols as f64);
     let blocks = rows.div_ceil(ROW_BLOCK);
     let mut partials = vec![T::Acc::zero(); blocks * cols];
     // Scratch: the widened row of h and g = dy ⊙ w.
     let init = || (Vec::new(), Vec::new());
-    let fill = |dh: &mut [MaybeUninit<T>]| for_each_chunk2(dh, ROW_BLOCK * cols, &mut partials, cols, worth_it(rows * cols), init, |(hs, gs): &mut (Vec<T::Acc>, Vec<T::Acc>), b, dhs, dw| {
-        hs.resize(cols, T::Acc::zero());
-        gs.resize(cols, T::Acc::zero());
-        for (i, dhr) in dhs.chunks_exact_mut(cols).enumerate() {
-            let row = (b * ROW_BLOCK + i) * cols;
-            let (hr, dyr) = (&h[row..][..cols], &dy[row..][..cols]);
-            for j in 0..cols {
-                hs[j] = hr[j].widen();
-                gs[j] = dyr[j].widen() * w[j];
-            }
-            let inv = dims.inv_rms(hs);
-            let c = inv * inv * inv * T::Acc::dot(gs, hs) / n;
-            for j in 0..cols {
-                dhr[j].write(T::narrow(inv * gs[j] - c * hs[j]));
-                dw[j] += dyr[j].widen() * hs[j] * inv;
-            }
-        }
-    });
+    let block_len = ROW_BLOCK * cols;
+    let fill = |dh: &mut [MaybeUninit<T>]| {
+        for_each_chunk2(dh, block_len, &mut partials, cols, worth_it(rows * cols), init, |s: &mut (Vec<T::Acc>, Vec<T::Acc>), b, dhs, dw| {
+            let at = b * block_len..b * block_len + dhs.len();
+            grad_rows(&dy[at.clone()], &h[at], &w, dims, s, dhs, dw)
+        })
+    };
     // SAFETY: the row blocks cover dh, and each of their rows is written whole.
     let dh = unsafe { filled(rows * cols, fill) };
     let mut dw = vec![T::Acc::zero(); cols];
@@ -152,4 +155,34 @@ fn backward_typed<T: Float>(dy: &[T], h: &[T], w: &[T], dims: Rows) -> (Vec<T>, 
         dw.iter_mut().zip(p).for_each(|(s, &v)| *s += v);
     }
     (dh, T::narrow_vec(dw))
+}
+
+/// One block of rows of the backward: `dhs` (every element written) and the block's partial of
+/// dw, summed in row order. `dy` and `h` are the block's rows; `scratch` holds the widened row of
+/// h and g = dy ⊙ w.
+#[inline(always)]
+fn grad_rows_body<T: Float>(dy: &[T], h: &[T], w: &[T::Acc], dims: Rows, scratch: &mut (Vec<T::Acc>, Vec<T::Acc>), dhs: &mut [MaybeUninit<T>], dw: &mut [T::Acc]) {
+    let cols = dims.cols;
+    let n = T::Acc::of(cols as f64);
+    let (hs, gs) = scratch;
+    hs.resize(cols, T::Acc::zero());
+    gs.resize(cols, T::Acc::zero());
+    for (i, dhr) in dhs.chunks_exact_mut(cols).enumerate() {
+        let (hr, dyr) = (&h[i * cols..][..cols], &dy[i * cols..][..cols]);
+        for ((a, g), ((&v, &d), &wj)) in hs.iter_mut().zip(gs.iter_mut()).zip(hr.iter().zip(dyr).zip(w)) {
+            *a = v.widen();
+            *g = d.widen() * wj;
+        }
+        let inv = dims.inv_rms(hs);
+        let c = inv * inv * inv * T::Acc::dot(gs, hs) / n;
+        for ((o, dwj), ((&g, &v), &d)) in dhr.iter_mut().zip(dw.iter_mut()).zip(gs.iter().zip(hs.iter()).zip(dyr)) {
+            o.write(T::narrow(inv * g - c * v));
+            *dwj += d.widen() * v * inv;
+        }
+    }
+}
+
+multiversion! {
+    /// `grad_rows_body` at the CPU's widest SIMD width (as `norm_rows`).
+    grad_rows<T: Float>(dy: &[T], h: &[T], w: &[T::Acc], dims: Rows, scratch: &mut (Vec<T::Acc>, Vec<T::Acc>), dhs: &mut [MaybeUninit<T>], dw: &mut [T::Acc]) -> () = grad_rows_body
 }
