@@ -185,6 +185,33 @@ fn cpu_sparse_mlp_over_several_blocks_per_expert_matches_a_token_by_token_evalua
     }
 }
 
+/// f32 without saved activations, at widths that are multiples of 64, takes the fused AVX-512 layer
+/// (moe_sparse_fused.rs) where the CPU has it: it matches the general path run in f64 on the same
+/// inputs to f32 rounding, with experts over several blocks, ragged last tiles, top-k and
+/// threshold routing and a capacity that drops choices; the general path in f32 (taken when the
+/// activations are saved) agrees as closely.
+#[test]
+fn cpu_sparse_mlp_in_f32_without_saved_activations_matches_the_general_path_in_f64() {
+    let mut rng = Rng::new(8);
+    let wide = |v: &Tensor| ops::cast(v, DType::F64).unwrap();
+    for (t, d, n, f) in [(1100, 128, 4, 64), (301, 64, 3, 192)] {
+        let l = layer(t, d, n, f, DType::F32, &mut rng);
+        for (mode, cap) in [(RouteMode::TopK(2), None), (RouteMode::Threshold { eps: 0.9, k_max: 3 }, None), (RouteMode::TopK(2), Some(t / 3))] {
+            let r = ops::moe_route(&l.p, mode, false).unwrap();
+            let perm = ops::moe_permute(&r, n, cap).unwrap();
+            if cap.is_some() {
+                assert!(u32s(&perm.dropped)[0] > 0, "the capacity must drop pairs");
+            }
+            let want = ops::moe_sparse_mlp(&wide(&l.x), &wide(&l.w1), &wide(&l.w2), &wide(&r.weights), &perm, MoePath::Auto, false).unwrap().0;
+            for save in [false, true] {
+                let (y, _) = ops::moe_sparse_mlp(&l.x, &l.w1, &l.w2, &r.weights, &perm, MoePath::Auto, save).unwrap();
+                let e = rel_err(&y, &want);
+                assert!(e < 1e-6, "{t} x {d}, {n} experts of {f}, {mode:?}, capacity {cap:?}, save {save}: {e}");
+            }
+        }
+    }
+}
+
 /// Decode-sized batches (at most four tokens per expert, nothing saved) take the CPU's hidden-slice
 /// path: it matches the token-by-token evaluation in f64, with expert widths of one slice, of
 /// several, and of a ragged last slice; and in bf16 it matches the general path (taken when the

@@ -8,7 +8,7 @@
 //! weights are read at fixed offsets from one pointer (each element one broadcast operand of its
 //! fused multiply-add), the loop over d unrolls with d a constant, and the lane reductions stay
 //! in the register, pair by pair as `simd::lane_tree` pairs them. The exponentials are
-//! `simd::exp_fused`'s operations, vector for vector.
+//! `simd::exp_fused`'s operations, vector for vector (avx512_math.rs).
 //!
 //! Measured at ds-moe-tiny's shape (16 x 128 tokens, 8 query and 2 key/value heads of 16; 2
 //! threads, the best of 15 runs of 20 forwards, alternated): 2.08-2.20 ms per forward on the
@@ -29,7 +29,8 @@
 use std::arch::x86_64::*;
 
 use super::attention_rows::{RowTile, BLOCK};
-use super::simd::{EXP_POLY, LANES};
+use super::avx512_math::exp;
+use super::simd::LANES;
 
 /// Runs `t`'s rows into `out` and `lse` on this path and returns true, or returns false (and
 /// touches nothing) when it does not apply: a head dim other than 16 or 32, or no AVX-512F.
@@ -194,35 +195,6 @@ fn store(x: &mut [f32], v: __m512) {
     unsafe { _mm512_storeu_ps(x.as_mut_ptr(), v) }
 }
 
-/// `simd::exp_fused` sixteen lanes at a time: the same operations, each multiply-add fused where
-/// it fuses them, so the same bits in every lane, the special cases included.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn exp(x: __m512) -> __m512 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const MAX: f32 = 88.722_83;
-    const MIN: f32 = -87.336_54;
-    const ROUNDER: f32 = 12_582_912.0;
-    let set = _mm512_set1_ps;
-    let (mul, add, fma) = (_mm512_mul_ps, _mm512_add_ps, _mm512_fmadd_ps);
-    // A NaN lane clamps to MIN here (the scalar clamp keeps it); it is replaced by x below.
-    let xc = _mm512_min_ps(_mm512_max_ps(x, set(MIN)), set(MAX));
-    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(fma(xc, set(LOG2E), set(0.5)));
-    let r = fma(n, set(-LN2_LO), fma(n, set(-LN2_HI), xc));
-    let mut p = set(EXP_POLY[0]);
-    for c in &EXP_POLY[1..] {
-        p = fma(p, r, set(*c));
-    }
-    let er = add(fma(mul(p, r), r, r), set(1.0));
-    let k = _mm512_sub_epi32(_mm512_castps_si512(add(_mm512_min_ps(n, set(127.0)), set(127.0 + ROUNDER))), _mm512_set1_epi32(ROUNDER.to_bits() as i32));
-    let y = mul(er, _mm512_castsi512_ps(_mm512_slli_epi32::<23>(k)));
-    let y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, set(MIN)), y, _mm512_setzero_ps());
-    let y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, set(MAX)), y, set(f32::INFINITY));
-    _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x), y, x)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,28 +207,6 @@ mod tests {
         let mut a = [0f32; LANES];
         store(&mut a, v);
         a
-    }
-
-    /// Every lane of the vector `exp` is `simd::exp_fused`'s bits, across the range, the clamps
-    /// and the special values.
-    #[test]
-    fn vector_exp_is_the_scalar_exp_bit_for_bit() {
-        if !is_x86_feature_detected!("avx512f") {
-            return;
-        }
-        let mut xs: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.0625).collect();
-        xs.extend([0.0, -0.0, f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 88.722_83, 88.73, -87.336_54, -87.34, f32::MIN_POSITIVE, -1e-30]);
-        let mut rng = Rng::new(3);
-        xs.extend((0..4096).map(|_| (rng.uniform() * 200.0 - 100.0) as f32));
-        xs.resize(xs.len().div_ceil(LANES) * LANES, 1.0);
-        for chunk in xs.chunks_exact(LANES) {
-            // SAFETY: AVX-512F checked above; chunk holds 16 f32.
-            let got = unsafe { to_array(exp(load(chunk))) };
-            for (&x, g) in chunk.iter().zip(got) {
-                let want = crate::cpu::simd::exp_fused(x);
-                assert!(g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()), "exp({x:e}): {g:e} against {want:e}");
-            }
-        }
     }
 
     /// The rows of random tiles, both head dims, blocks and remainders, several group sizes and

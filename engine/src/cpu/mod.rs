@@ -9,6 +9,8 @@ mod attention;
 mod attention_rows;
 #[cfg(target_arch = "x86_64")]
 mod attention_rows_avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_math;
 pub mod bandwidth;
 mod cross_entropy;
 mod elem;
@@ -22,6 +24,8 @@ mod moe_dense;
 mod paged_attention;
 pub(crate) mod moe_sparse;
 mod moe_sparse_decode;
+#[cfg(target_arch = "x86_64")]
+mod moe_sparse_fused;
 pub(crate) mod moe_sparse_gated;
 mod par;
 pub mod pool;

@@ -10,7 +10,10 @@
 //! `tanh`, equal to rounding, and many times cheaper than libm's scalar `tanh`.
 //!
 //! Speed: decode-sized batches without saved activations take moe_sparse_decode.rs (one parallel
-//! loop over slices of the experts' hidden units; moe_sparse_gated.rs's SwiGLU experts too). Otherwise the forward runs blocks of at most `ROW_BLOCK` list entries of one expert
+//! loop over slices of the experts' hidden units; moe_sparse_gated.rs's SwiGLU experts too); larger
+//! f32 batches without saved activations take moe_sparse_fused.rs on AVX-512 machines when d and f
+//! are multiples of 64 (the same blocks and ranks, with both products, the GeLU and the weighted
+//! add in one register-tiled loop). Otherwise the forward runs blocks of at most `ROW_BLOCK` list entries of one expert
 //! and one slot rank (a token's first choice, its second, ...): each task gathers its tokens'
 //! rows, runs both products on them single-threaded through the `gemm` crate, and adds its
 //! weighted rows into its tokens' rows of an accumulator in the arithmetic type (`add_by_rank`).
@@ -31,6 +34,8 @@ use super::elem::prelude::*;
 use super::elem::{indices, with_float, Acc, Elem, Float};
 use super::matmul::{product_serial, product_serial_vec};
 use super::moe_sparse_decode;
+#[cfg(target_arch = "x86_64")]
+use super::moe_sparse_fused;
 use super::skinny;
 use super::par::{filled, for_each_chunk, worth_it};
 use super::simd::multiversion;
@@ -269,7 +274,7 @@ impl Lists<'_> {
         }
         out
     }
-    fn token(&self, i: usize) -> usize {
+    pub(super) fn token(&self, i: usize) -> usize {
         self.slot(i) / self.dims.k_max
     }
     /// `dst` = rows `src[token(i)]` (row length `len`) for the entries of `b`, widened.
@@ -450,6 +455,12 @@ pub(super) fn sparse_cost(l: &Lists, products: usize, elem: usize) -> Cost {
 pub(crate) fn forward(x: &CpuStorage, w1: &CpuStorage, w2: &CpuStorage, weights: &CpuStorage, offsets: &CpuStorage, sorted: &CpuStorage, slot_pos: &CpuStorage, dims: &SparseDims, save: bool) -> Result<(CpuStorage, Option<(CpuStorage, CpuStorage)>)> {
     let l = lists(offsets, sorted, slot_pos, dims)?;
     timed(|| "moe_sparse_forward".into(), || sparse_cost(&l, 2, x.dtype().size_in_bytes()), || {
+        #[cfg(target_arch = "x86_64")]
+        if let (false, CpuStorage::F32(x), CpuStorage::F32(w1), CpuStorage::F32(w2), CpuStorage::F32(w)) = (save, x, w1, w2, weights) {
+            if !moe_sparse_decode::applies(&l) && moe_sparse_fused::applies(&l) {
+                return Ok((CpuStorage::F32(moe_sparse_fused::forward(x, w1, w2, w, &l)), None));
+            }
+        }
         with_float!("moe_sparse_mlp", x, |x| {
             let (w1, w2, w) = (Elem::view("moe_sparse_mlp", w1)?, Elem::view("moe_sparse_mlp", w2)?, Elem::view("moe_sparse_mlp", weights)?);
             Ok(forward_typed(x, w1, w2, w, &l, save))
