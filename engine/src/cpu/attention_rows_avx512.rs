@@ -201,14 +201,6 @@ mod tests {
     use crate::cpu::attention_rows::rows_f32;
     use crate::Rng;
 
-    /// The lanes of `v`.
-    #[target_feature(enable = "avx512f")]
-    fn to_array(v: __m512) -> [f32; LANES] {
-        let mut a = [0f32; LANES];
-        store(&mut a, v);
-        a
-    }
-
     /// The rows of random tiles, both head dims, blocks and remainders, several group sizes and
     /// offsets, scores with a NaN and −∞ among them: the same bits as the generic loops.
     #[test]
