@@ -29,7 +29,7 @@
 use std::arch::x86_64::*;
 
 use super::attention_rows::{RowTile, BLOCK};
-use super::avx512_math::exp;
+use super::avx512_math::{exp, load, store};
 use super::simd::LANES;
 
 /// Runs `t`'s rows into `out` and `lse` on this path and returns true, or returns false (and
@@ -175,24 +175,6 @@ fn tree(a: __m512, combine: unsafe fn(__m512, __m512) -> __m512) -> f32 {
 fn max_nan(a: __m512, b: __m512) -> __m512 {
     let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(b, a) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(b, b);
     _mm512_mask_blend_ps(take, a, b)
-}
-
-/// The first 16 elements of `x` as a vector.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn load(x: &[f32]) -> __m512 {
-    assert!(x.len() >= LANES);
-    // SAFETY: x holds at least 16 f32 (asserted); unaligned load.
-    unsafe { _mm512_loadu_ps(x.as_ptr()) }
-}
-
-/// `v` into the first 16 elements of `x`.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn store(x: &mut [f32], v: __m512) {
-    assert!(x.len() >= LANES);
-    // SAFETY: x holds at least 16 f32 (asserted); unaligned store.
-    unsafe { _mm512_storeu_ps(x.as_mut_ptr(), v) }
 }
 
 #[cfg(test)]

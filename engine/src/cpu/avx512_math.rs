@@ -1,12 +1,13 @@
 //! Vector forms of simd.rs's scalar functions for hand-written AVX-512 loops (the attention rows,
-//! the fused sparse MoE layer), sixteen f32 lanes per call. Each is the scalar function's
+//! the fused sparse MoE layer), sixteen f32 lanes per call, and the loads and stores of a vector
+//! from and to a slice. Each is the scalar function's
 //! operations in the same order, so the same bits lane by lane (tested below), or, where no scalar
 //! twin exists, as accurate as the scalar form.
 
 use std::arch::x86_64::*;
 
 use super::elementwise::{GELU_A, GELU_C};
-use super::simd::EXP_POLY;
+use super::simd::{EXP_POLY, LANES};
 
 /// `simd::exp_fused` sixteen lanes at a time: the same operations, each multiply-add fused where
 /// it fuses them, so the same bits in every lane, the special cases included.
@@ -55,27 +56,35 @@ pub(super) fn gelu(v: __m512) -> __m512 {
     _mm512_mul_ps(v, s)
 }
 
+/// The first 16 elements of `x` as a vector.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn load(x: &[f32]) -> __m512 {
+    assert!(x.len() >= LANES, "a vector's 16 elements");
+    // SAFETY: x holds at least 16 f32 (asserted); unaligned load.
+    unsafe { _mm512_loadu_ps(x.as_ptr()) }
+}
+
+/// `v` into the first 16 elements of `x`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn store(x: &mut [f32], v: __m512) {
+    assert!(x.len() >= LANES, "a vector's 16 elements");
+    // SAFETY: x holds at least 16 f32 (asserted); unaligned store.
+    unsafe { _mm512_storeu_ps(x.as_mut_ptr(), v) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::simd::LANES;
     use crate::Rng;
 
     /// The lanes of `v`.
     #[target_feature(enable = "avx512f")]
     fn to_array(v: __m512) -> [f32; LANES] {
         let mut a = [0f32; LANES];
-        // SAFETY: `a` holds 16 f32; unaligned store.
-        unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) };
+        store(&mut a, v);
         a
-    }
-
-    /// The first 16 elements of `x` as a vector.
-    #[target_feature(enable = "avx512f")]
-    fn load(x: &[f32]) -> __m512 {
-        assert!(x.len() >= LANES);
-        // SAFETY: x holds at least 16 f32 (asserted); unaligned load.
-        unsafe { _mm512_loadu_ps(x.as_ptr()) }
     }
 
     /// Every lane of the vector `exp` is `simd::exp_fused`'s bits, across the range, the clamps
