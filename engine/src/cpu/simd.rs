@@ -30,7 +30,7 @@ pub(super) fn exp(x: f32) -> f32 {
 }
 
 /// `exp` with each multiply-add fused (one rounding instead of two, so not `exp`'s bits, and as
-/// accurate): ten of the 34 vector operations fewer. Attention's score rows take it (both their
+/// accurate): nine of the 34 vector operations fewer. Attention's score rows take it (both their
 /// loops, attention_rows.rs and attention_rows_avx512.rs, so that those agree bit for bit); on a
 /// CPU without FMA `f32::mul_add` is libm's `fmaf`, exact and slow.
 #[inline(always)]
