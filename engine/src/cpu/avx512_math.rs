@@ -7,27 +7,22 @@
 use std::arch::x86_64::*;
 
 use super::elementwise::{GELU_A, GELU_C};
-use super::simd::{EXP_POLY, LANES};
+use super::simd::LANES;
 
 /// `simd::exp_fused` sixteen lanes at a time: the same operations, each multiply-add fused where
 /// it fuses them, so the same bits in every lane, the special cases included.
 #[inline]
 #[target_feature(enable = "avx512f")]
 pub(super) fn exp(x: __m512) -> __m512 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const MAX: f32 = 88.722_83;
-    const MIN: f32 = -87.336_54;
-    const ROUNDER: f32 = 12_582_912.0;
+    use super::simd::exp_consts::*;
     let set = _mm512_set1_ps;
     let (mul, add, fma) = (_mm512_mul_ps, _mm512_add_ps, _mm512_fmadd_ps);
     // A NaN lane clamps to MIN here (the scalar clamp keeps it); it is replaced by x below.
     let xc = _mm512_min_ps(_mm512_max_ps(x, set(MIN)), set(MAX));
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(fma(xc, set(LOG2E), set(0.5)));
     let r = fma(n, set(-LN2_LO), fma(n, set(-LN2_HI), xc));
-    let mut p = set(EXP_POLY[0]);
-    for c in &EXP_POLY[1..] {
+    let mut p = set(POLY[0]);
+    for c in &POLY[1..] {
         p = fma(p, r, set(*c));
     }
     let er = add(fma(mul(p, r), r, r), set(1.0));

@@ -41,17 +41,13 @@ pub(super) fn exp_fused(x: f32) -> f32 {
 /// `exp`'s steps with `madd(a, b, c) = a·b + c` for each multiply-add.
 #[inline(always)]
 fn exp_by(x: f32, madd: impl Fn(f32, f32, f32) -> f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const MAX: f32 = 88.722_83;
-    const MIN: f32 = -87.336_54;
+    use exp_consts::*;
     let xc = x.clamp(MIN, MAX);
     let n = madd(xc, LOG2E, 0.5).floor();
     // xc − n·ln 2 in two steps; n·(−c) is −(n·c) exactly, so unfused this is (xc − n·c₁) − n·c₂.
     let r = madd(n, -LN2_LO, madd(n, -LN2_HI, xc));
-    let mut p = EXP_POLY[0];
-    for c in &EXP_POLY[1..] {
+    let mut p = POLY[0];
+    for c in &POLY[1..] {
         p = madd(p, r, *c);
     }
     let er = madd(p * r, r, r) + 1.0;
@@ -60,7 +56,6 @@ fn exp_by(x: f32, madd: impl Fn(f32, f32, f32) -> f32) -> f32 {
     // where the float's spacing is 1: integer bit operations that vectorise, where the cast
     // `n as i32` (saturating, NaN to 0) compiles to one scalar conversion per lane. A NaN n
     // becomes 127 through `min`; its lane is replaced by x below.
-    const ROUNDER: f32 = 12_582_912.0;
     let k = (n.min(127.0) + (127.0 + ROUNDER)).to_bits() - ROUNDER.to_bits();
     let scale = f32::from_bits(k << 23);
     let y = er * scale;
@@ -75,8 +70,20 @@ fn exp_by(x: f32, madd: impl Fn(f32, f32, f32) -> f32) -> f32 {
     }
 }
 
-/// Cephes' polynomial for (eʳ − 1 − r) / r², highest degree first.
-pub(super) const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+/// `exp`'s constants, shared with its vector form (avx512_math.rs), which must give its bits.
+pub(super) mod exp_consts {
+    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    /// ln 2 in two parts: n·LN2_HI is exact for the n that occur.
+    pub const LN2_HI: f32 = 0.693_359_4;
+    pub const LN2_LO: f32 = -2.121_944_4e-4;
+    /// The clamp of x: e^MAX is about f32's largest value, e^MIN its smallest normal.
+    pub const MAX: f32 = 88.722_83;
+    pub const MIN: f32 = -87.336_54;
+    /// Cephes' polynomial for (eʳ − 1 − r) / r², highest degree first.
+    pub const POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+    /// 1.5·2²³, where the float's spacing is 1 (see `exp_by`).
+    pub const ROUNDER: f32 = 12_582_912.0;
+}
 
 /// The 16 lane accumulators combined pairwise, halving the width at each step (lane j with lane
 /// j + width): four vector steps where a left-to-right fold is a chain of sixteen scalar ones, and
