@@ -18,11 +18,12 @@
 //! The same value as the online softmax up to the order of the floating-point operations: no
 //! rescaling, and each exponential once. Every sum runs in an order fixed by the shape, so results
 //! are the same on every run and thread count. f32 runs compiled for the widest SIMD the CPU has
-//! (simd.rs's `multiversion`, every multiply-add fused, the exponentials' too: `simd::exp_fused`;
-//! a fused multiply-add is exact everywhere); f64 runs the same loops with libm's `exp`. Measured at ds-moe-tiny's shape (16 x 128 tokens, 8 query and 2
-//! key/value heads of 16): 4.1 ms of CPU time per forward against the tiles' 5.7 ms (busy
-//! machine, one core's share). On AVX-512 machines f32 at head dims 16 and 32 runs these loops
-//! written with intrinsics instead (attention_rows_avx512.rs: the same bits, a third less time).
+//! (simd.rs's `multiversion`, every multiply-add fused, the exponentials' too: `simd::exp_fused`; a
+//! fused multiply-add is exact everywhere); f64 runs the same loops with libm's `exp`. Measured at
+//! ds-moe-tiny's shape (16 x 128 tokens, 8 query and 2 key/value heads of 16): 4.1 ms of CPU time
+//! per forward against the tiles' 5.7 ms (busy machine, one core's share). On AVX-512 machines f32
+//! at head dims 16 and 32 runs these loops written with intrinsics instead
+//! (attention_rows_avx512.rs: the same bits, a third less time).
 
 use super::elem::prelude::*;
 use super::elem::{Acc, Float};

@@ -13,17 +13,17 @@
 //! loop over slices of the experts' hidden units; moe_sparse_gated.rs's SwiGLU experts too); larger
 //! f32 batches without saved activations take moe_sparse_fused.rs on AVX-512 machines when d and f
 //! are multiples of 64 (the same blocks and ranks, with both products, the GeLU and the weighted
-//! add in one register-tiled loop). Otherwise the forward runs blocks of at most `ROW_BLOCK` list entries of one expert
-//! and one slot rank (a token's first choice, its second, ...): each task gathers its tokens'
-//! rows, runs both products on them single-threaded through the `gemm` crate, and adds its
-//! weighted rows into its tokens' rows of an accumulator in the arithmetic type (`add_by_rank`).
-//! A token has one slot of each rank, so the blocks of one rank add into distinct rows and run as
-//! one parallel loop; the ranks run one after another, so every token sums its slots in slot
-//! order, as the CUDA kernel does. No list-ordered copy of the expert outputs is written and read
-//! back (at ds-moe-tiny's shape that buffer was twice the size of y, and the pass that summed it a
-//! tenth of the layer's time). The backward runs one task per busy expert, as the weight gradients
-//! reduce over the expert's whole list. All writes of a task are to its own slices or rows, so
-//! the result is the same for any number of threads.
+//! add in one register-tiled loop). Otherwise the forward runs blocks of at most `ROW_BLOCK` list
+//! entries of one expert and one slot rank (a token's first choice, its second, ...): each task
+//! gathers its tokens' rows, runs both products on them single-threaded through the `gemm` crate,
+//! and adds its weighted rows into its tokens' rows of an accumulator in the arithmetic type
+//! (`add_by_rank`). A token has one slot of each rank, so the blocks of one rank add into distinct
+//! rows and run as one parallel loop; the ranks run one after another, so every token sums its
+//! slots in slot order, as the CUDA kernel does. No list-ordered copy of the expert outputs is
+//! written and read back (at ds-moe-tiny's shape that buffer was twice the size of y, and the pass
+//! that summed it a tenth of the layer's time). The backward runs one task per busy expert, as the
+//! weight gradients reduce over the expert's whole list. All writes of a task are to its own slices
+//! or rows, so the result is the same for any number of threads.
 
 use std::borrow::Cow;
 use std::mem::MaybeUninit;

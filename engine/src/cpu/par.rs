@@ -34,8 +34,8 @@ pub(crate) fn worth_it(work: usize) -> bool {
 ///   those cores' time while `f` runs serial code, unless another thread wants them.
 /// - Measured on the quiet 2-core machine, batch-1 bf16 decode of the 1B shapes, alternated with
 ///   the same run on a worker without pollers: the cores busy rose from about 1.8 to 1.9-1.96
-///   and top-k:2's speedup over dense from 0.87-0.90 to 0.92-1.01 of its bytes ratio. On a busy machine, where the polling core is
-///   wanted by others, it cost 3-10 %.
+///   and top-k:2's speedup over dense from 0.87-0.90 to 0.92-1.01 of its bytes ratio. On a busy
+///   machine, where the polling core is wanted by others, it cost 3-10 %.
 /// - Evaluation batches (model/src/eval.rs) and single-process training steps (model/src/train.rs)
 ///   use it too: once the attention rows took a third less time (attention_rows_avx512.rs), the
 ///   gaps between ops weighed more. On the quiet machine ds-moe-tiny's evaluation ran 6-18 %
